@@ -129,6 +129,10 @@ class ModelConfig:
     """Dropout on attention probabilities."""
     init_std: float = 0.02
     """Std of the normal initialisation of linears and embeddings."""
+    pad_aware_positions: bool = False
+    """RoBERTa numbering: positions count non-pad tokens, pads get pad_token_id."""
+    attn_impl: str = "sdpa"
+    """sdpa (torch's fused kernel) or math (plain matmuls, faster for short bf16 CPU sequences)."""
     pad_token_id: int = 0
     """Padding id (ignored in embeddings' gradient where relevant)."""
     bos_token_id: int = -1
@@ -177,6 +181,8 @@ class ModelConfig:
         for p in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, p) < 1.0:
                 raise ConfigError(f"model.{p} must be in [0, 1), got {getattr(self, p)}")
+        if self.attn_impl not in ("sdpa", "math"):
+            raise ConfigError(f"model.attn_impl must be sdpa or math, got {self.attn_impl!r}")
         if not isinstance(self.heads, dict):
             raise ConfigError(f"model.heads must be a mapping of head name to settings, got {self.heads!r}")
         return self

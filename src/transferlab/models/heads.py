@@ -1,0 +1,160 @@
+"""Heads: hidden states in, logits out.
+
+Pre-training heads: ``lm`` (GPT/BART/T5 LM head, or BERT's MLM head with its dense + act + norm
+transform), ``nsp`` (next-sentence prediction on the pooled [CLS]), ``rtd`` (ELECTRA's
+replaced-token detection). Fine-tuning heads: ``classification`` (``num_labels``; 1 = regression),
+``token_classification``, ``span`` (extractive QA start/end). Each head is built from
+``(ModelConfig, settings dict)``; the settings live in ``config.heads`` and so in ``config.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import Family, ModelConfig
+from .blocks import Norm, activation_fn
+
+
+class LMHead(nn.Module):
+    """Vocabulary projection, optionally tied to the token embedding.
+
+    ``forward`` takes hidden states of any leading shape (…, C), so MLM can gather the masked
+    positions *before* the projection (sparse prediction): only picked rows hit the big matmul.
+    """
+
+    def __init__(self, cfg: ModelConfig, embed_tokens: nn.Embedding, **_: Any):
+        super().__init__()
+        self.tied = cfg.tie_embeddings
+        self.embed = [embed_tokens]  # not registered twice
+        self.transform = None
+        if cfg.lm_head_transform:
+            self.transform = nn.Sequential()
+            self.transform.dense = nn.Linear(cfg.d_model, cfg.d_model)
+            self.transform.act = _Act(activation_fn(cfg.activation if cfg.activation in ("gelu", "gelu_tanh", "relu") else "gelu"))
+            self.transform.norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
+        self.weight = None if self.tied else nn.Parameter(torch.empty(cfg.vocab_size, cfg.d_model).normal_(0, cfg.init_std))
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.lm_head_bias else None
+        self.scale = cfg.d_model**-0.5 if (cfg.scale_logits and cfg.tie_embeddings) else 1.0
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.embed[0].weight if self.tied else self.weight
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., V)
+        if self.transform is not None:
+            h = self.transform(h)
+        if self.scale != 1.0:
+            h = h * self.scale
+        return F.linear(h, self.output_weight, self.bias)
+
+
+class _Act(nn.Module):
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def pool(cfg: ModelConfig, h: torch.Tensor, attention_mask: torch.Tensor | None, how: str,
+         pooler_output: torch.Tensor | None = None) -> torch.Tensor:
+    """Sequence vector (B, C) from hidden states (B, T, C).
+
+    how: ``cls`` (the pooler output when the encoder has one, else h[:, 0]), ``mean`` (masked mean),
+    ``last`` (last non-pad token; right or left padding), ``auto`` (cls for encoders, last for
+    decoders and encoder-decoders).
+    """
+    if how == "auto":
+        how = "cls" if cfg.family == Family.ENCODER else "last"
+    if how == "cls":
+        return pooler_output if pooler_output is not None else h[:, 0]
+    if attention_mask is None:
+        attention_mask = torch.ones(h.shape[:2], dtype=torch.long, device=h.device)
+    m = attention_mask.to(h.dtype)
+    if how == "mean":
+        return (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+    if how == "last":
+        T = h.shape[1]
+        # index of the last attended position, whether padding is on the left or the right
+        idx = (torch.arange(T, device=h.device)[None] * attention_mask.long()).argmax(1)
+        return h[torch.arange(h.shape[0], device=h.device), idx]
+    raise ValueError(f"unknown pooling {how!r}; expected cls, mean, last or auto")
+
+
+class NSPHead(nn.Module):
+    """Next-sentence prediction: 2 logits from the pooled [CLS] vector."""
+
+    def __init__(self, cfg: ModelConfig, embed_tokens=None, **_: Any):
+        super().__init__()
+        self.seq_relationship = nn.Linear(cfg.d_model, 2)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, 2)
+        return self.seq_relationship(pooled)
+
+
+class RTDHead(nn.Module):
+    """ELECTRA discriminator: one logit per token, 'was this token replaced?'."""
+
+    def __init__(self, cfg: ModelConfig, embed_tokens=None, **_: Any):
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.act = activation_fn("gelu")
+        self.out = nn.Linear(cfg.d_model, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T)
+        return self.out(self.act(self.dense(h))).squeeze(-1)
+
+
+class ClassificationHead(nn.Module):
+    """Sequence classification / regression (num_labels=1) on a pooled vector."""
+
+    def __init__(self, cfg: ModelConfig, embed_tokens=None, num_labels: int = 2, pooling: str = "auto",
+                 dropout: float | None = None, **_: Any):
+        super().__init__()
+        self.num_labels, self.pooling = num_labels, pooling
+        self.dropout = nn.Dropout(cfg.dropout if dropout is None else dropout)
+        self.classifier = nn.Linear(cfg.d_model, num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, num_labels)
+        return self.classifier(self.dropout(pooled))
+
+
+class TokenClassificationHead(nn.Module):
+    """Per-token labels (tagging)."""
+
+    def __init__(self, cfg: ModelConfig, embed_tokens=None, num_labels: int = 2, dropout: float | None = None, **_: Any):
+        super().__init__()
+        self.num_labels = num_labels
+        self.dropout = nn.Dropout(cfg.dropout if dropout is None else dropout)
+        self.classifier = nn.Linear(cfg.d_model, num_labels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, num_labels)
+        return self.classifier(self.dropout(h))
+
+
+class SpanHead(nn.Module):
+    """Extractive QA: start and end logits per token."""
+
+    def __init__(self, cfg: ModelConfig, embed_tokens=None, **_: Any):
+        super().__init__()
+        self.qa_outputs = nn.Linear(cfg.d_model, 2)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, 2): start, end
+        return self.qa_outputs(h)
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "lm": LMHead,
+    "nsp": NSPHead,
+    "rtd": RTDHead,
+    "classification": ClassificationHead,
+    "token_classification": TokenClassificationHead,
+    "span": SpanHead,
+}
+# Heads that read the pooled sequence vector rather than per-token states.
+POOLED_HEADS = {"nsp", "classification"}

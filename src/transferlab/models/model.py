@@ -1,0 +1,282 @@
+"""TransferModel: a backbone of any family plus named heads, with a Hugging Face-style surface.
+
+``model(input_ids=..., attention_mask=..., token_type_ids=..., decoder_input_ids=...,
+output_hidden_states=True)`` returns a :class:`ModelOutput` with ``.logits`` (from the first
+head in ``config.heads``), ``.hidden_states`` and friends, so code written against
+``transformers`` ports by changing imports. ``save_pretrained`` writes ``config.json`` +
+``model.safetensors`` atomically; :func:`from_pretrained` reads ours or a ``transformers`` dir.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import __version__
+from ..config import Family, ModelConfig, get_preset
+from ..errors import CheckpointError, ConfigError
+from .blocks import KVCache
+from .families import BackboneOutput, build_backbone, shift_tokens_right
+from .heads import HEADS, POOLED_HEADS, pool
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class ModelOutput:
+    """What a forward returns; attribute or key access like ``transformers`` outputs."""
+
+    logits: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    pooler_output: torch.Tensor | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    past_key_values: KVCache | None = None
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+    def keys(self):
+        return [k for k, v in self.__dict__.items() if v is not None]
+
+
+class TransferModel(nn.Module):
+    """Backbone (encoder, decoder or encoder-decoder) + a ModuleDict of heads."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.backbone = build_backbone(config)
+        self.heads = nn.ModuleDict()
+        for name, settings in config.heads.items():
+            self.add_head(name, **(settings or {}))
+        self.apply(self._init_weights)
+        # GPT-2 / nanoGPT: scale the residual output projections by 1/sqrt(2 * n_layers) in
+        # pre-norm stacks so the residual stream's variance does not grow with depth.
+        if config.prenorm:
+            n = config.n_layers + (config.decoder_layers if config.is_encoder_decoder else 0)
+            for pname, p in self.named_parameters():
+                if pname.endswith(("attn.out.weight", "mlp.fc2.weight")):
+                    nn.init.normal_(p, 0.0, config.init_std / math.sqrt(2 * n))
+
+    # ------------------------------------------------------------------ construction
+    def add_head(self, name: str, **settings: Any) -> nn.Module:
+        """Add (or replace) a head, recording its settings in ``config.heads``."""
+        kind = settings.pop("type", name)
+        if kind not in HEADS:
+            raise ConfigError(f"unknown head {kind!r}; known heads: {', '.join(HEADS)}")
+        head = HEADS[kind](self.config, self.backbone.embed_tokens, **settings)
+        head.apply(self._init_weights)
+        self.heads[name] = head
+        self.config.heads[name] = dict(settings, **({"type": kind} if kind != name else {}))
+        return head
+
+    def remove_head(self, name: str) -> None:
+        del self.heads[name]
+        self.config.heads.pop(name, None)
+
+    def _init_weights(self, m: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, std)
+
+    @property
+    def family(self) -> Family:
+        return Family(self.config.family)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Trainable parameters (tied weights counted once); optionally without embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+        return n
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.backbone.embed_tokens
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T)
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,  # (B, T_dec)
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: Any = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+        output_hidden_states: bool = False,
+        labels: torch.Tensor | None = None,
+        head: str | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> ModelOutput:
+        """Run the backbone and one head (``head``, default the first in ``config.heads``).
+
+        With ``labels`` a loss is returned too, as in ``transformers``: token-level cross-entropy
+        (-100 ignored; decoders shift by one), sequence cross-entropy, or MSE for one label.
+        """
+        if decoder_input_ids is None and labels is not None and self.config.is_encoder_decoder:
+            decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+        out: BackboneOutput = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values, use_cache=use_cache,
+            output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds,
+        )
+        logits = loss = None
+        name = head or next(iter(self.heads), None)
+        if name is not None:
+            logits = self.run_head(name, out, attention_mask if not self.config.is_encoder_decoder else decoder_attention_mask)
+            if labels is not None:
+                loss = self._loss(name, logits, labels)
+        return ModelOutput(
+            logits=logits, loss=loss, last_hidden_state=out.last_hidden_state,
+            hidden_states=out.hidden_states, pooler_output=out.pooler_output,
+            encoder_last_hidden_state=out.encoder_last_hidden_state,
+            encoder_hidden_states=out.encoder_hidden_states, past_key_values=out.past_key_values,
+        )
+
+    def run_head(self, name: str, out: BackboneOutput, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply head ``name`` to a backbone output (pooling first for sequence-level heads)."""
+        head = self.heads[name]
+        kind = self.config.heads.get(name, {}).get("type", name)
+        if kind in POOLED_HEADS:
+            how = getattr(head, "pooling", "cls")
+            return head(pool(self.config, out.last_hidden_state, attention_mask, how, out.pooler_output))
+        return head(out.last_hidden_state)
+
+    def _loss(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        kind = self.config.heads.get(name, {}).get("type", name)
+        if kind == "classification" and logits.shape[-1] == 1:
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        if kind == "lm" and self.family == Family.DECODER:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """Generate token ids; see :func:`transferlab.generation.generate`."""
+        from ..generation import generate
+
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, save_directory: str | Path, extra_config: dict | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into a fresh directory, atomically.
+
+        Files that already exist in ``save_directory`` but are not ours (a tokenizer, logs) are
+        kept; the two model files are each replaced atomically, weights first.
+        """
+        from safetensors.torch import save_file
+
+        from ..utils import atomic_write_text
+
+        d = Path(save_directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = d / f".{WEIGHTS_NAME}.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt", "library": "transferlab"})
+        tmp.replace(d / WEIGHTS_NAME)
+        cfg = {"transferlab_version": __version__, **self.config.to_dict(), **(extra_config or {})}
+        atomic_write_text(d / CONFIG_NAME, json.dumps(cfg, indent=2) + "\n")
+        return d
+
+    def export_hf(self, save_directory: str | Path) -> Path:
+        """Write a directory that ``transformers`` AutoModel*.from_pretrained loads."""
+        from ..hf import export_hf
+
+        return export_hf(self, save_directory)
+
+
+def build_model(config: ModelConfig | str, **overrides: Any) -> TransferModel:
+    """A freshly initialised model from a config or a preset name (+ field overrides)."""
+    if isinstance(config, str):
+        config = get_preset(config, **overrides)
+    elif overrides:
+        config = config.replace(**overrides)
+    return TransferModel(config)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    p = Path(path) / CONFIG_NAME
+    if not p.is_file():
+        raise CheckpointError(f"{Path(path)}: no {CONFIG_NAME} (not a model directory)")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def from_pretrained(path: str | Path, device: str | torch.device | None = None, **overrides: Any) -> TransferModel:
+    """Load a model directory written by ``save_pretrained`` or by ``transformers``.
+
+    Family and heads come from ``config.json``. Tensors are checked against the config: missing,
+    unexpected or wrongly shaped tensors raise :class:`CheckpointError` naming them.
+    """
+    raw = read_config(path)
+    if "model_type" in raw and "transferlab_version" not in raw:
+        from ..hf import from_hf
+
+        model = from_hf(path)
+    else:
+        known = {f for f in ModelConfig.__dataclass_fields__}
+        cfg = ModelConfig.from_dict({k: v for k, v in raw.items() if k in known})
+        model = TransferModel(cfg)
+        load_weights(model, Path(path) / WEIGHTS_NAME)
+    if overrides:
+        for k, v in overrides.items():
+            setattr(model.config, k, v)
+    return model.to(device) if device is not None else model
+
+
+def load_weights(model: nn.Module, file: Path, strict: bool = True) -> None:
+    """Load a safetensors file into ``model`` with a clear error on any mismatch."""
+    from safetensors.torch import load_file
+
+    if not Path(file).is_file():
+        raise CheckpointError(f"{file}: weights file not found")
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # safetensors raises on truncated / corrupt files
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    check_state_dict(model, state, str(file), strict=strict)
+    model.load_state_dict(state, strict=strict)
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str, strict: bool = True) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}"
+              for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if shapes:
+        problems.append("shape mismatch " + "; ".join(shapes[:3]) + (" ..." if len(shapes) > 3 else ""))
+    if strict and missing:
+        problems.append(f"missing {len(missing)} tensor(s) e.g. {', '.join(missing[:3])}")
+    if strict and unexpected:
+        problems.append(f"unexpected {len(unexpected)} tensor(s) e.g. {', '.join(unexpected[:3])}")
+    if problems:
+        raise CheckpointError(f"{where}: tensors do not match config.json: " + "; ".join(problems))

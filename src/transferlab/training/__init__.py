@@ -1,0 +1,1 @@
+"""Training: optimiser + schedules (optim.py), the explicit loop, checkpoints, distributed."""

@@ -1,0 +1,106 @@
+"""AdamW with weight decay only on matrices, and learning-rate schedules.
+
+Shared by pre-training and fine-tuning. Schedules are functions of progress in [0, 1] so a
+wall-clock budget (``max_minutes``) can drive them as well as a step count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 layer_lr_decay: float = 1.0) -> list[dict]:
+    """Parameter groups: decay on matrices (dim >= 2, excluding embeddings' position/type tables
+    is not needed: all 2-D weights decay as in BERT/GPT-2 practice), none on biases and norms.
+
+    With ``layer_lr_decay < 1`` (ULMFiT/ELECTRA discriminative learning rates) block ``i`` of
+    ``L`` gets ``lr * decay**(L - i)``, embeddings ``lr * decay**(L + 1)`` and heads ``lr``.
+    """
+    groups: dict[tuple[float, float], list[torch.Tensor]] = {}
+    depth = _depth_fn(model) if layer_lr_decay != 1.0 else None
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd = weight_decay if p.dim() >= 2 else 0.0
+        scale = 1.0
+        if depth is not None:
+            d, L = depth(name)
+            scale = layer_lr_decay ** (L + 1 - d)
+        groups.setdefault((wd, scale), []).append(p)
+    out = []
+    for (wd, scale), params in groups.items():
+        g = {"params": params, "weight_decay": wd, "lr_scale": scale}
+        if lr is not None:
+            g["lr"] = lr * scale
+        out.append(g)
+    return out
+
+
+def _depth_fn(model: nn.Module):
+    """name -> (depth, n_blocks): 0 for embeddings, i+1 for block i, n_blocks+1 for heads."""
+    import re
+
+    n = 0
+    for name, _ in model.named_parameters():
+        m = re.search(r"\.blocks\.(\d+)\.", name)
+        if m:
+            n = max(n, int(m.group(1)) + 1)
+
+    def depth(name: str) -> tuple[int, int]:
+        m = re.search(r"\.blocks\.(\d+)\.", name)
+        if m:
+            return int(m.group(1)) + 1, n
+        if name.startswith("heads.") or ".pooler." in name or ".final_norm." in name:
+            return n + 1, n
+        return 0, n
+
+    return depth
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, betas=(0.9, 0.999),
+                    eps: float = 1e-8, layer_lr_decay: float = 1.0) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; uses the foreach implementation (fused on CUDA)."""
+    groups = param_groups(model, weight_decay, lr, layer_lr_decay)
+    on_cuda = any(p.is_cuda for g in groups for p in g["params"])
+    kw = {"fused": True} if on_cuda else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kw)
+
+
+def lr_multiplier(progress: float, warmup: float, schedule: str = "linear", min_ratio: float = 0.0) -> float:
+    """Learning-rate factor at ``progress`` in [0, 1] of the run.
+
+    Args:
+        progress: fraction of the budget used (steps, tokens or wall time).
+        warmup: fraction of the budget spent warming up linearly from 0.
+        schedule: ``linear`` decay to ``min_ratio``, ``cosine`` decay, ``constant``, or
+            ``slanted`` (ULMFiT slanted triangular: short linear rise, long linear fall).
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return progress / warmup
+    if schedule == "constant":
+        return 1.0
+    rest = (progress - warmup) / max(1e-12, 1.0 - warmup)
+    if schedule in ("linear", "slanted"):
+        return min_ratio + (1.0 - min_ratio) * (1.0 - rest)
+    if schedule == "cosine":
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * rest))
+    raise ValueError(f"unknown schedule {schedule!r}; expected linear, cosine, constant or slanted")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
+    """Apply ``base_lr * factor`` to every group, respecting each group's ``lr_scale``."""
+    for g in optimizer.param_groups:
+        g["lr"] = base_lr * factor * g.get("lr_scale", 1.0)
+    return base_lr * factor
+
+
+def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> float:
+    if max_norm and max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(list(params), max_norm))
+    return 0.0
