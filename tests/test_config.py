@@ -1,0 +1,67 @@
+"""Config: presets, validation errors, dotted overrides, round-trips."""
+
+import dataclasses
+import json
+
+import pytest
+
+from transferlab.config import (
+    Activation, Family, ModelConfig, Position, apply_overrides, get_preset, list_presets,
+)
+from transferlab.errors import ConfigError
+
+
+def test_presets_validate_and_roundtrip():
+    for name in list_presets():
+        cfg = get_preset(name)
+        again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+        assert again == cfg, name
+
+
+def test_get_preset_returns_independent_copies():
+    a = get_preset("bert-mini")
+    a.heads["nsp"] = {}
+    assert "nsp" not in get_preset("bert-mini").heads
+
+
+def test_unknown_preset_names_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown preset 'bert-huge'.*bert-mini"):
+        get_preset("bert-huge")
+
+
+def test_heads_not_dividing_hidden_size_is_named():
+    with pytest.raises(ConfigError, match="d_model=100 is not divisible by model.n_heads=3"):
+        get_preset("bert-mini", d_model=100, n_heads=3)
+
+
+def test_dotted_overrides_coerce_types():
+    cfg = get_preset("gpt-mini")
+    apply_overrides(cfg, ["model.n_layers=2", "activation=swiglu", "position=rotary", "bias=false",
+                          "dropout=0.0"], prefix="model")
+    assert (cfg.n_layers, cfg.activation, cfg.position, cfg.bias, cfg.dropout) == (
+        2, Activation.SWIGLU, Position.ROTARY, False, 0.0)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("n_layers=two", "expected int"),
+    ("activation=tanh", "gelu | gelu_tanh | relu | swiglu | geglu"),
+    ("n_layer=2", "unknown field 'n_layer'"),
+    ("n_layers", "expected key=value"),
+])
+def test_bad_overrides_say_what_was_expected(item, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(get_preset("bert-mini"), [item])
+
+
+def test_from_dict_rejects_unknown_fields_and_bad_enums():
+    d = get_preset("bart-mini").to_dict()
+    with pytest.raises(ConfigError, match="unknown field.*n_layer"):
+        ModelConfig.from_dict({**d, "n_layer": 3})
+    with pytest.raises(ConfigError, match="family: 'decoder-only' is not one of"):
+        ModelConfig.from_dict({**d, "family": "decoder-only"})
+    assert ModelConfig.from_dict(d).family == Family.ENCODER_DECODER
+
+
+def test_type_embeddings_only_for_encoders():
+    with pytest.raises(ConfigError, match="type_vocab_size"):
+        dataclasses.replace(get_preset("gpt-mini"), type_vocab_size=2).validate()
