@@ -110,6 +110,13 @@ class TransferModel(nn.Module):
             n -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
         return n
 
+    def estimate_flops(self, seq_len: int, mode: str = "train", decoder_len: int | None = None,
+                       n_predicted: float | None = None) -> float:
+        """Matmul FLOPs of one sequence (train / forward / decode); see :func:`transferlab.cost.estimate_flops`."""
+        from ..cost import estimate_flops
+
+        return estimate_flops(self.config, seq_len, mode, decoder_len, n_predicted)
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.backbone.embed_tokens
 
