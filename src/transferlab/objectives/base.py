@@ -13,6 +13,38 @@ An objective never subclasses the model. It
    normalise the loss over a whole accumulated (and distributed) batch;
 4. ``loss(model, batch)`` — returns :class:`LossOutput` with the *sum* of per-target losses
    (the trainer divides by the total ``n_targets``) and detached metrics for logging.
+
+Additive extensions (every objective in this package has them; a trainer should use them when
+present, via ``getattr(objective, "wrap_model", None)``):
+
+5. ``dataset(shards, seq_len, rank=0, world_size=1)`` — optional keyword arguments: rank ``r`` of
+   ``w`` sees items ``r, r + w, ...`` and every rank has the same length (as ``WindowDataset``).
+6. ``wrap_model(model) -> nn.Module`` — the module the trainer optimises, checkpoints, wraps in
+   DDP/FSDP and compiles. Its ``forward(**batch)`` computes the loss, so *everything* (including
+   the sparse MLM gather and, for ELECTRA, the generator) runs inside one ``forward``: that is
+   what DDP needs to synchronise gradients and what ``torch.compile`` can see. For ELECTRA it is
+   an :class:`~transferlab.objectives.electra.ElectraPair` that owns the generator. ``loss``
+   accepts the wrapped module (or DDP/compile around it) as well as a bare model. Usage::
+
+       train_module = objective.wrap_model(model)          # before .to(device), DDP, compile
+       optimizer = AdamW(param_groups(train_module, ...))  # includes ELECTRA's generator
+       ddp = DistributedDataParallel(train_module)         # optional
+       out = objective.loss(ddp, batch)                    # -> LossOutput
+       (out.loss_sum / total_n_targets).backward()
+       torch.save-free checkpoints: train_module.state_dict() (resume: load_state_dict on a
+       freshly wrapped module);  final model: objective.unwrap_model(train_module).save_pretrained(dir)
+
+7. ``unwrap_model(module) -> TransferModel`` — strips DDP / compile / the objective wrapper and
+   returns the model that fine-tuning loads (for ELECTRA: the discriminator).
+8. ``family`` (the :class:`~transferlab.config.Family` the objective needs) and ``heads`` (the
+   heads it needs, e.g. ``{"lm": {}, "nsp": {}}``), so a trainer can build a fitting config.
+
+Loss normalisation: ``loss_sum / n_targets`` over any set of micro-batches is the paper's
+mean-based loss. For two-part losses the second part is rescaled per micro-batch so this holds:
+``mlm+nsp`` returns ``mlm_sum + nsp_weight * nsp_mean * n_mlm`` and ELECTRA returns
+``gen_sum + disc_weight * disc_mean * n_mlm`` with ``n_targets = n_mlm`` (the masked tokens), so
+``loss_sum / n_targets`` equals ``mlm_mean + weight * other_mean`` exactly for one micro-batch and
+a target-weighted average of the per-micro-batch means over several.
 """
 
 from __future__ import annotations
@@ -22,6 +54,9 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
+
+from ..errors import ConfigError, DataError
 
 
 @dataclass
@@ -40,3 +75,276 @@ class Objective(Protocol):
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]: ...
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput: ...
+
+
+# ---------------------------------------------------------------------------- special ids
+_NAMED = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+
+
+@dataclass
+class SpecialIds:
+    """The token ids an objective needs, without a trained tokenizer (tests build one directly).
+
+    ``SpecialIds.from_tokenizer(tok)`` reads them from a :class:`~transferlab.tokenizer.Tokenizer`.
+    Every id in ``all_special_ids`` (named ones, sentinels, ``extra_special_ids``) is never picked
+    for masking or noise and never drawn as a random replacement token.
+    """
+
+    vocab_size: int
+    """Size of the vocabulary (ids are 0..vocab_size-1)."""
+    pad_token_id: int | None = None
+    unk_token_id: int | None = None
+    cls_token_id: int | None = None
+    sep_token_id: int | None = None
+    mask_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    sentinel_token_ids: tuple[int, ...] = ()
+    """T5 sentinels <extra_id_0>, <extra_id_1>, ... in that order."""
+    extra_special_ids: tuple[int, ...] = ()
+    """Any other special ids (e.g. the rest of the tokenizer's ``all_special_ids``)."""
+    continuation: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Optional bool (vocab_size,): True for tokens that continue a word (``##ing``; GPT-2 pieces
+    without a leading space). Needed by whole-word masking."""
+
+    def __post_init__(self) -> None:
+        if self.vocab_size <= 0:
+            raise ConfigError(f"vocab_size must be positive, got {self.vocab_size}")
+        self.sentinel_token_ids = tuple(int(i) for i in self.sentinel_token_ids)
+        self.extra_special_ids = tuple(int(i) for i in self.extra_special_ids)
+        for i in self.all_special_ids:
+            if not 0 <= i < self.vocab_size:
+                raise ConfigError(f"special token id {i} is outside the vocabulary (size {self.vocab_size})")
+        is_special = np.zeros(self.vocab_size, dtype=bool)
+        is_special[list(self.all_special_ids)] = True
+        self.is_special = is_special  # (V,) lookup table: is_special[ids] marks special positions
+        self.normal_ids = np.flatnonzero(~is_special)  # pool for random replacement tokens
+        if self.continuation is not None:
+            c = np.asarray(self.continuation, dtype=bool)
+            if c.shape != (self.vocab_size,):
+                raise ConfigError(f"continuation mask has shape {c.shape}, expected ({self.vocab_size},)")
+            self.continuation = c
+
+    @property
+    def all_special_ids(self) -> tuple[int, ...]:
+        named = [getattr(self, f"{n}_token_id") for n in _NAMED]
+        ids = {int(i) for i in named if i is not None} | set(self.sentinel_token_ids) | set(self.extra_special_ids)
+        return tuple(sorted(ids))
+
+    @classmethod
+    def from_tokenizer(cls, tok: Any) -> "SpecialIds":
+        """Read the ids from a tokenizer with ``vocab_size``, ``<name>_token_id`` attributes,
+        ``sentinel_token_ids``, ``all_special_ids`` and ``continuation_mask()``."""
+        kw = {f"{n}_token_id": getattr(tok, f"{n}_token_id", None) for n in _NAMED}
+        cont = None
+        if callable(getattr(tok, "continuation_mask", None)):
+            cont = np.asarray(tok.continuation_mask(), dtype=bool)
+        return cls(
+            vocab_size=int(tok.vocab_size),
+            sentinel_token_ids=tuple(getattr(tok, "sentinel_token_ids", None) or ()),
+            extra_special_ids=tuple(getattr(tok, "all_special_ids", None) or ()),
+            continuation=cont,
+            **kw,
+        )
+
+    def require(self, objective: str, *names: str) -> None:
+        """Raise ConfigError unless every named id (``mask``, ``eos``, ...) exists."""
+        missing = [n for n in names if getattr(self, f"{n}_token_id") is None]
+        if missing:
+            raise ConfigError(
+                f"objective {objective!r} needs a tokenizer with {', '.join(m + '_token' for m in missing)}; "
+                "train or load one that defines it"
+            )
+
+    def check_ids(self, ids: np.ndarray) -> None:
+        """DataError when token ids fall outside this vocabulary (shards from another tokenizer)."""
+        if ids.size and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
+            bad = int(ids.max()) if int(ids.max()) >= self.vocab_size else int(ids.min())
+            raise DataError(
+                f"token id {bad} is outside the tokenizer's vocabulary of {self.vocab_size}: "
+                "the data was prepared with a different tokenizer"
+            )
+
+
+def as_special_ids(tokenizer: Any) -> SpecialIds:
+    """A :class:`SpecialIds` from a SpecialIds or a tokenizer."""
+    return tokenizer if isinstance(tokenizer, SpecialIds) else SpecialIds.from_tokenizer(tokenizer)
+
+
+# ---------------------------------------------------------------------------- model wrapping
+class ObjectiveModule(nn.Module):
+    """What the trainer optimises: the model (plus any objective-owned modules), with
+    ``forward(**batch) -> (loss_sum, metrics)`` so DDP, FSDP and ``torch.compile`` see the whole
+    loss computation. Built by ``objective.wrap_model(model)``; ``.model`` is the TransferModel."""
+
+    def __init__(self, objective: Any, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._objective = [objective]  # a list: not a submodule, not in the state dict
+
+    @property
+    def objective(self) -> Any:
+        return self._objective[0]
+
+    def forward(self, **batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.objective.compute(self, batch)
+
+
+def strip_wrappers(module: nn.Module) -> nn.Module:
+    """Remove DistributedDataParallel/FSDP (``.module``) and ``torch.compile`` (``._orig_mod``)."""
+    while True:
+        if hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(getattr(module, "module", None), nn.Module):
+            module = module.module
+        else:
+            return module
+
+
+class ObjectiveBase:
+    """Shared plumbing: the wrap/unwrap hooks and the loss dispatch.
+
+    Subclasses implement ``compute(module, batch) -> (loss_sum, {name: 0-d tensor})`` where
+    ``module`` is a bare TransferModel or an :class:`ObjectiveModule` (``module.model``).
+    """
+
+    name: str = ""
+    family: Any = None
+    heads: dict[str, dict] = {}
+
+    # hooks ------------------------------------------------------------------------------------
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """The module to optimise/checkpoint/DDP-wrap: ``forward(**batch)`` runs this loss."""
+        if isinstance(strip_wrappers(model), ObjectiveModule):
+            return model
+        return ObjectiveModule(self, model)
+
+    def unwrap_model(self, module: nn.Module) -> nn.Module:
+        """The TransferModel to save for fine-tuning (strips DDP, compile and the wrapper)."""
+        core = strip_wrappers(module)
+        return strip_wrappers(core.model) if isinstance(core, ObjectiveModule) else core
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        """Sum of per-target losses and metrics; ``model`` is bare, wrapped, or DDP/compiled."""
+        core = strip_wrappers(model)
+        if isinstance(core, ObjectiveModule):
+            loss_sum, metrics = model(**batch)  # through DDP/compile when present
+        else:
+            if core is not model and hasattr(model, "module"):
+                # calling the inner model would bypass DDP's forward: gradients would silently
+                # not be synchronised across ranks.
+                raise TypeError(
+                    f"objective {self.name!r}: wrap the model with objective.wrap_model(model) "
+                    "before DistributedDataParallel/FSDP"
+                )
+            loss_sum, metrics = self.compute(core, batch)
+        return LossOutput(loss_sum, _to_floats(metrics))
+
+    def compute(self, module: nn.Module, batch: dict[str, torch.Tensor]):  # pragma: no cover
+        raise NotImplementedError
+
+    # helpers ----------------------------------------------------------------------------------
+    @staticmethod
+    def _model_of(module: nn.Module) -> nn.Module:
+        return module.model if isinstance(module, ObjectiveModule) else module
+
+    def _check_common(self, cfg: Any, family: Any, specials: SpecialIds) -> Any:
+        """Family, vocabulary and heads checks shared by every objective; returns the config."""
+        from ..config import Family
+
+        cfg = getattr(cfg, "config", cfg)  # accept a model as well as a ModelConfig
+        fam = Family(cfg.family)
+        if fam != family:
+            need = {Family.ENCODER: "an encoder", Family.DECODER: "a decoder",
+                    Family.ENCODER_DECODER: "an encoder-decoder"}[family]
+            raise ConfigError(
+                f"objective {self.name!r} needs {need} (model.family={family.value}), "
+                f"got model.family={fam.value}"
+            )
+        if cfg.vocab_size < specials.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's vocabulary "
+                f"({specials.vocab_size}); set model.vocab_size={specials.vocab_size}"
+            )
+        heads = getattr(cfg, "heads", {}) or {}
+        for h in self.heads:
+            if h not in heads:
+                raise ConfigError(
+                    f"objective {self.name!r} needs model head(s) {', '.join(repr(x) for x in self.heads)}; "
+                    f"model.heads has {', '.join(repr(x) for x in heads) or 'none'}"
+                )
+        return cfg
+
+
+def _to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """One device sync for all metrics instead of one ``.item()`` each."""
+    if not metrics:
+        return {}
+    keys = list(metrics)
+    vals = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).tolist()
+    return dict(zip(keys, vals))
+
+
+def pad_stack(rows: list[np.ndarray], pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad 1-D int arrays into (B, T) ids and a (B, T) 0/1 attention mask."""
+    T = max((len(r) for r in rows), default=0) if length is None else length
+    ids = np.full((len(rows), T), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), T), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def make_config(cls: type, config: Any = None, settings: dict[str, Any] | None = None, where: str = "") -> Any:
+    """Build an objective config dataclass from an instance and/or keyword settings.
+
+    Unknown keys raise ConfigError listing the known ones; string values (from the CLI or
+    dotted overrides) are coerced to the field's type. Calls ``validate()``.
+    """
+    import dataclasses
+    import typing
+
+    from ..config import _parse_value
+
+    obj = dataclasses.replace(config) if config is not None else cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k, v in (settings or {}).items():
+        key = k.replace("-", "_")
+        if key not in names:
+            raise ConfigError(
+                f"{where or cls.__name__}: unknown setting {k!r}; known: {', '.join(sorted(names))}"
+            )
+        if isinstance(v, str) and hints[key] is not str:
+            v = _parse_value(v, hints[key], f"{where}.{key}" if where else key)
+        setattr(obj, key, v)
+    obj.validate()
+    return obj
+
+
+def sparse_ce(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-entropy on the labelled positions only, gathered *before* the head.
+
+    Args:
+        head: maps (N, C) hidden states to (N, V) logits (an LM head).
+        hidden: (B, T, C) hidden states aligned with ``labels``.
+        labels: (B, T) target ids, -100 where nothing is predicted.
+
+    Returns:
+        (sum of per-target losses in fp32, number of correct argmax predictions, number of targets).
+    """
+    sel = labels != -100  # (B, T)
+    if bool(sel.all()):
+        h, tgt = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)  # dense: no copy
+    else:
+        h, tgt = hidden[sel], labels[sel]  # (N, C), (N,)
+    logits = head(h)  # (N, V): only predicted rows reach the big vocabulary matmul
+    loss_sum = torch.nn.functional.cross_entropy(logits.float(), tgt, reduction="sum")
+    correct = (logits.detach().argmax(-1) == tgt).sum()
+    return loss_sum, correct, sel.sum()
+
+
+def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a / max(b, 1) as float, detached (for metrics)."""
+    return a.detach().float() / b.detach().float().clamp(min=1)

@@ -1,0 +1,101 @@
+"""Causal language modelling (GPT): next-token prediction on packed windows.
+
+Dataset: the token stream ``doc_0 <eos> doc_1 <eos> ...`` (GPT-2's ``<|endoftext|>`` between
+documents, so the model learns where documents end and that what follows is unrelated) cut into
+windows of ``seq_len`` tokens every ``seq_len - 1`` tokens: consecutive windows overlap by one
+token, so every token of the stream but the very first is a target exactly once.
+
+Collator: ``labels`` are the inputs with -100 at padding, in the ``transformers`` convention
+(``labels[t]`` is predicted from positions ``< t``; the loss shifts), so
+``model(input_ids, labels=labels).loss`` equals ``loss_sum / n_targets``. Nothing is predicted
+for padding (windows of one length never pad; short user-provided examples do).
+
+Loss: the hidden state at ``t`` predicts ``labels[t + 1]``; fp32 cross-entropy summed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Family
+from ..errors import ConfigError
+from .base import ObjectiveBase, as_special_ids, make_config, pad_stack, ratio, sparse_ce
+from .datasets import PackedWindows
+
+
+@dataclass
+class CLMConfig:
+    """Causal LM settings."""
+
+    separate_documents: bool = True
+    """Insert the end-of-text token between packed documents (GPT-2); False packs them bare."""
+
+    def validate(self) -> "CLMConfig":
+        return self
+
+
+class CLM(ObjectiveBase):
+    """Next-token prediction; the model needs a decoder with an ``lm`` head."""
+
+    name = "clm"
+    family = Family.DECODER
+    heads = {"lm": {}}
+
+    def __init__(self, tokenizer: Any, config: CLMConfig | None = None, **settings: Any):
+        """Args:
+            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.SpecialIds`.
+            config: a :class:`CLMConfig`; keyword ``settings`` override its fields.
+        """
+        self.sp = as_special_ids(tokenizer)
+        self.config = make_config(CLMConfig, config, settings, self.name)
+        sp = self.sp
+        # the document separator: eos (GPT-2's <|endoftext|>), else [SEP], else bos
+        self.separator = next((i for i in (sp.eos_token_id, sp.sep_token_id, sp.bos_token_id) if i is not None), None)
+        if self.config.separate_documents and self.separator is None:
+            raise ConfigError(
+                "clm: separate_documents needs an end-of-text token (eos, sep or bos) in the tokenizer; "
+                "add one or set separate_documents=false"
+            )
+        self.pad_id = next((i for i in (sp.pad_token_id, sp.eos_token_id) if i is not None), 0)
+
+    def check_model(self, cfg: Any) -> None:
+        """ConfigError unless the model is a decoder with an ``lm`` head and a large enough vocabulary."""
+        self._check_common(cfg, Family.DECODER, self.sp)
+
+    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> PackedWindows:
+        """Windows of ``seq_len`` tokens overlapping by one, documents separated by eos."""
+        if seq_len < 2:
+            raise ConfigError(f"clm needs seq_len >= 2, got {seq_len}")
+        sep = self.separator if self.config.separate_documents else None
+        return PackedWindows(shards, seq_len, stride=seq_len - 1, separator=sep, rank=rank, world_size=world_size)
+
+    def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Windows -> ``input_ids``, ``attention_mask``, ``labels`` (B, T) and ``n_targets``.
+
+        ``rng`` is unused (the objective has no randomness) but kept for the common signature.
+        """
+        rows = [np.asarray(e, dtype=np.int64).reshape(-1) for e in examples]
+        if rows and all(len(r) == len(rows[0]) for r in rows):
+            ids = np.stack(rows)
+            am = np.ones_like(ids)
+        else:
+            ids, am = pad_stack(rows, self.pad_id)
+        self.sp.check_ids(ids[am > 0])
+        labels = np.where(am > 0, ids, -100)
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(am),
+            "labels": torch.from_numpy(labels),
+            "n_targets": torch.tensor(int((labels[:, 1:] != -100).sum())),
+        }
+
+    def compute(self, module: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        model = self._model_of(module)
+        out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        h = out.last_hidden_state[:, :-1]  # (B, T-1, C): position t predicts token t+1
+        loss_sum, correct, n = sparse_ce(model.heads["lm"], h, batch["labels"][:, 1:])
+        return loss_sum, {"clm_loss": ratio(loss_sum, n), "clm_acc": ratio(correct, n)}
