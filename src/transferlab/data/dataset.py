@@ -1,0 +1,214 @@
+"""Reading prepared shards: :class:`TokenShards` (one split) and :class:`WindowDataset`.
+
+Assumptions (stated, as OLMo does for its memmap dataset):
+
+* a split is one flat array of token ids (``uint16``/``uint32``), documents concatenated without
+  separators; ``doc_offsets[i]`` is where document ``i`` starts and ``doc_offsets[-1]`` is the
+  number of tokens; ``sent_offsets`` likewise for sentences, and every document start is a
+  sentence start;
+* everything is memory-mapped: opening a split and reading a window costs O(1) memory whatever
+  the corpus size, and a dataset pickles without its arrays (DataLoader workers re-open them).
+
+Windows are packed: they run across document boundaries. A causal-LM collator that wants a
+separator between documents asks :meth:`WindowDataset.boundaries` where they are.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = ["TokenShards", "WindowDataset"]
+
+
+class TokenShards:
+    """One split of a folder written by :func:`~transferlab.data.prepare_corpus`.
+
+    Attributes:
+        path: the folder; ``split``: ``train``, ``validation`` or ``test``; ``meta``: meta.json.
+        tokens: flat ``np.memmap`` of ids; ``doc_offsets``, ``sent_offsets``: int64 memmaps.
+    """
+
+    def __init__(self, path: str | Path, split: str = "train") -> None:
+        self.path = Path(path)
+        self.split = split
+        meta_file = self.path / "meta.json"
+        if not self.path.is_dir():
+            raise DataError(f"{self.path}: no such prepared dataset; run `transferlab prepare` first")
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(
+                f"{self.path}: not a prepared dataset or an incomplete one (no meta.json); "
+                "run `transferlab prepare` (again)"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise DataError(f"{meta_file}: unreadable ({e})") from None
+        splits = self.meta.get("splits", {})
+        if split not in splits:
+            raise DataError(f"{self.path}: no split {split!r} (available: {', '.join(splits) or 'none'})")
+        self.dtype = np.dtype(self.meta["dtype"])
+        self.n_tokens = int(splits[split]["tokens"])
+        self.n_docs = int(splits[split]["documents"])
+        self.n_sents = int(splits[split]["sentences"])
+        f = self._file("tokens.bin")
+        if not f.is_file() or f.stat().st_size != self.n_tokens * self.dtype.itemsize:
+            raise DataError(f"{f}: missing or incomplete (expected {self.n_tokens} tokens); run `transferlab prepare --force`")
+        for kind in ("docs.npy", "sents.npy"):
+            if not self._file(kind).is_file():
+                raise DataError(f"{self._file(kind)}: missing; run `transferlab prepare --force`")
+        self._tokens: np.ndarray | None = None
+        self._docs: np.ndarray | None = None
+        self._sents: np.ndarray | None = None
+        self._tokenizer: Any = None
+
+    def _file(self, suffix: str) -> Path:
+        return self.path / f"{self.split}.{suffix}"
+
+    # lazily opened memmaps (so that pickling for DataLoader workers is cheap) --------------------
+    @property
+    def tokens(self) -> np.ndarray:
+        if self._tokens is None:
+            if self.n_tokens == 0:
+                self._tokens = np.zeros(0, dtype=self.dtype)
+            else:
+                self._tokens = np.memmap(self._file("tokens.bin"), dtype=self.dtype, mode="r", shape=(self.n_tokens,))
+        return self._tokens
+
+    @property
+    def doc_offsets(self) -> np.ndarray:
+        if self._docs is None:
+            self._docs = np.load(self._file("docs.npy"), mmap_mode="r")
+            if len(self._docs) != self.n_docs + 1:
+                raise DataError(f"{self._file('docs.npy')}: has {len(self._docs) - 1} documents, meta.json says {self.n_docs}")
+        return self._docs
+
+    @property
+    def sent_offsets(self) -> np.ndarray:
+        if self._sents is None:
+            self._sents = np.load(self._file("sents.npy"), mmap_mode="r")
+            if len(self._sents) != self.n_sents + 1:
+                raise DataError(f"{self._file('sents.npy')}: has {len(self._sents) - 1} sentences, meta.json says {self.n_sents}")
+        return self._sents
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer the shards were made with (loaded on first use)."""
+        if self._tokenizer is None:
+            from ..tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_pretrained(self.path / "tokenizer")
+        return self._tokenizer
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_tokens=None, _docs=None, _sents=None)
+        return state
+
+    def __len__(self) -> int:
+        return self.n_docs
+
+    def __repr__(self) -> str:
+        return f"TokenShards({str(self.path)!r}, split={self.split!r}, tokens={self.n_tokens}, docs={self.n_docs})"
+
+    # documents and sentences ------------------------------------------------------------------
+    def _check_doc(self, i: int) -> int:
+        if i < 0:
+            i += self.n_docs
+        if not 0 <= i < self.n_docs:
+            raise IndexError(f"document {i} out of range for {self.n_docs} documents")
+        return i
+
+    def document(self, i: int) -> np.ndarray:
+        """Token ids of document ``i`` (int64 copy)."""
+        i = self._check_doc(i)
+        a, b = int(self.doc_offsets[i]), int(self.doc_offsets[i + 1])
+        return np.asarray(self.tokens[a:b], dtype=np.int64)
+
+    def sentence_offsets_of(self, i: int) -> np.ndarray:
+        """Token offsets (into the split) of the sentences of document ``i``, end included."""
+        i = self._check_doc(i)
+        a, b = int(self.doc_offsets[i]), int(self.doc_offsets[i + 1])
+        so = self.sent_offsets
+        lo, hi = np.searchsorted(so, a, "left"), np.searchsorted(so, b, "left")
+        return np.append(np.asarray(so[lo:hi], dtype=np.int64), b)
+
+    def sentences_of(self, i: int) -> list[np.ndarray]:
+        """The sentences of document ``i`` as int64 id arrays (at least one)."""
+        offs = self.sentence_offsets_of(i)
+        toks = self.tokens
+        return [np.asarray(toks[a:b], dtype=np.int64) for a, b in zip(offs[:-1], offs[1:])]
+
+    def doc_of_position(self, pos: int | np.ndarray) -> int | np.ndarray:
+        """Index of the document containing token position(s) ``pos``."""
+        return np.searchsorted(self.doc_offsets, pos, "right") - 1
+
+
+class WindowDataset:
+    """Fixed-length windows over the flat token stream of a split (packed across documents).
+
+    Window ``g`` covers tokens ``[g * stride, g * stride + seq_len)``; windows that would run past
+    the end are dropped. ``stride=seq_len`` (default) gives non-overlapping packed sequences;
+    ``stride < seq_len`` gives overlapping (sliding) windows, e.g. for perplexity evaluation.
+    For a causal LM ask for ``seq_len = block_size + 1`` and shift inside the collator.
+
+    With ``world_size > 1`` this rank sees windows ``rank, rank + world_size, ...``; every rank
+    has the same length (the remainder is dropped).
+
+    Items are ``np.int64`` arrays of length ``seq_len``; memory use is O(1) in the corpus size.
+    """
+
+    def __init__(self, shards: TokenShards, seq_len: int, stride: int | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if seq_len <= 0:
+            raise DataError(f"seq_len must be positive, got {seq_len}")
+        stride = seq_len if stride is None else stride
+        if stride <= 0:
+            raise DataError(f"stride must be positive, got {stride}")
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise DataError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.shards, self.seq_len, self.stride = shards, seq_len, stride
+        self.rank, self.world_size = rank, world_size
+        n = shards.n_tokens
+        self.n_windows = 0 if n < seq_len else (n - seq_len) // stride + 1
+        self._len = self.n_windows // world_size
+
+    def __len__(self) -> int:
+        return self._len
+
+    def start(self, i: int) -> int:
+        """Token offset (in the split) where item ``i`` of this rank starts."""
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"window {i} out of range for {self._len} windows")
+        return (self.rank + i * self.world_size) * self.stride
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        s = self.start(i)
+        return np.asarray(self.shards.tokens[s : s + self.seq_len], dtype=np.int64)
+
+    def boundaries(self, i: int) -> np.ndarray:
+        """Positions ``p`` in ``[0, seq_len)`` where a document starts inside window ``i``
+        (0 is included when the window starts exactly at a document start)."""
+        s = self.start(i)
+        offs = self.shards.doc_offsets
+        lo, hi = np.searchsorted(offs, s, "left"), np.searchsorted(offs, s + self.seq_len, "left")
+        return np.asarray(offs[lo:hi], dtype=np.int64) - s
+
+    def sentence_boundaries(self, i: int) -> np.ndarray:
+        """Like :meth:`boundaries`, for sentence starts."""
+        s = self.start(i)
+        offs = self.shards.sent_offsets
+        lo, hi = np.searchsorted(offs, s, "left"), np.searchsorted(offs, s + self.seq_len, "left")
+        return np.asarray(offs[lo:hi], dtype=np.int64) - s
+
+    def doc_ids_of(self, i: int) -> np.ndarray:
+        """``(seq_len,)`` int64: the document index of every token of window ``i``."""
+        s = self.start(i)
+        return np.searchsorted(self.shards.doc_offsets, np.arange(s, s + self.seq_len), "right").astype(np.int64) - 1

@@ -1,0 +1,450 @@
+"""Tokenize once into memory-mapped shards (``transferlab prepare``).
+
+Pipeline: the parent process streams documents (:mod:`.corpus`) and groups them into batches of
+about ``batch_chars`` characters; ``workers`` processes each run ``encode_batch`` on a batch (one
+Rust call), find sentence starts (a regex on the text, mapped to tokens with
+``Encoding.char_to_token``) and pick each document's split from a keyed hash of its bytes; the
+parent appends the returned arrays to the split files. At most ``2 * workers + 2`` batches are in
+flight, so memory stays bounded whatever the corpus size.
+
+Output folder (written as a hidden temp folder, renamed into place when complete, so an
+interrupted run never leaves a folder that looks complete)::
+
+    meta.json                  format version, tokenizer fingerprint, dtype, counts per split,
+                               sources (path, size, mtime), options
+    tokenizer/                 the tokenizer (Tokenizer.save)
+    {split}.tokens.bin         flat uint16 (vocab <= 65,536) or uint32 ids, documents concatenated
+                               without special tokens
+    {split}.docs.npy           int64 token offsets of document starts, length n_docs + 1
+    {split}.sents.npy          int64 token offsets of sentence starts, length n_sents + 1 (every
+                               document start is also a sentence start)
+
+Splits are ``train`` and ``validation`` (a ``val_fraction`` of documents chosen by a keyed hash of
+their text, so the split is deterministic, independent of order and worker count, and identical
+documents land in the same split; at least one validation document when there are two or more),
+plus ``test`` for corpora with official splits (``builtin:ptb``). Running again with the same
+inputs (paths, sizes, mtimes), tokenizer and options is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from ..errors import DataError
+from ..utils import atomic_dir, atomic_write_text
+from .corpus import Document, Source, iter_documents, resolve_inputs
+from .sentences import sentence_starts
+
+__all__ = ["prepare_corpus", "FORMAT_VERSION", "SPLITS", "token_dtype"]
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "validation", "test")
+_SPLIT_CODE = {"train": 0, "validation": 1, "test": 2}
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """``uint16`` when every id fits in 16 bits, else ``uint32``."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+# ---------------------------------------------------------------------------------- worker side
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer_json: str, dtype: str, seed: int, val_fraction: float) -> None:
+    from tokenizers import Tokenizer as Backend
+
+    # one Rust thread per worker process: the processes are the parallelism
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER.update(
+        backend=Backend.from_str(tokenizer_json), dtype=np.dtype(dtype), seed=seed, val_fraction=val_fraction
+    )
+
+
+def _worker_encode(batch: tuple[list[str], list[str | None]]) -> tuple:
+    w = _WORKER
+    return _encode_docs(w["backend"], batch[0], batch[1], w["dtype"], w["seed"], w["val_fraction"])
+
+
+def _encode_docs(
+    backend: Any, texts: list[str], hints: list[str | None], dtype: np.dtype, seed: int, val_fraction: float
+) -> tuple:
+    """Tokenize a batch of documents.
+
+    Returns:
+        ``(ids, doc_lens, sent_rel, sents_per_doc, split_codes, doc_bytes, n_bytes, n_dropped)``:
+        the flat ids of the kept documents, their lengths, sentence starts relative to each
+        document (0 first), the number of sentences per document, a split code per document
+        (0 train, 1 validation, 2 test), the UTF-8 size of each kept document, the UTF-8 size of
+        the whole batch and the number of documents dropped because they had no tokens.
+    """
+    encs = backend.encode_batch(texts, add_special_tokens=False)
+    key = seed.to_bytes(8, "little", signed=True)
+    threshold = int(val_fraction * 2**64)
+    all_ids: list[list[int]] = []
+    lens: list[int] = []
+    sent_rel: list[int] = []
+    n_sents: list[int] = []
+    codes: list[int] = []
+    doc_bytes: list[int] = []
+    n_bytes = 0
+    dropped = 0
+    for text, hint, enc in zip(texts, hints, encs):
+        raw = text.encode("utf-8")
+        n_bytes += len(raw)
+        ids = enc.ids
+        n = len(ids)
+        if n == 0:
+            dropped += 1
+            continue
+        all_ids.append(ids)
+        lens.append(n)
+        doc_bytes.append(len(raw))
+        starts = [0]
+        c2t = enc.char_to_token
+        for c in sentence_starts(text):
+            t = c2t(c)
+            if t is not None and starts[-1] < t < n:
+                starts.append(t)
+        sent_rel.extend(starts)
+        n_sents.append(len(starts))
+        if hint is None:
+            h = int.from_bytes(hashlib.blake2b(raw, digest_size=8, key=key).digest(), "little")
+            codes.append(1 if h < threshold else 0)
+        else:
+            codes.append(_SPLIT_CODE[hint])
+    total = sum(lens)
+    flat = np.fromiter(itertools.chain.from_iterable(all_ids), dtype=dtype, count=total)
+    return (
+        flat,
+        np.asarray(lens, dtype=np.int64),
+        np.asarray(sent_rel, dtype=np.int64),
+        np.asarray(n_sents, dtype=np.int64),
+        np.asarray(codes, dtype=np.uint8),
+        np.asarray(doc_bytes, dtype=np.int64),
+        n_bytes,
+        dropped,
+    )
+
+
+# ---------------------------------------------------------------------------------- writing
+class _SplitWriter:
+    """Appends documents of one split: tokens to ``.tokens.bin``, offsets to raw temp files."""
+
+    def __init__(self, folder: Path, name: str, dtype: np.dtype) -> None:
+        self.folder, self.name, self.dtype = folder, name, dtype
+        self.tok_f = open(folder / f"{name}.tokens.bin", "wb")
+        self.doc_f = open(folder / f".{name}.docs.raw", "wb")
+        self.sent_f = open(folder / f".{name}.sents.raw", "wb")
+        self.n_tokens = self.n_docs = self.n_sents = self.n_bytes = 0
+        self._last: tuple[np.ndarray, np.ndarray, int] | None = None
+
+    def write(
+        self, ids: np.ndarray, lens: np.ndarray, sent_rel: np.ndarray, n_sents: np.ndarray, doc_bytes: np.ndarray
+    ) -> None:
+        if not len(lens):
+            return
+        starts = self.n_tokens + np.concatenate(([0], np.cumsum(lens[:-1])))  # (n_docs,)
+        self.tok_f.write(ids.tobytes())
+        self.doc_f.write(starts.astype("<i8").tobytes())
+        self.sent_f.write((sent_rel + np.repeat(starts, n_sents)).astype("<i8").tobytes())
+        # remember the last document, in case it must move to validation at the end
+        self._last = (
+            ids[len(ids) - int(lens[-1]):].copy(), sent_rel[len(sent_rel) - int(n_sents[-1]):].copy(), int(doc_bytes[-1])
+        )
+        self.n_tokens += int(lens.sum())
+        self.n_bytes += int(doc_bytes.sum())
+        self.n_docs += len(lens)
+        self.n_sents += int(n_sents.sum())
+
+    def pop_last(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Remove the last written document and return ``(ids, sentence starts, bytes)``."""
+        assert self._last is not None
+        ids, sents, nb = self._last
+        self._last = None
+        self.n_bytes -= nb
+        self.n_tokens -= len(ids)
+        self.n_docs -= 1
+        self.n_sents -= len(sents)
+        for f, size in ((self.tok_f, self.n_tokens * self.dtype.itemsize), (self.doc_f, self.n_docs * 8),
+                        (self.sent_f, self.n_sents * 8)):
+            f.flush()
+            f.truncate(size)
+            f.seek(size)
+        return ids, sents, nb
+
+    def finish(self) -> dict[str, int]:
+        for f in (self.tok_f, self.doc_f, self.sent_f):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        for kind, n in (("docs", self.n_docs), ("sents", self.n_sents)):
+            raw = self.folder / f".{self.name}.{kind}.raw"
+            with open(self.folder / f"{self.name}.{kind}.npy", "wb") as out:
+                np.lib.format.write_array_header_1_0(
+                    out, {"descr": "<i8", "fortran_order": False, "shape": (n + 1,)}
+                )
+                with open(raw, "rb") as r:
+                    shutil.copyfileobj(r, out, 1 << 20)
+                out.write(np.asarray([self.n_tokens], dtype="<i8").tobytes())
+                out.flush()
+                os.fsync(out.fileno())
+            raw.unlink()
+        return {"tokens": self.n_tokens, "documents": self.n_docs, "sentences": self.n_sents, "bytes": self.n_bytes}
+
+    def close(self) -> None:
+        for f in (self.tok_f, self.doc_f, self.sent_f):
+            with contextlib.suppress(Exception):
+                f.close()
+
+
+def _batches(docs: Iterable[Document], batch_chars: int, max_docs: int = 8192) -> Iterator[tuple[list[str], list[str | None]]]:
+    texts: list[str] = []
+    hints: list[str | None] = []
+    size = 0
+    for d in docs:
+        texts.append(d.text)
+        hints.append(d.split)
+        size += len(d.text)
+        if size >= batch_chars or len(texts) >= max_docs:
+            yield texts, hints
+            texts, hints, size = [], [], 0
+    if texts:
+        yield texts, hints
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _source_record(s: Source) -> dict[str, Any]:
+    return {"path": s.path, "format": s.format, "size": s.size, "mtime": s.mtime}
+
+
+def _is_up_to_date(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The existing meta when ``out`` holds a complete preparation of exactly ``plan``."""
+    try:
+        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("plan") != plan:
+        return None
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split, c in meta["splits"].items():
+        f = out / f"{split}.tokens.bin"
+        if not f.is_file() or f.stat().st_size != c["tokens"] * itemsize:
+            return None
+        if not (out / f"{split}.docs.npy").is_file() or not (out / f"{split}.sents.npy").is_file():
+            return None
+    return meta
+
+
+def _summary(meta: dict[str, Any], out: Path, skipped: bool) -> dict[str, Any]:
+    t = meta["totals"]
+    return {
+        "out_dir": str(out),
+        "tokens": t["tokens"],
+        "documents": t["documents"],
+        "sentences": t["sentences"],
+        "bytes": t["bytes"],
+        "dropped_documents": t.get("dropped_documents", 0),
+        "splits": meta["splits"],
+        "dtype": meta["dtype"],
+        "seconds": meta["seconds"] if not skipped else 0.0,
+        "mb_per_s": meta["mb_per_s"],
+        "tokens_per_s": meta["tokens_per_s"],
+        "skipped": skipped,
+    }
+
+
+# ---------------------------------------------------------------------------------- entry point
+def prepare_corpus(
+    inputs: str | Path | Iterable[str | Path],
+    tokenizer: Any,
+    out_dir: str | Path,
+    val_fraction: float = 0.01,
+    seed: int = 0,
+    workers: int = 2,
+    format: str | None = None,
+    text_column: str = "text",
+    doc_sep: str = "blank",
+    force: bool = False,
+    batch_chars: int = 1 << 20,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Tokenize a corpus once into memory-mapped shards (see the module docstring).
+
+    Args:
+        inputs: files, folders and ``builtin:`` corpora (one or a list).
+        tokenizer: a :class:`~transferlab.tokenizer.Tokenizer` or a path to load one from.
+        out_dir: output folder (created; replaced only if it holds an older preparation).
+        val_fraction: fraction of documents in the validation split (at least one document
+            when the corpus has two or more and ``val_fraction > 0``).
+        seed: key of the split hash: another seed gives another validation set.
+        workers: tokenizer processes; 0 tokenizes in this process.
+        format, text_column, doc_sep: how to read the inputs (see ``read_documents``).
+        force: rebuild even when ``out_dir`` is up to date.
+        batch_chars: characters per batch sent to a worker.
+        progress: show a tqdm bar (on stderr).
+
+    Returns:
+        A summary: ``tokens``, ``documents``, ``sentences``, ``bytes`` (UTF-8 text), ``splits``
+        (counts per split), ``dtype``, ``seconds``, ``mb_per_s``, ``tokens_per_s``,
+        ``dropped_documents`` (no tokens), ``skipped`` (True when nothing had to be done).
+
+    Raises:
+        DataError: unreadable or empty inputs (naming the file and line), an ``out_dir`` that
+            holds something other than a preparation, bad options.
+    """
+    from ..tokenizer import Tokenizer
+    from .builtin import BUILTIN_VERSION
+
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if workers < 0:
+        raise DataError(f"workers must be >= 0, got {workers}")
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_pretrained(tokenizer)
+    out = Path(out_dir)
+    sources = resolve_inputs(inputs, format)
+    dtype = token_dtype(tok.vocab_size)
+    plan = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer_fingerprint": tok.fingerprint,
+        "sources": [_source_record(s) for s in sources],
+        "options": {
+            "val_fraction": val_fraction, "seed": seed, "format": format, "text_column": text_column,
+            "doc_sep": doc_sep, "builtin_version": BUILTIN_VERSION,
+        },
+    }
+    if out.exists():
+        if not out.is_dir():
+            raise DataError(f"{out}: exists and is not a folder")
+        if not (out / "meta.json").is_file() and any(out.iterdir()):
+            raise DataError(f"{out}: folder is not empty and is not a prepared dataset; refusing to overwrite it")
+        if not force:
+            meta = _is_up_to_date(out, plan)
+            if meta is not None:
+                return _summary(meta, out, skipped=True)
+
+    t0 = time.perf_counter()
+    total_size = sum(s.size for s in sources)
+    with atomic_dir(out) as tmp:
+        tok.save(tmp / "tokenizer")
+        writers = {s: _SplitWriter(tmp, s, dtype) for s in SPLITS}
+        dropped = 0
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_size, unit="B", unit_scale=True, desc="prepare", disable=not progress,
+                       dynamic_ncols=True, mininterval=0.5)
+            n_tokens = 0
+
+            def consume(res: tuple) -> None:
+                nonlocal dropped, n_tokens
+                ids, lens, sent_rel, n_sents, codes, doc_bytes, n_bytes, n_drop = res
+                dropped += n_drop
+                n_tokens += len(ids)
+                _dispatch(writers, ids, lens, sent_rel, n_sents, codes, doc_bytes)
+                bar.update(n_bytes)
+                bar.set_postfix_str(f"{n_tokens:,} tokens", refresh=False)
+
+            docs = iter_documents(sources, text_column=text_column, doc_sep=doc_sep)
+            batches = _batches(docs, batch_chars)
+            if workers == 0:
+                for texts, hints in batches:
+                    consume(_encode_docs(tok.backend, texts, hints, dtype, seed, val_fraction))
+            else:
+                ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+                # children must not inherit a used Rust thread pool (tokenizers warns and disables
+                # it anyway); each worker is single-threaded by design
+                with _env("TOKENIZERS_PARALLELISM", "false"):
+                    pool = ctx.Pool(workers, _init_worker, (tok.backend.to_str(), dtype.str, seed, val_fraction))
+                try:
+                    pending: deque = deque()
+                    for batch in batches:
+                        pending.append(pool.apply_async(_worker_encode, (batch,)))
+                        while len(pending) >= 2 * workers + 2 or (pending and pending[0].ready()):
+                            consume(pending.popleft().get())
+                    while pending:
+                        consume(pending.popleft().get())
+                finally:
+                    pool.terminate()
+                    pool.join()
+            bar.total = max(bar.n, 1)
+            bar.close()
+            train, val = writers["train"], writers["validation"]
+            if val_fraction > 0 and val.n_docs == 0 and train.n_docs >= 2 and train._last is not None:
+                ids, sents, nb = train.pop_last()
+                one = np.ones(1, np.int64)
+                val.write(ids, one * len(ids), sents, one * len(sents), one * nb)
+            counts = {s: w.finish() for s, w in writers.items()}
+        finally:
+            for w in writers.values():
+                w.close()
+        # an empty test split is only kept when something asked for it
+        for s in ("test",):
+            if counts[s]["documents"] == 0:
+                for suffix in ("tokens.bin", "docs.npy", "sents.npy"):
+                    (tmp / f"{s}.{suffix}").unlink()
+                del counts[s]
+        totals = {k: sum(c[k] for c in counts.values()) for k in ("tokens", "documents", "sentences", "bytes")}
+        totals["dropped_documents"] = dropped
+        if totals["documents"] == 0:
+            raise DataError(f"{', '.join(s.path for s in sources)}: no tokens: every document is empty after tokenization")
+        seconds = time.perf_counter() - t0
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "tokenizer": {"fingerprint": tok.fingerprint, "kind": tok.kind, "vocab_size": tok.vocab_size},
+            "dtype": dtype.name,
+            "splits": counts,
+            "totals": totals,
+            "sources": plan["sources"],
+            "options": plan["options"],
+            "seconds": round(seconds, 3),
+            "mb_per_s": round(totals["bytes"] / 1e6 / max(seconds, 1e-9), 3),
+            "tokens_per_s": round(totals["tokens"] / max(seconds, 1e-9), 1),
+            "workers": workers,
+            "plan": plan,
+        }
+        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+    return _summary(meta, out, skipped=False)
+
+
+def _dispatch(
+    writers: dict[str, _SplitWriter], ids: np.ndarray, lens: np.ndarray, sent_rel: np.ndarray,
+    n_sents: np.ndarray, codes: np.ndarray, doc_bytes: np.ndarray,
+) -> None:
+    """Route a worker result to the split writers (vectorised; one write per split)."""
+    if not len(lens):
+        return
+    if not codes.any():  # the common case: the whole batch is training data
+        writers["train"].write(ids, lens, sent_rel, n_sents, doc_bytes)
+        return
+    tok_code = np.repeat(codes, lens)  # (n_tokens,)
+    sent_code = np.repeat(codes, n_sents)  # (n_sents,)
+    for name, code in _SPLIT_CODE.items():
+        sel = codes == code
+        if sel.any():
+            writers[name].write(ids[tok_code == code], lens[sel], sent_rel[sent_code == code], n_sents[sel], doc_bytes[sel])
