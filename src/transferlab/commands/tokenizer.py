@@ -1,0 +1,80 @@
+"""``transferlab tokenizer train|encode``: train a WordPiece/BPE/Unigram tokenizer, inspect one."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..data.corpus import DOC_SEPS, FORMATS
+
+    p = subparsers.add_parser(
+        "tokenizer", help="train a tokenizer or encode text with one",
+        description="Train a tokenizer (Hugging Face `tokenizers`) or show how one encodes text.",
+    )
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+    t = sub.add_parser(
+        "train", help="train a tokenizer from files or a built-in corpus",
+        description="Train a WordPiece (BERT), byte-level BPE (GPT-2) or Unigram (T5) tokenizer and save "
+        "it as a folder (tokenizer.json + tokenizer_config.json).",
+        epilog="example: transferlab tokenizer train --kind wordpiece --vocab-size 8000 "
+        "--input builtin:reviews+news --out runs/tok",
+    )
+    t.add_argument("--kind", choices=("wordpiece", "bpe", "unigram"), default="wordpiece",
+                   help="wordpiece: BERT [PAD] [UNK] [CLS] [SEP] [MASK]; bpe: GPT-2 byte level, <|endoftext|>; "
+                   "unigram: T5/SentencePiece with <extra_id_N> sentinels (default: %(default)s)")
+    t.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size incl. special tokens (default: %(default)s)")
+    t.add_argument("--input", action="append", required=True, metavar="PATH",
+                   help="a file, a folder or builtin:NAME (builtin:reviews+news, builtin:ptb); repeatable")
+    t.add_argument("--out", required=True, metavar="DIR", help="folder to save the tokenizer in")
+    t.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
+                   help="lower-case text (default: yes for wordpiece, no for bpe/unigram)")
+    t.add_argument("--min-frequency", type=int, default=2, help="minimum merge frequency (default: %(default)s)")
+    t.add_argument("--sentinels", type=int, default=100, help="unigram sentinel tokens (default: %(default)s)")
+    t.add_argument("--format", choices=FORMATS, default=None, help="input format (default: from the file suffix)")
+    t.add_argument("--text-column", default="text", help="JSONL field / CSV column with the text (default: %(default)s)")
+    t.add_argument("--doc-sep", choices=DOC_SEPS, default="blank",
+                   help="text files: documents separated by blank lines, one per line, or one per file")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("encode", help="print the tokens and ids of some text",
+                       description="Encode each TEXT and print its tokens and ids.")
+    e.add_argument("--tokenizer", required=True, metavar="DIR",
+                   help="a saved tokenizer folder, vocab.txt, tokenizer.json, builtin:gpt2 or builtin:minilm")
+    e.add_argument("--no-special-tokens", action="store_true", help="do not add [CLS]/[SEP] or </s>")
+    e.add_argument("text", nargs="+", help="text(s) to encode")
+    e.set_defaults(func=_encode)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..tokenizer import Tokenizer
+
+    t0 = time.perf_counter()
+    tok = Tokenizer.train(
+        args.input, kind=args.kind, vocab_size=args.vocab_size, lowercase=args.lowercase,
+        min_frequency=args.min_frequency, n_sentinels=args.sentinels, show_progress=True,
+        format=args.format, text_column=args.text_column, doc_sep=args.doc_sep,
+    )
+    tok.save(args.out)
+    specials = " ".join(t for t in tok.special_tokens.values() if t)
+    extra = f", {len(tok.sentinel_tokens)} sentinels" if tok.sentinel_tokens else ""
+    print(f"trained {tok.kind} tokenizer: vocab {tok.vocab_size}{extra}, special tokens {specials}, "
+          f"lowercase={tok.lowercase}, {time.perf_counter() - t0:.1f}s -> {args.out}")
+    print(f"fingerprint {tok.fingerprint[:16]}")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from ..tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(args.tokenizer)
+    for text in args.text:
+        enc = tok(text, add_special_tokens=not args.no_special_tokens)
+        ids = enc["input_ids"]
+        print(f"text:   {text}")
+        print(f"tokens: {' '.join(tok.convert_ids_to_tokens(ids))}")
+        print(f"ids:    {' '.join(map(str, ids))}")
+    return 0

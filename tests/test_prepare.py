@@ -1,0 +1,273 @@
+"""prepare_corpus: shards, index, determinism, atomicity, no-op reruns; TokenShards; WindowDataset; CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from transferlab.cli import main
+from transferlab.data import TokenShards, WindowDataset, prepare_corpus, split_sentences
+from transferlab.data import prepare as prep_mod
+from transferlab.data.corpus import Document
+from transferlab.data.prepare import token_dtype
+from transferlab.errors import DataError
+from transferlab.tokenizer import Tokenizer
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
+
+
+def _doc(i: int) -> str:
+    rng = np.random.default_rng(i)
+    sents = []
+    for _ in range(1 + i % 4):
+        words = [WORDS[k] for k in rng.integers(0, len(WORDS), size=3 + rng.integers(0, 6))]
+        sents.append(" ".join(words).capitalize() + ".")
+    return " ".join(sents)
+
+
+DOCS = [_doc(i) for i in range(80)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train(DOCS, kind="wordpiece", vocab_size=120)
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    f = tmp_path / "corpus.txt"
+    f.write_text("\n\n".join(DOCS) + "\n", encoding="utf-8")
+    return f
+
+
+def _prep(corpus, tok, out, **kw):
+    kw.setdefault("workers", 0)
+    kw.setdefault("progress", False)
+    return prepare_corpus(corpus, tok, out, **kw)
+
+
+# ---------------------------------------------------------------------------------- layout
+def test_layout_meta_and_contents(corpus, tok, tmp_path):
+    out = tmp_path / "data"
+    s = _prep(corpus, tok, out, val_fraction=0.1)
+    assert not s["skipped"] and s["documents"] == len(DOCS)
+    assert s["tokens"] == sum(len(tok.encode(d)) for d in DOCS)
+    assert s["bytes"] == sum(len(d.encode()) for d in DOCS) and s["mb_per_s"] > 0
+    names = sorted(os.listdir(out))
+    assert names == sorted(["meta.json", "tokenizer", "train.tokens.bin", "train.docs.npy", "train.sents.npy",
+                            "validation.tokens.bin", "validation.docs.npy", "validation.sents.npy"])
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tokenizer"]["fingerprint"] == tok.fingerprint and meta["dtype"] == "uint16"
+    assert meta["sources"][0]["path"] == str(corpus) and meta["sources"][0]["size"] == corpus.stat().st_size
+    assert meta["options"]["seed"] == 0 and meta["format_version"] == 1
+    assert Tokenizer.from_pretrained(out / "tokenizer").fingerprint == tok.fingerprint
+
+    train, val = TokenShards(out, "train"), TokenShards(out, "validation")
+    assert train.n_docs + val.n_docs == len(DOCS) and 1 <= val.n_docs < 20
+    assert train.tokens.dtype == np.uint16 and train.n_tokens == len(train.tokens)
+    # every document is stored exactly as tok.encode() gives it, train in corpus order
+    encoded = [tok.encode(d) for d in DOCS]
+    got_train = [train.document(i).tolist() for i in range(train.n_docs)]
+    got_val = [val.document(i).tolist() for i in range(val.n_docs)]
+    assert sorted(got_train + got_val) == sorted(encoded)
+    it = iter(encoded)
+    assert all(any(doc == e for e in it) for doc in got_train)  # a subsequence of the corpus order
+    # sentences: every document start is a sentence start, and the splitter's count is kept
+    assert set(train.doc_offsets.tolist()) <= set(train.sent_offsets.tolist())
+    by_ids = {tuple(e): d for e, d in zip(encoded, DOCS)}
+    for i in range(train.n_docs):
+        sents = train.sentences_of(i)
+        assert np.concatenate(sents).tolist() == got_train[i]
+        assert len(sents) == len(split_sentences(by_ids[tuple(got_train[i])]))
+        assert all(tok.decode(s).endswith(".") for s in sents)
+    assert train.tokenizer.fingerprint == tok.fingerprint
+
+
+def test_workers_give_identical_bytes(corpus, tok, tmp_path):
+    _prep(corpus, tok, tmp_path / "a", workers=0)
+    _prep(corpus, tok, tmp_path / "b", workers=2, batch_chars=300)
+    for name in ("train.tokens.bin", "train.docs.npy", "train.sents.npy", "validation.tokens.bin"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_split_is_deterministic_by_document(corpus, tok, tmp_path):
+    s0 = _prep(corpus, tok, tmp_path / "s0", val_fraction=0.2)
+    s0b = _prep(corpus, tok, tmp_path / "s0b", val_fraction=0.2, batch_chars=100)
+    s1 = _prep(corpus, tok, tmp_path / "s1", val_fraction=0.2, seed=1)
+    assert s0["splits"] == s0b["splits"]
+    v0 = TokenShards(tmp_path / "s0", "validation")
+    v1 = TokenShards(tmp_path / "s1", "validation")
+    assert v0.tokens.tolist() != v1.tokens.tolist()
+    # a tiny corpus still gets one validation document
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text(DOCS[0] + "\n\n" + DOCS[1] + "\n")
+    st = _prep(tiny, tok, tmp_path / "tiny", val_fraction=0.01)
+    assert st["splits"]["validation"]["documents"] == 1 and st["splits"]["train"]["documents"] == 1
+    v = TokenShards(tmp_path / "tiny", "validation")
+    assert v.document(0).tolist() in (tok.encode(DOCS[0]), tok.encode(DOCS[1]))
+    assert v.sent_offsets.tolist()[-1] == v.n_tokens and v.doc_offsets.tolist() == [0, v.n_tokens]
+    none = _prep(tiny, tok, tmp_path / "noval", val_fraction=0.0)
+    assert none["splits"]["validation"]["documents"] == 0
+    empty_val = TokenShards(tmp_path / "noval", "validation")
+    assert empty_val.n_tokens == 0 and len(WindowDataset(empty_val, 4)) == 0
+
+
+def test_split_hints_make_a_test_split(tok, tmp_path, monkeypatch):
+    hinted = [Document(d, "x", i + 1, ("train", "validation", "test")[i % 3]) for i, d in enumerate(DOCS[:30])]
+    monkeypatch.setattr(prep_mod, "iter_documents", lambda *a, **k: iter(hinted))
+    f = tmp_path / "dummy.txt"
+    f.write_text("unused")
+    s = _prep(f, tok, tmp_path / "out")
+    assert {k: v["documents"] for k, v in s["splits"].items()} == {"train": 10, "validation": 10, "test": 10}
+    assert TokenShards(tmp_path / "out", "test").document(0).tolist() == tok.encode(DOCS[2])
+
+
+def test_rerun_is_a_noop_and_changes_rebuild(corpus, tok, tmp_path):
+    out = tmp_path / "data"
+    _prep(corpus, tok, out)
+    stamp = (out / "train.tokens.bin").stat().st_mtime_ns
+    again = _prep(corpus, tok, out)
+    assert again["skipped"] and again["tokens"] > 0
+    assert (out / "train.tokens.bin").stat().st_mtime_ns == stamp
+    assert not _prep(corpus, tok, out, force=True)["skipped"]
+    with open(corpus, "a", encoding="utf-8") as f:
+        f.write("\nA brand new document. With two sentences.\n")
+    changed = _prep(corpus, tok, out)
+    assert not changed["skipped"] and changed["documents"] == len(DOCS) + 1
+    other_tok = Tokenizer.train(DOCS, kind="bpe", vocab_size=300)
+    assert not _prep(corpus, other_tok, out)["skipped"]
+    assert TokenShards(out).meta["tokenizer"]["kind"] == "bpe"
+
+
+def test_interrupted_run_leaves_nothing_that_looks_complete(corpus, tok, tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    calls = {"n": 0}
+    real = prep_mod._dispatch
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(prep_mod, "_dispatch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _prep(corpus, tok, out, batch_chars=200)
+    assert not out.exists() and os.listdir(tmp_path) == [corpus.name]
+    with pytest.raises(DataError, match="no such prepared dataset"):
+        TokenShards(out)
+    monkeypatch.setattr(prep_mod, "_dispatch", real)
+    _prep(corpus, tok, out)
+    before = (out / "train.tokens.bin").read_bytes()
+    calls["n"] = 0
+    monkeypatch.setattr(prep_mod, "_dispatch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _prep(corpus, tok, out, batch_chars=200, force=True)
+    assert (out / "train.tokens.bin").read_bytes() == before  # the old complete version survives
+    assert sorted(os.listdir(tmp_path)) == sorted([corpus.name, "data"])
+
+
+def test_refuses_to_overwrite_other_folders(corpus, tok, tmp_path):
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "thesis.tex").write_text("do not delete")
+    with pytest.raises(DataError, match="refusing to overwrite"):
+        _prep(corpus, tok, other)
+    assert (other / "thesis.tex").exists()
+
+
+def test_dtype_choice():
+    assert token_dtype(8000) == np.uint16 and token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32 and token_dtype(250_000) == np.uint32
+
+
+def test_shards_report_incomplete_data(corpus, tok, tmp_path):
+    out = tmp_path / "data"
+    _prep(corpus, tok, out)
+    with pytest.raises(DataError, match="no split 'test'"):
+        TokenShards(out, "test")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(DataError, match="no meta.json"):
+        TokenShards(tmp_path / "half")
+    with open(out / "train.tokens.bin", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(DataError, match="incomplete"):
+        TokenShards(out)
+
+
+# ---------------------------------------------------------------------------------- datasets
+def test_window_dataset(corpus, tok, tmp_path):
+    _prep(corpus, tok, tmp_path / "d")
+    sh = TokenShards(tmp_path / "d")
+    flat = np.asarray(sh.tokens, dtype=np.int64)
+    ds = WindowDataset(sh, seq_len=16)
+    assert len(ds) == len(flat) // 16
+    assert ds[0].dtype == np.int64 and ds[3].tolist() == flat[48:64].tolist() and ds[-1].shape == (16,)
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    sliding = WindowDataset(sh, seq_len=16, stride=4)
+    assert len(sliding) == (len(flat) - 16) // 4 + 1 and sliding[1].tolist() == flat[4:20].tolist()
+    # boundaries and doc ids agree with the document index
+    offs = sh.doc_offsets.tolist()
+    for i in range(len(ds)):
+        start = ds.start(i)
+        want = [o - start for o in offs if start <= o < start + 16]
+        assert ds.boundaries(i).tolist() == want
+        ids = ds.doc_ids_of(i)
+        assert ids[0] == sh.doc_of_position(start) and np.all(np.diff(ids) >= 0)
+        assert [p for p in range(1, 16) if ids[p] != ids[p - 1]] == [b for b in want if b > 0]
+        assert set(ds.sentence_boundaries(i).tolist()) >= set(want)
+    # ranks partition the windows and have equal lengths
+    r0, r1 = WindowDataset(sh, 16, rank=0, world_size=2), WindowDataset(sh, 16, rank=1, world_size=2)
+    assert len(r0) == len(r1) == len(ds) // 2
+    assert r1[0].tolist() == ds[1].tolist() and r0[1].tolist() == ds[2].tolist()
+    # pickles without its arrays (DataLoader workers re-open the memmaps)
+    blob = pickle.dumps(ds)
+    assert len(blob) < 5000 and pickle.loads(blob)[5].tolist() == ds[5].tolist()
+    with pytest.raises(DataError):
+        WindowDataset(sh, 0)
+
+
+def test_window_dataset_with_torch_dataloader(corpus, tok, tmp_path):
+    torch = pytest.importorskip("torch")
+    _prep(corpus, tok, tmp_path / "d")
+    ds = WindowDataset(TokenShards(tmp_path / "d"), seq_len=8)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert batch.shape == (4, 8) and batch.dtype == torch.int64
+
+
+# ---------------------------------------------------------------------------------- CLI
+def test_cli_prepare_prints_summary(corpus, tok, tmp_path, capsys):
+    tok.save(tmp_path / "tok")
+    rc = main(["prepare", "--tokenizer", str(tmp_path / "tok"), "--input", str(corpus), "--out",
+               str(tmp_path / "d"), "--workers", "0", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"documents {len(DOCS)}" in out and "tokens " in out and "MB/s" in out
+    rc = main(["prepare", "--tokenizer", str(tmp_path / "tok"), "--input", str(corpus), "--out",
+               str(tmp_path / "d"), "--no-progress"])
+    assert rc == 0 and "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: (p / "bad.txt").write_bytes(b"good line\n\xff\xfe\n") and p / "bad.txt", "bad.txt:2: invalid UTF-8"),
+        (lambda p: (p / "empty.txt").write_bytes(b"") or p / "empty.txt", "empty.txt: no documents: the file is empty"),
+        (lambda p: (p / "a.csv").write_text("id,body\n1,hello\n") and p / "a.csv", "a.csv:1: no column 'text'"),
+        (lambda p: ((p / "dir").mkdir(), (p / "dir" / "x.bin").write_bytes(b"1"))[0] or p / "dir", "folder has no text files"),
+    ],
+    ids=["invalid-utf8", "empty-file", "csv-without-column", "folder-without-text"],
+)
+def test_cli_bad_inputs(tok, tmp_path, capsys, setup, message):
+    tok.save(tmp_path / "tok")
+    path = setup(tmp_path)
+    rc = main(["prepare", "--tokenizer", str(tmp_path / "tok"), "--input", str(path), "--out",
+               str(tmp_path / "out"), "--workers", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out").exists()
