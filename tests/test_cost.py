@@ -30,7 +30,7 @@ from transferlab.cost import (
     generation_flops,
 )
 from transferlab.errors import ConfigError
-from transferlab.models import KVCache, build_model
+from transferlab.models import build_model
 
 B, T = 2, 128
 
