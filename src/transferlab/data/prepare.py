@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import multiprocessing as mp
 import os
@@ -93,7 +92,7 @@ def _encode_docs(
     encs = backend.encode_batch(texts, add_special_tokens=False)
     key = seed.to_bytes(8, "little", signed=True)
     threshold = int(val_fraction * 2**64)
-    all_ids: list[list[int]] = []
+    arrays: list[np.ndarray] = []
     lens: list[int] = []
     sent_rel: list[int] = []
     n_sents: list[int] = []
@@ -109,7 +108,7 @@ def _encode_docs(
         if n == 0:
             dropped += 1
             continue
-        all_ids.append(ids)
+        arrays.append(np.array(ids, dtype=dtype))
         lens.append(n)
         doc_bytes.append(len(raw))
         starts = [0]
@@ -125,10 +124,8 @@ def _encode_docs(
             codes.append(1 if h < threshold else 0)
         else:
             codes.append(_SPLIT_CODE[hint])
-    total = sum(lens)
-    flat = np.fromiter(itertools.chain.from_iterable(all_ids), dtype=dtype, count=total)
     return (
-        flat,
+        np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype),
         np.asarray(lens, dtype=np.int64),
         np.asarray(sent_rel, dtype=np.int64),
         np.asarray(n_sents, dtype=np.int64),
@@ -278,6 +275,54 @@ def _summary(meta: dict[str, Any], out: Path, skipped: bool) -> dict[str, Any]:
     }
 
 
+def _tokenize_into(
+    writers: dict[str, _SplitWriter], batches: Iterator[tuple[list[str], list[str | None]]], tok: Any,
+    workers: int, dtype: np.dtype, seed: int, val_fraction: float, total_size: int, progress: bool,
+) -> int:
+    """Tokenize every batch (in ``workers`` processes, or here when 0) and write the results in
+    corpus order. Returns the number of documents dropped for having no tokens."""
+    from tqdm.auto import tqdm
+
+    dropped = n_tokens = 0
+    bar = tqdm(total=total_size, unit="B", unit_scale=True, desc="prepare", disable=not progress,
+               dynamic_ncols=True, mininterval=0.5)
+
+    def consume(res: tuple) -> None:
+        nonlocal dropped, n_tokens
+        ids, lens, sent_rel, n_sents, codes, doc_bytes, n_bytes, n_drop = res
+        dropped += n_drop
+        n_tokens += len(ids)
+        _dispatch(writers, ids, lens, sent_rel, n_sents, codes, doc_bytes)
+        bar.update(n_bytes)
+        bar.set_postfix_str(f"{n_tokens:,} tokens", refresh=False)
+
+    try:
+        if workers == 0:
+            for texts, hints in batches:
+                consume(_encode_docs(tok.backend, texts, hints, dtype, seed, val_fraction))
+            return dropped
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        # children must not inherit a used Rust thread pool (tokenizers would warn and disable it);
+        # each worker is single-threaded by design: the processes are the parallelism
+        with _env("TOKENIZERS_PARALLELISM", "false"):
+            pool = ctx.Pool(workers, _init_worker, (tok.backend.to_str(), dtype.str, seed, val_fraction))
+        try:
+            pending: deque = deque()  # results in submission order = corpus order
+            for batch in batches:
+                pending.append(pool.apply_async(_worker_encode, (batch,)))
+                while len(pending) >= 2 * workers + 2 or (pending and pending[0].ready()):
+                    consume(pending.popleft().get())
+            while pending:
+                consume(pending.popleft().get())
+        finally:
+            pool.terminate()
+            pool.join()
+        return dropped
+    finally:
+        bar.total = max(bar.n, 1)  # sizes on disk are only an estimate of the text's size
+        bar.close()
+
+
 # ---------------------------------------------------------------------------------- entry point
 def prepare_corpus(
     inputs: str | Path | Iterable[str | Path],
@@ -290,7 +335,7 @@ def prepare_corpus(
     text_column: str = "text",
     doc_sep: str = "blank",
     force: bool = False,
-    batch_chars: int = 1 << 20,
+    batch_chars: int = 1 << 19,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Tokenize a corpus once into memory-mapped shards (see the module docstring).
@@ -348,51 +393,13 @@ def prepare_corpus(
                 return _summary(meta, out, skipped=True)
 
     t0 = time.perf_counter()
-    total_size = sum(s.size for s in sources)
     with atomic_dir(out) as tmp:
         tok.save(tmp / "tokenizer")
         writers = {s: _SplitWriter(tmp, s, dtype) for s in SPLITS}
-        dropped = 0
         try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total_size, unit="B", unit_scale=True, desc="prepare", disable=not progress,
-                       dynamic_ncols=True, mininterval=0.5)
-            n_tokens = 0
-
-            def consume(res: tuple) -> None:
-                nonlocal dropped, n_tokens
-                ids, lens, sent_rel, n_sents, codes, doc_bytes, n_bytes, n_drop = res
-                dropped += n_drop
-                n_tokens += len(ids)
-                _dispatch(writers, ids, lens, sent_rel, n_sents, codes, doc_bytes)
-                bar.update(n_bytes)
-                bar.set_postfix_str(f"{n_tokens:,} tokens", refresh=False)
-
-            docs = iter_documents(sources, text_column=text_column, doc_sep=doc_sep)
-            batches = _batches(docs, batch_chars)
-            if workers == 0:
-                for texts, hints in batches:
-                    consume(_encode_docs(tok.backend, texts, hints, dtype, seed, val_fraction))
-            else:
-                ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-                # children must not inherit a used Rust thread pool (tokenizers warns and disables
-                # it anyway); each worker is single-threaded by design
-                with _env("TOKENIZERS_PARALLELISM", "false"):
-                    pool = ctx.Pool(workers, _init_worker, (tok.backend.to_str(), dtype.str, seed, val_fraction))
-                try:
-                    pending: deque = deque()
-                    for batch in batches:
-                        pending.append(pool.apply_async(_worker_encode, (batch,)))
-                        while len(pending) >= 2 * workers + 2 or (pending and pending[0].ready()):
-                            consume(pending.popleft().get())
-                    while pending:
-                        consume(pending.popleft().get())
-                finally:
-                    pool.terminate()
-                    pool.join()
-            bar.total = max(bar.n, 1)
-            bar.close()
+            batches = _batches(iter_documents(sources, text_column=text_column, doc_sep=doc_sep), batch_chars)
+            total = sum(s.size for s in sources)
+            dropped = _tokenize_into(writers, batches, tok, workers, dtype, seed, val_fraction, total, progress)
             train, val = writers["train"], writers["validation"]
             if val_fraction > 0 and val.n_docs == 0 and train.n_docs >= 2 and train._last is not None:
                 ids, sents, nb = train.pop_last()
@@ -402,12 +409,10 @@ def prepare_corpus(
         finally:
             for w in writers.values():
                 w.close()
-        # an empty test split is only kept when something asked for it
-        for s in ("test",):
-            if counts[s]["documents"] == 0:
-                for suffix in ("tokens.bin", "docs.npy", "sents.npy"):
-                    (tmp / f"{s}.{suffix}").unlink()
-                del counts[s]
+        if counts["test"]["documents"] == 0:  # a test split exists only for corpora that have one
+            for suffix in ("tokens.bin", "docs.npy", "sents.npy"):
+                (tmp / f"test.{suffix}").unlink()
+            del counts["test"]
         totals = {k: sum(c[k] for c in counts.values()) for k in ("tokens", "documents", "sentences", "bytes")}
         totals["dropped_documents"] = dropped
         if totals["documents"] == 0:
