@@ -24,10 +24,10 @@ PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 N_SPECIAL = 5
 
 
-def bert_ids(**kw) -> SpecialIds:
-    cont = np.zeros(V, dtype=bool)
+def bert_ids(vocab: int = V, **kw) -> SpecialIds:
+    cont = np.zeros(vocab, dtype=bool)
     cont[600:] = True  # ids >= 600 are "##" continuation pieces
-    return SpecialIds(V, pad_token_id=PAD, unk_token_id=UNK, cls_token_id=CLS, sep_token_id=SEP,
+    return SpecialIds(vocab, pad_token_id=PAD, unk_token_id=UNK, cls_token_id=CLS, sep_token_id=SEP,
                       mask_token_id=MASK, continuation=cont, **kw)
 
 

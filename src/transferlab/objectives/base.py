@@ -300,7 +300,8 @@ def make_config(cls: type, config: Any = None, settings: dict[str, Any] | None =
     """Build an objective config dataclass from an instance and/or keyword settings.
 
     Unknown keys raise ConfigError listing the known ones; string values (from the CLI or
-    dotted overrides) are coerced to the field's type. Calls ``validate()``.
+    dotted overrides) are coerced to the field's type (a list also from ``"a,b"``).
+    Calls ``validate()``.
     """
     import dataclasses
     import typing
@@ -316,7 +317,9 @@ def make_config(cls: type, config: Any = None, settings: dict[str, Any] | None =
             raise ConfigError(
                 f"{where or cls.__name__}: unknown setting {k!r}; known: {', '.join(sorted(names))}"
             )
-        if isinstance(v, str) and hints[key] is not str:
+        if isinstance(v, str) and typing.get_origin(hints[key]) is list and not v.lstrip().startswith("["):
+            v = [p.strip() for p in v.replace("+", ",").split(",") if p.strip()]  # "infill,permute"
+        elif isinstance(v, str) and hints[key] is not str:
             v = _parse_value(v, hints[key], f"{where}.{key}" if where else key)
         setattr(obj, key, v)
     obj.validate()

@@ -175,7 +175,8 @@ class SentencePairs(_Sharded):
     other document from a random sentence on (up to ``max_tokens`` tokens): the collator uses
     them when it decides (with the trainer's generator) that B is *not* the continuation.
 
-    Item: ``{"sentences": [int64 arrays], "random_sentences": [int64 arrays], "target": int}``.
+    Item: ``{"sentences": [int64 arrays], "random_sentences": [int64 arrays], "target": int,
+    "max_tokens": int}`` (``max_tokens``: what a pair is truncated to).
     """
 
     def __init__(self, shards: Any, max_tokens: int, short_seq_prob: float = 0.1, seed: int = 0,
@@ -246,4 +247,5 @@ class SentencePairs(_Sharded):
             "sentences": self._sentences(int(self.chunk_lo[g]), int(self.chunk_hi[g])),
             "random_sentences": self._sentences(start, max(s_hi, start), budget=self.max_tokens),
             "target": int(self.chunk_target[g]),
+            "max_tokens": self.max_tokens,
         }
