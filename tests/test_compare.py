@@ -1,0 +1,184 @@
+import json
+
+import pytest
+import torch
+import yaml
+
+from transferlab.cli import main
+from transferlab.config import ModelConfig
+from transferlab.errors import ConfigError
+from transferlab.evaluation import compare as cmp
+from transferlab.evaluation.compare import load_compare_config, parse_compare_config, read_results, run_compare
+from transferlab.evaluation.plots import pareto_front
+from transferlab.models.model import build_model
+from transferlab.tokenizer import Tokenizer
+
+POS = ["a wonderful film , loved it", "great acting and a great story", "wonderful , moving and funny"]
+NEG = ["a terrible film , hated it", "boring plot and awful acting", "awful , dull and too long"]
+
+
+def _rows(n, offset):
+    return [{"text": (POS if (i + offset) % 2 else NEG)[i % 3], "label": "pos" if (i + offset) % 2 else "neg"}
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cmp")
+    for split, n, off in (("train", 40, 0), ("validation", 12, 1), ("test", 12, 0)):
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(n, off)))
+    tok = Tokenizer.train(POS + NEG, kind="wordpiece", vocab_size=80, min_frequency=1)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=2, d_ff=64, type_vocab_size=2,
+                      max_positions=64, heads={})
+    model = build_model(cfg)
+    model.save_pretrained(d / "tiny")
+    tok.save(d / "tiny")
+    return d
+
+
+def _config(d, **over):
+    raw = {
+        "out_dir": "out",
+        "tasks": [{"name": "toy", "train_file": "train.jsonl", "validation_file": "validation.jsonl",
+                   "test_file": "test.jsonl"}],
+        "train_sizes": [10, 30],
+        "seeds": [0, 1],
+        "finetune": {"epochs": 1, "batch_size": 8, "max_length": 24, "dtype": "fp32", "lr": 1e-3},
+        "cost": {"track_energy": False},
+        "models": ["majority", "tfidf-logreg", {"name": "tiny", "model": "tiny"},
+                   {"name": "tiny-scratch", "model": "tiny", "from_scratch": True}],
+    }
+    raw.update(over)
+    path = d / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_compare_grid_tables_plots_and_resume(setup, monkeypatch):
+    d = setup
+    cfg = load_compare_config(_config(d))
+    assert cfg.out_dir == d / "out" and cfg.models[2].model == str(d / "tiny")
+    assert [m.group for m in cfg.models] == ["majority", "tf-idf", "pre-trained", "from scratch"]
+
+    # record the training subset every method sees (baselines and fine-tuning share subsample)
+    import transferlab.finetune.loop as loop
+    import transferlab.finetune.tasks as tasks
+
+    seen: dict[tuple, set] = {}
+    real = tasks.subsample
+
+    def spy(examples, n, seed, task_type):
+        out = real(examples, n, seed, task_type)
+        if len(examples) == 40:  # the training split (validation is subsampled too, with n=None)
+            seen.setdefault((n, seed), set()).add(tuple(sorted((e["text"], e.get("_where")) for e in out)))
+        return out
+
+    monkeypatch.setattr(tasks, "subsample", spy)
+    monkeypatch.setattr(loop, "subsample", spy)
+    calls = []
+
+    def counting(cell, out_dir):
+        calls.append(cell.key)
+        return cmp._run_finetune_cell(cell, out_dir)
+
+    rep = run_compare(cfg, progress=False, runner=counting)
+    assert rep.n_cells == 16 and rep.n_run == 16 and rep.n_skipped == 0 and not rep.failures
+    assert len(calls) == 8  # 2 transformer methods x 2 sizes x 2 seeds
+    assert set(seen) == {(10, 0), (10, 1), (30, 0), (30, 1)}
+    assert all(len(v) == 1 for v in seen.values())  # one subset per (size, seed) across all methods
+    assert seen[(10, 0)] != seen[(10, 1)]
+
+    rows = read_results(d / "out" / "results.jsonl")
+    assert len(rows) == 16
+    r = next(r for r in rows if r["method"] == "tiny" and r["train_size"] == "10")
+    assert r["metric"] == "accuracy" and r["n_train"] == 10 and set(r["test"]) >= {"accuracy", "macro_f1", "mcc"}
+    assert r["task_type"] == "classification" and r["group"] == "pre-trained"
+    base = next(r for r in rows if r["method"] == "tfidf-logreg")
+    assert base["cost"]["energy_kwh"] > 0 and "price_usd" in base["cost"] and "mfu" not in base["cost"]
+
+    # summary: mean ± std over 2 seeds per (task, size, method)
+    assert len(rep.summary) == 8 and all(g["n"] == 2 for g in rep.summary)
+    g = next(g for g in rep.summary if g["method"] == "majority" and g["train_size"] == "30")
+    accs = [r["test"]["accuracy"] for r in rows if r["method"] == "majority" and r["train_size"] == "30"]
+    assert g["mean"] == pytest.approx(sum(accs) / 2)
+    assert g["std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    md = (d / "out" / "summary.md").read_text()
+    assert "±" in md and "| toy | 10 | tiny-scratch | 2 |" in md and "price ($)" in md
+    csv_text = (d / "out" / "summary.csv").read_text().splitlines()
+    assert csv_text[0].startswith("task,train_size,method,group,n,") and len(csv_text) == 9
+    for name in ("learning_curve_toy.png", "cost_toy.png"):
+        png = d / "out" / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # second run: nothing reruns
+    calls.clear()
+    rep2 = run_compare(cfg, progress=False, runner=counting)
+    assert rep2.n_run == 0 and rep2.n_skipped == 16 and calls == []
+    assert len(read_results(d / "out" / "results.jsonl")) == 16
+
+    # changing one method's settings reruns only that method; old rows are ignored, not mixed in
+    cfg2 = load_compare_config(_config(d, models=["majority", "tfidf-logreg",
+                                                  {"name": "tiny", "model": "tiny", "finetune": {"epochs": 2}},
+                                                  {"name": "tiny-scratch", "model": "tiny", "from_scratch": True}]))
+    rep3 = run_compare(cfg2, progress=False, runner=counting, plots=False)
+    assert rep3.n_run == 4 and rep3.n_skipped == 12 and rep3.n_stale == 4
+    assert {c[0] for c in calls} == {"tiny"}
+    assert all(g["n"] == 2 for g in rep3.summary)
+
+
+def test_results_tolerate_a_cut_last_line_and_cli(setup, capsys):
+    d = setup
+    path = _config(d, out_dir="out_cli", models=["majority", "tfidf-svm"], train_sizes=[20], seeds=[0, 1, 2])
+    assert main(["compare", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "6 cells: 0 already finished, 6 run now" in out and "| toy | 20 | tfidf-svm | 3 |" in out
+    res = d / "out_cli" / "results.jsonl"
+    with open(res, "a") as f:
+        f.write('{"method": "majority", "task": "to')  # a run killed mid-append
+    assert len(read_results(res)) == 6
+    assert main(["compare", str(path), "--quiet", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done  ") == 6 and "6 already finished, 0 run now" in out
+    assert main(["compare", str(path), "--quiet", "--only", "nope"]) == 2
+    assert "unknown method(s) nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"models": ["majority", "bert"]}, "'bert' is not a baseline"),
+        ({"models": [{"name": "x", "model": "tiny", "finetune": {"epochz": 1}}]}, "unknown finetune setting"),
+        ({"models": [{"name": "x", "model": "tiny", "finetune": {"seed": 1}}]}, "set per cell"),
+        ({"models": ["majority", "majority"]}, "appears twice"),
+        ({"train_sizes": [10, -1]}, "not a positive integer"),
+        ({"seeds": "0"}, "seeds"),
+        ({"tasks": []}, "tasks: expected a non-empty list"),
+        ({"typo": 1}, "unknown key"),
+        ({"cost_axis": "dollars"}, "cost_axis"),
+    ],
+)
+def test_config_errors(setup, over, message):
+    with pytest.raises(ConfigError, match=message):
+        load_compare_config(_config(setup, **over))
+
+
+def test_missing_model_fails_before_any_cell(setup, capsys):
+    path = _config(setup, out_dir="out_bad", models=["majority", {"name": "m", "model": "no/such/dir"}])
+    assert main(["compare", str(path), "--quiet"]) == 2
+    assert "is not a model folder" in capsys.readouterr().err
+    assert not (setup / "out_bad" / "results.jsonl").exists()
+
+
+def test_parse_builtin_task_and_all_size():
+    cfg = parse_compare_config({"out_dir": "/tmp/x", "tasks": ["imdb"], "train_sizes": [100, "all"],
+                                "models": ["tfidf-svm"]})
+    assert cfg.tasks[0].builtin and cfg.train_sizes == [100, None]
+    cells = cmp.plan_cells(cfg)
+    assert [c.size_label for c in cells] == ["100", "all"] and cells[0].spec_hash == cells[1].spec_hash
+
+
+def test_pareto_front():
+    pts = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (4.0, 0.9), (0.5, 0.4), (2.0, 0.65)]
+    assert pareto_front(pts) == [4, 0, 1, 3]
+    assert pareto_front([(1.0, 3.0), (2.0, 1.0)], higher_better=False) == [0, 1]
