@@ -1,0 +1,138 @@
+"""``transferlab pretrain``: pre-train a preset (or continue a saved model) on prepared shards."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+_EPILOG = """\
+overrides (key=value, after the flags; dotted sections):
+  model.*      architecture of a preset, e.g. model.n_layers=2 model.dropout=0.1 model.attn_impl=sdpa
+  train.*      any TrainConfig field, e.g. train.lr=1e-3 train.schedule=cosine train.warmup=0.1
+  objective.*  the objective's settings, e.g. objective.mask_prob=0.2 objective.whole_word=true
+
+examples:
+  transferlab pretrain --preset bert-mini --objective mlm --data runs/data --out runs/bert --max-minutes 10
+  transferlab pretrain --preset gpt-mini --objective clm --data runs/data --out runs/gpt --max-steps 2000 \\
+      train.schedule=cosine train.min_lr_ratio=0.1
+  transferlab pretrain --init builtin:minilm --objective mlm --data runs/minilm-data --out runs/minilm-cont \\
+      --max-steps 500 --lr 1e-4
+  torchrun --nproc_per_node=2 -m transferlab pretrain --preset bert-mini --objective mlm \\
+      --data runs/data --out runs/bert-ddp --max-steps 1000
+
+A run folder holds config.json (the resolved config), metrics.jsonl, tensorboard/, checkpoints/,
+loss_curve.png, summary.json and model/ (weights + tokenizer, loadable by finetune). A killed run
+continues with the same command plus --resume, ending bit-identical to an uninterrupted one.
+"""
+
+# flag -> TrainConfig field
+_TRAIN_FLAGS = {
+    "max_steps": "max_steps", "max_minutes": "max_minutes", "max_tokens": "max_tokens", "save_every": "save_every",
+    "batch_size": "batch_size", "seq_len": "seq_len", "lr": "lr", "grad_accum": "grad_accum", "dtype": "dtype",
+    "seed": "seed", "eval_every": "eval_every", "fsdp": "fsdp", "compile": "compile",
+}
+
+
+def register(subparsers: Any) -> None:
+    from ..training.config import TrainConfig
+
+    docs = TrainConfig.field_docs()
+    p = subparsers.add_parser(
+        "pretrain", help="pre-train a model with an objective (mlm, nsp, electra, clm, denoise, span-corruption)",
+        description="Pre-train a preset, or continue pre-training a saved/converted model, on data prepared "
+                    "with `transferlab prepare`. Runs under torchrun unchanged (DDP, or FSDP with --fsdp).",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", help="model preset (bert-mini, gpt-mini, bart-mini, t5-mini, ...; see `transferlab info`)")
+    p.add_argument("--init", metavar="DIR", help="continue pre-training a saved or converted model (a model folder, "
+                                                "an HF folder, or builtin:minilm) instead of a fresh preset")
+    p.add_argument("--objective",
+                   help="mlm | nsp (mlm+nsp) | electra | clm | denoise | span-corruption")
+    p.add_argument("--data", required=True, metavar="DIR", help="folder written by `transferlab prepare`")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--config", metavar="FILE", help="YAML/JSON with optional preset/init/objective and "
+                                                   "model/train/objective sections (flags and key=value win)")
+    p.add_argument("--max-steps", type=int, help=docs["max_steps"])
+    p.add_argument("--max-minutes", type=float, help=docs["max_minutes"])
+    p.add_argument("--max-tokens", type=int, help=docs["max_tokens"])
+    p.add_argument("--save-every", type=int, metavar="STEPS", help=docs["save_every"])
+    p.add_argument("--eval-every", type=int, metavar="STEPS", help=docs["eval_every"])
+    p.add_argument("--batch-size", type=int, help=docs["batch_size"])
+    p.add_argument("--seq-len", type=int, help=docs["seq_len"])
+    p.add_argument("--lr", type=float, help=docs["lr"])
+    p.add_argument("--grad-accum", type=int, help=docs["grad_accum"])
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help=docs["dtype"])
+    p.add_argument("--seed", type=int, help=docs["seed"])
+    p.add_argument("--fsdp", action="store_true", default=None, help=docs["fsdp"])
+    p.add_argument("--compile", action="store_true", default=None, help=docs["compile"])
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides: model.n_layers=2 train.lr=1e-3 objective.mask_prob=0.2")
+    p.set_defaults(func=run)
+
+
+def _sections(items: list[str]) -> tuple[list[str], list[str], dict[str, str]]:
+    from ..config import _split
+    from ..errors import ConfigError
+
+    model, train, objective = [], [], {}
+    for item in items:
+        key, value = _split(item)
+        section, _, rest = key.partition(".")
+        if section == "model" and rest:
+            model.append(f"{key}={value}")  # keep the section: error messages name model.X / train.X
+        elif section == "train" and rest:
+            train.append(f"{key}={value}")
+        elif section == "objective" and rest:
+            objective[rest] = value
+        else:
+            raise ConfigError(f"override {item!r}: expected model.KEY=VALUE, train.KEY=VALUE or objective.KEY=VALUE")
+    return model, train, objective
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..config import apply_overrides, load_config_file
+    from ..errors import ConfigError
+    from ..training.config import TrainConfig
+    from ..training.pretrain import pretrain
+
+    file_cfg: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    unknown = set(file_cfg) - {"preset", "init", "objective", "model", "train"}
+    if unknown:
+        raise ConfigError(f"{args.config}: unknown section(s) {', '.join(sorted(unknown))}; "
+                          "expected preset, init, objective, model, train")
+    preset = args.preset or file_cfg.get("preset")
+    init = args.init or file_cfg.get("init")
+    if bool(preset) == bool(init):
+        raise ConfigError("give exactly one of --preset NAME (a fresh model) or --init DIR (continue a saved model)")
+    obj_file = file_cfg.get("objective") or {}
+    if isinstance(obj_file, str):
+        obj_file = {"name": obj_file}
+    obj_settings = {k: v for k, v in obj_file.items() if k != "name"}
+    objective = args.objective or obj_file.get("name")
+    if not objective:
+        raise ConfigError("no objective: pass --objective (mlm, nsp, electra, clm, denoise, span-corruption)")
+
+    model_o, train_o, obj_o = _sections(args.overrides)
+    model_o = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (file_cfg.get("model") or {}).items()] + model_o
+
+    train = TrainConfig.from_dict(file_cfg["train"]) if file_cfg.get("train") else TrainConfig()
+    for flag, field in _TRAIN_FLAGS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            setattr(train, field, v)
+    if train_o:
+        apply_overrides(train, train_o, prefix="train")
+    train.validate()
+    obj_settings.update(obj_o)
+
+    summary = pretrain(preset, objective, obj_settings, train, args.data, args.out, resume=args.resume,
+                       init=init, model_overrides=model_o)
+    if summary.get("model_dir"):  # main process
+        val = f", validation loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f})" if summary.get("val_loss") is not None else ""
+        print(f"trained {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['train_seconds']:.1f}s "
+              f"({summary['tokens_per_s']:,.0f} tokens/s, {summary['dtype']}), stopped by {summary['stopped_by']}{val}")
+        print(f"model: {summary['model_dir']}")
+    return 0

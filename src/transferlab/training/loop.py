@@ -1,0 +1,543 @@
+"""The explicit training loop: one optimizer step at a time, with named hooks.
+
+Read :meth:`Trainer.fit` top to bottom: it is the whole engine. Each step
+
+1. collates ``grad_accum`` micro-batches (indices from :class:`GlobalSampler`, randomness from
+   the trainer-owned ``numpy.random.Generator``);
+2. all-reduces the number of predicted tokens ``n_targets`` over micro-batches and ranks, so every
+   micro-batch loss is ``loss_sum / N_total``: accumulation and data parallelism are exactly the
+   large batch (DDP averages gradients over ranks, so we multiply by the world size);
+3. runs forward (bf16 autocast or fp32) and backward per micro-batch, synchronising gradients only
+   on the last one (DDP ``no_sync`` / FSDP2 ``set_requires_gradient_sync``);
+4. checks the loss is finite *before* updating (a NaN stops the run with the last good checkpoint
+   intact), clips the gradient norm and steps AdamW at the learning rate the schedule gives for
+   the current progress (the max of steps, tokens and minutes used, each over its budget);
+5. calls ``maybe_log`` / ``maybe_eval`` / ``maybe_save``.
+
+Checkpoints hold everything that decides the next step (weights, optimizer, all random streams,
+the data position), so ``fit(resume=True)`` continues a killed run bit-identically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import TransferlabError
+from .checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_checkpoints, load_checkpoint,
+                         restore_rng, save_checkpoint)
+from .config import DType, TrainConfig
+from .distributed import DistInfo, GlobalSampler, all_reduce, grad_sync, wrap_model
+from .optim import build_optimizer, lr_multiplier, set_lr
+
+EVAL_SEED = 1234  # validation masks/noise come from this fixed seed, so every evaluation is comparable
+
+
+class TrainingDiverged(TransferlabError):
+    """The loss (or gradient norm) became NaN/inf; the weights were not updated."""
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matmul instructions (avx512_bf16 or AMX), where bf16 is ~4x fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def resolve_dtype(dtype: str | DType, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on GPUs/CPUs with native bf16, else ``fp32``; others unchanged."""
+    dtype = DType(dtype)
+    if dtype != DType.AUTO:
+        return dtype.value
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+class _LossModule(nn.Module):
+    """model + objective as one module, so DDP sees the whole loss computation as its forward
+    (objectives call ``model.backbone`` and heads separately, which a DDP wrapper would miss)."""
+
+    def __init__(self, model: nn.Module, objective: Any):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        out = self.objective.loss(self.model, batch)
+        return out.loss_sum, out.metrics
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _count_tokens(batch: dict[str, Any]) -> int:
+    """Input tokens processed: encoder/decoder input positions (what tokens/s and max_tokens count)."""
+    n = int(batch["input_ids"].numel()) if "input_ids" in batch else 0
+    if "decoder_input_ids" in batch:
+        n += int(batch["decoder_input_ids"].numel())
+    return n
+
+
+class _Prefetcher:
+    """Collates micro-batches ahead in one thread, in order, each with the collator RNG state after
+    it, so a checkpoint can record the state that belongs to the last batch actually used."""
+
+    def __init__(self, make: Callable[[int], dict], rng: np.random.Generator, start: int, depth: int):
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+
+        def work() -> None:
+            g = start
+            while not self.stop.is_set():
+                try:
+                    item = (make(g), rng.bit_generator.state)
+                except BaseException as e:  # surface collation errors in the training loop
+                    item = e
+                while not self.stop.is_set():
+                    try:
+                        self.q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if isinstance(item, BaseException):
+                    return
+                g += 1
+
+        self.thread = threading.Thread(target=work, daemon=True, name="transferlab-collate")
+        self.thread.start()
+
+    def get(self) -> tuple[dict, dict]:
+        item = self.q.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+class Trainer:
+    """Train ``model`` on ``objective`` over ``train_data`` with the settings in ``cfg``.
+
+    Args:
+        model: what is optimised and checkpointed (a TransferModel, or an objective's wrapper
+            such as ELECTRA's generator + discriminator pair).
+        objective: follows :mod:`transferlab.objectives.base` (``collate(examples, rng)``,
+            ``loss(model, batch)``).
+        train_data: index-addressable examples (``objective.dataset(shards, seq_len)``).
+        cfg: a :class:`TrainConfig`.
+        out_dir: run folder: ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``, ``loss_curve.png``.
+        val_data: held-out examples for periodic validation (optional).
+        info: this process's :class:`DistInfo` (default: single process on CPU).
+        on_step: callbacks called on every rank after each optimizer step with the step record
+            (``step``, ``tokens``, ``step_tokens``, ``n_targets``, ``loss``, ``lr``, ...); e.g. cost tracking.
+    """
+
+    def __init__(self, model: nn.Module, objective: Any, train_data: Sequence, cfg: TrainConfig,
+                 out_dir: str | Path, val_data: Sequence | None = None, info: DistInfo | None = None,
+                 on_step: list[Callable[[dict], None]] | None = None):
+        self.cfg = cfg.validate()
+        cfg.require_budget()
+        self.info = info or DistInfo()
+        self.out = Path(out_dir)
+        self.objective, self.train_data, self.val_data = objective, train_data, val_data
+        self.on_step = list(on_step or [])
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.dtype = resolve_dtype(cfg.dtype, self.info.device)
+        # What is optimised and checkpointed: the model, or the objective's wrapper around it
+        # (ELECTRA's generator + discriminator pair); unwrap_model gives back what is saved.
+        wrap = getattr(objective, "wrap_model", None)
+        self.model = (wrap(model) if wrap is not None else model).to(self.info.device)
+        if cfg.compile:
+            from ..models.model import TransferModel
+
+            for m in self.model.modules():  # compile the backbones in place: parameter names stay the same
+                if isinstance(m, TransferModel):
+                    m.backbone.compile()
+        self.model.train()
+        # DDP / FSDP2 wrap the loss module: its forward is the whole objective, so the wrapper's
+        # hooks (DDP's reducer, FSDP's root all-gather) run even though objectives call the
+        # backbone and the heads separately. FSDP2 shards in place: self.model's parameters
+        # become DTensors under their usual names.
+        self.engine = wrap_model(_LossModule(self.model, objective), self.info, fsdp=cfg.fsdp)
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)
+        self.sampler = GlobalSampler(len(train_data), cfg.batch_size, cfg.seed, self.info.rank, self.info.world_size)
+        if len(train_data) == 0:
+            raise TransferlabError("no training examples: the data is shorter than one window of train.seq_len")
+        # The collator's generator and this rank's torch/python streams (dropout, sampling):
+        # distinct per rank, identical for a given (seed, rank), restored exactly on resume.
+        seeds = np.random.SeedSequence([cfg.seed, self.info.rank, 1]).generate_state(2)
+        self.rng = np.random.default_rng([cfg.seed, self.info.rank])
+        torch.manual_seed(int(seeds[0]))
+        import random
+
+        random.seed(int(seeds[1]))
+        self.step = self.micro = self.tokens = 0
+        self.elapsed = 0.0  # training seconds over all resumes (evaluation and checkpoints excluded)
+        self.history: list[dict] = []
+        self.last_val: dict[str, float] = {}
+        self._rng_after: dict | None = None
+        self._stop_signal = False
+        self._writer = None
+        self._bar = None
+
+    def final_model(self) -> nn.Module:
+        """The trained model to save for fine-tuning (the objective's ``unwrap_model`` when it has one)."""
+        unwrap = getattr(self.objective, "unwrap_model", None)
+        return unwrap(self.model) if unwrap is not None else self.model
+
+    def export_model(self) -> nn.Module | None:
+        """A plain CPU copy of :meth:`final_model` with full (unsharded) weights, on the main
+        process (None elsewhere). Every rank must call it: under FSDP it gathers the shards."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        final = self.final_model()
+        prefix = next((name for name, m in self.model.named_modules() if m is final), None)
+        if prefix is None:
+            raise RuntimeError("unwrap_model returned a module that is not part of the trained module")
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.info.is_main:
+            return None
+        pre = f"{prefix}." if prefix else ""
+        state = {k[len(pre):]: v for k, v in full.items() if k.startswith(pre)}
+        if not hasattr(final, "config"):
+            raise RuntimeError(f"cannot rebuild {type(final).__name__} without a .config")
+        with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the streams as they are
+            copy = type(final)(final.config)
+        copy.load_state_dict(state, strict=True)
+        return copy.eval()
+
+    # ------------------------------------------------------------------ budget
+    def progress(self) -> float:
+        """Fraction of the budget used: the max over the budgets that are set."""
+        c, p = self.cfg, 0.0
+        if c.max_steps:
+            p = max(p, self.step / c.max_steps)
+        if c.max_tokens:
+            p = max(p, self.tokens / c.max_tokens)
+        if c.max_minutes:
+            p = max(p, self.elapsed / (60.0 * c.max_minutes))
+        return p
+
+    def _stopped_by(self) -> str:
+        c = self.cfg
+        for name, used, budget in (("max_steps", self.step, c.max_steps), ("max_tokens", self.tokens, c.max_tokens),
+                                   ("max_minutes", self.elapsed / 60.0, c.max_minutes)):
+            if budget and used >= budget:
+                return name
+        return "signal" if self._stop_signal else "unknown"
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train until the budget is used; return a summary. ``resume`` continues from the latest
+        checkpoint in ``out_dir/checkpoints`` (a fresh start when there is none)."""
+        ckpt_root = self.out / "checkpoints"
+        if self.info.is_main:
+            clean_stale(ckpt_root)
+        if resume and (last := latest_checkpoint(ckpt_root)) is not None:
+            self._load(last)
+        self._open_logs()
+        prefetch = (_Prefetcher(self._collate, self.rng, self.micro, 2 * self.cfg.grad_accum)
+                    if self.cfg.num_workers else None)
+        old_handler = self._install_signal_handler()
+        try:
+            while self.progress() < 1.0 and not self._stop_signal:
+                t0 = time.perf_counter()
+                record = self.train_step(prefetch)
+                self.elapsed += self._agree(time.perf_counter() - t0)
+                record.update(elapsed_s=self.elapsed, tokens=self.tokens, step=self.step)
+                for cb in self.on_step:
+                    cb(record)
+                self.maybe_log(record)
+                self.maybe_eval()
+                self.maybe_save()
+            if not self.last_val or self.last_val.get("step") != self.step:
+                self.maybe_eval(force=True)
+            self.maybe_save(force=True)
+        finally:
+            if prefetch is not None:
+                prefetch.close()
+            self._close_logs()
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+        return self.summary()
+
+    def train_step(self, prefetch: _Prefetcher | None = None) -> dict[str, Any]:
+        """One optimizer step over ``grad_accum`` micro-batches (on every rank)."""
+        cfg, info = self.cfg, self.info
+        batches = []
+        for _ in range(cfg.grad_accum):
+            if prefetch is not None:
+                batch, self._rng_after = prefetch.get()
+            else:
+                batch = self._collate(self.micro + len(batches))
+            batches.append(_to_device(batch, info.device))
+        # n_targets and tokens of the whole accumulated, distributed batch, known before any forward
+        counts = torch.tensor([sum(float(b["n_targets"]) for b in batches),
+                               sum(_count_tokens(b) for b in batches)], dtype=torch.float64, device=info.device)
+        n_total, step_tokens = (float(x) for x in all_reduce(counts, info))
+        lr = set_lr(self.optimizer, cfg.lr, lr_multiplier(self.progress(), cfg.warmup, cfg.schedule, cfg.min_lr_ratio))
+        scale = info.world_size / max(n_total, 1.0)  # DDP/FSDP average over ranks: undo it
+        loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
+        metrics: dict[str, float] = {}
+        for i, batch in enumerate(batches):
+            with grad_sync(self.engine, enabled=i == len(batches) - 1):
+                with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
+                    part, part_metrics = self.engine(batch)
+                (part.float() * scale).backward()
+            loss_sum += part.detach().double()
+            for k, v in part_metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / len(batches)
+        grad_norm = self._clip()
+        flags = torch.stack([loss_sum, torch.tensor(float(self._stop_signal), dtype=torch.float64, device=info.device)])
+        all_reduce(flags, info)
+        loss = float(flags[0]) / max(n_total, 1.0)
+        self._stop_signal = bool(flags[1] > 0)  # every rank stops together
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            last = latest_checkpoint(self.out / "checkpoints")
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            raise TrainingDiverged(
+                f"step {self.step + 1}: training {what} is {loss if what == 'loss' else grad_norm} (not finite); "
+                f"stopped before updating the weights; last good checkpoint: {last or 'none'} "
+                f"(lower train.lr, keep train.clip > 0 or try train.dtype=fp32)")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.micro += cfg.grad_accum
+        self.tokens += int(step_tokens)
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "n_targets": int(n_total),
+                "step_tokens": int(step_tokens), "epoch": self.sampler.epoch_of(self.micro), **metrics}
+
+    # ------------------------------------------------------------------ hooks
+    def maybe_log(self, record: dict[str, Any]) -> None:
+        """Progress bar every step; metrics.jsonl + TensorBoard every ``log_every`` steps."""
+        if not self.info.is_main:
+            return
+        tps = self.tokens / max(self.elapsed, 1e-9)
+        if self._bar is not None:
+            self._bar.update(round(100 * min(self.progress(), 1.0), 2) - self._bar.n)
+            self._bar.set_postfix(step=self.step, loss=f"{record['loss']:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+        if self.cfg.log_every and (self.step % self.cfg.log_every == 0 or self.step == 1):
+            self._write({"split": "train", **record, "tokens_per_s": tps})
+
+    def maybe_eval(self, force: bool = False) -> None:
+        """Validation loss/perplexity every ``eval_every`` steps (and at the end)."""
+        if self.val_data is None or not (force or (self.cfg.eval_every and self.step % self.cfg.eval_every == 0)):
+            return
+        res = self.evaluate()
+        if res:
+            self.last_val = {"step": self.step, **res}
+            if self.info.is_main:
+                self._write({"split": "validation", "step": self.step, "tokens": self.tokens, **res})
+
+    def maybe_save(self, force: bool = False) -> None:
+        """Checkpoint every ``save_every`` steps and at the end (all ranks take part)."""
+        if not (force or (self.cfg.save_every and self.step % self.cfg.save_every == 0)):
+            return
+        latest = latest_checkpoint(self.out / "checkpoints")
+        if force and latest is not None and latest.name == f"step-{self.step:08d}":
+            return  # this step is already saved
+        state = {"step": self.step, "micro_batches": self.micro, "tokens": self.tokens, "elapsed_s": self.elapsed,
+                 "world_size": self.info.world_size, "dtype": self.dtype, "last_val": self.last_val}
+        rng = capture_rng(self._rng_after if self.cfg.num_workers else self.rng)
+        save_checkpoint(self.out / "checkpoints", self.step, self.model, self.optimizer, state, rng, self.info,
+                        self.cfg.keep_last)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss per target (and perplexity) over fixed validation windows with fixed masks.
+
+        The same examples are collated with a generator seeded by ``EVAL_SEED`` every time, and the
+        torch RNG is forked, so evaluating never changes the training run and numbers from
+        different evaluations (and runs) are comparable.
+        """
+        info, B = self.info, self.cfg.batch_size
+        n = len(self.val_data)
+        per_rank = min(B, n // info.world_size)
+        if per_rank == 0:
+            return {}
+        n_batches = min(self.cfg.eval_batches, n // (per_rank * info.world_size))
+        sampler = GlobalSampler(n, per_rank, 0, info.rank, info.world_size, shuffle=False)
+        rng = np.random.default_rng([EVAL_SEED, info.rank])
+        sums = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss_sum, n_targets
+        metric_sums: dict[str, float] = {}
+        self.model.eval()
+        devices = [info.device] if info.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(EVAL_SEED)
+            for b in range(n_batches):
+                batch = _to_device(self.objective.collate([self.val_data[i] for i in sampler.indices(b)], rng),
+                                   info.device)
+                with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
+                    part, part_metrics = self.engine(batch)
+                sums += torch.stack([part.detach().double(), batch["n_targets"].double().reshape(())])
+                for k, v in part_metrics.items():
+                    metric_sums[k] = metric_sums.get(k, 0.0) + float(v) / n_batches
+        self.model.train()
+        all_reduce(sums, info)
+        loss = float(sums[0] / sums[1].clamp(min=1))
+        out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+        out.update({f"val_{k}": v for k, v in metric_sums.items()})  # this rank's (rank 0 logs)
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _collate(self, micro_batch: int) -> dict[str, torch.Tensor]:
+        return self.objective.collate([self.train_data[i] for i in self.sampler.indices(micro_batch)], self.rng)
+
+    def _clip(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        # max_norm=inf measures without clipping (the clip coefficient is clamped to exactly 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip or float("inf"))
+        if hasattr(norm, "full_tensor"):  # FSDP2 DTensor
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def _agree(self, seconds: float) -> float:
+        """Step time every rank agrees on (the slowest), so a time budget stops all ranks together."""
+        if self.info.world_size == 1 or not self.cfg.max_minutes:
+            return seconds
+        return float(all_reduce(torch.tensor([seconds], dtype=torch.float64, device=self.info.device),
+                                self.info, op="max")[0])
+
+    def _load(self, path: Path) -> None:
+        state, rng = load_checkpoint(path, self.model, self.optimizer, self.info)
+        self.step, self.micro, self.tokens = state["step"], state["micro_batches"], state["tokens"]
+        self.elapsed, self.last_val = state["elapsed_s"], state.get("last_val", {})
+        restore_rng(rng, self.rng)
+        self._rng_after = rng.get("numpy")
+        if self.info.is_main:
+            print(f"resumed from {path} (step {self.step}, {self.tokens:,} tokens)", flush=True)
+
+    def _open_logs(self) -> None:
+        if not self.info.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        # Drop log lines from beyond the checkpoint we resumed from: they are re-done now.
+        path = self.out / "metrics.jsonl"
+        kept = []
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if rec.get("step", 0) <= self.step:
+                    kept.append(rec)
+        self.history = kept
+        from ..utils import atomic_write_text
+
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._log_file = open(path, "a", encoding="utf-8")
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)
+        if self.cfg.progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=100.0, initial=round(100 * min(self.progress(), 1.0), 2), unit="%",
+                             bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]",
+                             dynamic_ncols=True)
+
+    def _write(self, rec: dict[str, Any]) -> None:
+        self.history.append(rec)
+        self._log_file.write(json.dumps(rec) + "\n")
+        self._log_file.flush()
+        if self._writer is not None:
+            split = rec.get("split", "train")
+            for k, v in rec.items():
+                if k not in ("step", "split") and isinstance(v, (int, float)):
+                    self._writer.add_scalar(f"{split}/{k}", v, rec["step"])
+
+    def _close_logs(self) -> None:
+        if not self.info.is_main:
+            return
+        if getattr(self, "_log_file", None) is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _install_signal_handler(self):
+        """SIGTERM (preemption, torchrun shutdown) -> save a checkpoint after this step and stop."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            self._stop_signal = True
+
+        return signal.signal(signal.SIGTERM, handler)
+
+    def summary(self) -> dict[str, Any]:
+        """What the run did: steps, tokens, time, throughput, final losses, why it stopped."""
+        last_train = next((r for r in reversed(self.history) if r.get("split") == "train"), {})
+        return {
+            "steps": self.step, "tokens": self.tokens, "train_seconds": round(self.elapsed, 3),
+            "tokens_per_s": self.tokens / max(self.elapsed, 1e-9), "dtype": self.dtype,
+            "world_size": self.info.world_size, "final_train_loss": last_train.get("loss"),
+            "val_loss": self.last_val.get("val_loss"), "val_ppl": self.last_val.get("val_ppl"),
+            "stopped_by": self._stopped_by(),
+            "checkpoint": str(latest_checkpoint(self.out / "checkpoints") or ""),
+            "checkpoints": [str(p) for _, p in list_checkpoints(self.out / "checkpoints")],
+        }
+
+
+def plot_loss_curve(metrics_file: Path, png: Path, title: str = "") -> Path | None:
+    """Train (per logged step) and validation loss against steps, as a PNG (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(l) for l in Path(metrics_file).read_text(encoding="utf-8").splitlines() if l.strip()]
+    tr = [(r["step"], r["loss"]) for r in recs if r.get("split") == "train" and "loss" in r]
+    va = [(r["step"], r["val_loss"]) for r in recs if r.get("split") == "validation"]
+    if not tr and not va:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    if tr:
+        ax.plot(*zip(*tr), label="train", lw=1.2)
+    if va:
+        ax.plot(*zip(*va), "o-", label="validation", lw=1.5, ms=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (mean per target)")
+    ax.set_title(title or Path(metrics_file).parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    from ..utils import atomic_write_bytes
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(Path(png), buf.getvalue())
+    return Path(png)

@@ -1,0 +1,287 @@
+"""``pretrain``: prepared shards + a preset (or a saved model) + an objective -> a pre-trained model.
+
+The library function behind ``transferlab pretrain``. It
+
+1. opens the prepared data (``TokenShards``) and takes the vocabulary size and special ids
+   (pad/bos/eos/decoder start) from the tokenizer the data was made with;
+2. builds the model (a preset with the pre-training defaults below, or ``init``: a saved or
+   converted model, e.g. ``builtin:minilm``, whose tokenizer must be the data's) and checks the
+   objective fits it (clm needs a decoder, denoise an encoder-decoder, ...);
+3. writes the resolved config to ``<out>/config.json`` (on ``resume`` it must match);
+4. trains with :class:`~transferlab.training.loop.Trainer` (DDP/FSDP under torchrun);
+5. saves ``<out>/model`` (``save_pretrained`` + the tokenizer, so fine-tuning loads it
+   directly), ``<out>/loss_curve.png`` and ``<out>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Family, ModelConfig, apply_overrides, get_preset, to_dict
+from ..errors import CheckpointError, ConfigError, DataError
+from ..utils import atomic_write_text
+from .config import TrainConfig
+
+#: Settings that make pre-training faster on this kind of hardware, applied to presets before
+#: user overrides (measured in benchmarks/train_throughput.py, see BENCHMARKS.md):
+#: ``attn_impl="math"``: plain matmul attention beats SDPA at length <= 512 in bf16 on CPUs;
+#: no dropout during pre-training (Cramming, Geiping & Goldstein 2023: with a single pass over
+#: the data dropout only slows learning down); fine-tuning sets its own dropout.
+PRETRAIN_MODEL_DEFAULTS_CPU: dict[str, Any] = {"attn_impl": "math", "dropout": 0.0, "attention_dropout": 0.0}
+PRETRAIN_MODEL_DEFAULTS_GPU: dict[str, Any] = {"attn_impl": "sdpa", "dropout": 0.0, "attention_dropout": 0.0}
+
+
+def pretrain_model_config(preset: str | ModelConfig, overrides: list[str] | dict[str, str] | None = None,
+                          device: str | torch.device | None = None,
+                          heads: dict[str, dict] | None = None) -> ModelConfig:
+    """A preset with the pre-training defaults, then the user's ``model.*`` overrides.
+
+    Args:
+        preset: a preset name (``bert-mini``) or a ModelConfig to start from.
+        overrides: dotted overrides (``["model.n_layers=2"]``; the ``model.`` prefix is optional).
+        device: where training runs (picks the attention implementation); default: CUDA if available.
+        heads: the heads the objective needs; they replace the preset's (which serve the preset's
+            usual objective) unless an override sets ``model.heads``.
+
+    Returns:
+        The ModelConfig (vocabulary and special ids are set later from the data's tokenizer).
+    """
+    cfg = get_preset(preset) if isinstance(preset, str) else dataclasses.replace(preset)
+    cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    for k, v in (PRETRAIN_MODEL_DEFAULTS_GPU if cuda else PRETRAIN_MODEL_DEFAULTS_CPU).items():
+        setattr(cfg, k, v)
+    if heads:
+        cfg.heads = json.loads(json.dumps(heads))
+    if overrides:
+        apply_overrides(cfg, overrides, prefix="model")
+    return cfg.validate()
+
+
+def fit_config_to_tokenizer(cfg: ModelConfig, tok: Any, objective_name: str = "") -> ModelConfig:
+    """Vocabulary size and special ids from the tokenizer (in place; returns ``cfg``).
+
+    The decoder start token of encoder-decoders follows the papers: T5 (span corruption) starts
+    from pad, BART from eos (``</s>``), falling back to bos, then pad.
+    """
+    cfg.vocab_size = int(tok.vocab_size)
+    pad = tok.pad_token_id
+    cfg.pad_token_id = int(pad) if pad is not None else int(tok.eos_token_id if tok.eos_token_id is not None else 0)
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+    cfg.bos_token_id = int(bos) if bos is not None else -1
+    cfg.eos_token_id = int(eos) if eos is not None else -1
+    if Family(cfg.family) == Family.ENCODER_DECODER:
+        if objective_name in ("span-corruption", "span_corruption"):
+            cfg.decoder_start_token_id = cfg.pad_token_id
+        else:
+            cfg.decoder_start_token_id = next(i for i in (cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id) if i >= 0)
+    return cfg.validate()
+
+
+def _check_init_tokenizer(init: str, model: Any, tok: Any, data_dir: Path) -> None:
+    """The model being continued must use the data's tokenizer (same ids for the same text)."""
+    from ..tokenizer import Tokenizer
+
+    init_tok = None
+    if init.startswith("builtin:") or (Path(init) / "tokenizer.json").is_file() or (Path(init) / "vocab.txt").is_file():
+        try:
+            init_tok = Tokenizer.from_pretrained(init)
+        except DataError:
+            init_tok = None
+    data_fp = tok.fingerprint
+    if init_tok is not None and init_tok.fingerprint != data_fp:
+        raise ConfigError(
+            f"--init {init}: its tokenizer (fingerprint {init_tok.fingerprint[:12]}, {init_tok.vocab_size} tokens) "
+            f"is not the one {data_dir} was prepared with (fingerprint {data_fp[:12]}, {tok.vocab_size} tokens); "
+            f"re-run `transferlab prepare --tokenizer {init}`")
+    if model.config.vocab_size < tok.vocab_size or (init_tok is None and model.config.vocab_size != tok.vocab_size):
+        raise ConfigError(
+            f"--init {init}: model.vocab_size={model.config.vocab_size} does not match the vocabulary of the "
+            f"tokenizer {data_dir} was prepared with ({tok.vocab_size} tokens); prepare the data with the model's tokenizer")
+
+
+def _load_init(init: str, overrides: list[str] | dict[str, str] | None, objective: Any) -> Any:
+    """Load a saved/converted model; apply model overrides (dropout, attn_impl, ...) by rebuilding
+    it from the overridden config and loading the weights; add heads the objective needs."""
+    from ..models.model import TransferModel, check_state_dict, from_pretrained
+
+    src = from_pretrained(init)
+    cfg = dataclasses.replace(src.config)
+    cfg.heads = json.loads(json.dumps(cfg.heads))
+    if overrides:
+        apply_overrides(cfg, overrides, prefix="model")
+        model = TransferModel(cfg)
+        state = src.state_dict()
+        check_state_dict(model, state, f"--init {init} with model overrides")
+        model.load_state_dict(state)
+    else:
+        model = src
+    for name, settings in (getattr(objective, "heads", None) or {}).items():
+        if name not in model.heads:  # e.g. MiniLM has no MLM head: start one fresh
+            model.add_head(name, **dict(settings))
+    return model
+
+
+def resolved_config(model_cfg: ModelConfig, objective: Any, objective_name: str, train_cfg: TrainConfig,
+                    data_dir: Path, shards: Any, init: str | None, world_size: int) -> dict[str, Any]:
+    """Everything that decides the numbers of a run, as written to ``<out>/config.json``."""
+    from .. import __version__
+
+    ocfg = getattr(objective, "config", None)
+    return {
+        "transferlab_version": __version__,
+        "model": model_cfg.to_dict(),
+        "objective": {"name": getattr(objective, "name", objective_name),
+                      **(to_dict(ocfg) if dataclasses.is_dataclass(ocfg) else {})},
+        "train": train_cfg.to_dict(),
+        "data": {"dir": str(Path(data_dir).resolve()),
+                 "tokenizer_fingerprint": shards.meta.get("tokenizer", {}).get("fingerprint"),
+                 "train_tokens": shards.n_tokens},
+        "init": init,
+        "world_size": world_size,
+    }
+
+
+def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Fields that differ between two resolved configs, ignoring ones a resume may change."""
+    skip = {("train", k) for k in TrainConfig.RESUME_SAFE} | {("data", "dir"), ("transferlab_version",)}
+    diffs = []
+    for sec in sorted(set(old) | set(new)):
+        a, b = old.get(sec), new.get(sec)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if (sec, k) not in skip and a.get(k) != b.get(k):
+                    diffs.append(f"{sec}.{k}: {a.get(k)!r} in the run, {b.get(k)!r} now")
+        elif (sec,) not in skip and a != b:
+            diffs.append(f"{sec}: {a!r} in the run, {b!r} now")
+    return diffs
+
+
+def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective_settings: dict[str, Any] | None,
+             train_cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
+             init: str | None = None, model_overrides: list[str] | dict[str, str] | None = None) -> dict[str, Any]:
+    """Pre-train a model on prepared shards; see the module docstring.
+
+    Args:
+        model_cfg: a ModelConfig, a preset name (gets :data:`PRETRAIN_MODEL_DEFAULTS_CPU`/GPU and
+            ``model_overrides``), or None with ``init``.
+        objective_name: ``mlm``, ``nsp``, ``electra``, ``clm``, ``denoise``, ``span-corruption``.
+        objective_settings: fields of the objective's config (``{"mask_prob": 0.2}``).
+        train_cfg: a :class:`TrainConfig` (``dtype=auto`` is resolved and recorded).
+        data_dir: a folder written by ``transferlab prepare``.
+        out_dir: the run folder (config.json, metrics.jsonl, tensorboard/, checkpoints/, model/).
+        resume: continue from the latest checkpoint in ``out_dir`` (bit-identical to a run that
+            was never interrupted, for step/token budgets).
+        init: continue pre-training a saved or converted model (a folder or ``builtin:minilm``).
+        model_overrides: dotted ``model.*`` overrides (applied to the preset or the init model).
+
+    Returns:
+        The run summary (also written to ``<out>/summary.json``): steps, tokens, time, tokens/s,
+        final train/validation loss and perplexity, why it stopped, paths.
+
+    Raises:
+        ConfigError / DataError / CheckpointError: user mistakes, each with a one-line message.
+    """
+    from ..data import TokenShards
+    from ..models.model import TransferModel
+    from ..objectives import build_objective
+    from .distributed import cleanup_distributed, init_distributed
+    from .loop import Trainer, plot_loss_curve, resolve_dtype
+
+    train_cfg = dataclasses.replace(train_cfg).validate()
+    train_cfg.require_budget()
+    data_dir, out = Path(data_dir), Path(out_dir)
+    shards = TokenShards(data_dir, "train")
+    if shards.n_tokens == 0:
+        raise DataError(f"{data_dir}: the train split has no tokens; prepare a non-empty corpus")
+    tok = shards.tokenizer
+    meta_fp = shards.meta.get("tokenizer", {}).get("fingerprint")
+    if meta_fp and meta_fp != tok.fingerprint:
+        raise DataError(f"{data_dir}/tokenizer: is not the tokenizer meta.json says the shards were made with; "
+                        "re-run `transferlab prepare --force`")
+    objective = build_objective(objective_name, tok, **(objective_settings or {}))
+
+    info = init_distributed()
+    started_group = info.enabled
+    try:
+        train_cfg.dtype = resolve_dtype(train_cfg.dtype, info.device)  # record what actually runs
+        # model: same initial weights on every rank (DDP also broadcasts rank 0's at wrap time)
+        torch.manual_seed(train_cfg.seed)
+        if init:
+            model = _load_init(init, model_overrides, objective)
+            _check_init_tokenizer(init, model, tok, data_dir)
+        else:
+            if model_cfg is None:
+                raise ConfigError("pretrain needs a preset (--preset NAME) or a model to continue (--init DIR)")
+            need = getattr(objective, "heads", None) or {}
+            if isinstance(model_cfg, str):
+                cfg = pretrain_model_config(model_cfg, model_overrides, info.device, heads=need)
+            else:  # an explicit config: keep its heads, add the ones the objective needs
+                cfg = dataclasses.replace(model_cfg, heads=json.loads(json.dumps(model_cfg.heads)))
+                if model_overrides:
+                    apply_overrides(cfg, model_overrides, prefix="model")
+                for name, settings in need.items():
+                    cfg.heads.setdefault(name, dict(settings))
+            fit_config_to_tokenizer(cfg, tok, objective_name)
+            objective.check_model(cfg)
+            model = TransferModel(cfg)
+        objective.check_model(model.config)
+        if train_cfg.seq_len > model.config.max_positions and model.config.position in ("learned", "sinusoidal"):
+            raise ConfigError(f"train.seq_len={train_cfg.seq_len} is longer than model.max_positions="
+                              f"{model.config.max_positions}")
+
+        resolved = resolved_config(model.config, objective, objective_name, train_cfg, data_dir, shards, init,
+                                   info.world_size)
+        cfg_file = out / "config.json"
+        has_run = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+        if resume and cfg_file.is_file():
+            try:
+                old = json.loads(cfg_file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{cfg_file}:{e.lineno}: invalid JSON ({e.msg})") from None
+            diffs = _config_diff(old, resolved)
+            if diffs:
+                raise ConfigError(f"--resume {out}: this command differs from the run's config.json: "
+                                  + "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""))
+        elif not resume and (has_run or cfg_file.is_file()):
+            raise ConfigError(f"{out}: already holds a run (config.json/checkpoints); pass --resume to continue it "
+                              "or choose a new --out")
+        if info.is_main:
+            atomic_write_text(cfg_file, json.dumps(resolved, indent=2) + "\n")
+
+        train_ds = objective.dataset(shards, train_cfg.seq_len)
+        if len(train_ds) == 0:
+            raise DataError(f"{data_dir}: the train split ({shards.n_tokens} tokens) is shorter than one "
+                            f"window of train.seq_len={train_cfg.seq_len}")
+        val_ds = None
+        try:
+            val_ds = objective.dataset(TokenShards(data_dir, "validation"), train_cfg.seq_len)
+            if len(val_ds) == 0:
+                val_ds = None
+        except DataError:
+            val_ds = None
+        if val_ds is None and info.is_main:
+            print(f"warning: {data_dir} has no validation windows of {train_cfg.seq_len} tokens; "
+                  "no validation loss will be reported", file=sys.stderr)
+
+        trainer = Trainer(model, objective, train_ds, train_cfg, out, val_data=val_ds, info=info)
+        summary = trainer.fit(resume=resume)
+        final = trainer.export_model()
+        if info.is_main:
+            model_dir = final.save_pretrained(out / "model")
+            tok.save(model_dir)
+            png = plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png",
+                                  f"{objective_name} · {model_cfg if isinstance(model_cfg, str) else init or 'model'}")
+            summary.update(out_dir=str(out), model_dir=str(model_dir), loss_curve=str(png) if png else None,
+                           params=final.num_parameters(), objective=getattr(objective, "name", objective_name))
+            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+    finally:
+        if started_group:
+            cleanup_distributed()

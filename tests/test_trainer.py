@@ -1,0 +1,379 @@
+"""The explicit training loop: exact gradient accumulation, budgets and schedules, NaN handling,
+deterministic evaluation, logs, and the config. Tiny models on synthetic data; seconds each.
+
+The helpers at the top (a toy objective with a *variable* number of targets per example, tiny
+models, prepared data) are shared with test_checkpoint.py, test_distributed.py and
+test_golden_losses.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transferlab.config import ModelConfig, apply_overrides
+from transferlab.errors import ConfigError
+from transferlab.models import build_model
+from transferlab.objectives.base import LossOutput
+from transferlab.training.config import TrainConfig
+from transferlab.training.distributed import GlobalSampler
+from transferlab.training.loop import Trainer, TrainingDiverged, cpu_has_native_bf16, resolve_dtype
+from transferlab.training.optim import lr_multiplier, param_groups
+
+V, L = 64, 16
+
+
+# ----------------------------------------------------------------------------- shared helpers
+class ToyLM:
+    """Next-token prediction where every row keeps a different number of targets.
+
+    Rows are cut at a length that depends on the row's first token (deterministic) or, with
+    ``random_cut``, is drawn from the trainer's rng; so a loss normalised per micro-batch instead
+    of over the whole accumulated batch gives measurably different gradients.
+    """
+
+    name = "toy"
+
+    def __init__(self, random_cut: bool = False, nan_at_call: int | None = None):
+        self.random_cut, self.nan_at_call, self.calls = random_cut, nan_at_call, 0
+
+    def check_model(self, cfg) -> None:
+        pass
+
+    def dataset(self, shards, seq_len):
+        return shards
+
+    def collate(self, examples, rng):
+        x = torch.as_tensor(np.stack(examples))  # (B, T)
+        T = x.shape[1]
+        if self.random_cut:
+            cut = rng.integers(2, T + 1, size=len(examples))
+        else:
+            cut = 2 + x[:, 0].numpy() % (T - 1)  # 2..T kept tokens
+        keep = torch.as_tensor(np.arange(T)[None] < cut[:, None])
+        labels = x.masked_fill(~keep, -100)
+        return {"input_ids": x, "attention_mask": keep.long(), "labels": labels,
+                "n_targets": (labels[:, 1:] != -100).sum()}
+
+    def loss(self, model, batch) -> LossOutput:
+        self.calls += 1
+        out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = model.heads["lm"](out.last_hidden_state[:, :-1])  # (B, T-1, V)
+        tgt = batch["labels"][:, 1:]
+        loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+        if self.nan_at_call is not None and self.calls >= self.nan_at_call:
+            loss_sum = loss_sum * float("nan")
+        n = (tgt != -100).sum().clamp(min=1)
+        return LossOutput(loss_sum, {"acc": float((logits.argmax(-1) == tgt).sum() / n)})
+
+
+def toy_data(n: int = 48, seed: int = 0, length: int = L) -> list[np.ndarray]:
+    r = np.random.default_rng(seed)
+    return [r.integers(1, V, length) for _ in range(n)]
+
+
+def toy_model(seed: int = 0, dropout: float = 0.0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(family="decoder", vocab_size=V, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_positions=32,
+                      prenorm=True, final_norm=True, embedding_norm=False, dropout=dropout,
+                      attention_dropout=dropout, heads={"lm": {}})
+    return build_model(cfg)
+
+
+def tcfg(**kw) -> TrainConfig:
+    base = dict(batch_size=4, seq_len=L, max_steps=6, lr=3e-3, warmup=0.2, eval_every=0, save_every=0, log_every=1,
+                dtype="fp32", progress=False, tensorboard=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def write_corpus(path: Path, n_docs: int = 80, seed: int = 0) -> Path:
+    """A small synthetic English-like corpus, documents separated by blank lines."""
+    import random
+
+    r = random.Random(seed)
+    words = ("the a cat dog sat on mat ran fast slow house tree green blue red big small happy sad "
+             "runs jumps over under quickly slowly bird fish river stone light dark").split()
+    docs = []
+    for _ in range(n_docs):
+        sents = [" ".join(r.choice(words) for _ in range(r.randint(4, 12))).capitalize() + "."
+                 for _ in range(r.randint(2, 6))]
+        docs.append(" ".join(sents))
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+def prepared_data(root: Path, kind: str = "wordpiece", n_docs: int = 80) -> Path:
+    """Train a tiny tokenizer in-process and prepare shards with a validation split."""
+    from transferlab.data import prepare_corpus
+    from transferlab.tokenizer import Tokenizer
+
+    corpus = write_corpus(root / f"corpus-{kind}.txt", n_docs)
+    tok = Tokenizer.train([str(corpus)], kind=kind, vocab_size=300, min_frequency=1)
+    out = root / f"data-{kind}"
+    prepare_corpus([str(corpus)], tok, out, val_fraction=0.15, workers=0, progress=False)
+    return out
+
+
+TINY_MODEL = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64"]
+
+
+# ----------------------------------------------------------------------------- accumulation
+def _first_step_grads(cfg: TrainConfig, objective, out: Path) -> tuple[dict[str, torch.Tensor], float]:
+    trainer = Trainer(toy_model(), objective, toy_data(), cfg, out)
+    grads: dict[str, torch.Tensor] = {}
+    step = trainer.optimizer.step
+
+    def capture(*a, **k):
+        if not grads:
+            grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+        return step(*a, **k)
+
+    trainer.optimizer.step = capture
+    trainer.fit()
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    return grads, first["loss"]
+
+
+def test_grad_accumulation_equals_the_large_batch(tmp_path):
+    """batch 8 x accum 1 and batch 2 x accum 4 give the same gradients (loss over all targets)."""
+    big, loss_big = _first_step_grads(tcfg(batch_size=8, grad_accum=1, max_steps=1, clip=0), ToyLM(), tmp_path / "a")
+    acc, loss_acc = _first_step_grads(tcfg(batch_size=2, grad_accum=4, max_steps=1, clip=0), ToyLM(), tmp_path / "b")
+    assert big.keys() == acc.keys() and len(big) > 5
+    for k in big:
+        torch.testing.assert_close(acc[k], big[k], rtol=1e-5, atol=1e-7, msg=k)
+    assert loss_acc == pytest.approx(loss_big, rel=1e-6)
+
+    # the test can fail: averaging per-micro-batch means instead differs by far more than the tolerance
+    model, obj = toy_model(), ToyLM()
+    data = toy_data()[:8]
+    model.zero_grad()
+    for i in range(4):
+        b = obj.collate(data[2 * i: 2 * i + 2], np.random.default_rng(0))
+        (obj.loss(model, b).loss_sum / b["n_targets"] / 4).backward()
+    naive = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    worst = max(float((naive[k] - big[k]).abs().max() / big[k].abs().max().clamp(min=1e-12)) for k in big)
+    assert worst > 1e-3
+
+
+def test_grad_accumulation_trajectories_match_over_steps(tmp_path):
+    a = Trainer(toy_model(), ToyLM(), toy_data(), tcfg(batch_size=8), tmp_path / "a")
+    b = Trainer(toy_model(), ToyLM(), toy_data(), tcfg(batch_size=4, grad_accum=2), tmp_path / "b")
+    a.fit(), b.fit()
+    la = [json.loads(x)["loss"] for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert len(la) == 6 and np.allclose(la, lb, rtol=0, atol=1e-5)
+    assert la[-1] < la[0]  # it learns
+
+
+# ----------------------------------------------------------------------------- budgets, schedule
+def test_schedule_follows_progress_and_stops_on_max_steps(tmp_path):
+    cfg = tcfg(max_steps=10, warmup=0.3, schedule="cosine", min_lr_ratio=0.1)
+    s = Trainer(toy_model(), ToyLM(), toy_data(), cfg, tmp_path).fit()
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in recs if r["split"] == "train"]
+    expected = [cfg.lr * lr_multiplier(i / 10, 0.3, "cosine", 0.1) for i in range(10)]
+    assert np.allclose(lrs, expected)
+    assert s["steps"] == 10 and s["stopped_by"] == "max_steps"
+    assert max(lrs) == pytest.approx(cfg.lr) and lrs[0] == 0.0
+
+
+def test_max_tokens_budget_drives_schedule_and_stop(tmp_path):
+    # 4 x 16 = 64 input tokens per step: 640 tokens -> 10 steps, with max_steps far away
+    cfg = tcfg(max_steps=1000, max_tokens=640, warmup=0.0)
+    s = Trainer(toy_model(), ToyLM(), toy_data(), cfg, tmp_path).fit()
+    assert s["steps"] == 10 and s["tokens"] == 640 and s["stopped_by"] == "max_tokens"
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert np.allclose(lrs, [cfg.lr * (1 - i / 10) for i in range(10)])  # tokens, not steps, drive it
+
+
+def test_max_minutes_budget(tmp_path):
+    cfg = tcfg(max_steps=100000, max_minutes=0.5 / 60)  # half a second of training
+    s = Trainer(toy_model(), ToyLM(), toy_data(), cfg, tmp_path).fit()
+    assert s["stopped_by"] == "max_minutes"
+    assert 0.5 <= s["train_seconds"] < 5.0 and 1 <= s["steps"] < 100000
+
+
+def test_budget_is_required():
+    with pytest.raises(ConfigError, match="no training budget"):
+        Trainer(toy_model(), ToyLM(), toy_data(), tcfg(max_steps=0), "unused")
+
+
+# ----------------------------------------------------------------------------- NaN
+def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path):
+    from transferlab.training.checkpoint import latest_checkpoint, list_checkpoints
+
+    obj = ToyLM(nan_at_call=4)  # steps 1-3 fine (one loss call each), step 4 NaN
+    trainer = Trainer(toy_model(), obj, toy_data(), tcfg(max_steps=20, save_every=1, keep_last=2), tmp_path)
+    with pytest.raises(TrainingDiverged, match=r"step 4: training loss is nan .*step-00000003"):
+        trainer.fit()
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [2, 3]
+    # the weights were not updated by the bad step: they equal the last checkpoint, which loads fine
+    from safetensors.torch import load_file
+
+    saved = load_file(str(latest_checkpoint(tmp_path / "checkpoints") / "model.safetensors"))
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(saved[k], v) and torch.isfinite(v).all(), k
+
+
+# ----------------------------------------------------------------------------- evaluation, logs
+def test_evaluation_is_fixed_and_does_not_perturb_training(tmp_path):
+    val = toy_data(24, seed=1)
+    obj = ToyLM(random_cut=True)  # the eval collation draws from an rng: it must be the fixed one
+    a = Trainer(toy_model(dropout=0.1), obj, toy_data(), tcfg(eval_every=1, eval_batches=3), tmp_path / "a",
+                val_data=val)
+    e1, e2 = a.evaluate(), a.evaluate()
+    assert e1 == e2 and math.isfinite(e1["val_loss"]) and e1["val_ppl"] == pytest.approx(math.exp(e1["val_loss"]))
+    a.fit()
+    b = Trainer(toy_model(dropout=0.1), ToyLM(random_cut=True), toy_data(), tcfg(eval_every=0), tmp_path / "b",
+                val_data=val)
+    b.fit()
+    for k, v in a.model.state_dict().items():  # evaluating every step changed nothing
+        assert torch.equal(v, b.model.state_dict()[k]), k
+
+
+def test_logs_metrics_tensorboard_and_plot(tmp_path):
+    from transferlab.training.loop import plot_loss_curve
+
+    cfg = tcfg(max_steps=8, eval_every=4, log_every=2, tensorboard=True, progress=True)
+    s = Trainer(toy_model(), ToyLM(), toy_data(), cfg, tmp_path, val_data=toy_data(16, seed=1)).fit()
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["split"] == "train"]
+    val = [r for r in recs if r["split"] == "validation"]
+    assert [r["step"] for r in train] == [1, 2, 4, 6, 8] and [r["step"] for r in val] == [4, 8]
+    assert all(r["tokens_per_s"] > 0 and r["tokens"] == r["step"] * 64 for r in train)
+    assert s["val_loss"] == val[-1]["val_loss"]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    png = plot_loss_curve(tmp_path / "metrics.jsonl", tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sigterm_saves_and_stops(tmp_path):
+    def term(rec):
+        if rec["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    t = Trainer(toy_model(), ToyLM(), toy_data(), tcfg(max_steps=50), tmp_path, on_step=[term])
+    s = t.fit()
+    assert s["stopped_by"] == "signal" and s["steps"] == 3
+    assert s["checkpoint"].endswith("step-00000003")
+
+
+# ----------------------------------------------------------------------------- pieces
+def test_global_sampler_is_independent_of_the_rank_split():
+    one = GlobalSampler(50, 8, seed=3)
+    two = [GlobalSampler(50, 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    for g in range(20):  # several epochs
+        assert one.indices(g) == two[0].indices(g) + two[1].indices(g)
+    stream = [i for g in range(13) for i in one.indices(g)]  # 104 positions: epochs 0, 1 and a bit of 2
+    first, second = stream[:50], stream[50:100]
+    assert sorted(first) == sorted(second) == list(range(50))  # each epoch is a permutation
+    assert first != list(range(50)) and first != second  # shuffled, differently per epoch
+    assert one.indices(0) != GlobalSampler(50, 8, seed=4).indices(0)
+
+
+def test_weight_decay_only_on_matrices():
+    model = toy_model()
+    groups = param_groups(model, weight_decay=0.1)
+    shapes = {id(p): p.dim() for p in model.parameters()}
+    for g in groups:
+        assert all((shapes[id(p)] >= 2) == (g["weight_decay"] == 0.1) for p in g["params"])
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.1}
+
+
+def test_dtype_resolution_and_bf16_training(tmp_path):
+    assert resolve_dtype("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_dtype("auto", torch.device("cpu")) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    s = Trainer(toy_model(), ToyLM(), toy_data(), tcfg(dtype="bf16", max_steps=3), tmp_path).fit()
+    assert s["dtype"] == "bf16" and math.isfinite(s["final_train_loss"])
+
+
+def test_train_config_fields_and_overrides():
+    cfg = TrainConfig()
+    apply_overrides(cfg, ["train.lr=1e-3", "train.schedule=cosine", "train.betas=[0.9,0.95]", "train.dtype=fp32"],
+                    prefix="train")
+    assert cfg.lr == 1e-3 and cfg.schedule == "cosine" and cfg.betas == [0.9, 0.95] and cfg.dtype == "fp32"
+    docs = TrainConfig.field_docs()
+    assert all(docs[f] for f in ("batch_size", "seq_len", "grad_accum", "lr", "weight_decay", "betas", "warmup",
+                                  "schedule", "min_lr_ratio", "clip", "max_steps", "max_tokens", "max_minutes",
+                                  "eval_every", "eval_batches", "save_every", "keep_last", "log_every", "dtype",
+                                  "seed", "compile", "num_workers"))
+    with pytest.raises(ConfigError, match="train.schedule"):
+        apply_overrides(TrainConfig(), ["train.schedule=exp"], prefix="train")
+    with pytest.raises(ConfigError, match="train.warmup"):
+        TrainConfig(warmup=1.5).validate()
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ----------------------------------------------------------------------------- pretrain end to end
+@pytest.fixture(scope="module")
+def wp_data(tmp_path_factory) -> Path:
+    return prepared_data(tmp_path_factory.mktemp("trainer-data"))
+
+
+def test_pretrain_cli_writes_a_loadable_model(wp_data, tmp_path, capsys):
+    from transferlab import from_pretrained
+    from transferlab.cli import main
+    from transferlab.tokenizer import Tokenizer
+
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--preset", "bert-tiny", "--objective", "mlm", "--data", str(wp_data), "--out", str(out),
+               "--max-steps", "6", "--batch-size", "4", "--seq-len", "32", "--eval-every", "3", "--save-every", "3",
+               *TINY_MODEL, "train.log_every=1", "train.progress=false", "objective.mask_prob=0.2"])
+    assert rc == 0, capsys.readouterr().err
+    assert "trained 6 steps" in capsys.readouterr().out
+    cfg = json.loads((out / "config.json").read_text())
+    tok = Tokenizer.from_pretrained(out / "model")
+    assert cfg["model"]["vocab_size"] == tok.vocab_size and cfg["model"]["pad_token_id"] == tok.pad_token_id
+    assert cfg["objective"]["name"] == "mlm" and cfg["objective"]["mask_prob"] == 0.2
+    assert cfg["train"]["max_steps"] == 6 and cfg["model"]["n_layers"] == 1
+    assert cfg["model"]["attn_impl"] == "math" and cfg["model"]["dropout"] == 0.0  # pre-training defaults
+    model = from_pretrained(out / "model")
+    ids = torch.tensor([tok.encode("the cat sat on the mat", add_special_tokens=True)])
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], tok.vocab_size)
+    for f in ("metrics.jsonl", "loss_curve.png", "summary.json", "checkpoints/step-00000006/model.safetensors"):
+        assert (out / f).is_file(), f
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "gpt-mini", "--objective", "mlm"], "needs an encoder"),
+    (["--preset", "bert-tiny", "--objective", "clm"], "needs a decoder"),
+    (["--preset", "bert-tiny", "--objective", "nope"], "unknown objective"),
+    (["--preset", "bert-tiny", "--objective", "mlm", "objective.mask_prob=2"], "mask_prob"),
+    (["--preset", "bert-tiny", "--objective", "mlm", "train.lr=abc"], "train.lr"),
+    (["--preset", "bert-tiny", "--objective", "mlm", "colour=red"], "expected model.KEY=VALUE"),
+    (["--preset", "bert-tiny", "--objective", "mlm", "--seq-len", "4096"], "max_positions"),
+])
+def test_pretrain_cli_bad_input_is_one_line_exit_2(wp_data, tmp_path, capsys, argv, message):
+    from transferlab.cli import main
+
+    rc = main(["pretrain", *argv, "--data", str(wp_data), "--out", str(tmp_path / "r"), "--max-steps", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_pretrain_cli_rejects_missing_or_empty_data(tmp_path, capsys):
+    from transferlab.cli import main
+
+    (tmp_path / "empty").mkdir()
+    for d in ("missing", "empty"):
+        rc = main(["pretrain", "--preset", "bert-tiny", "--objective", "mlm", "--data", str(tmp_path / d),
+                   "--out", str(tmp_path / "r"), "--max-steps", "2"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and str(tmp_path / d) in err
+
+
+def test_pretrain_cli_no_budget(wp_data, tmp_path, capsys):
+    from transferlab.cli import main
+
+    rc = main(["pretrain", "--preset", "bert-tiny", "--objective", "mlm", "--data", str(wp_data), "--out", str(tmp_path)])
+    assert rc == 2 and "no training budget" in capsys.readouterr().err
