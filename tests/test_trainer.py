@@ -118,7 +118,8 @@ def prepared_data(root: Path, kind: str = "wordpiece", n_docs: int = 80) -> Path
     from transferlab.tokenizer import Tokenizer
 
     corpus = write_corpus(root / f"corpus-{kind}.txt", n_docs)
-    tok = Tokenizer.train([str(corpus)], kind=kind, vocab_size=300, min_frequency=1)
+    extra = {"n_sentinels": 20} if kind == "unigram" else {}  # T5 sentinels for span corruption
+    tok = Tokenizer.train([str(corpus)], kind=kind, vocab_size=300, min_frequency=1, **extra)
     out = root / f"data-{kind}"
     prepare_corpus([str(corpus)], tok, out, val_fraction=0.15, workers=0, progress=False)
     return out
@@ -377,3 +378,41 @@ def test_pretrain_cli_no_budget(wp_data, tmp_path, capsys):
 
     rc = main(["pretrain", "--preset", "bert-tiny", "--objective", "mlm", "--data", str(wp_data), "--out", str(tmp_path)])
     assert rc == 2 and "no training budget" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def all_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("objective-data")
+    return {k: prepared_data(root, k, n_docs=60) for k in ("wordpiece", "bpe", "unigram")}
+
+
+@pytest.mark.parametrize("preset, objective, data, heads", [
+    ("bert-tiny", "nsp", "wordpiece", {"lm", "nsp"}),
+    ("bert-tiny", "electra", "wordpiece", {"rtd"}),
+    ("gpt-mini", "clm", "bpe", {"lm"}),
+    ("bart-mini", "denoise", "bpe", {"lm"}),
+    ("t5-mini", "span-corruption", "unigram", {"lm"}),
+])
+def test_every_objective_pretrains_from_its_family_preset(all_data, tmp_path, capsys, preset, objective, data, heads):
+    """Heads, special ids and the decoder start token are wired from the objective and the data's
+    tokenizer; the saved model is what fine-tuning loads (ELECTRA: the discriminator alone)."""
+    from safetensors.torch import load_file
+
+    from transferlab.cli import main
+    from transferlab.tokenizer import Tokenizer
+
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--preset", preset, "--objective", objective, "--data", str(all_data[data]),
+               "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--seq-len", "32", *TINY_MODEL,
+               "model.d_head=16", "train.progress=false", "train.tensorboard=false"])
+    assert rc == 0, capsys.readouterr().err
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    tok = Tokenizer.from_pretrained(out / "model")
+    assert set(cfg["heads"]) == heads and cfg["vocab_size"] == tok.vocab_size
+    if cfg["family"] == "encoder-decoder":
+        expected = tok.pad_token_id if objective == "span-corruption" else tok.eos_token_id
+        assert cfg["decoder_start_token_id"] == expected
+    weights = load_file(str(out / "model" / "model.safetensors"))
+    assert not any("generator" in k for k in weights)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 2 and s["val_loss"] is not None and np.isfinite(s["val_ppl"])

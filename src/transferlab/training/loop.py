@@ -40,6 +40,8 @@ from .config import DType, TrainConfig
 from .distributed import DistInfo, GlobalSampler, all_reduce, grad_sync, wrap_model
 from .optim import build_optimizer, lr_multiplier, set_lr
 
+#: metrics holding the language-modelling loss of an objective, whose exp is the perplexity reported
+LM_LOSS_METRICS = ("mlm_loss", "clm_loss", "denoise_loss", "span_loss", "gen_loss")
 EVAL_SEED = 1234  # validation masks/noise come from this fixed seed, so every evaluation is comparable
 
 
@@ -308,8 +310,9 @@ class Trainer:
                     part, part_metrics = self.engine(batch)
                 (part.float() * scale).backward()
             loss_sum += part.detach().double()
-            for k, v in part_metrics.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v) / len(batches)
+            w = float(batch["n_targets"]) / max(sum(float(b["n_targets"]) for b in batches), 1.0)
+            for k, v in part_metrics.items():  # this rank's target-weighted means
+                metrics[k] = metrics.get(k, 0.0) + float(v) * w
         grad_norm = self._clip()
         flags = torch.stack([loss_sum, torch.tensor(float(self._stop_signal), dtype=torch.float64, device=info.device)])
         all_reduce(flags, info)
@@ -384,7 +387,7 @@ class Trainer:
         sampler = GlobalSampler(n, per_rank, 0, info.rank, info.world_size, shuffle=False)
         rng = np.random.default_rng([EVAL_SEED, info.rank])
         sums = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss_sum, n_targets
-        metric_sums: dict[str, float] = {}
+        metric_sums: dict[str, float] = {}  # metric x n_targets, so the means are target-weighted
         self.model.eval()
         devices = [info.device] if info.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -394,14 +397,22 @@ class Trainer:
                                    info.device)
                 with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
                     part, part_metrics = self.engine(batch)
-                sums += torch.stack([part.detach().double(), batch["n_targets"].double().reshape(())])
+                n_b = float(batch["n_targets"])
+                sums += torch.stack([part.detach().double(), torch.tensor(n_b, dtype=torch.float64, device=info.device)])
                 for k, v in part_metrics.items():
-                    metric_sums[k] = metric_sums.get(k, 0.0) + float(v) / n_batches
+                    metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * n_b
         self.model.train()
-        all_reduce(sums, info)
-        loss = float(sums[0] / sums[1].clamp(min=1))
-        out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
-        out.update({f"val_{k}": v for k, v in metric_sums.items()})  # this rank's (rank 0 logs)
+        keys = sorted(metric_sums)  # same objective on every rank: same keys
+        flat = torch.cat([sums, torch.tensor([metric_sums[k] for k in keys], dtype=torch.float64, device=info.device)])
+        all_reduce(flat, info)
+        n = float(flat[1].clamp(min=1))
+        loss = float(flat[0]) / n
+        out = {"val_loss": loss}
+        out.update({f"val_{k}": float(v) / n for k, v in zip(keys, flat[2:])})
+        # perplexity of the language-modelling part (the whole loss for mlm/clm/denoise/span
+        # corruption; the MLM part of mlm+nsp; ELECTRA's generator)
+        lm = next((f"val_{k}" for k in LM_LOSS_METRICS if f"val_{k}" in out), "val_loss")
+        out["val_ppl"] = math.exp(min(out[lm], 50.0))
         return out
 
     # ------------------------------------------------------------------ internals

@@ -63,11 +63,11 @@ def pretrain_model_config(preset: str | ModelConfig, overrides: list[str] | dict
     return cfg.validate()
 
 
-def fit_config_to_tokenizer(cfg: ModelConfig, tok: Any, objective_name: str = "") -> ModelConfig:
+def fit_config_to_tokenizer(cfg: ModelConfig, tok: Any, objective: Any = None) -> ModelConfig:
     """Vocabulary size and special ids from the tokenizer (in place; returns ``cfg``).
 
-    The decoder start token of encoder-decoders follows the papers: T5 (span corruption) starts
-    from pad, BART from eos (``</s>``), falling back to bos, then pad.
+    The decoder start token of encoder-decoders is the one the objective's collator starts
+    decoding with (``objective.start``: BART eos, T5 pad); without one: eos, then bos, then pad.
     """
     cfg.vocab_size = int(tok.vocab_size)
     pad = tok.pad_token_id
@@ -77,10 +77,10 @@ def fit_config_to_tokenizer(cfg: ModelConfig, tok: Any, objective_name: str = ""
     cfg.bos_token_id = int(bos) if bos is not None else -1
     cfg.eos_token_id = int(eos) if eos is not None else -1
     if Family(cfg.family) == Family.ENCODER_DECODER:
-        if objective_name in ("span-corruption", "span_corruption"):
-            cfg.decoder_start_token_id = cfg.pad_token_id
-        else:
-            cfg.decoder_start_token_id = next(i for i in (cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id) if i >= 0)
+        start = getattr(objective, "start", None)
+        if start is None:
+            start = next(i for i in (cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id) if i >= 0)
+        cfg.decoder_start_token_id = int(start)
     return cfg.validate()
 
 
@@ -228,7 +228,7 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
                     apply_overrides(cfg, model_overrides, prefix="model")
                 for name, settings in need.items():
                     cfg.heads.setdefault(name, dict(settings))
-            fit_config_to_tokenizer(cfg, tok, objective_name)
+            fit_config_to_tokenizer(cfg, tok, objective)
             objective.check_model(cfg)
             model = TransferModel(cfg)
         objective.check_model(model.config)
