@@ -301,8 +301,12 @@ class Stack(nn.Module):
         self.final_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps) if cfg.final_norm else None
         self.emb_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
 
-    def positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past: int) -> torch.Tensor:
+    def positions(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, past: int,
+                  shape: tuple[int, int] | None = None, device: torch.device | None = None) -> torch.Tensor:
         """Default position ids (B, T): 0.. (after the cache), or RoBERTa's pad-aware numbering."""
+        if input_ids is None:  # inputs_embeds: no ids to find padding in, count from the cache
+            B, T = shape
+            return torch.arange(past, past + T, device=device).expand(B, T)
         B, T = input_ids.shape
         if getattr(self.cfg, "pad_aware_positions", False):
             mask = input_ids.ne(self.cfg.pad_token_id).long()
@@ -328,14 +332,14 @@ class Stack(nn.Module):
         if self.emb_scale != 1.0:
             x = x * self.emb_scale
         if position_ids is None and (self.pos_emb is not None or self.cfg.position in (Position.ROTARY, Position.SINUSOIDAL)):
-            position_ids = self.positions(input_ids, attention_mask, past)
+            position_ids = self.positions(input_ids, attention_mask, past, (B, T), x.device)
         if self.pos_emb is not None:
             x = x + self.pos_emb(position_ids + cfg.position_offset)
         elif cfg.position == Position.SINUSOIDAL:
             x = x + self.sin_table[position_ids].to(x.dtype)
         if self.type_emb is not None:
             if token_type_ids is None:
-                token_type_ids = torch.zeros_like(input_ids)
+                token_type_ids = torch.zeros(B, T, dtype=torch.long, device=x.device)
             x = x + self.type_emb(token_type_ids)
         if self.emb_norm is not None:
             x = self.emb_norm(x)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Family, ModelConfig
+from ..errors import ConfigError
 from .blocks import KVCache, Stack
 
 
@@ -103,7 +104,10 @@ class EncoderDecoder(nn.Module):
             enc_hs = getattr(encoder_outputs, "encoder_hidden_states", None)
         if decoder_input_ids is None:
             if input_ids is None:
-                raise ValueError("encoder-decoder forward needs decoder_input_ids (or input_ids to shift)")
+                raise ConfigError("encoder-decoder forward needs decoder_input_ids (or input_ids to shift)")
+            if self.cfg.decoder_start_token_id < 0:
+                raise ConfigError("model.decoder_start_token_id is not set: pass decoder_input_ids or set it "
+                                  "(BART uses eos, T5 pad)")
             decoder_input_ids = shift_tokens_right(input_ids, self.cfg.pad_token_id, self.cfg.decoder_start_token_id)
         cache = past_key_values if past_key_values is not None else (
             KVCache.empty(self.cfg.decoder_layers) if use_cache else None)

