@@ -1,0 +1,235 @@
+"""``transferlab finetune`` / ``evaluate`` / ``predict``: thin wrappers over :mod:`transferlab.finetune`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TASK_TYPES = ("classification", "pair-classification", "regression", "tagging", "qa", "seq2seq")
+
+
+def _columns(p: argparse.ArgumentParser, label: bool = True) -> None:
+    g = p.add_argument_group("columns of user files (defaults per task type)")
+    g.add_argument("--text-column", metavar="C",
+                   help="input text field (default: text; seq2seq source; qa context; tagging JSONL tokens)")
+    g.add_argument("--pair-column", metavar="C",
+                   help="second text for sentence pairs (makes the task pair-classification); qa: the question field")
+    if label:
+        g.add_argument("--label-column", metavar="C",
+                       help="label field (default: label; seq2seq target; qa answer; tagging JSONL tags)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    # ---------------------------------------------------------------- finetune
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a model on a task (classification, pairs, regression, tagging, QA, seq2seq)",
+        description=(
+            "Fine-tune a pre-trained model (or train the same architecture from scratch) on a built-in "
+            "task or your files, keep the best checkpoint by validation score, and score the test split. "
+            "The output folder holds the model, its tokenizer and task.json, so `transferlab evaluate` "
+            "and `transferlab predict` work from it alone."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, metavar="DIR|builtin:minilm|PRESET",
+                   help="pre-trained model folder (ours or a converted transformers folder), builtin:minilm, "
+                        "or a preset name (bert-mini, gpt-mini, bart-mini, t5-mini, ...) with --from-scratch")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", metavar="NAME",
+                     help="built-in task: imdb, rotten-tomatoes, bbc-topic, twitter-ner, bbc-headlines, or a "
+                          "derived one: bbc-pairs, bbc-qa")
+    src.add_argument("--train", metavar="FILE", help="training file: .csv/.tsv/.jsonl, or CoNLL token<TAB>tag for tagging")
+    p.add_argument("--validation", metavar="FILE", help="validation file (default: 10%% of --train held out)")
+    p.add_argument("--test", metavar="FILE", help="test file, scored once with the best checkpoint")
+    _columns(p)
+    p.add_argument("--task-type", choices=TASK_TYPES,
+                   help="task type (default: inferred: string labels -> classification, floats -> regression, "
+                        "tokens/tags -> tagging, context/question/answer -> qa, source/target -> seq2seq)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for the best checkpoint (replaced atomically)")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--from-scratch", action="store_true",
+                   help="re-initialise all weights (the no-pre-training control, same architecture)")
+    g.add_argument("--tokenizer", metavar="DIR",
+                   help="tokenizer folder; default: the model folder's; with a preset: trained in-process on the "
+                        "task's training text")
+    g.add_argument("--tokenizer-vocab-size", type=int, default=8000, metavar="N",
+                   help="vocabulary of a tokenizer trained in-process")
+    g.add_argument("--train-size", type=int, metavar="N",
+                   help="keep N training examples (stratified by label, deterministic by --seed)")
+    g.add_argument("--validation-size", type=int, metavar="N", help="score early stopping on at most N validation examples")
+    g.add_argument("--max-length", type=int, metavar="N",
+                   help="input length limit in tokens (default per task: 256 imdb/bbc, 128 tweets/pairs)")
+    g.add_argument("--max-target-length", type=int, metavar="N", help="seq2seq target/generation limit (default 32 headlines, else 64)")
+    g.add_argument("--doc-stride", type=int, default=128, metavar="N", help="qa: overlap of context windows in tokens")
+    g.add_argument("--max-answer-length", type=int, default=30, metavar="N", help="qa: longest answer in tokens")
+    g.add_argument("--pooling", default="auto", choices=("auto", "cls", "mean", "last"),
+                   help="classification pooling (auto: cls for encoders, last token otherwise)")
+    g.add_argument("--head-dropout", type=float, metavar="P", help="dropout before the classifier (default: the model's)")
+    g.add_argument("--prompt-suffix", default="\nTL;DR:", metavar="TEXT",
+                   help="seq2seq on a decoder: text between the source and the completion")
+    g.add_argument("--num-beams", type=int, default=1, metavar="B", help="seq2seq: beam width for evaluation")
+    g.add_argument("--bio-decoding", default="viterbi", choices=("viterbi", "argmax"),
+                   help="tagging: best valid BIO path, or the best tag per word")
+    o = p.add_argument_group("optimisation (ULMFiT-style options included)")
+    o.add_argument("--epochs", type=float, default=3.0, help="passes over the training set")
+    o.add_argument("--batch-size", type=int, default=16, help="examples per step")
+    o.add_argument("--eval-batch-size", type=int, default=64, help="batch size for evaluation")
+    o.add_argument("--lr", type=float, default=5e-5, help="peak learning rate")
+    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices")
+    o.add_argument("--warmup", type=float, default=0.1, help="fraction of the run spent warming up")
+    o.add_argument("--schedule", default="linear", choices=("linear", "cosine", "slanted", "constant"),
+                   help="learning-rate schedule; slanted = ULMFiT slanted triangular")
+    o.add_argument("--layer-lr-decay", type=float, default=1.0, metavar="D",
+                   help="discriminative learning rates: each block below the top gets D times the one above")
+    o.add_argument("--gradual-unfreeze", type=float, nargs="?", const=0.5, default=0.0, metavar="FRAC",
+                   help="unfreeze layer groups from the top, one at a time, over this fraction of the run "
+                        "(flag alone: 0.5)")
+    o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
+    o.add_argument("--patience", type=int, metavar="N", help="stop after N evaluations without improvement")
+    o.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="evaluate every N steps (0 = each epoch)")
+    o.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget; the schedule is stretched over it")
+    o.add_argument("--seed", type=int, default=0, help="seed for new weights, shuffling, dropout and --train-size")
+    o.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"), help="bf16 autocast or fp32")
+    o.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    o.add_argument("--attn-impl", choices=("sdpa", "math"), help="attention kernel override (math is faster for short bf16 CPU sequences)")
+    o.add_argument("--no-test", action="store_true", help="do not score the test split")
+    o.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    p.set_defaults(func=_finetune)
+
+    # ---------------------------------------------------------------- evaluate
+    e = subparsers.add_parser(
+        "evaluate",
+        help="score a fine-tuned folder on a task split or a labelled file",
+        description="Score a folder written by `transferlab finetune`: prints each metric as `name: value` and "
+                    "writes them as JSON. Without --task/--test it uses the task the model was fine-tuned on.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    e.add_argument("--model", required=True, metavar="DIR", help="fine-tuned model folder (holds task.json)")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--task", metavar="NAME", help="built-in task (default: the model's own)")
+    src.add_argument("--test", metavar="FILE", help="labelled file to score")
+    e.add_argument("--split", default="test", choices=("test", "validation", "train"), help="split of the task")
+    _columns(e)
+    e.add_argument("--out", metavar="FILE", help="JSON file for the metrics (default: DIR/eval-<task>-<split>.json)")
+    e.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    e.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
+    e.add_argument("--device", default="auto")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_evaluate)
+
+    # ---------------------------------------------------------------- predict
+    r = subparsers.add_parser(
+        "predict",
+        help="predict with a fine-tuned folder on a file or on texts",
+        description="Predict with a folder written by `transferlab finetune`. Prints one line per input "
+                    "(label and probability, tagged words and entities, an answer, or generated text); --out "
+                    "writes JSONL with all fields.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r.add_argument("--model", required=True, metavar="DIR", help="fine-tuned model folder")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="FILE", help="inputs in the training format (labels not needed)")
+    src.add_argument("--text", action="append", metavar="TEXT",
+                     help="an input text (repeatable); tagging: whitespace-tokenised; qa: the context")
+    r.add_argument("--pair", metavar="TEXT", help="pair-classification: the second text for every --text")
+    r.add_argument("--question", metavar="TEXT", help="qa: the question for every --text context")
+    _columns(r, label=False)
+    r.add_argument("--out", metavar="FILE", help="write predictions as JSONL")
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
+    r.add_argument("--device", default="auto")
+    r.set_defaults(func=_predict)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from ..finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(
+        model=args.model, task=args.task, train_file=args.train, validation_file=args.validation,
+        test_file=args.test, text_column=args.text_column, pair_column=args.pair_column,
+        label_column=args.label_column, task_type=args.task_type, tokenizer=args.tokenizer,
+        tokenizer_vocab_size=args.tokenizer_vocab_size, from_scratch=args.from_scratch,
+        train_size=args.train_size, validation_size=args.validation_size, epochs=args.epochs,
+        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
+        layer_lr_decay=args.layer_lr_decay, gradual_unfreeze=args.gradual_unfreeze,
+        max_grad_norm=args.max_grad_norm, max_length=args.max_length,
+        max_target_length=args.max_target_length, doc_stride=args.doc_stride,
+        max_answer_length=args.max_answer_length, pooling=args.pooling, head_dropout=args.head_dropout,
+        prompt_suffix=args.prompt_suffix, num_beams=args.num_beams, bio_decoding=args.bio_decoding,
+        patience=args.patience, eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed,
+        dtype=args.dtype, device=args.device, attn_impl=args.attn_impl, out_dir=args.out,
+        eval_on_test=not args.no_test, quiet=args.quiet,
+    )
+    res = finetune(cfg)
+    print(f"trained {res.steps} steps on {res.n_train} examples in {res.train_seconds:.1f}s "
+          f"({res.train_tokens / max(res.train_seconds, 1e-9):,.0f} tokens/s); best epoch {res.best_epoch}; "
+          f"stopped: {res.stopped}")
+    for split, m in (("validation", res.validation), ("test", res.test)):
+        for k, v in m.items():
+            print(f"{split} {k}: {v:.4f}")
+    print(f"saved to {res.out_dir}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..finetune import evaluate
+    from ..finetune.config import TaskSpec
+    from ..utils import atomic_write_text
+
+    metrics = evaluate(args.model, task=args.task, test_file=args.test, split=args.split,
+                       text_column=args.text_column, pair_column=args.pair_column, label_column=args.label_column,
+                       batch_size=args.batch_size, dtype=args.dtype, device=args.device, quiet=args.quiet)
+    for k, v in metrics.items():
+        print(f"{k}: {v:.4f}")
+    if args.out:
+        out = Path(args.out)
+    else:
+        name = Path(args.test).stem if args.test else (args.task or TaskSpec.load(args.model).name or "task")
+        out = Path(args.model) / f"eval-{name}-{args.split}.json"
+    atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..finetune import predict
+    from ..finetune.config import TaskSpec
+    from ..utils import atomic_write_text
+
+    spec = TaskSpec.load(args.model)
+    if args.input:
+        inputs: object = args.input
+    else:
+        texts = args.text
+        if spec.task_type == "qa":
+            if not args.question:
+                raise ConfigError("predict: a qa model needs --question (and --text as the context)")
+            inputs = [{"context": t, "question": args.question} for t in texts]
+        elif spec.task_type == "pair-classification":
+            if not args.pair:
+                raise ConfigError("predict: a pair-classification model needs --pair (the second text)")
+            inputs = [{"text": t, "pair": args.pair} for t in texts]
+        else:
+            inputs = texts
+    preds = predict(args.model, inputs, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+                    text_column=args.text_column, pair_column=args.pair_column)
+    for p in preds:
+        print(_line(spec.task_type, p))
+    if args.out:
+        atomic_write_text(Path(args.out), "".join(json.dumps(p) + "\n" for p in preds))
+        print(f"wrote {len(preds)} predictions to {args.out}")
+    return 0
+
+
+def _line(task_type: str, p: dict) -> str:
+    if "probabilities" in p:
+        return f"{p['prediction']}\t{p['probabilities'][p['prediction']]:.4f}"
+    if task_type == "regression":
+        return f"{p['prediction']:.4f}"
+    if task_type == "tagging":
+        return " ".join(f"{w}/{t}" for w, t in zip(p["tokens"], p["prediction"]))
+    return str(p["prediction"])

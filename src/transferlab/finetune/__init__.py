@@ -1,0 +1,47 @@
+"""Fine-tuning: tasks, heads wiring, the fine-tune loop, evaluate and predict.
+
+```
+from transferlab.finetune import FinetuneConfig, finetune, evaluate, predict
+res = finetune(FinetuneConfig(model="builtin:minilm", task="imdb", train_size=1000, epochs=3,
+                              out_dir="runs/imdb-minilm"))
+res.validation, res.test          # {"accuracy": ..., "macro_f1": ..., "mcc": ...}
+evaluate("runs/imdb-minilm")      # test split of the task it was fine-tuned on
+predict("runs/imdb-minilm", ["A wonderful film.", "Dull."])
+```
+
+* :mod:`.tasks` — task data: built-in and derived tasks, CSV/TSV/JSONL/CoNLL readers, type
+  inference, stratified subsampling, clear errors naming file and line;
+* :mod:`.heads` — one wiring per task type: inputs, head, loss, decoding (BIO Viterbi, QA span
+  to characters, generation);
+* :mod:`.loop` — ``finetune`` / ``evaluate`` / ``predict``;
+* :mod:`.config` — :class:`FinetuneConfig`, :class:`TaskSpec` (``task.json``),
+  :class:`FinetuneResult`.
+"""
+
+from __future__ import annotations
+
+from .config import DType, FinetuneConfig, FinetuneResult, Schedule, TaskSpec, TaskType
+from .loop import evaluate, finetune, load_finetuned, load_task_data, predict
+from .tasks import TASK_TYPES, Columns, TaskData, list_tasks, load_builtin, load_files, read_examples, subsample
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
+    "TaskSpec",
+    "TaskType",
+    "Schedule",
+    "DType",
+    "finetune",
+    "evaluate",
+    "predict",
+    "load_finetuned",
+    "load_task_data",
+    "TASK_TYPES",
+    "Columns",
+    "TaskData",
+    "list_tasks",
+    "load_builtin",
+    "load_files",
+    "read_examples",
+    "subsample",
+]

@@ -1,0 +1,321 @@
+"""Typed settings of a fine-tuning run, the task description saved with the model, the result.
+
+* :class:`FinetuneConfig` — everything ``finetune()`` needs (``transferlab finetune`` flags map
+  onto its fields one to one); serialised as ``finetune_config.json`` in the output folder.
+* :class:`TaskSpec` — what a fine-tuned folder needs to be evaluated or used for prediction on
+  its own: task type, label list, columns, lengths, decoding settings (``task.json``).
+* :class:`FinetuneResult` — what ``finetune()`` returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..config import StrEnum, from_dict, to_dict
+from ..errors import CheckpointError, ConfigError
+
+TASK_FILE = "task.json"
+CONFIG_FILE = "finetune_config.json"
+TASK_FORMAT_VERSION = 1
+
+
+class TaskType(StrEnum):
+    CLASSIFICATION = "classification"  #: one label per text (head: classification)
+    PAIR_CLASSIFICATION = "pair-classification"  #: one label per sentence pair, [CLS] A [SEP] B [SEP]
+    REGRESSION = "regression"  #: one number per text or pair (classification head, num_labels=1, MSE)
+    TAGGING = "tagging"  #: one BIO tag per word, labelled on its first sub-word (token_classification)
+    QA = "qa"  #: extractive span: start/end logits, mapped back to characters (span)
+    SEQ2SEQ = "seq2seq"  #: text -> text: encoder-decoder, or decoder-only prompt -> completion (lm)
+
+
+class Schedule(StrEnum):
+    LINEAR = "linear"  #: linear warm-up, then linear decay to 0 (BERT)
+    COSINE = "cosine"  #: linear warm-up, then cosine decay to 0
+    SLANTED = "slanted"  #: ULMFiT slanted triangular: short rise, long linear fall to lr/32
+    CONSTANT = "constant"  #: linear warm-up, then constant
+
+
+class DType(StrEnum):
+    BF16 = "bf16"  #: bf16 autocast, fp32 master weights (4.5x the fp32 matmul rate on AVX-512 bf16 CPUs)
+    FP32 = "fp32"  #: plain fp32
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run (``transferlab finetune --help`` shows the same)."""
+
+    model: str = ""
+    """Pre-trained model folder (ours or a converted transformers folder), ``builtin:minilm``,
+    or a preset name (``bert-mini``, ``bart-mini``, ...) together with ``from_scratch``."""
+    task: str | None = None
+    """Built-in task (imdb, rotten-tomatoes, bbc-topic, twitter-ner, bbc-headlines) or derived
+    task (bbc-pairs, bbc-qa). Alternatively give ``train_file``."""
+    train_file: str | None = None
+    """Training file: .csv/.tsv/.jsonl, or a CoNLL token<TAB>tag file for tagging."""
+    validation_file: str | None = None
+    """Validation file for early stopping; without it 10% of the training file is held out."""
+    test_file: str | None = None
+    """Test file, scored once with the best checkpoint when ``eval_on_test``."""
+    text_column: str | None = None
+    """Input text field (default per task type: text, source, context, tokens)."""
+    pair_column: str | None = None
+    """Second-sentence field for pair tasks (question for qa)."""
+    label_column: str | None = None
+    """Label field (default per task type: label, target, answer, tags)."""
+    task_type: TaskType | None = None
+    """classification, pair-classification, regression, tagging, qa or seq2seq; inferred from
+    the data when not given."""
+    tokenizer: str | None = None
+    """Tokenizer folder. Default: the model folder's own; for a preset with ``from_scratch`` a
+    tokenizer is trained in-process on the task's training text (WordPiece for encoders,
+    byte-level BPE for GPT/BART-style models, Unigram for T5-style models)."""
+    tokenizer_vocab_size: int = 8000
+    """Vocabulary size of a tokenizer trained in-process (from-scratch runs on a preset)."""
+    from_scratch: bool = False
+    """Re-initialise all weights: the no-pre-training control with the same architecture."""
+    train_size: int | None = None
+    """Keep only N training examples (stratified by label, deterministic by ``seed``)."""
+    validation_size: int | None = None
+    """Score early stopping on at most N validation examples (deterministic subset)."""
+    epochs: float = 3.0
+    """Passes over the training set (a fraction stops part-way through the last one)."""
+    batch_size: int = 16
+    """Training examples (QA: windows) per optimiser step."""
+    eval_batch_size: int = 64
+    """Batch size for evaluation and prediction."""
+    lr: float = 5e-5
+    """Peak learning rate (of the top layer when ``layer_lr_decay`` < 1)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on matrices (none on biases and norms)."""
+    warmup: float = 0.1
+    """Fraction of the run spent warming the learning rate up from 0."""
+    schedule: Schedule = Schedule.LINEAR
+    """Learning-rate schedule after warm-up: linear, cosine, slanted (ULMFiT) or constant."""
+    layer_lr_decay: float = 1.0
+    """Discriminative learning rates (ULMFiT): block i of L gets lr * decay**(L - i + 1),
+    embeddings lr * decay**(L + 1), the head lr. 1.0 = one learning rate."""
+    gradual_unfreeze: float = 0.0
+    """ULMFiT gradual unfreezing: over this fraction of the run, unfreeze layer groups from the
+    top (head, last block, ..., embeddings) one at a time; 0 = train everything from the start."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 = off)."""
+    max_length: int | None = None
+    """Longest input in tokens (default per task: 256 for imdb, 128 for tweets and sentence
+    pairs; clipped to the model's position table)."""
+    max_target_length: int | None = None
+    """seq2seq: longest target / generated output in tokens (default 32 for bbc-headlines, else 64)."""
+    doc_stride: int = 128
+    """qa: overlap in tokens between consecutive windows of a long context."""
+    max_answer_length: int = 30
+    """qa: longest predicted answer in tokens."""
+    pooling: str = "auto"
+    """Sequence vector for classification: cls (pooler/first token), mean, last, or auto (cls
+    for encoders, last token for decoders and encoder-decoders)."""
+    head_dropout: float | None = None
+    """Dropout before the classifier (default: the model's dropout)."""
+    prompt_suffix: str = "\nTL;DR:"
+    """seq2seq on a decoder-only model: the prompt is the source followed by this text; the
+    completion (the target) follows it, and only the completion is scored by the loss."""
+    num_beams: int = 1
+    """seq2seq: beam width when generating for evaluation (1 = greedy)."""
+    bio_decoding: str = "viterbi"
+    """tagging: viterbi (best tag path with no I-X after O or after another type) or argmax."""
+    patience: int | None = None
+    """Early stopping: stop after this many evaluations without improvement (None = never)."""
+    eval_every: int = 0
+    """Evaluate every N optimiser steps (0 = at the end of each epoch)."""
+    max_minutes: float | None = None
+    """Wall-clock budget for training; the schedule is stretched over it (cramming-style)."""
+    seed: int = 0
+    """Seed for initialisation of new weights, shuffling, dropout and subsampling."""
+    dtype: DType = DType.BF16
+    """bf16 (autocast) or fp32."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto (cuda when available)."""
+    attn_impl: str | None = None
+    """Override the attention kernel: sdpa or math (plain matmuls, faster for short bf16 CPU
+    sequences); None keeps the model's."""
+    out_dir: str | None = None
+    """Where the best checkpoint goes (model + tokenizer + task.json + metrics); None = keep in
+    memory only."""
+    eval_on_test: bool = True
+    """Score the test split with the best checkpoint at the end."""
+    quiet: bool = False
+    """No progress bars or log lines."""
+
+    def validate(self) -> "FinetuneConfig":
+        """Check the settings; raise :class:`ConfigError` naming the field."""
+        from ..config import _coerce_enums
+
+        _coerce_enums(self)
+        if not self.model:
+            raise ConfigError("finetune: model is required (a model folder, builtin:minilm, or a preset with from_scratch)")
+        if self.task is None and self.train_file is None:
+            raise ConfigError("finetune: give a task (--task NAME) or a training file (--train FILE)")
+        if self.task is not None and self.train_file is not None:
+            raise ConfigError("finetune: give either a task (--task) or a training file (--train), not both")
+        if self.task is not None and (self.validation_file or self.test_file):
+            raise ConfigError("finetune: --validation/--test files go with --train, not with a built-in --task")
+        positive = ("batch_size", "eval_batch_size", "tokenizer_vocab_size", "doc_stride", "max_answer_length", "num_beams")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"finetune.{name} must be positive, got {getattr(self, name)}")
+        for name in ("train_size", "validation_size", "max_length", "max_target_length", "patience"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"finetune.{name} must be positive (or unset), got {v}")
+        if self.epochs <= 0:
+            raise ConfigError(f"finetune.epochs must be positive, got {self.epochs}")
+        if self.lr <= 0:
+            raise ConfigError(f"finetune.lr must be positive, got {self.lr}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ConfigError(f"finetune.warmup must be in [0, 1), got {self.warmup}")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ConfigError(f"finetune.layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if not 0.0 <= self.gradual_unfreeze < 1.0:
+            raise ConfigError(f"finetune.gradual_unfreeze must be in [0, 1), got {self.gradual_unfreeze}")
+        if self.pooling not in ("auto", "cls", "mean", "last"):
+            raise ConfigError(f"finetune.pooling must be auto, cls, mean or last, got {self.pooling!r}")
+        if self.bio_decoding not in ("viterbi", "argmax"):
+            raise ConfigError(f"finetune.bio_decoding must be viterbi or argmax, got {self.bio_decoding!r}")
+        if self.attn_impl not in (None, "sdpa", "math"):
+            raise ConfigError(f"finetune.attn_impl must be sdpa or math, got {self.attn_impl!r}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"finetune.max_minutes must be positive, got {self.max_minutes}")
+        if self.eval_every < 0:
+            raise ConfigError(f"finetune.eval_every must be >= 0, got {self.eval_every}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FinetuneConfig":
+        return from_dict(cls, d).validate()
+
+    def replace(self, **kw: Any) -> "FinetuneConfig":
+        return dataclasses.replace(self, **kw).validate()
+
+
+@dataclass
+class TaskSpec:
+    """Everything needed to use a fine-tuned folder on its own (saved as ``task.json``)."""
+
+    task_type: str
+    """One of the :class:`TaskType` values."""
+    labels: list[str] = field(default_factory=list)
+    """Class names (index = logit), BIO tags, or [] (regression, qa, seq2seq)."""
+    head: str = ""
+    """Name of the head in the model (classification, token_classification, span, lm)."""
+    task: str | None = None
+    """Built-in task name, if any."""
+    name: str = ""
+    """Task name: the built-in name or the training file's stem."""
+    columns: dict[str, str | None] = field(default_factory=dict)
+    """Field names used for text / pair / label (user files)."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Files the task was read from, by split."""
+    max_length: int = 256
+    """Input length limit in tokens."""
+    max_target_length: int = 64
+    """seq2seq: target / generation length limit."""
+    doc_stride: int = 128
+    """qa: window overlap."""
+    max_query_length: int = 64
+    """qa: questions are cut to this many tokens."""
+    max_answer_length: int = 30
+    """qa: longest answer in tokens."""
+    pooling: str = "auto"
+    """classification pooling."""
+    label_mean: float = 0.0
+    """regression: targets are standardised with the training mean ..."""
+    label_std: float = 1.0
+    """... and standard deviation; predictions are mapped back."""
+    prompt_suffix: str = "\nTL;DR:"
+    """seq2seq on decoders: text between source and completion."""
+    num_beams: int = 1
+    """seq2seq: beam width at prediction time."""
+    bio_decoding: str = "viterbi"
+    """tagging: viterbi or argmax."""
+    derived: bool = False
+    """True for the synthetic bbc-pairs / bbc-qa tasks."""
+    format_version: int = TASK_FORMAT_VERSION
+    """task.json layout version."""
+
+    def save(self, directory: str | Path) -> Path:
+        from ..utils import atomic_write_text
+
+        p = Path(directory) / TASK_FILE
+        atomic_write_text(p, json.dumps(to_dict(self), indent=2) + "\n")
+        return p
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "TaskSpec":
+        """Read ``task.json`` of a fine-tuned folder.
+
+        Raises:
+            CheckpointError: no task.json (not a fine-tuned folder) or a malformed one.
+        """
+        p = Path(directory) / TASK_FILE
+        if not p.is_file():
+            raise CheckpointError(
+                f"{Path(directory)}: no {TASK_FILE}; evaluate/predict need a folder written by "
+                "`transferlab finetune --out DIR`"
+            )
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{p}: expected a JSON object")
+        known = {f.name for f in fields(cls)}
+        try:
+            spec = cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as e:
+            raise CheckpointError(f"{p}: {e}") from None
+        if spec.task_type not in [t.value for t in TaskType]:
+            raise CheckpointError(f"{p}: unknown task_type {spec.task_type!r}")
+        if spec.format_version > TASK_FORMAT_VERSION:
+            raise CheckpointError(f"{p}: format_version {spec.format_version} is newer than this transferlab understands")
+        return spec
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`~transferlab.finetune.finetune` returns."""
+
+    validation: dict[str, float]
+    """Metrics of the best checkpoint on the validation split."""
+    test: dict[str, float]
+    """Metrics of the best checkpoint on the test split ({} without a test split or eval_on_test)."""
+    out_dir: Path | None
+    """Folder holding the best checkpoint (None when out_dir was not set)."""
+    train_seconds: float
+    """Wall time of the training loop (evaluations included, loading and test scoring not)."""
+    train_tokens: int
+    """Non-padding tokens fed to the model in training (encoder + decoder)."""
+    n_train: int
+    """Training examples after subsampling."""
+    best_epoch: int
+    """1-based epoch of the best validation score."""
+    history: list[dict[str, Any]]
+    """One row per evaluation: epoch, step, train_loss, lr, seconds, validation metrics."""
+    task_type: str = ""
+    """The (possibly inferred) task type."""
+    metric: str = ""
+    """The validation metric used for model selection."""
+    steps: int = 0
+    """Optimiser steps taken."""
+    stopped: str = ""
+    """Why training ended: epochs, patience or time."""
+    cost: dict[str, Any] = field(default_factory=dict)
+    """Cost report (params, FLOPs, energy, price) when cost tracking is available."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["out_dir"] = str(self.out_dir) if self.out_dir is not None else None
+        return d

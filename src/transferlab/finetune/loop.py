@@ -1,0 +1,615 @@
+"""The fine-tuning loop, and evaluate / predict from a fine-tuned folder.
+
+``finetune(cfg)`` is written out in one place, in the order it happens:
+
+1. load the task (built-in, derived or files), subsample the training set (``train_size``,
+   stratified, by seed) and optionally the validation set (``validation_size``, fixed subset);
+2. load the model and tokenizer (a pre-trained folder, ``builtin:minilm``, or a preset with a
+   tokenizer trained in-process on the training text for ``from_scratch``), keep only this
+   task's head (fresh) and tokenise every split once;
+3. AdamW with discriminative learning rates (``layer_lr_decay``), warm-up + linear / cosine /
+   slanted-triangular schedule as a function of progress (steps, or wall time under
+   ``max_minutes``), gradual unfreezing from the top, bf16 autocast, length-grouped batches with
+   dynamic padding;
+4. ``maybe_eval`` at each epoch end (or every ``eval_every`` steps) on the validation split with
+   the task's primary metric; the best weights are kept (a CPU copy) and ``patience``
+   evaluations without improvement stop the run;
+5. the best weights are restored, the test split scored once, and ``out_dir`` written atomically:
+   ``config.json`` + ``model.safetensors`` + tokenizer + ``task.json`` (so ``evaluate`` and
+   ``predict`` need nothing else), ``finetune_config.json``, ``metrics.json``, ``history.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, ConfigError, DataError
+from ..utils import atomic_dir, atomic_write_text, set_seed
+from .config import CONFIG_FILE, FinetuneConfig, FinetuneResult, TaskSpec
+from .heads import Wiring, build_wiring, length_grouped_batches, plain_predictions, position_limit
+from .tasks import Columns, TaskData, check_labels, load_builtin, load_files, read_examples, subsample, task_defaults
+
+__all__ = ["finetune", "evaluate", "predict", "load_task_data", "load_finetuned", "METRICS_FILE", "HISTORY_FILE"]
+
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.jsonl"
+
+
+# ------------------------------------------------------------------------------ helpers
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def _autocast(device: torch.device, dtype: str) -> Callable[[], Any]:
+    """A factory of the forward context: bf16 autocast (fp32 master weights) or nothing."""
+    if str(dtype) == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _inference(ctx: Callable[[], Any]) -> Callable[[], Any]:
+    @contextlib.contextmanager
+    def both():
+        with torch.inference_mode(), ctx():
+            yield
+
+    return both
+
+
+def _set_attn_impl(model: torch.nn.Module, impl: str | None) -> None:
+    if impl is None:
+        return
+    from ..models.blocks import Attention
+
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.impl = impl
+    model.config.attn_impl = impl
+
+
+def _bar(total: int, desc: str, quiet: bool, leave: bool = True):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=quiet, leave=leave, dynamic_ncols=True, unit="ex" if not leave else "step")
+
+
+# ------------------------------------------------------------------------------ data
+def load_task_data(cfg: FinetuneConfig) -> TaskData:
+    """The task named by ``cfg.task`` or read from ``cfg.train_file`` (+ validation/test files).
+
+    Raises:
+        DataError: unreadable files, bad examples, a validation/test label unseen in training.
+        ConfigError: ``cfg.task_type`` that contradicts a built-in task.
+    """
+    columns = Columns(cfg.text_column, cfg.pair_column, cfg.label_column)
+    tt = str(cfg.task_type) if cfg.task_type is not None else None
+    if cfg.task is not None:
+        data = load_builtin(cfg.task)
+        if tt is not None and tt != data.task_type:
+            raise ConfigError(f"task {cfg.task!r} is a {data.task_type} task, not {tt}")
+        return data
+    return load_files(cfg.train_file, cfg.validation_file, cfg.test_file, tt, columns)
+
+
+def _tokenizer_texts(data: TaskData, examples: Sequence[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for e in examples:
+        if data.task_type == "tagging":
+            out.append(" ".join(e["tokens"]))
+        elif data.task_type == "qa":
+            out += [e["context"], e["question"]]
+        elif data.task_type == "seq2seq":
+            out += [e["source"], e["target"]]
+        else:
+            out += [e["text"]] + ([e["pair"]] if "pair" in e else [])
+    # a trailing space keeps Tokenizer.train from mistaking a one-word text ("notes.txt") for a path
+    return [t + " " for t in out]
+
+
+def _tokenizer_kind(mcfg: Any) -> str:
+    from ..config import Family, Norm, Position
+
+    fam = Family(mcfg.family)
+    if fam == Family.ENCODER:
+        return "wordpiece"
+    if fam == Family.ENCODER_DECODER and (Position(mcfg.position) == Position.RELATIVE or Norm(mcfg.norm) == Norm.RMSNORM):
+        return "unigram"  # T5-style
+    return "bpe"
+
+
+def _load_model(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, Any]]) -> tuple[Any, Any, str]:
+    """``(model, tokenizer, where_the_tokenizer_came_from)``."""
+    from ..config import PRESETS, get_preset
+    from ..models.model import TransferModel, from_pretrained
+    from ..tokenizer import Tokenizer
+
+    name = cfg.model
+    if name in PRESETS:
+        if not cfg.from_scratch:
+            raise ConfigError(
+                f"{name!r} is a preset: it has no pre-trained weights; pass --from-scratch for the "
+                "no-pre-training control, or a pre-trained model folder / builtin:minilm"
+            )
+        base = get_preset(name)
+        if cfg.tokenizer:
+            tok, tok_src = Tokenizer.from_pretrained(cfg.tokenizer), cfg.tokenizer
+        else:
+            kind = _tokenizer_kind(base)
+            tok = Tokenizer.train(_tokenizer_texts(data, train), kind=kind, vocab_size=cfg.tokenizer_vocab_size,
+                                  n_sentinels=0)
+            tok_src = f"trained in-process ({kind}, {tok.vocab_size} tokens) on the {len(train)} training examples"
+        ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+        over: dict[str, Any] = {"vocab_size": tok.vocab_size, "heads": {}}
+        over.update({k: (v if v is not None else (0 if k == "pad_token_id" else -1)) for k, v in ids.items()})
+        if base.is_encoder_decoder:
+            start = tok.pad_token_id if tok.kind == "unigram" else tok.eos_token_id  # T5: pad, BART: eos
+            over["decoder_start_token_id"] = start if start is not None else over["pad_token_id"]
+        return TransferModel(get_preset(name, **over)), tok, tok_src
+
+    path: Any = name
+    if name.startswith("builtin:"):
+        from ..hf import resolve_builtin
+
+        path = resolve_builtin(name)
+    elif not Path(name).exists():
+        raise ConfigError(
+            f"--model {name!r} is neither a model folder nor a preset; presets: {', '.join(PRESETS)}; "
+            "or builtin:minilm"
+        )
+    model = from_pretrained(path)
+    tok_src = cfg.tokenizer or name
+    tok = Tokenizer.from_pretrained(tok_src)
+    if cfg.from_scratch:  # same architecture, fresh weights: the honest no-pre-training control
+        mcfg = copy.deepcopy(model.config)
+        mcfg.heads = {}
+        model = TransferModel(mcfg)
+    if tok.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"tokenizer {tok_src} has {tok.vocab_size} tokens but the model's embedding has "
+                              f"{model.config.vocab_size}; use the tokenizer the model was trained with")
+    return model, tok, str(tok_src)
+
+
+def _make_spec(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, Any]], mcfg: Any) -> TaskSpec:
+    max_len, max_tgt = task_defaults(data.name if cfg.task else None, data.task_type)
+    max_len = cfg.max_length or max_len
+    limit = position_limit(mcfg)
+    if limit is not None and max_len > limit:
+        max_len = limit
+    spec = TaskSpec(
+        task_type=data.task_type, labels=list(data.labels), task=cfg.task, name=data.name, columns=dict(data.columns),
+        files=dict(data.files), max_length=max_len, max_target_length=cfg.max_target_length or max_tgt,
+        doc_stride=cfg.doc_stride, max_answer_length=cfg.max_answer_length, pooling=cfg.pooling,
+        prompt_suffix=cfg.prompt_suffix, num_beams=cfg.num_beams, bio_decoding=cfg.bio_decoding,
+        derived=data.derived,
+    )
+    if data.task_type == "regression":
+        y = np.array([float(e["label"]) for e in train], dtype=np.float64)
+        spec.label_mean = float(y.mean())
+        spec.label_std = float(y.std()) if len(y) > 1 and y.std() > 0 else 1.0
+    return spec
+
+
+def _check_out_dir(cfg: FinetuneConfig) -> Path | None:
+    if cfg.out_dir is None:
+        return None
+    out = Path(cfg.out_dir)
+    if Path(cfg.model).exists() and out.resolve() == Path(cfg.model).resolve():
+        raise ConfigError(f"--out {out} is the model folder itself; write the fine-tuned model somewhere else")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "task.json").is_file():
+        raise ConfigError(f"--out {out} exists and is not a fine-tuned model folder (no task.json); "
+                          "choose a new or empty folder")
+    return out
+
+
+# ------------------------------------------------------------------------------ gradual unfreezing
+def _layer_groups(model: torch.nn.Module) -> tuple[dict[str, int], int]:
+    """Parameter name -> depth (0 embeddings, 1..L blocks, L+1 heads/pooler/final norm), and L."""
+    from ..training.optim import _depth_fn
+
+    depth = _depth_fn(model)
+    names = {n: depth(n)[0] for n, _ in model.named_parameters()}
+    L = depth("heads.x")[1]
+    return names, L
+
+
+class _Unfreezer:
+    """ULMFiT gradual unfreezing: groups join from the top, one every ``frac / (L + 1)`` of the run."""
+
+    def __init__(self, model: torch.nn.Module, frac: float):
+        self.frac = frac
+        self.depth, self.L = _layer_groups(model)
+        self.params = dict(model.named_parameters())
+        self.level = -1
+
+    def __call__(self, progress: float) -> None:
+        if self.frac <= 0:
+            return
+        # number of groups trainable: 1 (head) at progress 0, all L+2 at progress >= frac
+        k = min(self.L + 2, 1 + int(progress / self.frac * (self.L + 1)))
+        if k == self.level:
+            return
+        self.level = k
+        lowest = self.L + 2 - k  # depths >= lowest train
+        for n, p in self.params.items():
+            p.requires_grad_(self.depth[n] >= lowest)
+
+
+# ------------------------------------------------------------------------------ evaluation core
+def _score(w: Wiring, model: Any, examples: Sequence[dict[str, Any]], batch_size: int,
+           ctx: Callable[[], Any], quiet: bool, desc: str) -> tuple[dict[str, float], list[Any]]:
+    from ..evaluation.metrics import compute_metrics
+
+    feats = w.encode(examples, train=False)
+    was_training = model.training
+    model.eval()
+    bar = _bar(len(feats), desc, quiet, leave=False)
+    try:
+        preds = w.predict(model, examples, feats, batch_size, _inference(ctx), bar)
+    finally:
+        bar.close()
+        model.train(was_training)
+    labels = w.spec.labels if w.spec.task_type in ("classification", "pair-classification") else None
+    metrics = compute_metrics(w.spec.task_type, plain_predictions(w, preds), [w.reference(e) for e in examples], labels)
+    return {k: float(v) for k, v in metrics.items()}, preds
+
+
+# ------------------------------------------------------------------------------ finetune
+def finetune(cfg: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune a model on a task; keep the best checkpoint by validation score.
+
+    Args:
+        cfg: the run's settings (see :class:`FinetuneConfig`).
+
+    Returns:
+        :class:`FinetuneResult` with validation and test metrics of the best checkpoint, timing,
+        token counts and the per-evaluation history.
+
+    Raises:
+        ConfigError: inconsistent settings (a preset without ``from_scratch``, seq2seq on an
+            encoder, an ``out_dir`` that would overwrite a model folder, ...).
+        DataError: bad task data (names the file and line).
+        CheckpointError: an unreadable model folder.
+    """
+    from ..evaluation.metrics import higher_is_better, primary_metric
+    from ..training.optim import build_optimizer, clip_grad_norm, lr_multiplier, set_lr
+
+    cfg.validate()
+    out_dir = _check_out_dir(cfg)
+    device = _device(cfg.device)
+    log = (lambda *_: None) if cfg.quiet else (lambda msg: print(msg, flush=True))
+
+    data = load_task_data(cfg)
+    train = subsample(data.train, cfg.train_size, cfg.seed, data.task_type)
+    # the validation subset does not depend on the seed: every seed is selected on the same data
+    val = subsample(data.validation, cfg.validation_size, 0, data.task_type)
+    if not train:
+        raise DataError(f"task {data.name!r}: no training examples")
+
+    set_seed(cfg.seed)
+    model, tok, tok_src = _load_model(cfg, data, train)
+    spec = _make_spec(cfg, data, train, model.config)
+    wiring = build_wiring(spec, tok, model.config)
+    set_seed(cfg.seed)  # the new head's initialisation depends only on the seed
+    wiring.setup_model(model, fresh=True)
+    spec.head = wiring.head
+    _set_attn_impl(model, cfg.attn_impl)
+    model.to(device)
+
+    feats = wiring.encode(train, train=True)
+    lengths = [len(f["input_ids"]) for f in feats]
+    steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
+    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    metric = primary_metric(spec.task_type)
+    better = higher_is_better(metric)
+    log(f"finetune: {data.name} ({spec.task_type}{', derived' if data.derived else ''}) | train {len(train)}"
+        f" ({len(feats)} sequences) | validation {len(val)} | test {len(data.test)} | model {cfg.model}"
+        f"{' from scratch' if cfg.from_scratch else ''} ({model.num_parameters() / 1e6:.1f}M params) | tokenizer "
+        f"{tok_src} | max_length {wiring.max_length} | {total_steps} steps")
+    for note in data.notes:
+        log(f"note: {note}")
+
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, layer_lr_decay=cfg.layer_lr_decay)
+    unfreeze = _Unfreezer(model, cfg.gradual_unfreeze)
+    min_ratio = 1.0 / 32 if str(cfg.schedule) == "slanted" else 0.0  # ULMFiT's ratio
+    ctx = _autocast(device, cfg.dtype)
+    budget = cfg.max_minutes * 60.0 if cfg.max_minutes else None
+    rng = np.random.default_rng(cfg.seed)
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"score": None, "metrics": {}, "state": None, "epoch": 0, "step": 0}
+    bad_evals = 0
+    step, tokens, loss_sum, loss_n = 0, 0, 0.0, 0
+    stopped = "epochs"
+    t0 = time.perf_counter()
+
+    def maybe_eval(epoch: int) -> bool:
+        """Score the validation split, keep the best weights; True when patience ran out."""
+        nonlocal bad_evals, loss_sum, loss_n
+        row: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(1, loss_n),
+                               "lr": optimizer.param_groups[0]["lr"], "tokens": tokens,
+                               "seconds": round(time.perf_counter() - t0, 3)}
+        loss_sum, loss_n = 0.0, 0
+        if not val:
+            history.append(row)
+            best.update(state=_cpu_state(model), epoch=epoch, step=step)
+            return False
+        metrics, _ = _score(wiring, model, val, cfg.eval_batch_size, ctx, cfg.quiet, "validation")
+        row.update({f"validation_{k}": v for k, v in metrics.items()})
+        history.append(row)
+        score = metrics[metric]
+        improved = best["score"] is None or (score > best["score"] if better else score < best["score"])
+        log(f"epoch {epoch} step {step}: train loss {row['train_loss']:.4f} | validation "
+            + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + (" (best)" if improved else ""))
+        if improved:
+            best.update(score=score, metrics=metrics, state=_cpu_state(model), epoch=epoch, step=step)
+            bad_evals = 0
+        else:
+            bad_evals += 1
+        return cfg.patience is not None and bad_evals >= cfg.patience
+
+    model.train()
+    bar = _bar(total_steps, "finetune", cfg.quiet)
+    done = False
+    epoch = 0
+    while not done and step < total_steps:
+        epoch += 1
+        for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
+            progress = step / total_steps
+            if budget is not None:
+                progress = max(progress, (time.perf_counter() - t0) / budget)
+            set_lr(optimizer, cfg.lr, lr_multiplier(progress, cfg.warmup, str(cfg.schedule), min_ratio))
+            unfreeze(progress)
+            batch = {k: v.to(device, non_blocking=True) for k, v in wiring.collate([feats[i] for i in idx]).items()}
+            with ctx():
+                loss = wiring.loss(model, batch)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"the loss became {loss.item()} at step {step}; lower --lr (now {cfg.lr})")
+            loss.backward()
+            clip_grad_norm([p for p in model.parameters() if p.grad is not None], cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += wiring.n_tokens(batch)
+            loss_sum += float(loss.detach())
+            loss_n += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", refresh=False)
+            if budget is not None and time.perf_counter() - t0 >= budget:
+                stopped, done = "time", True
+            elif step >= total_steps:
+                done = True
+            if cfg.eval_every and step % cfg.eval_every == 0 and not done:
+                if maybe_eval(epoch):
+                    stopped, done = "patience", True
+            if done:
+                break
+        if not history or history[-1]["step"] != step:
+            if maybe_eval(epoch) and not done:
+                stopped, done = "patience", True
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+
+    # restore the best weights (a CPU copy) for the test split and the saved checkpoint
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    test_metrics: dict[str, float] = {}
+    if cfg.eval_on_test and data.test:
+        test_metrics, _ = _score(wiring, model, data.test, cfg.eval_batch_size, ctx, cfg.quiet, "test")
+        log("test: " + " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
+
+    result = FinetuneResult(
+        validation=best["metrics"], test=test_metrics, out_dir=out_dir, train_seconds=train_seconds,
+        train_tokens=tokens, n_train=len(train), best_epoch=best["epoch"], history=history,
+        task_type=spec.task_type, metric=metric, steps=step, stopped=stopped,
+    )
+    if out_dir is not None:
+        _save(out_dir, model, tok, spec, cfg, result, data)
+        log(f"saved the best checkpoint (epoch {best['epoch']}, step {best['step']}) to {out_dir}")
+    return result
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, res: FinetuneResult,
+          data: TaskData) -> None:
+    """Write the fine-tuned folder in one atomic step (a complete old or new folder, never half)."""
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save(tmp)
+        spec.save(tmp)
+        atomic_write_text(tmp / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        summary = {k: v for k, v in res.to_dict().items() if k not in ("history", "out_dir")}
+        summary.update(task=data.name, derived=data.derived, sizes=data.sizes(), notes=data.notes)
+        atomic_write_text(tmp / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(tmp / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in res.history))
+
+
+# ------------------------------------------------------------------------------ evaluate / predict
+def load_finetuned(model_dir: str | Path, device: str = "auto") -> tuple[Any, Any, TaskSpec, Wiring]:
+    """``(model, tokenizer, spec, wiring)`` of a folder written by :func:`finetune`.
+
+    Raises:
+        CheckpointError: the folder lacks task.json, the model files or the tokenizer.
+    """
+    from ..models.model import from_pretrained
+    from ..tokenizer import Tokenizer
+
+    d = Path(model_dir)
+    spec = TaskSpec.load(d)
+    model = from_pretrained(d)
+    try:
+        tok = Tokenizer.from_pretrained(d)
+    except DataError as e:
+        raise CheckpointError(f"{d}: no usable tokenizer ({e})") from None
+    wiring = build_wiring(spec, tok, model.config)
+    if wiring.head not in model.heads:
+        raise CheckpointError(f"{d}: the model has no {wiring.head!r} head, which task.json ({spec.task_type}) needs")
+    model.to(_device(device)).eval()
+    return model, tok, spec, wiring
+
+
+def _eval_examples(spec: TaskSpec, task: str | None, test_file: str | Path | None, split: str,
+                   columns: Columns) -> tuple[list[dict[str, Any]], str]:
+    if task is not None and test_file is not None:
+        raise ConfigError("evaluate: give either a task or a test file, not both")
+    if test_file is not None:
+        cols = Columns(columns.text or spec.columns.get("text"), columns.pair or spec.columns.get("pair"),
+                       columns.label or spec.columns.get("label"))
+        ex, _ = read_examples(test_file, spec.task_type, cols)
+        return ex, str(test_file)
+    name = task or spec.task
+    if name is not None:
+        data = load_builtin(name)
+        if data.task_type != spec.task_type:
+            raise ConfigError(f"task {name!r} is {data.task_type} but the model was fine-tuned for {spec.task_type}")
+        if split not in ("train", "validation", "test"):
+            raise ConfigError(f"split must be train, validation or test, got {split!r}")
+        return data[split], f"{name}/{split}"
+    if spec.files.get(split):
+        cols = Columns(spec.columns.get("text"), spec.columns.get("pair"), spec.columns.get("label"))
+        ex, _ = read_examples(spec.files[split], spec.task_type, cols)
+        return ex, spec.files[split]
+    raise ConfigError(f"evaluate: the model was fine-tuned on files without a {split} file; pass --test FILE")
+
+
+def evaluate(
+    model_dir: str | Path,
+    task: str | None = None,
+    test_file: str | Path | None = None,
+    split: str = "test",
+    text_column: str | None = None,
+    pair_column: str | None = None,
+    label_column: str | None = None,
+    batch_size: int = 64,
+    dtype: str = "bf16",
+    device: str = "auto",
+    quiet: bool = True,
+) -> dict[str, float]:
+    """Score a fine-tuned folder on a task split or a labelled file.
+
+    Args:
+        model_dir: a folder written by :func:`finetune` (it holds task.json).
+        task: a built-in task name; default: the one the model was fine-tuned on.
+        test_file: a labelled file instead of a built-in task (columns default to task.json's).
+        split: which split of the task (or which recorded file): test, validation or train.
+        text_column, pair_column, label_column: override the column names of ``test_file``.
+        batch_size: evaluation batch size.
+        dtype: bf16 or fp32.
+        device: cpu, cuda or auto.
+        quiet: no progress bar.
+
+    Returns:
+        ``{metric: value}`` as :func:`~transferlab.evaluation.metrics.compute_metrics` gives for
+        the task type (e.g. accuracy, macro_f1, mcc).
+
+    Raises:
+        CheckpointError: not a fine-tuned folder. DataError: bad data or labels the model does
+        not know (names the file and line). ConfigError: no data to evaluate on.
+    """
+    model, tok, spec, w = load_finetuned(model_dir, device)
+    examples, where = _eval_examples(spec, task, test_file, split, Columns(text_column, pair_column, label_column))
+    if not examples:
+        raise DataError(f"{where}: no examples to evaluate")
+    check_labels(examples, spec.task_type, spec.labels, f"labels of {model_dir}/task.json")
+    dev = next(model.parameters()).device
+    metrics, _ = _score(w, model, examples, batch_size, _autocast(dev, dtype), quiet, "evaluate")
+    return metrics
+
+
+def predict(
+    model_dir: str | Path,
+    inputs: str | Path | Sequence[str] | Sequence[dict[str, Any]],
+    batch_size: int = 64,
+    dtype: str = "bf16",
+    device: str = "auto",
+    quiet: bool = True,
+    text_column: str | None = None,
+    pair_column: str | None = None,
+) -> list[dict[str, Any]]:
+    """Predict with a fine-tuned folder.
+
+    Args:
+        model_dir: a folder written by :func:`finetune`.
+        inputs: a file path (same formats as training; labels not needed), a list of texts
+            (classification/regression/seq2seq sources; tagging: whitespace-tokenised), or a
+            list of example dicts (``{"text", "pair"}``, ``{"tokens"}``, ``{"context",
+            "question"}``, ``{"source"}``).
+        batch_size, dtype, device, quiet: as in :func:`evaluate`.
+        text_column, pair_column: column names of an input file (default: task.json's).
+
+    Returns:
+        One dict per input: ``prediction`` plus ``probabilities`` (classification) or
+        ``entities`` (tagging).
+    """
+    model, tok, spec, w = load_finetuned(model_dir, device)
+    examples = _predict_examples(spec, inputs, text_column, pair_column)
+    dev = next(model.parameters()).device
+    feats = w.encode(examples, train=False)
+    bar = _bar(len(feats), "predict", quiet, leave=False)
+    try:
+        preds = w.predict(model, examples, feats, batch_size, _inference(_autocast(dev, dtype)), bar)
+    finally:
+        bar.close()
+    return [w.describe(p, e) for p, e in zip(preds, examples)]
+
+
+def _predict_examples(spec: TaskSpec, inputs: Any, text_column: str | None, pair_column: str | None) -> list[dict[str, Any]]:
+    tt = spec.task_type
+    if isinstance(inputs, (str, Path)) and Path(inputs).is_file():
+        cols = Columns(text_column or spec.columns.get("text"), pair_column or spec.columns.get("pair"),
+                       spec.columns.get("label"))
+        ex, _ = read_examples(inputs, tt, cols, labelled=False)
+        return ex
+    if isinstance(inputs, (str, Path)):
+        raise DataError(f"{inputs}: no such input file (pass a list of texts to predict on strings)")
+    out: list[dict[str, Any]] = []
+    for k, x in enumerate(inputs):
+        where = f"input {k + 1}"
+        if isinstance(x, dict):
+            e = dict(x)
+        elif isinstance(x, str):
+            if tt == "tagging":
+                e = {"tokens": x.split()}
+            elif tt == "seq2seq":
+                e = {"source": x}
+            elif tt in ("qa", "pair-classification"):
+                raise DataError(f"{where}: a {tt} model needs {'a context and a question' if tt == 'qa' else 'a text and a pair'}"
+                                " per input (a dict, or --question / --pair on the command line)")
+            else:
+                e = {"text": x}
+        else:
+            raise DataError(f"{where}: expected a string or a dict, got {type(x).__name__}")
+        need = {"classification": ["text"], "pair-classification": ["text", "pair"], "regression": ["text"],
+                "tagging": ["tokens"], "qa": ["context", "question"], "seq2seq": ["source"]}[tt]
+        for n in need:
+            v = e.get(n)
+            if v is None or (isinstance(v, (str, list)) and not v) or (isinstance(v, str) and not v.strip()):
+                raise DataError(f"{where}: empty or missing {n!r}")
+        e["_where"] = where
+        for lab in ("label", "tags", "answers", "target"):
+            e.pop(lab, None)  # predictions never look at labels
+        out.append(e)
+    if not out:
+        raise DataError("predict: no inputs")
+    return out
