@@ -416,3 +416,16 @@ def test_state_dict_and_config_pair_infers_the_architecture(batch):
     kw = _inputs("seq2seq", batch)
     with torch.no_grad():
         _assert_close(hf(**kw).logits, ours(**kw).logits, "bart from (state, config)")
+
+
+def test_sharded_checkpoint_and_info_on_a_transformers_dir(tmp_path, batch, capsys):
+    hf = _perturb(T.T5ForConditionalGeneration(_t5_cfg())).eval()
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
+    ours = transferlab.from_pretrained(tmp_path)
+    kw = _inputs("seq2seq", batch)
+    with torch.no_grad():
+        _assert_close(hf(**kw).logits, ours(**kw).logits, "sharded t5")
+    assert cli(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "transformers t5 (T5ForConditionalGeneration)" in out and f"{ours.num_parameters():,} total" in out

@@ -411,3 +411,12 @@ def test_info_cli(tmp_path, capsys):
         assert cli(["info", arg]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and msg in err and "Traceback" not in err, err
+
+
+def test_from_pretrained_returns_eval_mode_like_transformers(tmp_path, batch):
+    m = _perturb(tiny("encoder", dropout=0.3))
+    m.save_pretrained(tmp_path)
+    again = transferlab.from_pretrained(tmp_path)
+    assert not again.training  # dropout off: two calls agree
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=batch["ids"]).logits, again(input_ids=batch["ids"]).logits)

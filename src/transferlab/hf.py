@@ -772,8 +772,7 @@ def from_hf(src: Any, config: Any = None, meta: bool = False, **overrides: Any):
             must still fit the weights.
 
     Returns:
-        The model (in train mode, like ``from_pretrained`` in transformers returns eval mode: call
-        ``.eval()`` for inference).
+        The model, in eval mode like transformers' ``from_pretrained`` (call ``.train()`` to train).
     """
     from .models.model import TransferModel
 
@@ -789,7 +788,7 @@ def from_hf(src: Any, config: Any = None, meta: bool = False, **overrides: Any):
     state = state_from_hf(hf_state, cfg, layout, model.state_dict(), where)
     model.load_state_dict(state, strict=True, assign=meta)
     model.hf_source = {"model_type": layout.model_type, "architecture": arch}
-    return model
+    return model.eval()
 
 
 def _override(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:

