@@ -16,6 +16,7 @@ from transferlab.errors import ConfigError
 from transferlab.generation import (
     GenerationConfig, TextStreamer, generate, generation_perplexity, token_logprobs, top_k_filter, top_p_filter,
 )
+from transferlab.hf import from_hf
 from transferlab.models import build_model
 
 T = pytest.importorskip("transformers")
@@ -26,55 +27,6 @@ PAD_BART, EOS_BART = 1, 2
 
 
 # ---------------------------------------------------------------------------------- fixtures
-def _hf_to_ours(hf: torch.nn.Module, ours: torch.nn.Module) -> torch.nn.Module:
-    """Copy a transformers GPT-2 or BART into ours (prefers the shared transferlab.hf map)."""
-    try:
-        from transferlab.hf import from_hf
-    except ImportError:
-        from_hf = None
-    if from_hf is not None:
-        loaded = from_hf(hf)
-        ours.load_state_dict(loaded.state_dict(), strict=True)
-        return ours.eval()
-    sd, m = hf.state_dict(), {}
-    if "transformer.wte.weight" in sd:  # GPT-2: Conv1D weights are (in, out), transpose them
-        m["backbone.embed_tokens.weight"] = sd["transformer.wte.weight"]
-        m["backbone.decoder.pos_emb.weight"] = sd["transformer.wpe.weight"]
-        for w in ("weight", "bias"):
-            m[f"backbone.decoder.final_norm.{w}"] = sd[f"transformer.ln_f.{w}"]
-        for i in range(ours.config.n_layers):
-            p, q = f"transformer.h.{i}.", f"backbone.decoder.blocks.{i}."
-            for a, b in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-                for w in ("weight", "bias"):
-                    m[f"{q}{b}.{w}"] = sd[f"{p}{a}.{w}"]
-            for a, b in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.out"), ("mlp.c_fc", "mlp.fc1"),
-                         ("mlp.c_proj", "mlp.fc2")):
-                m[f"{q}{b}.weight"], m[f"{q}{b}.bias"] = sd[f"{p}{a}.weight"].t(), sd[f"{p}{a}.bias"]
-    else:  # BART: separate q/k/v projections -> our fused qkv (self) and kv (cross)
-        m["backbone.embed_tokens.weight"] = sd["model.shared.weight"]
-        m["heads.lm.bias"] = sd["final_logits_bias"][0]
-        for side in ("encoder", "decoder"):
-            P, Q = f"model.{side}.", f"backbone.{side}."
-            m[Q + "pos_emb.weight"] = sd[P + "embed_positions.weight"]
-            for w in ("weight", "bias"):
-                m[f"{Q}emb_norm.{w}"] = sd[f"{P}layernorm_embedding.{w}"]
-            for i in range(ours.config.n_layers):
-                p, q = f"{P}layers.{i}.", f"{Q}blocks.{i}."
-                for a, b in (("self_attn_layer_norm", "attn_norm"), ("final_layer_norm", "mlp_norm"),
-                             ("encoder_attn_layer_norm", "cross_norm"), ("self_attn.out_proj", "attn.out"),
-                             ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2"), ("encoder_attn.out_proj", "cross_attn.out"),
-                             ("encoder_attn.q_proj", "cross_attn.q")):
-                    if f"{p}{a}.weight" in sd:
-                        for w in ("weight", "bias"):
-                            m[f"{q}{b}.{w}"] = sd[f"{p}{a}.{w}"]
-                for w in ("weight", "bias"):
-                    m[f"{q}attn.qkv.{w}"] = torch.cat([sd[f"{p}self_attn.{x}_proj.{w}"] for x in "qkv"])
-                    if side == "decoder":
-                        m[f"{q}cross_attn.kv.{w}"] = torch.cat([sd[f"{p}encoder_attn.{x}_proj.{w}"] for x in "kv"])
-    ours.load_state_dict(m, strict=True)
-    return ours.eval()
-
-
 def _perturb(model: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
     """Random init leaves biases at 0 and norms at 1; nudge everything so every tensor matters."""
     g = torch.Generator().manual_seed(seed)
@@ -93,9 +45,7 @@ def gpt2_pair():
                       embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=EOS_GPT, pad_token_id=PAD_GPT)
     hf = T.GPT2LMHeadModel(hc).eval()
     _perturb(hf, 0)
-    ours = build_model("gpt-mini", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=128, max_positions=64,
-                       dropout=0.0, attention_dropout=0.0, pad_token_id=PAD_GPT, eos_token_id=EOS_GPT, bos_token_id=0)
-    return hf, _hf_to_ours(hf, ours)
+    return hf, from_hf(hf).eval()
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +56,7 @@ def bart_pair():
                       dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, forced_eos_token_id=None)
     hf = T.BartForConditionalGeneration(hc).eval()
     _perturb(hf, 1)
-    ours = build_model("bart-mini", vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_positions=64,
-                       dropout=0.0, attention_dropout=0.0, pad_token_id=PAD_BART, bos_token_id=0,
-                       eos_token_id=EOS_BART, decoder_start_token_id=2)
-    return hf, _hf_to_ours(hf, ours)
+    return hf, from_hf(hf).eval()
 
 
 def _left_padded(lengths: list[int], T_: int, pad: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -525,6 +472,20 @@ def model_dir(tmp_path_factory):
     m.save_pretrained(d)
     tok.save(d)
     return d, m.eval(), tok
+
+
+def test_generate_from_a_tokenizer_batch_and_batch_decode(model_dir):
+    d, m, tok = model_dir
+    tok.padding_side = "left"
+    prompts = ["the film number 3 was", "the cast"]
+    batch = tok(prompts, padding=True, return_tensors="pt", return_token_type_ids=True)
+    out = m.generate(**batch, max_new_tokens=6, eos_token_id=[])
+    texts = tok.batch_decode(out, skip_special_tokens=True)
+    for p, text, row in zip(prompts, texts, out):
+        alone = m.generate(torch.tensor([tok.encode(p)]), max_new_tokens=6, eos_token_id=[])
+        assert text == tok.decode(alone[0], skip_special_tokens=True)
+        assert text.startswith(p)
+    tok.padding_side = "right"
 
 
 def test_cli_generate_streams_one_prompt_as_the_library_generates(model_dir, capsys):

@@ -377,6 +377,8 @@ def generate(
             prompts, ids outside the vocabulary, or a prompt that does not fit the position
             table (unless ``truncation=True``).
     """
+    # ``model.generate(**tok(texts, ...))`` may pass segment ids: no generating family uses them
+    kwargs.pop("token_type_ids", None)
     gc = (generation_config or GenerationConfig())
     gc = gc.replace(**kwargs) if kwargs else dataclasses.replace(gc).validate()
     lm = _LM(model)
