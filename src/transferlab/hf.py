@@ -343,7 +343,8 @@ def _t5_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
         relative_max_distance=int(raw.get("relative_attention_max_distance", 128)), bias=False,
         attn_scale=False, tie_embeddings=not untied, scale_logits=scale,
         dropout=float(raw.get("dropout_rate", 0.1)), attention_dropout=float(raw.get("dropout_rate", 0.1)),
-        init_std=float(raw.get("initializer_factor", 1.0)) * 0.05,
+        # T5 initialises its feed-forward input as factor * d_model**-0.5; fresh heads get that
+        init_std=float(raw.get("initializer_factor", 1.0)) * int(raw["d_model"]) ** -0.5,
         pad_token_id=_tok(raw.get("pad_token_id", 0)), eos_token_id=_tok(raw.get("eos_token_id", 1)),
         # T5 starts decoding from pad (transformers 5 configs no longer spell it out)
         decoder_start_token_id=_tok(raw.get("decoder_start_token_id")) if raw.get("decoder_start_token_id")
