@@ -13,7 +13,8 @@ Noise functions (``noise``: any combination, applied in this order, as fairseq's
 * ``rotate`` — document rotation: with probability ``rotate_prob`` the sequence is rotated to
   start at a uniformly chosen token.
 
-Units are tokens, or whole words with ``whole_word`` (as BART's GPT-2-BPE word starts). Masked
+Units are tokens, or whole words with ``whole_word`` (as BART's GPT-2-BPE word starts). Every
+noise runs on the whole right-padded batch at once (vectorised numpy). Masked
 or special tokens are never picked again by a later noise. Spans are placed without overlap with
 at least one untouched unit between them, so each [MASK] in the input stands for exactly one span
 and the rates are exact in expectation (fairseq's spans may overlap, which lowers its real rate).
@@ -91,104 +92,139 @@ class DenoiseConfig:
 
 
 class Noiser:
-    """The noise functions on one 1-D example (numpy, vectorised within the example)."""
+    """The noise functions on a right-padded batch ``(ids (B, W), lens (B,))``, vectorised over the
+    batch (one numpy call per noise, not per example)."""
 
     def __init__(self, sp: SpecialIds, cfg: DenoiseConfig, mask_id: int | None):
         self.sp, self.cfg, self.mask_id = sp, cfg, mask_id
 
     # -- helpers -------------------------------------------------------------------------------
-    def _units(self, toks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """unit_of (n,) (-1 for special/[MASK] tokens) and the token offset where each unit starts."""
-        cand = ~self.sp.is_special[toks]
-        ws = ~self.sp.continuation[toks] if self.cfg.whole_word else None
-        unit_of, n = masking.units(cand[None], None if ws is None else ws[None])
-        unit_of = unit_of[0]
-        starts = np.flatnonzero(np.diff(np.concatenate([[-1], unit_of])) > 0)  # first token of each unit
-        return unit_of, starts
+    @staticmethod
+    def _valid(ids: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        return np.arange(ids.shape[1])[None, :] < lens[:, None]
+
+    def _units(self, ids: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """unit_of (B, W) (-1 for padding, special and [MASK] tokens) and n_units (B,)."""
+        cand = self._valid(ids, lens) & ~self.sp.is_special[ids]
+        ws = ~self.sp.continuation[ids] if self.cfg.whole_word else None
+        return masking.units(cand, ws)
 
     def _replacement(self, k: int, rng: np.random.Generator) -> np.ndarray:
         """k mask ids, a ``random_ratio`` share of them random normal tokens."""
-        out = np.full(k, self.mask_id, dtype=np.int64)
+        out = np.full(k, self.mask_id if self.mask_id is not None else 0, dtype=np.int64)
         rnd = rng.random(k) < self.cfg.random_ratio
         if rnd.any():
             out[rnd] = self.sp.normal_ids[rng.integers(0, len(self.sp.normal_ids), int(rnd.sum()))]
         return out
 
+    @staticmethod
+    def _assemble(rows: np.ndarray, keys: np.ndarray, vals: np.ndarray, B: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scatter flat (row, sort key, value) elements into a right-padded (B, W') batch, each row
+        ordered by key."""
+        order = np.lexsort((keys, rows))
+        rows, vals = rows[order], vals[order]
+        lens = np.bincount(rows, minlength=B).astype(np.int64)
+        col = np.arange(len(rows)) - np.repeat(np.cumsum(lens) - lens, lens)
+        out = np.full((B, max(int(lens.max(initial=0)), 1)), pad, dtype=np.int64)
+        out[rows, col] = vals
+        return out, lens
+
+    def _keep(self, ids: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r, c = np.nonzero(keep)
+        return self._assemble(r, c, ids[r, c], ids.shape[0], 0)
+
+    def _pick(self, ids: np.ndarray, lens: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+        unit_of, n = self._units(ids, lens)
+        picked_u, _ = masking.select_units(unit_of, n, rate, rng)
+        return masking.to_tokens(picked_u, unit_of, False)
+
     # -- noise functions -----------------------------------------------------------------------
-    def permute(self, toks: np.ndarray, sent_starts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Shuffle ``permute_ratio`` of the sentences among their own slots (fairseq semantics)."""
-        bounds = np.append(sent_starts, len(toks))
-        n = len(sent_starts)
-        if n < 2:
-            return toks
-        k = int(np.ceil(n * self.cfg.permute_ratio))
-        chosen = rng.permutation(n)[:k]
-        order = np.arange(n)
-        order[chosen] = chosen[rng.permutation(k)]
-        lens = bounds[1:] - bounds[:-1]
-        # gather index: the tokens of sentence order[0], then order[1], ...
-        idx = np.concatenate([np.arange(bounds[i], bounds[i] + lens[i]) for i in order])
-        return toks[idx]
+    def permute(self, ids: np.ndarray, lens: np.ndarray, sent_starts: list[np.ndarray],
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Shuffle ``permute_ratio`` of each row's sentences among their own slots (fairseq)."""
+        B, W = ids.shape
+        S = max(len(st) for st in sent_starts)
+        rank = np.zeros((B, S), dtype=np.int64)  # new position of every sentence
+        for b, st in enumerate(sent_starts):  # a few draws per row; the gather below is batched
+            n = len(st)
+            k = int(np.ceil(n * self.cfg.permute_ratio))
+            chosen = rng.permutation(n)[:k]
+            order = np.arange(n)
+            order[chosen] = chosen[rng.permutation(k)]
+            rank[b, order] = np.arange(n)
+        marks = np.zeros((B, W + 1), dtype=np.int64)
+        for b, st in enumerate(sent_starts):
+            marks[b, st[1:]] = 1
+        sent = np.cumsum(marks[:, :W], axis=1)  # (B, W) sentence of every token
+        key = rank[np.arange(B)[:, None], np.minimum(sent, S - 1)] * W + np.arange(W)[None, :]
+        key[~self._valid(ids, lens)] = S * W + W  # padding stays last
+        return np.take_along_axis(ids, np.argsort(key, axis=1, kind="stable"), axis=1), lens
 
-    def mask(self, toks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        unit_of, _ = self._units(toks)
-        n = int(unit_of.max(initial=-1)) + 1
-        picked_u, _ = masking.select_units(unit_of[None], np.array([n]), self.cfg.mask_prob, rng)
-        picked = masking.to_tokens(picked_u, unit_of[None], False)[0]
-        out = toks.copy()
+    def mask(self, ids: np.ndarray, lens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        picked = self._pick(ids, lens, self.cfg.mask_prob, rng)
+        out = ids.copy()
         out[picked] = self._replacement(int(picked.sum()), rng)
-        return out
+        return out, lens
 
-    def delete(self, toks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        unit_of, _ = self._units(toks)
-        n = int(unit_of.max(initial=-1)) + 1
-        picked_u, _ = masking.select_units(unit_of[None], np.array([n]), self.cfg.delete_prob, rng)
-        picked = masking.to_tokens(picked_u, unit_of[None], False)[0]
-        return toks[~picked]
+    def delete(self, ids: np.ndarray, lens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        picked = self._pick(ids, lens, self.cfg.delete_prob, rng)
+        return self._keep(ids, self._valid(ids, lens) & ~picked)
 
-    def infill(self, toks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def infill(self, ids: np.ndarray, lens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Replace Poisson-length spans by one [MASK] each (0-length spans insert one)."""
-        unit_of, ustart = self._units(toks)
-        n = len(ustart)
-        if n == 0:
-            return toks
+        B, W = ids.shape
+        unit_of, n = self._units(ids, lens)
         lam = self.cfg.poisson_lambda
-        k = masking.stochastic_round(np.array([self.cfg.infill_prob * n / lam]), rng)
-        lengths = masking.span_lengths(rng, k, "poisson", lam=lam)
-        starts, lengths = masking.place_spans(np.array([n]), lengths, rng)
-        ok = starts[0] >= 0
-        s, ln = starts[0][ok], lengths[0][ok]  # spans in unit space, sorted by start
-        if len(s) == 0:
-            return toks
-        # drop the tokens of covered units (units need not be contiguous: specials stay put)
-        covered = masking.spans_to_mask(s[None], ln[None], n)[0]  # (n_units,)
-        drop = (unit_of >= 0) & covered[np.maximum(unit_of, 0)]
-        # where span j's [MASK] goes: the first token of its first unit (a 0-length span: of the
-        # unit it precedes; after the last unit when s == n)
-        tok_at = np.append(ustart, np.flatnonzero(unit_of >= 0)[-1] + 1)
-        ins = tok_at[s]
-        # positions in the kept sequence: tokens kept before each insertion point
-        kept_before = np.concatenate([[0], np.cumsum(~drop)])[ins]
-        return np.insert(toks[~drop], kept_before, self._replacement(len(s), rng))
+        k = masking.stochastic_round(self.cfg.infill_prob * n / lam, rng)
+        starts, lengths = masking.place_spans(n, masking.span_lengths(rng, k, "poisson", lam=lam), rng)
+        U = max(int(n.max(initial=0)), 1)
+        drop = masking.to_tokens(masking.spans_to_mask(starts, lengths, U), unit_of, False)  # (B, W)
+        # first token of every unit, and for s == n "after the row's last unit" (units need not be
+        # contiguous: special tokens between them stay where they are)
+        first_tok = np.zeros((B, U + 1), dtype=np.int64)
+        prev = np.full_like(unit_of, -1)
+        prev[:, 1:] = unit_of[:, :-1]
+        r, c = np.nonzero((unit_of >= 0) & (unit_of != prev))
+        first_tok[r, unit_of[r, c]] = c
+        has = n > 0
+        last = W - np.argmax((unit_of >= 0)[:, ::-1], axis=1)  # one past the last unit token
+        first_tok[np.flatnonzero(has), n[has]] = last[has]
+        ok = starts >= 0
+        ri = np.broadcast_to(np.arange(B)[:, None], starts.shape)[ok]
+        ti = first_tok[ri, starts[ok]]  # each span's [MASK] goes before this token
+        rk, ck = np.nonzero(self._valid(ids, lens) & ~drop)
+        # sort keys: the [MASK] of a span at token t (2t) precedes the kept token t (2t + 1)
+        return self._assemble(np.concatenate([rk, ri]), np.concatenate([2 * ck + 1, 2 * ti]),
+                              np.concatenate([ids[rk, ck], self._replacement(len(ri), rng)]), B, 0)
 
-    def rotate(self, toks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if len(toks) < 2 or rng.random() >= self.cfg.rotate_prob:
-            return toks
-        return np.roll(toks, -int(rng.integers(0, len(toks))))
+    def rotate(self, ids: np.ndarray, lens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Rotate each row (with probability ``rotate_prob``) to start at a uniform token."""
+        B, W = ids.shape
+        do = rng.random(B) < self.cfg.rotate_prob
+        off = np.where(do, np.floor(rng.random(B) * lens).astype(np.int64), 0)
+        p = np.arange(W)[None, :]
+        src = np.where(p < lens[:, None], (p + off[:, None]) % np.maximum(lens[:, None], 1), p)
+        return np.take_along_axis(ids, src, axis=1), lens
 
-    def __call__(self, toks: np.ndarray, sent_starts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, toks: list[np.ndarray], sent_starts: list[np.ndarray],
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Noise a list of examples; returns the right-padded noised batch and its lengths."""
+        ids, valid = pad_stack(toks, 0)
+        lens = valid.sum(1)
+        if ids.shape[1] == 0:  # nothing but empty examples
+            return ids, lens
         noise = self.cfg.noise
         if "permute" in noise:
-            toks = self.permute(toks, sent_starts, rng)
+            ids, lens = self.permute(ids, lens, sent_starts, rng)
         if "mask" in noise:
-            toks = self.mask(toks, rng)
+            ids, lens = self.mask(ids, lens, rng)
         if "delete" in noise:
-            toks = self.delete(toks, rng)
+            ids, lens = self.delete(ids, lens, rng)
         if "infill" in noise:
-            toks = self.infill(toks, rng)
+            ids, lens = self.infill(ids, lens, rng)
         if "rotate" in noise:
-            toks = self.rotate(toks, rng)
-        return toks
+            ids, lens = self.rotate(ids, lens, rng)
+        return ids, lens
 
 
 class Denoise(ObjectiveBase):
@@ -241,18 +277,19 @@ class Denoise(ObjectiveBase):
         """Chunks -> ``input_ids``, ``attention_mask`` (B, S), ``labels``, ``decoder_input_ids``
         (B, T) and ``n_targets``. An example is a dict from the dataset or a plain id array
         (one sentence)."""
-        src, tgt = [], []
+        toks, starts = [], []
         for ex in examples:
             if isinstance(ex, dict):
-                toks, starts = np.asarray(ex["tokens"], np.int64), np.asarray(ex.get("sentence_starts", [0]), np.int64)
+                toks.append(np.asarray(ex["tokens"], np.int64).reshape(-1))
+                starts.append(np.asarray(ex.get("sentence_starts", [0]), np.int64).reshape(-1))
             else:
-                toks, starts = np.asarray(ex, np.int64).reshape(-1), np.zeros(1, np.int64)
-            self.sp.check_ids(toks)
-            noised = self.noiser(toks, starts, rng)
-            src.append(np.concatenate([[self.bos], noised, [self.eos]]).astype(np.int64))
-            tgt.append(np.concatenate([[self.bos], toks, [self.eos]]).astype(np.int64))
+                toks.append(np.asarray(ex, np.int64).reshape(-1))
+                starts.append(np.zeros(1, np.int64))
+            self.sp.check_ids(toks[-1])
+        noised, n_lens = self.noiser(toks, starts, rng)  # (B, W) right-padded, (B,)
+        src = [np.concatenate([[self.bos], noised[b, : n_lens[b]], [self.eos]]) for b in range(len(toks))]
         ids, am = pad_stack(src, self.pad_id)
-        lab, lm = pad_stack(tgt, self.pad_id)
+        lab, lm = pad_stack([np.concatenate([[self.bos], t, [self.eos]]) for t in toks], self.pad_id)
         labels = np.where(lm > 0, lab, -100)
         dec = np.full_like(lab, self.pad_id)
         dec[:, 0] = self.start

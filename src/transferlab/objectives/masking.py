@@ -46,14 +46,13 @@ def units(candidates: np.ndarray, word_start: np.ndarray | None = None) -> tuple
 
 def choose(n: np.ndarray, k: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray:
     """(B, width) bool: ``k[b]`` of the first ``n[b]`` slots of row b, uniformly without
-    replacement (random keys, rank by argsort)."""
+    replacement: random keys, keep those at or below each row's k-th smallest key."""
     B = len(n)
     keys = rng.random((B, width))
     keys[np.arange(width)[None, :] >= n[:, None]] = 2.0  # invalid slots sort last
-    order = np.argsort(keys, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(width), (B, width)), axis=1)
-    return ranks < np.minimum(k, n)[:, None]
+    kk = np.minimum(k, n)
+    kth = np.sort(keys, axis=1)[np.arange(B), np.maximum(kk - 1, 0)]  # (B,) threshold
+    return (keys <= np.where(kk > 0, kth, -1.0)[:, None]) & (keys < 2.0)
 
 
 def place_spans(n: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
