@@ -144,6 +144,7 @@ def _variants():
         "rotary-swiglu": build_model("gpt-mini", n_layers=2, position="rotary", activation="swiglu",
                                      norm="rmsnorm", **small),
         "sinusoidal": build_model("gpt-mini", n_layers=2, position="sinusoidal", **small),
+        "math-attention": build_model("gpt-mini", n_layers=2, attn_impl="math", **small),  # pretrain's CPU default
         "t5": build_model("t5-mini", n_layers=2, d_head=8, eos_token_id=1, **small),
         "bart": build_model("bart-mini", n_layers=1, eos_token_id=2, decoder_start_token_id=2, pad_token_id=1, **small),
     }
@@ -159,7 +160,7 @@ def variants():
     return models
 
 
-@pytest.mark.parametrize("name", ["rotary-swiglu", "sinusoidal", "t5", "bart"])
+@pytest.mark.parametrize("name", ["rotary-swiglu", "sinusoidal", "math-attention", "t5", "bart"])
 @pytest.mark.parametrize("beams", [1, 3])
 def test_kv_cache_gives_the_same_tokens_as_recomputing(variants, name, beams):
     m = variants[name]
@@ -171,7 +172,7 @@ def test_kv_cache_gives_the_same_tokens_as_recomputing(variants, name, beams):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["rotary-swiglu", "sinusoidal"])
+@pytest.mark.parametrize("name", ["rotary-swiglu", "sinusoidal", "math-attention"])
 def test_left_padding_does_not_change_a_prompts_continuation(variants, name):
     """Position ids = cumsum(mask) - 1: a prompt padded in a batch continues as it does alone."""
     m = variants[name]
@@ -179,6 +180,14 @@ def test_left_padding_does_not_change_a_prompts_continuation(variants, name):
     batched = m.generate(ids, mask, max_new_tokens=8, eos_token_id=[])
     alone = m.generate(ids[1:, 4:], max_new_tokens=8, eos_token_id=[])
     assert torch.equal(batched[1, 4:], alone[0])
+
+
+def test_bfloat16_weights_generate_and_score_in_float32():
+    m = build_model("gpt-mini", vocab_size=V, d_model=32, n_layers=1, n_heads=4, d_ff=64).to(torch.bfloat16)
+    ids, mask = _left_padded([5, 3], 5, 0, seed=6)
+    out = m.generate(ids, mask, max_new_tokens=6, eos_token_id=[], return_dict_in_generate=True, output_scores=True)
+    assert out.sequences.shape == (2, 11) and out.scores[0].dtype == torch.float32
+    assert token_logprobs(m, out.sequences).dtype == torch.float32
 
 
 def test_right_padded_decoder_prompts_are_refused(gpt2_pair):
@@ -515,6 +524,29 @@ def test_cli_generate_batch_json_with_perplexity_and_sampling_seed(model_dir, ca
     for p, c in zip(["the film", "the cast was great and"], batched):
         assert cli(["generate", "--model", str(d), "--prompt", p, "--max-new-tokens", "8", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["completion"] == c
+
+
+def test_cli_generate_with_an_encoder_decoder_and_beams(model_dir, tmp_path, capsys):
+    _, _, tok = model_dir
+    torch.manual_seed(0)
+    m = build_model("bart-mini", vocab_size=len(tok), d_model=32, n_layers=1, n_heads=4, d_ff=64, max_positions=64,
+                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                    decoder_start_token_id=tok.eos_token_id)
+    _perturb(m, 1, scale=0.3)
+    d = tmp_path / "bart"
+    m.save_pretrained(d)
+    tok.save(d)
+    assert cli(["generate", "--model", str(d), "--prompt", "the film was good", "--prompt", "the cast",
+                "--num-beams", "3", "--max-new-tokens", "6", "--json"]) == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    tok.padding_side = "right"
+    enc = tok(["the film was good", "the cast"], padding=True, return_tensors="pt")
+    out = m.eval().generate(**enc, num_beams=3, max_new_tokens=6, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id)
+    for r, row in zip(recs, out):
+        new = [t for t in row[1:].tolist() if t != tok.pad_token_id]
+        new = new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
+        assert r["completion"] == tok.decode(new, skip_special_tokens=True)
 
 
 def test_cli_generate_errors_are_one_line(model_dir, capsys, tmp_path):
