@@ -399,6 +399,8 @@ def test_generation_perplexity_is_exp_mean_nll_of_new_tokens(gpt2_pair, bart_pai
     (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
     (dict(early_stopping="sometimes"), "early_stopping must be True, False or 'never'"),
     (dict(max_tokens=5), "unknown argument.*max_tokens.*known:.*max_new_tokens"),
+    (dict(eos_token_id=V), f"eos_token_id {V} is outside the vocabulary"),
+    (dict(pad_token_id=V + 5), f"pad_token_id {V + 5} is outside the vocabulary"),
 ])
 def test_bad_settings_raise_config_error(gpt2_pair, kw, msg):
     with pytest.raises(ConfigError, match=msg):
@@ -414,7 +416,7 @@ def test_temperature_is_free_when_not_sampling(gpt2_pair):
 def test_prompt_longer_than_the_context_raises_or_is_left_truncated(gpt2_pair):
     ours = gpt2_pair[1]  # max_positions = 64
     ids = torch.randint(3, V, (1, 60), generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ConfigError, match="prompt of 60 tokens \\+ max_new_tokens=10 exceeds .*max_positions=64"):
+    with pytest.raises(ConfigError, match="prompt of 60 tokens \\+ max_new_tokens=10 exceeds .*max_positions=64.*truncation=True"):
         ours.generate(ids, max_new_tokens=10)
     out = ours.generate(ids, max_new_tokens=10, truncation=True, eos_token_id=[])
     assert torch.equal(out, ours.generate(ids[:, 6:], max_new_tokens=10, eos_token_id=[]))

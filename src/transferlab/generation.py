@@ -97,7 +97,8 @@ class GenerationConfig:
     use_cache: bool = True
     """Reuse keys/values across steps; False recomputes the whole sequence every step."""
     truncation: bool = False
-    """Left-truncate prompts that do not fit ``max_positions - max_new_tokens`` instead of raising."""
+    """Left-truncate decoder prompts longer than ``max_positions - max_new_tokens`` instead of
+    raising (the output then starts with the truncated prompt)."""
     output_scores: bool = False
     """With return_dict_in_generate: keep the processed scores of every step."""
     return_dict_in_generate: bool = False
@@ -443,8 +444,8 @@ def _check_inputs(lm: _LM, gc: GenerationConfig, ids: Any, mask: Any) -> tuple[t
             if not gc.truncation or gc.max_new_tokens >= limit:
                 raise ConfigError(
                     f"generate: prompt of {T} tokens + max_new_tokens={gc.max_new_tokens} exceeds the model's "
-                    f"max_positions={limit}; shorten the prompt, lower max_new_tokens, or pass truncation=True (CLI: --truncate) "
-                    "(drops the oldest prompt tokens)"
+                    f"max_positions={limit}; shorten the prompt, lower max_new_tokens, or pass truncation=True "
+                    "to drop the oldest prompt tokens (CLI: --truncate)"
                 )
             # left truncation: the most recent tokens matter most for a continuation; with left
             # padding every row keeps its last tokens, so no row becomes empty
@@ -463,6 +464,8 @@ def _settings(lm: _LM, gc: GenerationConfig) -> tuple[list[int], int, torch.Tens
     pad = gc.pad_token_id if gc.pad_token_id is not None else lm.cfg.pad_token_id
     if pad is None or pad < 0:
         pad = eos[0] if eos else 0
+    if pad >= lm.cfg.vocab_size:  # finished rows feed it back into the model
+        raise ConfigError(f"generate: pad_token_id {pad} is outside the vocabulary [0, {lm.cfg.vocab_size})")
     eos_t = torch.tensor(eos, device=lm.device) if eos else None
     return eos, int(pad), eos_t
 
