@@ -96,3 +96,25 @@ def test_mlm_masks_whole_wordpiece_words(corpus):
     inner = cont[:, 1:] & ~np.isin(orig[:, :-1], tok.all_special_ids)
     assert inner.any()
     assert (picked[:, 1:][inner] == picked[:, :-1][inner]).all()
+
+
+@pytest.mark.parametrize("name", ["mlm", "nsp", "denoise"])
+def test_dataset_views_pickle_without_the_token_arrays(corpus, name):
+    import pickle
+
+    tok, shards = corpus["wordpiece"]
+    ds = build_objective(name, tok).dataset(shards, 32) if name != "denoise" else \
+        build_objective(name, tok, noise="infill").dataset(shards, 32)
+    first = ds[1]
+    blob = pickle.dumps(ds)
+    # the memmaps are re-opened in the worker, not copied: only the (small) chunk index travels
+    bound = len(pickle.dumps(shards)) + 40 * len(ds) + 500
+    assert len(blob) < bound < len(blob) + shards.tokens.nbytes
+    again = pickle.loads(blob)[1]
+    if isinstance(first, dict):
+        for k in first:
+            a, b = first[k], again[k]
+            assert (np.array_equal(a, b) if isinstance(a, np.ndarray) else
+                    all(np.array_equal(x, y) for x, y in zip(a, b)) if isinstance(a, list) else a == b)
+    else:
+        assert np.array_equal(first, again)

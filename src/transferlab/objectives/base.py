@@ -19,20 +19,21 @@ present, via ``getattr(objective, "wrap_model", None)``):
 
 5. ``dataset(shards, seq_len, rank=0, world_size=1)`` — optional keyword arguments: rank ``r`` of
    ``w`` sees items ``r, r + w, ...`` and every rank has the same length (as ``WindowDataset``).
-6. ``wrap_model(model) -> nn.Module`` — the module the trainer optimises, checkpoints, wraps in
-   DDP/FSDP and compiles. Its ``forward(**batch)`` computes the loss, so *everything* (including
-   the sparse MLM gather and, for ELECTRA, the generator) runs inside one ``forward``: that is
-   what DDP needs to synchronise gradients and what ``torch.compile`` can see. For ELECTRA it is
-   an :class:`~transferlab.objectives.electra.ElectraPair` that owns the generator. ``loss``
-   accepts the wrapped module (or DDP/compile around it) as well as a bare model. Usage::
+6. ``wrap_model(model) -> nn.Module`` — the module the trainer optimises and checkpoints. Its
+   ``forward(**batch)`` computes the loss, so *everything* (the sparse MLM gather and, for
+   ELECTRA, the generator) runs inside one ``forward``, which DDP/FSDP need to synchronise
+   gradients. For ELECTRA it is an :class:`~transferlab.objectives.electra.ElectraPair` that
+   *owns the generator*, so the generator must be optimised and checkpointed with it; for the
+   others it is a thin :class:`ObjectiveModule` (optional: a trainer whose own loss module wraps
+   ``objective.loss(model, batch)`` in one forward is equally safe). ``loss`` accepts the
+   wrapped module (or DDP/compile around it) as well as a bare model. Usage::
 
-       train_module = objective.wrap_model(model)          # before .to(device), DDP, compile
-       optimizer = AdamW(param_groups(train_module, ...))  # includes ELECTRA's generator
-       ddp = DistributedDataParallel(train_module)         # optional
-       out = objective.loss(ddp, batch)                    # -> LossOutput
+       module = objective.wrap_model(model)           # before .to(device) and DDP/FSDP
+       optimizer = AdamW(param_groups(module, ...))   # includes ELECTRA's generator
+       out = objective.loss(module, batch)            # -> LossOutput
        (out.loss_sum / total_n_targets).backward()
-       torch.save-free checkpoints: train_module.state_dict() (resume: load_state_dict on a
-       freshly wrapped module);  final model: objective.unwrap_model(train_module).save_pretrained(dir)
+       # resume: module.state_dict() / module.load_state_dict(...) on a freshly wrapped module
+       objective.unwrap_model(module).save_pretrained(out_dir)   # what fine-tuning loads
 
 7. ``unwrap_model(module) -> TransferModel`` — strips DDP / compile / the objective wrapper and
    returns the model that fine-tuning loads (for ELECTRA: the discriminator).

@@ -43,9 +43,30 @@ def _arrays(shards: Any, need_sentences: bool = False) -> tuple[np.ndarray, np.n
 
 
 class _Sharded:
-    """Length and index mapping for rank r of w (items r, r + w, ...)."""
+    """Length and index mapping for rank r of w (items r, r + w, ...), and the shards' arrays,
+    read through ``self.shards`` so that a view pickles (for DataLoader workers) without copying
+    memory-mapped data: ``TokenShards`` re-opens its memmaps in the worker."""
 
-    def __init__(self, n_items: int, rank: int, world_size: int) -> None:
+    shards: Any
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self.shards.tokens
+
+    @property
+    def doc_offsets(self) -> np.ndarray:
+        return self.shards.doc_offsets
+
+    @property
+    def sent_offsets(self) -> np.ndarray:
+        return self.shards.sent_offsets
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_vstart", None)  # a cache, rebuilt on first use
+        return state
+
+    def _init_sharding(self, n_items: int, rank: int, world_size: int) -> None:
         if world_size <= 0 or not 0 <= rank < world_size:
             raise DataError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.rank, self.world_size, self.n_items = rank, world_size, n_items
@@ -73,7 +94,8 @@ class PackedWindows(_Sharded):
 
     def __init__(self, shards: Any, length: int, stride: int | None = None, separator: int | None = None,
                  rank: int = 0, world_size: int = 1) -> None:
-        self.tokens, self.doc_offsets, _ = _arrays(shards)
+        self.shards = shards
+        _arrays(shards)
         if length <= 0:
             raise DataError(f"window length must be positive, got {length}")
         self.length, self.stride = length, stride or length
@@ -87,14 +109,14 @@ class PackedWindows(_Sharded):
                 f"the data has {self.n_virtual} tokens, fewer than one window of {length}; "
                 "use more data or a shorter seq_len"
             )
-        super().__init__((self.n_virtual - length) // self.stride + 1, rank, world_size)
+        self._init_sharding((self.n_virtual - length) // self.stride + 1, rank, world_size)
         self._vstart: np.ndarray | None = None
 
     def __getitem__(self, i: int) -> np.ndarray:
         v0 = self._global(i) * self.stride
         if self.separator is None:
             return np.asarray(self.tokens[v0 : v0 + self.length], dtype=np.int64)
-        if self._vstart is None:
+        if getattr(self, "_vstart", None) is None:
             # virtual start of document d: its raw offset plus the d separators before it
             offs = np.asarray(self.doc_offsets[:-1], dtype=np.int64)
             self._vstart = offs + np.arange(len(offs), dtype=np.int64)
@@ -119,8 +141,8 @@ class SentenceChunks(_Sharded):
     """
 
     def __init__(self, shards: Any, max_tokens: int, rank: int = 0, world_size: int = 1) -> None:
-        self.tokens, docs, sents = _arrays(shards, need_sentences=True)
-        self.sent_offsets = sents
+        self.shards = shards
+        _, docs, sents = _arrays(shards, need_sentences=True)
         if max_tokens <= 0:
             raise DataError(f"max_tokens must be positive, got {max_tokens}")
         so = np.asarray(sents, dtype=np.int64)
@@ -151,7 +173,7 @@ class SentenceChunks(_Sharded):
             raise DataError("no sentences to build chunks from (empty data)")
         self.starts = np.asarray(starts, dtype=np.int64)
         self.ends = np.asarray(ends, dtype=np.int64)
-        super().__init__(len(self.starts), rank, world_size)
+        self._init_sharding(len(self.starts), rank, world_size)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         g = self._global(i)
@@ -181,8 +203,8 @@ class SentencePairs(_Sharded):
 
     def __init__(self, shards: Any, max_tokens: int, short_seq_prob: float = 0.1, seed: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
-        self.tokens, docs, sents = _arrays(shards, need_sentences=True)
-        self.doc_offsets, self.sent_offsets = docs, sents
+        self.shards = shards
+        _, docs, sents = _arrays(shards, need_sentences=True)
         self.n_docs = len(docs) - 1
         if self.n_docs < 2:
             raise DataError(f"next-sentence prediction needs at least 2 documents, got {self.n_docs}")
@@ -220,7 +242,7 @@ class SentencePairs(_Sharded):
         self.chunk_lo = np.asarray(c_lo, dtype=np.int64)
         self.chunk_hi = np.asarray(c_hi, dtype=np.int64)
         self.chunk_target = np.asarray(c_tgt, dtype=np.int64)
-        super().__init__(len(c_lo), rank, world_size)
+        self._init_sharding(len(c_lo), rank, world_size)
 
     def _sentences(self, lo: int, hi: int, budget: int | None = None) -> list[np.ndarray]:
         so = self.sent_offsets
