@@ -38,9 +38,10 @@ def setup(tmp_path_factory):
 
 
 def _config(d, **over):
+    # relative paths are read from the working directory, like every transferlab path
     raw = {
         "out_dir": "out",
-        "tasks": [{"name": "toy", "train_file": "train.jsonl", "validation_file": "validation.jsonl",
+        "tasks": [{"name": "toy", "train_file": "train.jsonl", "validation_file": str(d / "validation.jsonl"),
                    "test_file": "test.jsonl"}],
         "train_sizes": [10, 30],
         "seeds": [0, 1],
@@ -57,6 +58,7 @@ def _config(d, **over):
 
 def test_compare_grid_tables_plots_and_resume(setup, monkeypatch):
     d = setup
+    monkeypatch.chdir(d)
     cfg = load_compare_config(_config(d))
     assert cfg.out_dir == d / "out" and cfg.models[2].model == str(d / "tiny")
     assert [m.group for m in cfg.models] == ["majority", "tf-idf", "pre-trained", "from scratch"]
@@ -127,8 +129,9 @@ def test_compare_grid_tables_plots_and_resume(setup, monkeypatch):
     assert all(g["n"] == 2 for g in rep3.summary)
 
 
-def test_results_tolerate_a_cut_last_line_and_cli(setup, capsys):
+def test_results_tolerate_a_cut_last_line_and_cli(setup, capsys, monkeypatch):
     d = setup
+    monkeypatch.chdir(d)
     path = _config(d, out_dir="out_cli", models=["majority", "tfidf-svm"], train_sizes=[20], seeds=[0, 1, 2])
     assert main(["compare", str(path), "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -158,24 +161,33 @@ def test_results_tolerate_a_cut_last_line_and_cli(setup, capsys):
         ({"cost_axis": "dollars"}, "cost_axis"),
     ],
 )
-def test_config_errors(setup, over, message):
+def test_config_errors(setup, over, message, monkeypatch):
+    monkeypatch.chdir(setup)
     with pytest.raises(ConfigError, match=message):
         load_compare_config(_config(setup, **over))
 
 
-def test_missing_model_fails_before_any_cell(setup, capsys):
+def test_missing_model_fails_before_any_cell(setup, capsys, monkeypatch):
+    monkeypatch.chdir(setup)
     path = _config(setup, out_dir="out_bad", models=["majority", {"name": "m", "model": "no/such/dir"}])
     assert main(["compare", str(path), "--quiet"]) == 2
     assert "is not a model folder" in capsys.readouterr().err
     assert not (setup / "out_bad" / "results.jsonl").exists()
+    # ... but the methods that can run still may, and a dry run only lists
+    assert main(["compare", str(path), "--quiet", "--dry-run"]) == 0
+    assert main(["compare", str(path), "--quiet", "--only", "majority"]) == 0
+    assert len(read_results(setup / "out_bad" / "results.jsonl")) == 4
 
 
-def test_parse_builtin_task_and_all_size():
-    cfg = parse_compare_config({"out_dir": "/tmp/x", "tasks": ["imdb"], "train_sizes": [100, "all"],
-                                "models": ["tfidf-svm"]})
-    assert cfg.tasks[0].builtin and cfg.train_sizes == [100, None]
+def test_parse_builtin_task_all_size_and_presets(tmp_path):
+    cfg = parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "train_sizes": [100, "all"],
+                                "models": ["tfidf-svm", {"name": "s", "model": "bert-mini", "from_scratch": True}]},
+                               base=tmp_path)
+    assert cfg.tasks[0].builtin and cfg.train_sizes == [100, None] and cfg.out_dir == tmp_path / "x"
+    assert cfg.models[1].model == "bert-mini"  # a preset name stays a name
     cells = cmp.plan_cells(cfg)
-    assert [c.size_label for c in cells] == ["100", "all"] and cells[0].spec_hash == cells[1].spec_hash
+    assert [(c.method.name, c.size_label) for c in cells] == [("tfidf-svm", "100"), ("s", "100"), ("tfidf-svm", "all"), ("s", "all")]
+    assert cells[0].spec_hash == cells[2].spec_hash != cells[1].spec_hash  # size and seed are not in the hash
 
 
 def test_pareto_front():

@@ -111,7 +111,7 @@ def test_scalar_mix_probe_learns_the_informative_layer():
     y = g.integers(0, 2, n)
     x = g.normal(size=(n, L, C)).astype(np.float32)
     x[:, 2, 0] += np.where(y == 1, 3.0, -3.0)
-    mix, head, val_acc = train_scalar_mix(x[:200], y[:200], x[200:], y[200:], epochs=200)
+    mix, head, val_acc = train_scalar_mix(x[:200], y[:200], x[200:], y[200:], epochs=150, weight_decays=(1e-3,))
     assert val_acc >= 0.98
     w = mix.weights.detach().numpy()
     assert int(np.argmax(w)) == 2 and w[2] > 0.5
@@ -147,6 +147,10 @@ def test_extract_shapes_and_layers(tok, model):
     assert all_tokens.values.shape == (5, 3, max(n_tok), 32)
     with pytest.raises(ConfigError, match="layer 3 does not exist"):
         extract_features(model, tok, texts, layer=3)
+    model.train()  # extraction runs in eval mode (no dropout) and puts the mode back
+    extract_features(model, tok, texts[:1])
+    assert model.training
+    model.eval()
     with pytest.raises(ConfigError, match="pooling"):
         extract_features(model, tok, texts, pooling="max")
 
@@ -240,7 +244,7 @@ def test_probe_rows_and_mix(tok, model):
         return exs
 
     data = TaskData("toy", "classification", ["neg", "pos"], split(40), split(20), split(20))
-    res = probe(model, tok, data, train_size=30, seed=0, max_length=32)
+    res = probe(model, tok, data, train_size=30, seed=0, max_length=32, c_grid=(0.1, 1.0), mix_epochs=40)
     assert [r["probe"] for r in res.rows] == ["layer 0", "layer 1", "layer 2", "mean", "mix"]
     assert res.n_train == 30 and len(res.mix_weights) == 3 and sum(res.mix_weights) == pytest.approx(1.0)
     assert all(0.0 <= r["validation"] <= 1.0 and r["test"] is not None for r in res.rows)

@@ -19,6 +19,7 @@ batches sorted by length so little time is spent on padding.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -293,7 +294,18 @@ def extract_features(
     else:
         raise ConfigError(f"layer {layer!r}: expected an integer, 'all' or 'mix'")
 
-    model.eval()
+    was_training = model.training
+    model.eval()  # no dropout; restored below so a caller mid-training is not surprised
+    try:
+        return _extract(model, tokenizer, texts, layer, layers, n_states, pooling, text_pairs, mix, batch_size,
+                        max_length, dtype, progress)
+    finally:
+        model.train(was_training)
+
+
+def _extract(model: nn.Module, tokenizer: Any, texts: list[str], layer: int | str, layers: list[int],
+             n_states: int, pooling: str, text_pairs: Sequence[str] | None, mix: ScalarMix | None,
+             batch_size: int, max_length: int, dtype: str, progress: bool) -> Features:
     device = next(model.parameters()).device
     enc = tokenizer(texts, text_pairs, truncation=True, max_length=max_length)
     ids_all: list[list[int]] = enc["input_ids"]
@@ -307,7 +319,7 @@ def extract_features(
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc="features", unit="batch")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else _nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         for s in steps:
             idx = order[s : s + batch_size]
@@ -351,20 +363,12 @@ def extract_features(
         for i, x in enumerate(ids_all):
             attn[i, : len(x)] = 1
             tok_ids[i, : len(x)] = x
-    meta = {"layer": str(layer), "pooling": pooling, "max_length": max_length, "n_states": n_states,
+    meta = {"layer": str(layer), "layers": layers, "pooling": pooling, "max_length": max_length, "n_states": n_states,
             "family": str(Family(model.config.family).value)}
     if layer == "mix":
         meta["mix_weights"] = [round(float(w), 6) for w in mix.weights.detach()]
         meta["mix_gamma"] = float(mix.gamma.detach())
     return Features(out, attn, tok_ids, layers, meta)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def save_features(features: Features, path: str | Path) -> list[Path]:
@@ -412,7 +416,7 @@ def fit_logreg(
     y_train: Sequence[Any],
     x_val: np.ndarray,
     y_val: Sequence[Any],
-    c_grid: Sequence[float] = (0.01, 0.1, 1.0, 10.0),
+    c_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
     seed: int = 0,
 ) -> tuple[Any, float, float]:
     """Standardise + logistic regression, C picked by validation accuracy (ties: smaller C).
@@ -442,57 +446,61 @@ def train_scalar_mix(
     y_val: np.ndarray,
     epochs: int = 300,
     lr: float = 0.05,
-    weight_decay: float = 1e-3,
+    weight_decays: Sequence[float] = (1e-3, 1e-2, 1e-1),
     layer_norm: bool = True,
     seed: int = 0,
 ) -> tuple[ScalarMix, nn.Linear, float]:
     """Learn a :class:`ScalarMix` and a linear classifier jointly on frozen per-layer features.
 
-    Full-batch Adam on cross-entropy (features are small: N x L x C); the state with the best
-    validation accuracy (ties: lowest validation loss) is kept, a cheap form of early stopping.
+    Full-batch Adam on cross-entropy (the features are small: N x L x C). For each L2 strength
+    of the classifier (the mix itself is not decayed: a decayed mix drifts to uniform) the step
+    with the best validation accuracy is kept (ties: the lower validation loss); the best of those
+    wins. A linear head on a few hundred dimensions fits 1,000 examples perfectly, so without this
+    selection the mix weights would only record which layers make overfitting easiest.
 
     Args:
         x_train: ``(N, L, C)`` pooled features of every layer.
         y_train: ``(N,)`` integer class ids.
         x_val, y_val: the same for model selection.
-        epochs: full-batch steps.
-        lr, weight_decay: Adam settings (decay on the classifier only, not on the mix).
+        epochs: full-batch steps per weight decay.
+        lr: Adam learning rate.
+        weight_decays: L2 strengths tried on the classifier.
         layer_norm: see :class:`ScalarMix`.
         seed: for the classifier's initialisation.
 
     Returns:
         ``(mix, classifier, best validation accuracy)``.
     """
-    g = torch.Generator().manual_seed(seed)
     xt, xv = torch.as_tensor(x_train, dtype=torch.float32), torch.as_tensor(x_val, dtype=torch.float32)
     yt, yv = torch.as_tensor(y_train, dtype=torch.long), torch.as_tensor(y_val, dtype=torch.long)
     n_classes = int(max(yt.max(), yv.max())) + 1
-    mix = ScalarMix(xt.shape[1], layer_norm=layer_norm)
-    head = nn.Linear(xt.shape[2], n_classes)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
-        head.bias.zero_()
-    opt = torch.optim.Adam(
-        [{"params": mix.parameters(), "weight_decay": 0.0}, {"params": head.parameters(), "weight_decay": weight_decay}],
-        lr=lr,
-    )
-    best = (-1.0, math.inf, None)
     xt_l, xv_l = xt.transpose(0, 1), xv.transpose(0, 1)  # (L, N, C): the mix wants layers first
-    with torch.enable_grad():
-        for _ in range(epochs):
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(head(mix(xt_l)), yt)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                logits = head(mix(xv_l))
-                acc = float((logits.argmax(-1) == yv).float().mean())
-                vloss = float(F.cross_entropy(logits, yv))
-            if acc > best[0] or (acc == best[0] and vloss < best[1]):
-                best = (acc, vloss, ({k: v.clone() for k, v in mix.state_dict().items()},
-                                     {k: v.clone() for k, v in head.state_dict().items()}))
-    mix.load_state_dict(best[2][0])
-    head.load_state_dict(best[2][1])
+    best: tuple[float, float, Any] = (-1.0, math.inf, None)
+    for wd in weight_decays:
+        g = torch.Generator().manual_seed(seed)
+        mix = ScalarMix(xt.shape[1], layer_norm=layer_norm)
+        head = nn.Linear(xt.shape[2], n_classes)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
+            head.bias.zero_()
+        opt = torch.optim.Adam([{"params": mix.parameters(), "weight_decay": 0.0},
+                                {"params": head.parameters(), "weight_decay": wd}], lr=lr)
+        with torch.enable_grad():
+            for _ in range(epochs):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(head(mix(xt_l)), yt).backward()
+                opt.step()
+                with torch.no_grad():
+                    logits = head(mix(xv_l))
+                    acc = float((logits.argmax(-1) == yv).float().mean())
+                    vloss = float(F.cross_entropy(logits, yv))
+                if acc > best[0] or (acc == best[0] and vloss < best[1]):
+                    best = (acc, vloss, (mix.n_layers, layer_norm, {k: v.clone() for k, v in mix.state_dict().items()},
+                                         {k: v.clone() for k, v in head.state_dict().items()}))
+    n, ln, mix_state, head_state = best[2]
+    mix, head = ScalarMix(n, layer_norm=ln), nn.Linear(xt.shape[2], n_classes)
+    mix.load_state_dict(mix_state)
+    head.load_state_dict(head_state)
     return mix, head, best[0]
 
 
@@ -533,9 +541,10 @@ def probe(
     max_length: int = 128,
     batch_size: int = 32,
     dtype: str = "fp32",
-    c_grid: Sequence[float] = (0.01, 0.1, 1.0, 10.0),
+    c_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
     eval_on_test: bool = True,
     progress: bool = False,
+    mix_epochs: int = 300,
 ) -> ProbeResult:
     """Linear probes on frozen features of every layer, their uniform average and a learned mix.
 
@@ -555,6 +564,7 @@ def probe(
         c_grid: inverse regularisation strengths tried.
         eval_on_test: also score the test split.
         progress: tqdm bars.
+        mix_epochs: full-batch steps of the scalar-mix training (per weight decay).
 
     Returns:
         :class:`ProbeResult`.
@@ -594,7 +604,8 @@ def probe(
     for j in range(n_states):
         score(f"layer {j}", j, {k: v[:, j] for k, v in feats.items()})
     score("mean", "mean", {k: v.mean(1) for k, v in feats.items()})
-    mix, _, _ = train_scalar_mix(feats["train"], ys["train"], feats["validation"], ys["validation"], seed=seed)
+    mix, _, _ = train_scalar_mix(feats["train"], ys["train"], feats["validation"], ys["validation"],
+                                 epochs=mix_epochs, seed=seed)
     with torch.no_grad():  # (N, L, C) -> layers first for the mix -> (N, C)
         score("mix", "mix", {k: mix(torch.as_tensor(v).transpose(0, 1)).numpy() for k, v in feats.items()})
     return ProbeResult(rows, [float(w) for w in mix.weights.detach()], float(mix.gamma.detach()), len(train),

@@ -2,7 +2,7 @@
 
 A comparison is one YAML (or JSON) file::
 
-    out_dir: runs/compare-imdb          # relative to the config file
+    out_dir: runs/compare-imdb          # relative paths: from the working directory
     tasks: [imdb]                       # built-in names or {name, train_file, ...} mappings
     train_sizes: [100, 300, 1000, 3000] # labelled examples; "all" = the whole training split
     seeds: [0, 1, 2]
@@ -112,26 +112,32 @@ _TOP_KEYS = {"out_dir", "tasks", "models", "train_sizes", "seeds", "eval_on_test
 def load_compare_config(path: str | Path, out_dir: str | Path | None = None) -> CompareConfig:
     """Read and check a comparison file; every mistake raises :class:`ConfigError` naming it.
 
+    Relative paths in the file (``out_dir``, model folders, task files) are read from the
+    working directory, like every other transferlab path, so ``runs/bert/model`` means the same
+    in a config as on the command line.
+
     Args:
         path: the YAML/JSON file.
         out_dir: overrides the file's ``out_dir``.
 
     Returns:
-        The :class:`CompareConfig` (paths resolved against the file's folder).
+        The :class:`CompareConfig` (paths made absolute).
     """
     from ..config import load_config_file
 
     p = Path(path)
     raw = load_config_file(p)
-    return parse_compare_config(raw, p.parent, str(p), out_dir)
+    return parse_compare_config(raw, Path.cwd(), str(p), out_dir)
 
 
-def parse_compare_config(raw: dict[str, Any], base: Path = Path("."), source: str = "compare config",
+def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: str = "compare config",
                          out_dir: str | Path | None = None) -> CompareConfig:
-    """:func:`load_compare_config` for an already-read mapping (``base`` resolves relative paths)."""
+    """:func:`load_compare_config` for an already-read mapping (``base``, default the working
+    directory, resolves relative paths)."""
     from ..finetune.config import FinetuneConfig
 
     where = source
+    base = Path.cwd() if base is None else base
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_TOP_KEYS))}")
@@ -208,7 +214,8 @@ def parse_compare_config(raw: dict[str, Any], base: Path = Path("."), source: st
                                      c_grid=[float(c) for c in grid] if grid else None))
             continue
         model = str(m["model"])
-        if not model.startswith("builtin:") and (Path(model).expanduser().is_absolute() or "/" in model or Path(base, model).exists()):
+        # a preset name (bert-mini) stays a name unless a folder of that name exists
+        if not model.startswith("builtin:") and ("/" in model or Path(base, model).expanduser().exists()):
             model = resolve(model)
         if not isinstance(m.get("from_scratch", False), bool):
             raise ConfigError(f"{where}: {ctx}: from_scratch must be true or false")
@@ -243,7 +250,7 @@ def parse_compare_config(raw: dict[str, Any], base: Path = Path("."), source: st
     od = out_dir if out_dir is not None else raw.get("out_dir")
     if not od:
         raise ConfigError(f"{where}: out_dir: where results go is required (or pass --out-dir)")
-    od_path = Path(str(od)) if out_dir is not None else Path(resolve(od))
+    od_path = Path(resolve(od))
     for key in ("eval_on_test", "save_models"):
         if key in raw and not isinstance(raw[key], bool):
             raise ConfigError(f"{where}: {key}: expected true or false, got {raw[key]!r}")
@@ -469,7 +476,8 @@ def run_compare(
         bad = sorted(set(only) - names)
         if bad:
             raise ConfigError(f"--only: unknown method(s) {', '.join(bad)}; the config has {', '.join(sorted(names))}")
-    _check_models(cfg)
+    if not dry_run:
+        _check_models(cfg, only)
     results_path = cfg.out_dir / RESULTS
     rows = read_results(results_path)
     done = {(r["method"], r["task"], str(r["train_size"]), int(r["seed"]), r["spec"]) for r in rows}
@@ -538,12 +546,12 @@ def _n_stale(rows: list[dict[str, Any]], cells: list[Cell]) -> int:
     return sum((r["method"], r["task"], str(r["train_size"]), int(r["seed"]), r["spec"]) not in current for r in rows)
 
 
-def _check_models(cfg: CompareConfig) -> None:
-    """Fail before the first cell if a transformer entry's model cannot exist."""
+def _check_models(cfg: CompareConfig, only: Sequence[str] | None = None) -> None:
+    """Fail before the first cell if a transformer entry that will run has no model."""
     from ..config import PRESETS
 
     for m in cfg.models:
-        if m.baseline or m.model is None:
+        if m.baseline or m.model is None or (only and m.name not in only):
             continue
         if m.model.startswith("builtin:") or Path(m.model).is_dir():
             continue
