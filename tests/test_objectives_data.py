@@ -118,3 +118,17 @@ def test_dataset_views_pickle_without_the_token_arrays(corpus, name):
                     all(np.array_equal(x, y) for x, y in zip(a, b)) if isinstance(a, list) else a == b)
     else:
         assert np.array_equal(first, again)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_model_settings_build_a_config_that_fits(corpus, name):
+    from transferlab.config import get_preset
+
+    tok, _ = corpus[CASES[name][0]]
+    ob = build_objective(name, tok, **CASES[name][2])
+    preset = {"encoder": "bert-tiny", "decoder": "gpt-mini", "encoder-decoder": "bart-mini"}[ob.family.value]
+    cfg = get_preset(preset, **ob.model_settings())
+    ob.check_model(cfg)
+    assert cfg.vocab_size == tok.vocab_size and set(cfg.heads) == set(ob.heads)
+    if cfg.is_encoder_decoder:
+        assert cfg.decoder_start_token_id == ob.start and cfg.pad_token_id == tok.pad_token_id

@@ -38,7 +38,9 @@ present, via ``getattr(objective, "wrap_model", None)``):
 7. ``unwrap_model(module) -> TransferModel`` — strips DDP / compile / the objective wrapper and
    returns the model that fine-tuning loads (for ELECTRA: the discriminator).
 8. ``family`` (the :class:`~transferlab.config.Family` the objective needs) and ``heads`` (the
-   heads it needs, e.g. ``{"lm": {}, "nsp": {}}``), so a trainer can build a fitting config.
+   heads it needs, e.g. ``{"lm": {}, "nsp": {}}``); ``model_settings()`` gathers them with the
+   tokenizer's vocabulary size and special ids (and NSP's segments and pooler) into ModelConfig
+   fields: ``get_preset("bert-mini", **objective.model_settings())`` fits ``check_model``.
 
 Loss normalisation: ``loss_sum / n_targets`` over any set of micro-batches is the paper's
 mean-based loss. For two-part losses the second part is rescaled per micro-batch so this holds:
@@ -243,6 +245,21 @@ class ObjectiveBase:
 
     def compute(self, module: nn.Module, batch: dict[str, torch.Tensor]):  # pragma: no cover
         raise NotImplementedError
+
+    def model_settings(self) -> dict[str, Any]:
+        """ModelConfig fields that make a model fit this objective and tokenizer: family, heads,
+        vocabulary size, special ids (pad/bos/eos, the decoder start of encoder-decoders) and
+        what the objective needs besides (NSP: segments and a pooler). Usage:
+        ``cfg = get_preset("bert-mini", **objective.model_settings())``."""
+        sp = self.sp
+        out: dict[str, Any] = {"family": self.family.value, "vocab_size": sp.vocab_size,
+                               "heads": {h: dict(v) for h, v in self.heads.items()}}
+        for name in ("pad", "bos", "eos"):
+            if getattr(sp, f"{name}_token_id") is not None:
+                out[f"{name}_token_id"] = int(getattr(sp, f"{name}_token_id"))
+        if getattr(self, "start", None) is not None:
+            out["decoder_start_token_id"] = int(self.start)
+        return out
 
     # helpers ----------------------------------------------------------------------------------
     @staticmethod

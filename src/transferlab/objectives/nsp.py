@@ -113,6 +113,10 @@ class MLMNSP(ObjectiveBase):
         if not cfg.pooler:
             raise ConfigError("nsp classifies the pooled [CLS] vector: set model.pooler=true")
 
+    def model_settings(self) -> dict[str, Any]:
+        """As the base, plus segment embeddings for A/B and the [CLS] pooler."""
+        return {**super().model_settings(), "type_vocab_size": 2, "pooler": True}
+
     def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> SentencePairs:
         """Sentence-pair material with room for ``[CLS] A [SEP] B [SEP]`` in ``seq_len``."""
         if seq_len < 5:
