@@ -134,6 +134,9 @@ class ElectraPair(ObjectiveModule):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, dcfg.init_std)
                 nn.init.zeros_(m.bias)
+        ref = shared.weight  # the new modules follow the discriminator's device and dtype
+        for m in (self.generator, self.generator_proj):
+            m.to(device=ref.device, dtype=ref.dtype)
 
     @property
     def model(self) -> nn.Module:  # what unwrap_model returns
