@@ -369,3 +369,32 @@ def sparse_ce(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> tu
 def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a / max(b, 1) as float, detached (for metrics)."""
     return a.detach().float() / b.detach().float().clamp(min=1)
+
+
+def describe_settings(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, docstring) of every field of an objective config dataclass, the
+    docstrings read from the attribute docstrings in the source (for ``--help``-style listings)."""
+    import ast
+    import dataclasses
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's docstring wins
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # pragma: no cover - no source available
+            continue
+        body = tree.body[0].body
+        for a, b in zip(body, body[1:]):
+            if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                    and isinstance(getattr(b, "value", None), ast.Constant) and isinstance(b.value.value, str)):
+                docs[a.target.id] = " ".join(b.value.value.split())
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        tp = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        out.append((f.name, tp, default, docs.get(f.name, "")))
+    return out

@@ -1,0 +1,90 @@
+"""``transferlab objectives list|preview``: the pre-training objectives, their settings, and what
+their batches look like on your prepared data."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "objectives", help="list pre-training objectives or preview their batches",
+        description="The pre-training objectives (mlm, nsp, electra, clm, denoise, span-corruption): "
+        "their settings, and what one of their batches looks like on prepared data.",
+    )
+    sub = p.add_subparsers(dest="objectives_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+    ls = sub.add_parser("list", help="objectives with their model family, heads and settings",
+                        description="Every objective with the model it needs and its settings (defaults and meaning).")
+    ls.add_argument("name", nargs="?", help="show only this objective")
+    ls.set_defaults(func=_list)
+
+    pv = sub.add_parser(
+        "preview", help="show a collated batch decoded to tokens",
+        description="Build the objective on prepared shards (their tokenizer included), collate a few "
+        "examples and print inputs and targets as tokens: see your masking / noise before training.",
+        epilog="example: transferlab objectives preview --data runs/data --objective mlm whole_word=true",
+    )
+    pv.add_argument("--data", required=True, metavar="DIR", help="a folder written by `transferlab prepare`")
+    pv.add_argument("--split", default="train", help="split to read (default: %(default)s)")
+    pv.add_argument("--objective", required=True, help="mlm, nsp (mlm+nsp), electra, clm, denoise, span-corruption")
+    pv.add_argument("--seq-len", type=int, default=64, help="sequence length (default: %(default)s)")
+    pv.add_argument("--examples", type=int, default=2, help="examples to show (default: %(default)s)")
+    pv.add_argument("--seed", type=int, default=0, help="seed of the masking/noise generator (default: %(default)s)")
+    pv.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="objective settings, e.g. mask_prob=0.2")
+    pv.set_defaults(func=_preview)
+
+
+def _list(args: argparse.Namespace) -> int:
+    import typing
+
+    from ..objectives import objective_class, objective_names
+    from ..objectives.base import describe_settings
+
+    names = [args.name] if args.name else objective_names()
+    for name in names:
+        cls = objective_class(name)  # ConfigError for an unknown name
+        hints = typing.get_type_hints(cls.__init__)
+        cfg_cls = next(a for a in typing.get_args(hints["config"]) if a is not type(None))
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{cls.name}: {doc}")
+        print(f"  model: {cls.family.value} with head(s) {', '.join(cls.heads)}")
+        for field, tp, default, help_ in describe_settings(cfg_cls):
+            print(f"  {field + '=' + repr(default):<30} {help_}")
+        print()
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..config import _split
+    from ..data import TokenShards
+    from ..objectives import build_objective
+
+    shards = TokenShards(args.data, args.split)
+    tok = shards.tokenizer
+    settings = dict(_split(s) for s in args.settings)
+    ob = build_objective(args.objective, tok, **settings)
+    ds = ob.dataset(shards, args.seq_len)
+    batch = ob.collate([ds[i] for i in range(min(args.examples, len(ds)))], np.random.default_rng(args.seed))
+
+    def show(ids) -> str:
+        return " ".join(tok.convert_ids_to_tokens([int(i) for i in ids]))
+
+    for r in range(batch["input_ids"].shape[0]):
+        am = batch["attention_mask"][r].bool() if "attention_mask" in batch else slice(None)
+        ids = batch["input_ids"][r][am]
+        labels = batch["labels"][r]
+        print(f"--- example {r}")
+        print(f"input:   {show(ids)}")
+        if "decoder_input_ids" in batch or ob.name == "clm":  # sequence targets
+            print(f"target:  {show(labels[labels != -100])}")
+        else:  # masked positions: position:original
+            pos = (labels != -100).nonzero().flatten().tolist()
+            print("targets: " + " ".join(f"{p}:{tok.convert_ids_to_tokens(int(labels[p]))}" for p in pos))
+        if "next_sentence_label" in batch:
+            print(f"next sentence: {'random (1)' if int(batch['next_sentence_label'][r]) else 'is next (0)'}")
+    print(f"n_targets {int(batch['n_targets'])}, batch keys: {', '.join(batch)}")
+    return 0
