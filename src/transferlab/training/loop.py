@@ -173,11 +173,14 @@ class Trainer:
         wrap = getattr(objective, "wrap_model", None)
         self.model = (wrap(model) if wrap is not None else model).to(self.info.device)
         if cfg.compile:
-            from ..models.model import TransferModel
+            from ..models.blocks import Block
 
-            for m in self.model.modules():  # compile the backbones in place: parameter names stay the same
-                if isinstance(m, TransferModel):
-                    m.backbone.compile()
+            # Compile each transformer block in place (parameter names stay the same). Blocks have
+            # static shapes and no data-dependent control flow, unlike the stack around them (mask
+            # checks) and the objectives (sparse gathers), which stay eager.
+            for m in self.model.modules():
+                if isinstance(m, Block):
+                    m.compile()
         self.model.train()
         # DDP / FSDP2 wrap the loss module: its forward is the whole objective, so the wrapper's
         # hooks (DDP's reducer, FSDP's root all-gather) run even though objectives call the
@@ -552,3 +555,17 @@ def plot_loss_curve(metrics_file: Path, png: Path, title: str = "") -> Path | No
     plt.close(fig)
     atomic_write_bytes(Path(png), buf.getvalue())
     return Path(png)
+
+
+def fit(model: nn.Module, objective: Any, train_data: Sequence, cfg: TrainConfig, out_dir: str | Path,
+        val_data: Sequence | None = None, resume: bool = False, info: DistInfo | None = None,
+        on_step: list[Callable[[dict], None]] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``model`` with the explicit loop; see :class:`Trainer` for the arguments.
+
+    Returns:
+        ``(trained model, summary)``: the model is the objective's ``unwrap_model`` of what was
+        optimised (the model itself for plain objectives), still on its device.
+    """
+    trainer = Trainer(model, objective, train_data, cfg, out_dir, val_data=val_data, info=info, on_step=on_step)
+    summary = trainer.fit(resume=resume)
+    return trainer.final_model(), summary

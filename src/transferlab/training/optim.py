@@ -15,11 +15,20 @@ import torch.nn as nn
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
                  layer_lr_decay: float = 1.0) -> list[dict]:
-    """Parameter groups: decay on matrices (dim >= 2, excluding embeddings' position/type tables
-    is not needed: all 2-D weights decay as in BERT/GPT-2 practice), none on biases and norms.
+    """Parameter groups: weight decay on matrices (every tensor with dim >= 2: linear weights and
+    embedding tables, as in BERT and nanoGPT), none on biases and norm scales.
 
     With ``layer_lr_decay < 1`` (ULMFiT/ELECTRA discriminative learning rates) block ``i`` of
     ``L`` gets ``lr * decay**(L - i)``, embeddings ``lr * decay**(L + 1)`` and heads ``lr``.
+
+    Args:
+        model: the module to optimise (frozen parameters are skipped).
+        weight_decay: decay for matrices.
+        lr: base learning rate (sets each group's ``lr``; ``None`` leaves it to the optimizer).
+        layer_lr_decay: per-block learning-rate decay factor (1.0: none).
+
+    Returns:
+        Groups with ``params``, ``weight_decay``, ``lr_scale`` (and ``lr``), for ``torch.optim``.
     """
     groups: dict[tuple[float, float], list[torch.Tensor]] = {}
     depth = _depth_fn(model) if layer_lr_decay != 1.0 else None
@@ -64,7 +73,19 @@ def _depth_fn(model: nn.Module):
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, betas=(0.9, 0.999),
                     eps: float = 1e-8, layer_lr_decay: float = 1.0) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; uses the foreach implementation (fused on CUDA)."""
+    """AdamW over :func:`param_groups`: the fused kernel on CUDA, foreach elsewhere (fused gave
+    no gain on CPUs, see PERF-NOTES).
+
+    Args:
+        model: the module to optimise.
+        lr: peak learning rate (schedules rescale it with :func:`set_lr`).
+        weight_decay: decoupled decay on matrices only.
+        betas, eps: AdamW settings.
+        layer_lr_decay: discriminative learning rates (see :func:`param_groups`).
+
+    Returns:
+        The optimizer.
+    """
     groups = param_groups(model, weight_decay, lr, layer_lr_decay)
     on_cuda = any(p.is_cuda for g in groups for p in g["params"])
     kw = {"fused": True} if on_cuda else {"foreach": True}

@@ -191,7 +191,7 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
     from ..data import TokenShards
     from ..models.model import TransferModel
     from ..objectives import build_objective
-    from .distributed import cleanup_distributed, init_distributed
+    from .distributed import barrier, cleanup_distributed, init_distributed
     from .loop import Trainer, plot_loss_curve, resolve_dtype
 
     train_cfg = dataclasses.replace(train_cfg).validate()
@@ -252,6 +252,7 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
         elif not resume and (has_run or cfg_file.is_file()):
             raise ConfigError(f"{out}: already holds a run (config.json/checkpoints); pass --resume to continue it "
                               "or choose a new --out")
+        barrier(info)  # every rank has checked the folder before rank 0 writes into it
         if info.is_main:
             atomic_write_text(cfg_file, json.dumps(resolved, indent=2) + "\n")
 
