@@ -17,7 +17,6 @@ from transferlab.errors import ConfigError, DataError
 from transferlab.models import build_model
 from transferlab.objectives import SpecialIds, build_objective, objective_names
 from transferlab.objectives import masking
-from transferlab.objectives.datasets import PackedWindows
 
 V = 1000
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_objectives import CLS, MASK, PAD, SEP, V, bert_ids, encoder_cfg, decoder_cfg, windows
+from test_objectives import CLS, MASK, SEP, V, bert_ids, decoder_cfg, encoder_cfg, windows
 from transferlab.config import ModelConfig
 from transferlab.errors import ConfigError, DataError
 from transferlab.models import build_model
@@ -191,7 +191,7 @@ def test_electra_masking_recipe():
     assert (ids[picked][ids[picked] != MASK] == lab[picked][ids[picked] != MASK]).all()  # no random tokens
 
 
-def test_electra_pair_shares_embeddings_and_saves():
+def test_electra_pair_shares_embeddings_and_saves(tmp_path):
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(0)
@@ -212,12 +212,9 @@ def test_electra_pair_shares_embeddings_and_saves():
                output_hidden_states=True).hidden_states[0]
     torch.testing.assert_close(pair.shared_embeddings(b["input_ids"], tt, b["attention_mask"]), h0)
     # no aliased tensors: the pair saves as safetensors and reloads into a fresh pair
-    state = {k: v.contiguous() for k, v in pair.state_dict().items()}
-    import tempfile, os
-    with tempfile.TemporaryDirectory() as d:
-        save_file(state, os.path.join(d, "pair.safetensors"))
-        fresh = ob.wrap_model(electra_model())
-        fresh.load_state_dict(load_file(os.path.join(d, "pair.safetensors")))
+    save_file({k: v.contiguous() for k, v in pair.state_dict().items()}, str(tmp_path / "pair.safetensors"))
+    fresh = ob.wrap_model(electra_model())
+    fresh.load_state_dict(load_file(str(tmp_path / "pair.safetensors")))
     assert torch.equal(fresh.generator.heads["lm"].bias, pair.generator.heads["lm"].bias)
     assert ob.unwrap_model(pair) is model and ob.wrap_model(pair) is pair
 
