@@ -416,3 +416,21 @@ def test_every_objective_pretrains_from_its_family_preset(all_data, tmp_path, ca
     assert not any("generator" in k for k in weights)
     s = json.loads((out / "summary.json").read_text())
     assert s["steps"] == 2 and s["val_loss"] is not None and np.isfinite(s["val_ppl"])
+
+
+def test_pretrain_cli_divergence_is_a_clear_error(wp_data, tmp_path, capsys):
+    """An absurd learning rate blows the weights up; the run stops at the first non-finite loss
+    with exit status 2, naming the last good checkpoint, which holds finite weights."""
+    from safetensors.torch import load_file
+
+    from transferlab.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--preset", "bert-tiny", "--objective", "mlm", "--data", str(wp_data), "--out", str(out),
+               "--max-steps", "10", "--batch-size", "4", "--seq-len", "32", "--save-every", "1", "--lr", "1e30",
+               "--dtype", "fp32", *TINY_MODEL, "train.warmup=0", "train.clip=0", "train.progress=false"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "(not finite)" in err and "last good checkpoint" in err, err
+    last = err.split("last good checkpoint: ")[1].split(" ")[0]
+    weights = load_file(str(Path(last) / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
