@@ -167,6 +167,22 @@ def test_trained_roundtrips(trained):
     assert trained["bpe"](text)["input_ids"] == trained["bpe"].encode(text)
 
 
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+def test_training_is_deterministic(kind):
+    # the Rust trainers number WordPiece vocabularies in hash order and leave Unigram ties and
+    # last-bit scores to chance; Tokenizer.train canonicalises both. Unigram scores can still
+    # differ around 1e-10 (float sums in hash order), so only its pieces are compared exactly.
+    from transferlab.data import read_documents
+
+    texts = [d.text for d in read_documents("builtin:news")][:50]
+    a, b = (Tokenizer.train(texts, kind=kind, vocab_size=400, n_sentinels=5) for _ in range(2))
+    if kind == "unigram":
+        assert set(a.get_vocab()) == set(b.get_vocab())
+        assert a.sentinel_token_ids == b.sentinel_token_ids
+    else:
+        assert a.fingerprint == b.fingerprint and a.get_vocab() == b.get_vocab()
+
+
 def test_lowercase_option():
     cased = Tokenizer.train(CORPUS, kind="wordpiece", vocab_size=200, lowercase=False)
     assert any(t[0].isupper() for t in cased.get_vocab() if t[0].isalpha())

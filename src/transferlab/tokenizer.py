@@ -614,8 +614,10 @@ class Tokenizer:
         if counter.n == 0:
             raise DataError("cannot train a tokenizer on an empty corpus")
         if kind == "wordpiece":
+            backend = _canonical_wordpiece(backend, lowercase, list(_BERT.values()))
             _wordpiece_pipeline(backend, lowercase, specials)
         elif kind == "unigram":
+            backend = _canonical_unigram(backend, lowercase, ["<pad>", "</s>", "<unk>"])
             # T5 puts <extra_id_0> at the top of the vocabulary: add them in reverse order
             backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in reversed(sentinels)])
             _unigram_pipeline(backend, lowercase, specials)
@@ -635,6 +637,43 @@ def _wordpiece_pipeline(backend: _Backend, lowercase: bool, specials: dict[str, 
         backend.post_processor = processors.TemplateProcessing(
             single=f"{cls_t} $A {sep_t}", pair=f"{cls_t} $A {sep_t} $B:1 {sep_t}:1", special_tokens=ids
         )
+
+
+def _canonical_wordpiece(backend: _Backend, lowercase: bool, specials: list[str]) -> _Backend:
+    """The WordPiece trainer numbers its vocabulary in hash-map order, which changes from run to
+    run; renumber it (special tokens first, then by length and text) so that training on the same
+    data gives the same tokenizer and the same fingerprint."""
+    vocab = backend.get_vocab(with_added_tokens=False)
+    rest = sorted((t for t in vocab if t not in specials), key=lambda t: (len(t.removeprefix("##")), t))
+    ordered = {t: i for i, t in enumerate(specials + rest)}
+    out = _Backend(models.WordPiece(ordered, unk_token=_BERT["unk"], max_input_chars_per_word=100))
+    out.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    _wordpiece_pipeline(out, lowercase, None)
+    return out
+
+
+def _canonical_unigram(backend: _Backend, lowercase: bool, specials: list[str]) -> _Backend:
+    """The Unigram trainer's scores differ in the last bits between runs (parallel sums), tied
+    pieces come in any order and required characters are appended in hash order: canonicalise
+    (scores to 12 significant digits, ties by text, the appended tail sorted) so that training on
+    the same data gives the same tokenizer and fingerprint."""
+    pieces = json.loads(backend.to_str())["model"]["vocab"]
+    head = [(t, float(sc)) for t, sc in pieces if t in specials]
+    rest = sorted(((t, float(f"{sc:.12g}")) for t, sc in pieces if t not in specials), key=lambda p: (-p[1], p[0]))
+    # characters the trainer must keep are appended last, below every real piece, in hash-set
+    # order: give that tail's scores to its characters in sorted order
+    floor = min((sc for t, sc in rest if len(t) > 1), default=float("-inf"))
+    k = len(rest)
+    while k > 0 and len(rest[k - 1][0]) == 1 and rest[k - 1][1] < floor:
+        k -= 1
+    if len(rest) - k > 1:
+        tail = rest[k:]
+        rest[k:] = list(zip(sorted(t for t, _ in tail), [sc for _, sc in tail]))
+    vocab = head + rest
+    out = _Backend(models.Unigram(vocab, unk_id=[t for t, _ in vocab].index("<unk>"), byte_fallback=False))
+    out.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    _unigram_pipeline(out, lowercase, None)
+    return out
 
 
 def _bpe_pipeline(backend: _Backend, lowercase: bool) -> None:
