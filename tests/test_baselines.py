@@ -106,3 +106,13 @@ def test_baseline_errors():
         run_baseline("tfidf-svm", one_class)
     with pytest.raises(ConfigError, match="positive"):
         TfidfBaseline("logreg", c_grid=[0.0])
+
+
+def test_run_baseline_stops_a_cost_tracker_after_fitting():
+    from transferlab.cost import CostConfig, CostTracker
+
+    tracker = CostTracker(None, kind="baseline", config=CostConfig(track_energy=False, peak_flops=1.0),
+                          device="cpu").start()
+    res = run_baseline("tfidf-svm", _task(), train_size=20, seed=0, tracker=tracker)
+    assert res.cost is tracker.report and res.cost["energy_kwh"] > 0 and res.cost["params_total"] == 0
+    assert res.cost["wall_seconds"] >= res.train_seconds  # fitting is billed, the final scoring is not

@@ -230,6 +230,8 @@ def test_neighbours_contextual_and_static(tok, model):
     assert "[play]" in text and "static input-embedding neighbours" in text
     with pytest.raises(ConfigError, match="does not contain"):
         neighbours(model, tok, "play", corpus=CORPUS, sentences=["no such word"])
+    with pytest.raises(ConfigError, match="beyond max_length=4"):
+        neighbours(model, tok, "play", corpus=CORPUS, sentences=["the kids went home to play"], max_length=4)
 
 
 # ------------------------------------------------------------------------------ probe

@@ -806,6 +806,10 @@ def neighbours(
         raise DataError(f"{word!r} does not occur in the corpus sample ({corpus if isinstance(corpus, str) else 'given sentences'})")
     q_occ = [next(iter(find_occurrences([s], word))) for s in queries]
     vecs, found = word_vectors(model, tokenizer, q_occ + pool_occ, layer, batch_size, max_length)
+    for s, ok in zip(queries, found[: len(q_occ)]):
+        if not ok:
+            raise ConfigError(f"the word falls beyond max_length={max_length} tokens in the query {s[:60]!r}...; "
+                              "shorten it or raise --max-length")
     v = torch.nn.functional.normalize(torch.as_tensor(vecs), dim=-1)
     qv, pv = v[: len(q_occ)], v[len(q_occ):]
     pool_ok = torch.as_tensor(found[len(q_occ):])

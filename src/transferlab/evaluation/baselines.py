@@ -49,6 +49,7 @@ class BaselineResult:
     n_train: int
     params: dict[str, Any] = field(default_factory=dict)  #: e.g. the chosen C, feature count
     eval_seconds: float = 0.0
+    cost: dict[str, Any] = field(default_factory=dict)  #: the tracker's report, when one was given
 
 
 def subsample(examples: Sequence[dict[str, Any]], n: int | None, seed: int, task_type: str = "classification") -> list[dict[str, Any]]:
@@ -219,6 +220,7 @@ def run_baseline(
     seed: int = 0,
     eval_on_test: bool = True,
     c_grid: Sequence[float] | None = None,
+    tracker: Any = None,
 ) -> BaselineResult:
     """Fit one baseline on a seeded training subset and score it on validation (and test).
 
@@ -230,6 +232,9 @@ def run_baseline(
         seed: subsample (and solver) seed.
         eval_on_test: also score the test split.
         c_grid: C values for the TF-IDF baselines (default :data:`DEFAULT_C_GRID`).
+        tracker: a started :class:`~transferlab.cost.CostTracker`; it is stopped when fitting
+            (feature extraction and the C search on validation) ends, so the final scoring is
+            not billed, as fine-tuning does not bill its test evaluation.
 
     Returns:
         :class:`BaselineResult` with metric dicts from :func:`compute_metrics`.
@@ -255,9 +260,10 @@ def run_baseline(
         est = TfidfBaseline(method.split("-")[1], c_grid, kind, seed).fit(train, data.validation, labels)
         params.update(C=est.best_c, n_features=est.n_features, search=est.search)
     train_seconds = time.perf_counter() - t0
+    cost = tracker.stop() if tracker is not None else {}
     t0 = time.perf_counter()
     val = compute_metrics(kind, est.predict(data.validation), _references(kind, data.validation), labels)
     test: dict[str, float] = {}
     if eval_on_test and data.test:
         test = compute_metrics(kind, est.predict(data.test), _references(kind, data.test), labels)
-    return BaselineResult(method, val, test, train_seconds, len(train), params, time.perf_counter() - t0)
+    return BaselineResult(method, val, test, train_seconds, len(train), params, time.perf_counter() - t0, cost)

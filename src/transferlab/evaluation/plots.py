@@ -36,6 +36,22 @@ def _pyplot() -> Any:
     return plt
 
 
+def _colors(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One colour per method, the same in every plot of a comparison; reference baselines grey."""
+    cycle = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    out, k = {}, 0
+    for g in summary:
+        m = g["method"]
+        if m in out:
+            continue
+        if g.get("group") in ("majority", "lead"):
+            out[m] = "0.5"
+        else:
+            out[m] = cycle[k % len(cycle)]
+            k += 1
+    return out
+
+
 def _save(fig: Any, path: Path) -> Path:
     from ..utils import atomic_write_bytes
 
@@ -60,8 +76,7 @@ def learning_curve(summary: Sequence[dict[str, Any]], path: str | Path, title: s
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     methods = list(dict.fromkeys(g["method"] for g in summary))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    ci = 0
+    colors = _colors(summary)
     for m in methods:
         pts = sorted((g for g in summary if g["method"] == m), key=lambda g: g["n_train"])
         group = pts[0].get("group", "")
@@ -69,12 +84,7 @@ def learning_curve(summary: Sequence[dict[str, Any]], path: str | Path, title: s
         x = [g["n_train"] for g in pts]
         y = [g["mean"] for g in pts]
         e = [g["std"] for g in pts]
-        if group in ("majority", "lead"):
-            color = "0.5"
-        else:
-            color = colors[ci % len(colors)]
-            ci += 1
-        ax.errorbar(x, y, yerr=e, linestyle=ls, marker=marker, color=color, capsize=3, label=f"{m} ({group})")
+        ax.errorbar(x, y, yerr=e, linestyle=ls, marker=marker, color=colors[m], capsize=3, label=f"{m} ({group})")
     ax.set_xscale("log")
     metric, split = summary[0]["metric"], summary[0]["split"]
     ax.set_xlabel("labelled training examples")
@@ -121,14 +131,14 @@ def cost_plot(summary: Sequence[dict[str, Any]], path: str | Path, cost_key: str
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     rows = [g for g in summary if isinstance(g.get(cost_key), (int, float)) and g[cost_key] > 0]
     missing = len(summary) - len(rows)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = _colors(summary)
     methods = list(dict.fromkeys(g["method"] for g in rows))
-    for k, m in enumerate(methods):
+    for m in methods:
         pts = [g for g in rows if g["method"] == m]
         group = pts[0].get("group", "")
         _, marker = _STYLE.get(group, ("-", "o"))
         ax.errorbar([g[cost_key] for g in pts], [g["mean"] for g in pts], yerr=[g["std"] for g in pts],
-                    linestyle="none", marker=marker, color=colors[k % len(colors)], capsize=2, label=m)
+                    linestyle="none", marker=marker, color=colors[m], capsize=2, label=m)
         for g in pts:
             ax.annotate(g["train_size"], (g[cost_key], g["mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if rows:
