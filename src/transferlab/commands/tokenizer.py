@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 
@@ -55,7 +56,8 @@ def _train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     tok = Tokenizer.train(
         args.input, kind=args.kind, vocab_size=args.vocab_size, lowercase=args.lowercase,
-        min_frequency=args.min_frequency, n_sentinels=args.sentinels, show_progress=True,
+        min_frequency=args.min_frequency, n_sentinels=args.sentinels,
+        show_progress=sys.stderr.isatty(),  # the Rust bars print blank lines when not on a terminal
         format=args.format, text_column=args.text_column, doc_sep=args.doc_sep,
     )
     tok.save(args.out)
