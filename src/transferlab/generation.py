@@ -17,8 +17,8 @@ is kept lean: one call into the backbone's decoder stack per token (no output ob
 head on the last position only (a prompt of T tokens never builds a (B, T, V) logits tensor), a
 KV cache preallocated for the whole run (no regrowth, no ``torch.cat``), no attention mask at
 all when nothing is padded, ``torch.inference_mode``, and the output written into a preallocated
-buffer. ``model.to(torch.bfloat16)`` makes it roughly 1.5-2x faster on CPUs with avx512_bf16;
-scores are always processed in float32.
+buffer. ``model.to(torch.bfloat16)`` runs the matmuls in bf16 (faster on CPUs with avx512_bf16
+at batch sizes where compute matters; see BENCHMARKS.md); scores are always processed in float32.
 
 Differences from ``transformers`` (documented, deliberate): the model is put in eval mode for the
 call (and restored after); finished beams are padded with ``pad_token_id`` (``transformers``

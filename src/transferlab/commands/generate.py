@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute every step without the KV cache (slow; for checks)")
     p.add_argument("--no-stream", action="store_true", help="do not stream a single prompt token by token")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="weights dtype; bfloat16 is ~2x faster on CPUs with avx512_bf16 (default: %(default)s)")
+                   help="weights dtype; bfloat16 speeds up the matmuls on CPUs with avx512_bf16 (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--perplexity", action="store_true",
                    help="also report the model's perplexity on its own generated text (per completion and mean)")
