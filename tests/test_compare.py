@@ -194,3 +194,19 @@ def test_pareto_front():
     pts = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (4.0, 0.9), (0.5, 0.4), (2.0, 0.65)]
     assert pareto_front(pts) == [4, 0, 1, 3]
     assert pareto_front([(1.0, 3.0), (2.0, 1.0)], higher_better=False) == [0, 1]
+
+
+def test_min_steps_raises_epochs_for_small_sizes(tmp_path):
+    cfg = parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "min_steps": 200,
+                                "finetune": {"epochs": 3, "batch_size": 16},
+                                "models": [{"name": "a", "model": "builtin:minilm"},
+                                           {"name": "b", "model": "builtin:minilm", "min_steps": 0}]}, base=tmp_path)
+    a, b = cfg.models
+    assert cmp.cell_epochs(a, 100) == 32.0  # 200 steps x 16 / 100 examples
+    assert cmp.cell_epochs(a, 3000) == 3.0 and cmp.cell_epochs(a, None) == 3.0
+    assert cmp.cell_epochs(b, 100) == 3.0
+    # min_steps is part of a cell's settings: changing it reruns the method
+    assert cmp.Cell(a, cfg.tasks[0], 100, 0, True).spec_hash != cmp.Cell(b, cfg.tasks[0], 100, 0, True).spec_hash
+    with pytest.raises(ConfigError, match="min_steps must be a non-negative integer"):
+        parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "min_steps": -1,
+                              "models": [{"name": "a", "model": "builtin:minilm"}]}, base=tmp_path)

@@ -67,6 +67,7 @@ class MethodSpec:
     from_scratch: bool = False
     finetune: dict[str, Any] = field(default_factory=dict)  #: FinetuneConfig overrides
     c_grid: list[float] | None = None  #: TF-IDF baselines
+    min_steps: int = 0  #: fine-tuning: at least this many optimiser steps per cell (more epochs for small sizes)
 
     @property
     def group(self) -> str:
@@ -105,7 +106,7 @@ class CompareConfig:
     source: str = ""  #: the file it was read from
 
 
-_TOP_KEYS = {"out_dir", "tasks", "models", "train_sizes", "seeds", "eval_on_test", "finetune", "cost",
+_TOP_KEYS = {"out_dir", "tasks", "models", "train_sizes", "seeds", "eval_on_test", "finetune", "min_steps", "cost",
              "cost_axis", "save_models", "name", "description"}
 
 
@@ -198,10 +199,10 @@ def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: 
             continue
         if not isinstance(m, dict):
             raise ConfigError(f"{where}: {ctx}: expected a baseline name or a mapping, got {m!r}")
-        bad = sorted(set(m) - {"name", "model", "baseline", "from_scratch", "finetune", "c_grid"})
+        bad = sorted(set(m) - {"name", "model", "baseline", "from_scratch", "finetune", "c_grid", "min_steps"})
         if bad:
             raise ConfigError(f"{where}: {ctx}: unknown key(s) {', '.join(bad)}; known: name, model, baseline, "
-                              "from_scratch, finetune, c_grid")
+                              "from_scratch, finetune, c_grid, min_steps")
         if ("model" in m) == ("baseline" in m):
             raise ConfigError(f"{where}: {ctx}: give exactly one of model (a transformer) or baseline")
         if "baseline" in m:
@@ -221,7 +222,8 @@ def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: 
             raise ConfigError(f"{where}: {ctx}: from_scratch must be true or false")
         models.append(MethodSpec(str(m.get("name") or Path(model).name), model=model,
                                  from_scratch=bool(m.get("from_scratch", False)),
-                                 finetune={**defaults, **check_ft(m.get("finetune"), f"{ctx}.finetune")}))
+                                 finetune={**defaults, **check_ft(m.get("finetune"), f"{ctx}.finetune")},
+                                 min_steps=_min_steps(m.get("min_steps", raw.get("min_steps", 0)), where, ctx)))
     _unique([m.name for m in models], where, "models (names)")
 
     # ---- grid
@@ -258,6 +260,12 @@ def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: 
                          dict(cost), axis, bool(raw.get("save_models", False)), source)
 
 
+def _min_steps(v: Any, where: str, ctx: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ConfigError(f"{where}: {ctx}: min_steps must be a non-negative integer, got {v!r}")
+    return v
+
+
 def _unique(names: Sequence[str], where: str, what: str) -> None:
     seen = set()
     for n in names:
@@ -292,6 +300,8 @@ class Cell:
         spec = {"baseline": m.baseline, "c_grid": m.c_grid, "model": m.model, "from_scratch": m.from_scratch,
                 "finetune": m.finetune, "task": self.task.name, "task_files": self.task.files,
                 "eval_on_test": self.eval_on_test}
+        if m.min_steps and not m.baseline:  # only when it matters, so rows written without it keep their hash
+            spec["min_steps"] = m.min_steps
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def __hash__(self) -> int:
@@ -410,6 +420,7 @@ def _run_finetune_cell(cell: Cell, out_dir: Path | None) -> dict[str, Any]:
 
     m, t = cell.method, cell.task
     kw: dict[str, Any] = dict(m.finetune)
+    kw["epochs"] = cell_epochs(m, cell.train_size)
     if t.builtin:
         kw["task"] = t.name
     else:
@@ -423,6 +434,20 @@ def _run_finetune_cell(cell: Cell, out_dir: Path | None) -> dict[str, Any]:
             "train_tokens": int(getattr(res, "train_tokens", 0) or 0), "best_epoch": getattr(res, "best_epoch", None),
             "params": {"steps": getattr(res, "steps", None), "stopped": getattr(res, "stopped", None)},
             "cost": dict(getattr(res, "cost", {}) or {})}
+
+
+def cell_epochs(method: MethodSpec, train_size: int | None) -> float:
+    """Epochs of a fine-tuning cell: the configured ones, raised so that the cell takes at least
+    ``min_steps`` optimiser steps. With 100 labels and batch 16, 3 epochs are 21 steps, too few
+    to move a pre-trained model much (few-sample fine-tuning wants more steps, Mosbach et al.,
+    2021), while 3000 labels need no more; fixed epochs would handicap the small sizes."""
+    from ..finetune.config import FinetuneConfig
+
+    epochs = float(method.finetune.get("epochs", FinetuneConfig.epochs))
+    if not method.min_steps or train_size is None:
+        return epochs
+    batch = int(method.finetune.get("batch_size", FinetuneConfig.batch_size))
+    return max(epochs, method.min_steps * batch / train_size)
 
 
 #: signature of a cell runner: (cell, out_dir for its checkpoint or None) -> partial row
@@ -640,13 +665,20 @@ def format_table(summary: list[dict[str, Any]], cfg: CompareConfig | None = None
     head += [h for _, h in costs]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["--:"] + ["---"] + ["--:"] * (len(head) - 5)) + "|"]
     best = best_of(summary)
+    n_per = {}
     for g in summary:
-        score = f"{g['mean']:.4f} ± {g['std']:.4f}"
-        if best[(g["task"], g["train_size"])] == g["method"] and len(best) and sum(
-                1 for h in summary if (h["task"], h["train_size"]) == (g["task"], g["train_size"])) > 1:
+        n_per[(g["task"], g["train_size"])] = n_per.get((g["task"], g["train_size"]), 0) + 1
+
+    def ms(mean: float, std: float, n: int) -> str:
+        return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"  # one seed has no spread
+
+    for g in summary:
+        key = (g["task"], g["train_size"])
+        score = ms(g["mean"], g["std"], g["n"])
+        if best[key] == g["method"] and n_per[key] > 1:
             score = f"**{score}**"  # the best mean of this (task, train size)
-        cells = [g["task"], g["train_size"], g["method"], str(g["n"]), f"{g['metric']} ({g['split']})", score, f"{g['val_mean']:.4f} ± {g['val_std']:.4f}",
-                 f"{g['train_seconds']:.1f}"]
+        cells = [g["task"], g["train_size"], g["method"], str(g["n"]), f"{g['metric']} ({g['split']})", score,
+                 ms(g["val_mean"], g["val_std"], g["n"]), f"{g['train_seconds']:.1f}"]
         cells += [_fmt_num(g[k]) if k in g else "-" for k, _ in costs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
