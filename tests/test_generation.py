@@ -431,7 +431,7 @@ def test_models_that_cannot_generate_say_why():
         enc.generate(torch.tensor([[5, 6]]))
     clf = build_model("gpt-mini", vocab_size=V, d_model=32, n_layers=1, n_heads=4, d_ff=64,
                       heads={"classification": {"num_labels": 2}})
-    with pytest.raises(ConfigError, match="needs an 'lm' head; this model has heads: classification"):
+    with pytest.raises(ConfigError, match="need an 'lm' head; this model has heads: classification"):
         clf.generate(torch.tensor([[5, 6]]))
 
 

@@ -321,7 +321,7 @@ def _lm_head(model: torch.nn.Module) -> torch.nn.Module:
         if kind == "lm":
             return heads[name]
     raise ConfigError(
-        "generate needs an 'lm' head; this model has "
+        "generation and scoring need an 'lm' head; this model has "
         + (f"heads: {', '.join(kinds)}" if kinds else "no heads")
         + " (add one with model.add_head('lm'))"
     )

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0, metavar="P",
                    help="nucleus sampling: smallest token set with probability mass >= P, in (0, 1] (default: %(default)s)")
     p.add_argument("--num-beams", type=int, default=1, metavar="B", help="beam width; 1 = no beam search (default: %(default)s)")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="beam length penalty exponent (default: %(default)s)")
+    p.add_argument("--length-penalty", type=float, default=1.0, metavar="L", help="beam length penalty exponent (default: %(default)s)")
     p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
                    help="penalise tokens already present, > 1 discourages repeats (default: %(default)s)")
     p.add_argument("--stop", action="append", default=None, metavar="STR",
@@ -77,7 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "else the model's max_positions)")
     q.add_argument("--max-text-words", type=int, default=None, metavar="N",
                    help="clip every review/article to its first N words so more demonstrations fit")
-    q.add_argument("--batch-size", type=int, default=8, metavar="N", help="(prompt, label) pairs per forward pass")
+    q.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="(prompt, label) pairs per forward pass (default: %(default)s)")
     q.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype")
     q.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     q.add_argument("--output", metavar="FILE", help="write the results as JSON (atomically)")
