@@ -2,7 +2,7 @@
 
 * ``majority`` — the most frequent training label (classification), the training mean
   (regression), or for tagging each word's most frequent training tag (``O`` for unseen words:
-  the CoNLL shared tasks' baseline);
+  a unigram tagger, in the spirit of the CoNLL-2003 baseline that tags entities seen in training);
 * ``lead`` — seq2seq only: the first words of the source, as many as the median training target
   (the "lead" baseline of summarisation and headline generation);
 * ``tfidf-logreg`` / ``tfidf-svm`` — TF-IDF of word 1-2 grams and character 2-5 grams (within
