@@ -337,6 +337,7 @@ def test_seq2seq_on_an_encoder_is_refused(dirs):
 def _run(tmp_path, name, **kw):
     kw.setdefault("quiet", True)
     kw.setdefault("batch_size", 16)
+    kw.setdefault("cost", {"track_energy": False})  # codecarbon's start-up costs seconds
     return finetune(FinetuneConfig(out_dir=str(tmp_path / name), **kw))
 
 
@@ -365,6 +366,12 @@ def test_classification_learns_saves_and_reloads(dirs, data, tmp_path):
     assert abs(sum(preds[0]["probabilities"].values()) - 1) < 1e-4
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"] == pytest.approx(res.test) and metrics["n_train"] == 160
+    # the cost of the training loop: tokens as counted by the loop, analytic FLOPs, a price
+    cost = json.loads((out / "report.json").read_text())
+    assert cost["kind"] == "finetune" and cost["tokens"] == res.train_tokens and cost["steps"] == res.steps
+    assert cost["flops"] > 6 * res.train_tokens * cost["params_non_embedding"] * 0.9
+    assert cost["wall_seconds"] <= res.train_seconds + 1 and cost["price_usd"] > 0
+    assert res.cost == cost
 
 
 def test_pair_classification_with_segments(dirs, data, tmp_path):
@@ -531,10 +538,12 @@ def test_cli_finetune_evaluate_predict(dirs, data, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["finetune", "--model", str(dirs["encoder"]), "--train", str(data["sent_train"]),
                "--validation", str(data["sent_val"]), "--test", str(data["sent_test"]), "--epochs", "2",
-               "--lr", "2e-3", "--out", str(out), "--quiet", "--layer-lr-decay", "0.9", "--schedule", "slanted"])
+               "--lr", "2e-3", "--out", str(out), "--quiet", "--layer-lr-decay", "0.9", "--schedule", "slanted",
+               "--no-energy", "--price-per-hour", "1.0"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "validation accuracy: " in text and "test accuracy: " in text
+    assert json.loads((out / "report.json").read_text())["price_per_hour"] == 1.0  # --price-per-hour reached the tracker
     rc = main(["evaluate", "--model", str(out), "--quiet"])
     lines = capsys.readouterr().out.splitlines()
     assert rc == 0 and lines[0].startswith("accuracy: ") and len(lines[0].split(": ")[1]) == 6
@@ -563,7 +572,8 @@ def test_cli_bad_input_exits_2_with_one_line(dirs, tmp_path, capsys, content, na
 
     f = tmp_path / name
     f.write_text(content, encoding="utf-8")
-    rc = main(["finetune", "--model", str(dirs["encoder"]), "--train", str(f), "--out", str(tmp_path / "o"), "--quiet"])
+    rc = main(["finetune", "--model", str(dirs["encoder"]), "--train", str(f), "--out", str(tmp_path / "o"), "--quiet",
+               "--no-energy"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err
     assert re.search(pattern, err), err
@@ -575,6 +585,6 @@ def test_cli_unseen_test_label_exits_2(dirs, tmp_path, capsys):
     te = tmp_path / "test.csv"
     te.write_text("text,label\nok film,meh\n", encoding="utf-8")
     rc = main(["finetune", "--model", str(dirs["encoder"]), "--train", str(tr), "--test", str(te), "--out",
-               str(tmp_path / "o"), "--quiet"])
+               str(tmp_path / "o"), "--quiet", "--no-energy"])
     err = capsys.readouterr().err
     assert rc == 2 and "test.csv:2: label 'meh' never appears in the training data" in err

@@ -9,6 +9,16 @@ from pathlib import Path
 TASK_TYPES = ("classification", "pair-classification", "regression", "tagging", "qa", "seq2seq")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except empty ones and where the help text already states them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _columns(p: argparse.ArgumentParser, label: bool = True) -> None:
     g = p.add_argument_group("columns of user files (defaults per task type)")
     g.add_argument("--text-column", metavar="C",
@@ -31,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "The output folder holds the model, its tokenizer and task.json, so `transferlab evaluate` "
             "and `transferlab predict` work from it alone."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("--model", required=True, metavar="DIR|builtin:minilm|PRESET",
                    help="pre-trained model folder (ours or a converted transformers folder), builtin:minilm, "
@@ -96,6 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--attn-impl", choices=("sdpa", "math"), help="attention kernel override (math is faster for short bf16 CPU sequences)")
     o.add_argument("--no-test", action="store_true", help="do not score the test split")
     o.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    from ..cost import add_cost_arguments
+
+    add_cost_arguments(p)
     p.set_defaults(func=_finetune)
 
     # ---------------------------------------------------------------- evaluate
@@ -104,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score a fine-tuned folder on a task split or a labelled file",
         description="Score a folder written by `transferlab finetune`: prints each metric as `name: value` and "
                     "writes them as JSON. Without --task/--test it uses the task the model was fine-tuned on.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     e.add_argument("--model", required=True, metavar="DIR", help="fine-tuned model folder (holds task.json)")
     src = e.add_mutually_exclusive_group()
@@ -126,7 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Predict with a folder written by `transferlab finetune`. Prints one line per input "
                     "(label and probability, tagged words and entities, an answer, or generated text); --out "
                     "writes JSONL with all fields.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     r.add_argument("--model", required=True, metavar="DIR", help="fine-tuned model folder")
     src = r.add_mutually_exclusive_group(required=True)
@@ -144,7 +157,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..cost import cost_config_from_args
     from ..finetune import FinetuneConfig, finetune
+
+    cost = {k: v for k, v in dataclasses.asdict(cost_config_from_args(args)).items() if v is not None}
 
     cfg = FinetuneConfig(
         model=args.model, task=args.task, train_file=args.train, validation_file=args.validation,
@@ -161,7 +179,7 @@ def _finetune(args: argparse.Namespace) -> int:
         prompt_suffix=args.prompt_suffix, num_beams=args.num_beams, bio_decoding=args.bio_decoding,
         patience=args.patience, eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed,
         dtype=args.dtype, device=args.device, attn_impl=args.attn_impl, out_dir=args.out,
-        eval_on_test=not args.no_test, quiet=args.quiet,
+        eval_on_test=not args.no_test, quiet=args.quiet, cost=cost,
     )
     res = finetune(cfg)
     print(f"trained {res.steps} steps on {res.n_train} examples in {res.train_seconds:.1f}s "

@@ -144,6 +144,9 @@ class FinetuneConfig:
     memory only."""
     eval_on_test: bool = True
     """Score the test split with the best checkpoint at the end."""
+    cost: dict[str, Any] = field(default_factory=dict)
+    """Cost accounting settings (:class:`transferlab.cost.CostConfig` fields: country_iso_code,
+    grid_intensity, price_per_hour, track_energy, ...); empty = defaults and environment."""
     quiet: bool = False
     """No progress bars or log lines."""
 
@@ -188,6 +191,8 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.max_minutes must be positive, got {self.max_minutes}")
         if self.eval_every < 0:
             raise ConfigError(f"finetune.eval_every must be >= 0, got {self.eval_every}")
+        if not isinstance(self.cost, dict):
+            raise ConfigError(f"finetune.cost must be a mapping of CostConfig settings, got {self.cost!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -313,7 +318,8 @@ class FinetuneResult:
     stopped: str = ""
     """Why training ended: epochs, patience or time."""
     cost: dict[str, Any] = field(default_factory=dict)
-    """Cost report (params, FLOPs, energy, price) when cost tracking is available."""
+    """Cost of the training loop (validation included, test scoring not): parameters, tokens,
+    FLOPs, MFU, energy, CO2e, price; see ``docs/cost.md``."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -16,7 +16,9 @@
    evaluations without improvement stop the run;
 5. the best weights are restored, the test split scored once, and ``out_dir`` written atomically:
    ``config.json`` + ``model.safetensors`` + tokenizer + ``task.json`` (so ``evaluate`` and
-   ``predict`` need nothing else), ``finetune_config.json``, ``metrics.json``, ``history.jsonl``.
+   ``predict`` need nothing else), ``finetune_config.json``, ``metrics.json``, ``history.jsonl``
+   and the cost report ``report.json`` (:mod:`transferlab.cost`: FLOPs, MFU, energy, CO2e, price
+   of the training loop).
 """
 
 from __future__ import annotations
@@ -333,6 +335,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     ctx = _autocast(device, cfg.dtype)
     budget = cfg.max_minutes * 60.0 if cfg.max_minutes else None
     rng = np.random.default_rng(cfg.seed)
+    tracker = _cost_tracker(cfg, model, device)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"score": None, "metrics": {}, "state": None, "epoch": 0, "step": 0}
@@ -352,7 +355,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
             history.append(row)
             best.update(state=_cpu_state(model), epoch=epoch, step=step)
             return False
-        metrics, _ = _score(wiring, model, val, cfg.eval_batch_size, ctx, cfg.quiet, "validation")
+        with tracker.pause():  # evaluation counts for wall time and energy, not throughput / MFU
+            metrics, _ = _score(wiring, model, val, cfg.eval_batch_size, ctx, cfg.quiet, "validation")
         row.update({f"validation_{k}": v for k, v in metrics.items()})
         history.append(row)
         score = metrics[metric]
@@ -366,47 +370,54 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
             bad_evals += 1
         return cfg.patience is not None and bad_evals >= cfg.patience
 
-    model.train()
-    bar = _bar(total_steps, "finetune", cfg.quiet)
-    done = False
-    epoch = 0
-    while not done and step < total_steps:
-        epoch += 1
-        for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
-            progress = step / total_steps
-            if budget is not None:
-                progress = max(progress, (time.perf_counter() - t0) / budget)
-            set_lr(optimizer, cfg.lr, lr_multiplier(progress, cfg.warmup, str(cfg.schedule), min_ratio))
-            unfreeze(progress)
-            batch = {k: v.to(device, non_blocking=True) for k, v in wiring.collate([feats[i] for i in idx]).items()}
-            with ctx():
-                loss = wiring.loss(model, batch)
-            if not torch.isfinite(loss):
-                raise ConfigError(f"the loss became {loss.item()} at step {step}; lower --lr (now {cfg.lr})")
-            loss.backward()
-            clip_grad_norm([p for p in model.parameters() if p.grad is not None], cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens += wiring.n_tokens(batch)
-            loss_sum += float(loss.detach())
-            loss_n += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", refresh=False)
-            if budget is not None and time.perf_counter() - t0 >= budget:
-                stopped, done = "time", True
-            elif step >= total_steps:
-                done = True
-            if cfg.eval_every and step % cfg.eval_every == 0 and not done:
-                if maybe_eval(epoch):
+    try:
+        model.train()
+        bar = _bar(total_steps, "finetune", cfg.quiet)
+        done = False
+        epoch = 0
+        while not done and step < total_steps:
+            epoch += 1
+            for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
+                progress = step / total_steps
+                if budget is not None:
+                    progress = max(progress, (time.perf_counter() - t0) / budget)
+                set_lr(optimizer, cfg.lr, lr_multiplier(progress, cfg.warmup, str(cfg.schedule), min_ratio))
+                unfreeze(progress)
+                batch = {k: v.to(device, non_blocking=True) for k, v in wiring.collate([feats[i] for i in idx]).items()}
+                with ctx():
+                    loss = wiring.loss(model, batch)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"the loss became {loss.item()} at step {step}; lower --lr (now {cfg.lr})")
+                loss.backward()
+                clip_grad_norm([p for p in model.parameters() if p.grad is not None], cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                n = wiring.n_tokens(batch)
+                tokens += n
+                tracker.add(tokens=n, flops=_batch_flops(wiring, batch))
+                loss_sum += float(loss.detach())
+                loss_n += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", refresh=False)
+                if budget is not None and time.perf_counter() - t0 >= budget:
+                    stopped, done = "time", True
+                elif step >= total_steps:
+                    done = True
+                if cfg.eval_every and step % cfg.eval_every == 0 and not done:
+                    if maybe_eval(epoch):
+                        stopped, done = "patience", True
+                if done:
+                    break
+            if not history or history[-1]["step"] != step:
+                if maybe_eval(epoch) and not done:
                     stopped, done = "patience", True
-            if done:
-                break
-        if not history or history[-1]["step"] != step:
-            if maybe_eval(epoch) and not done:
-                stopped, done = "patience", True
-    bar.close()
+        bar.close()
+    except BaseException:  # an error or Ctrl-C mid-run: stop codecarbon's thread, then re-raise
+        tracker.stop(interrupted=True)
+        raise
     train_seconds = time.perf_counter() - t0
+    cost = tracker.stop()
 
     # restore the best weights (a CPU copy) for the test split and the saved checkpoint
     if best["state"] is not None:
@@ -419,12 +430,45 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     result = FinetuneResult(
         validation=best["metrics"], test=test_metrics, out_dir=out_dir, train_seconds=train_seconds,
         train_tokens=tokens, n_train=len(train), best_epoch=best["epoch"], history=history,
-        task_type=spec.task_type, metric=metric, steps=step, stopped=stopped,
+        task_type=spec.task_type, metric=metric, steps=step, stopped=stopped, cost=cost,
     )
     if out_dir is not None:
         _save(out_dir, model, tok, spec, cfg, result, data)
         log(f"saved the best checkpoint (epoch {best['epoch']}, step {best['step']}) to {out_dir}")
+    if not cfg.quiet:
+        from ..cost import format_report
+
+        print(format_report(cost), flush=True)
     return result
+
+
+def _cost_tracker(cfg: FinetuneConfig, model: Any, device: torch.device) -> Any:
+    from ..cost import CostConfig, CostTracker
+
+    try:
+        cc = CostConfig(**cfg.cost)
+    except TypeError as e:
+        raise ConfigError(f"finetune.cost: {e}") from None
+    # out_dir=None: report.json goes into the atomically written output folder with the rest
+    return CostTracker(model, kind="finetune", out_dir=None, config=cc, dtype=str(cfg.dtype), device=device).start()
+
+
+def _batch_flops(w: Wiring, batch: dict[str, torch.Tensor]) -> float:
+    """Training FLOPs of one batch from the analytic model, sequence by sequence (real lengths,
+    so padding is not counted as useful work)."""
+    from ..config import Family
+    from ..cost import estimate_flops
+    from .heads import IGNORE, Seq2SeqWiring
+
+    lengths = batch["attention_mask"].sum(1).tolist()
+    enc_dec = w.family == Family.ENCODER_DECODER
+    if isinstance(w, Seq2SeqWiring):
+        targets = (batch["labels"] != IGNORE).sum(1).tolist()
+        if enc_dec:
+            return sum(estimate_flops(w.cfg, n, "train", decoder_len=max(t, 1), n_predicted=t)
+                       for n, t in zip(lengths, targets))
+        return sum(estimate_flops(w.cfg, n, "train", n_predicted=t) for n, t in zip(lengths, targets))
+    return sum(estimate_flops(w.cfg, n, "train", decoder_len=n if enc_dec else None) for n in lengths)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -439,10 +483,12 @@ def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, 
         tok.save(tmp)
         spec.save(tmp)
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
-        summary = {k: v for k, v in res.to_dict().items() if k not in ("history", "out_dir")}
+        summary = {k: v for k, v in res.to_dict().items() if k not in ("history", "out_dir", "cost")}
         summary.update(task=data.name, derived=data.derived, sizes=data.sizes(), notes=data.notes)
         atomic_write_text(tmp / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
         atomic_write_text(tmp / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in res.history))
+        if res.cost:
+            atomic_write_text(tmp / "report.json", json.dumps(res.cost, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------ evaluate / predict
