@@ -338,6 +338,8 @@ def test_pretrain_cli_writes_a_loadable_model(wp_data, tmp_path, capsys):
     assert cfg["objective"]["name"] == "mlm" and cfg["objective"]["mask_prob"] == 0.2
     assert cfg["train"]["max_steps"] == 6 and cfg["model"]["n_layers"] == 1
     assert cfg["model"]["attn_impl"] == "math" and cfg["model"]["dropout"] == 0.0  # pre-training defaults
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["dropout"] == saved["attention_dropout"] == 0.1  # the preset's, for fine-tuning
     model = from_pretrained(out / "model")
     ids = torch.tensor([tok.encode("the cat sat on the mat", add_special_tokens=True)])
     assert model(input_ids=ids).logits.shape == (1, ids.shape[1], tok.vocab_size)

@@ -63,6 +63,15 @@ def pretrain_model_config(preset: str | ModelConfig, overrides: list[str] | dict
     return cfg.validate()
 
 
+def _finetune_settings(preset: str, overrides: list[str] | dict[str, str] | None) -> dict[str, Any]:
+    """The preset's values of the pre-training-only defaults the user did not override: they go
+    into the saved model's config, so fine-tuning uses the usual dropout (Cramming does the same)."""
+    keys = {str(o).split("=", 1)[0].strip().removeprefix("model.")
+            for o in (overrides if isinstance(overrides, list) else list(overrides or {}))}
+    base = get_preset(preset)
+    return {k: getattr(base, k) for k in ("dropout", "attention_dropout") if k not in keys}
+
+
 def fit_config_to_tokenizer(cfg: ModelConfig, tok: Any, objective: Any = None) -> ModelConfig:
     """Vocabulary size and special ids from the tokenizer (in place; returns ``cfg``).
 
@@ -209,6 +218,7 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
 
     info = init_distributed()
     started_group = info.enabled
+    saved_settings: dict[str, Any] = {}
     try:
         train_cfg.dtype = resolve_dtype(train_cfg.dtype, info.device)  # record what actually runs
         # model: same initial weights on every rank (DDP also broadcasts rank 0's at wrap time)
@@ -222,6 +232,7 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
             need = getattr(objective, "heads", None) or {}
             if isinstance(model_cfg, str):
                 cfg = pretrain_model_config(model_cfg, model_overrides, info.device, heads=need)
+                saved_settings = _finetune_settings(model_cfg, model_overrides)
             else:  # an explicit config: keep its heads, add the ones the objective needs
                 cfg = dataclasses.replace(model_cfg, heads=json.loads(json.dumps(model_cfg.heads)))
                 if model_overrides:
@@ -275,6 +286,8 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
         summary = trainer.fit(resume=resume)
         final = trainer.export_model()
         if info.is_main:
+            if saved_settings:  # e.g. the preset's dropout, for fine-tuning (pre-training ran without)
+                final.config = dataclasses.replace(final.config, **saved_settings)
             model_dir = final.save_pretrained(out / "model")
             tok.save(model_dir)
             png = plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png",
