@@ -68,6 +68,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--compile", action="store_true", default=None, help=docs["compile"])
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides: model.n_layers=2 train.lr=1e-3 objective.mask_prob=0.2")
+    from ..cost import add_cost_arguments
+
+    add_cost_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -128,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
     train.validate()
     obj_settings.update(obj_o)
 
+    from ..cost import cost_config_from_args
+
     summary = pretrain(preset, objective, obj_settings, train, args.data, args.out, resume=args.resume,
-                       init=init, model_overrides=model_o)
+                       init=init, model_overrides=model_o, cost=cost_config_from_args(args))
     if summary.get("model_dir"):  # main process
         val = f", validation loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f})" if summary.get("val_loss") is not None else ""
         print(f"trained {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['train_seconds']:.1f}s "

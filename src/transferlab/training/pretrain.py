@@ -174,7 +174,8 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective_settings: dict[str, Any] | None,
              train_cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
-             init: str | None = None, model_overrides: list[str] | dict[str, str] | None = None) -> dict[str, Any]:
+             init: str | None = None, model_overrides: list[str] | dict[str, str] | None = None,
+             cost: Any = None) -> dict[str, Any]:
     """Pre-train a model on prepared shards; see the module docstring.
 
     Args:
@@ -189,6 +190,8 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
             was never interrupted, for step/token budgets).
         init: continue pre-training a saved or converted model (a folder or ``builtin:minilm``).
         model_overrides: dotted ``model.*`` overrides (applied to the preset or the init model).
+        cost: a :class:`~transferlab.cost.CostConfig` (price, grid intensity, energy tracking);
+            the run's cost report lands in ``<out>/report.json`` and ``summary["cost"]``.
 
     Returns:
         The run summary (also written to ``<out>/summary.json``): steps, tokens, time, tokens/s,
@@ -283,8 +286,14 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
                   "no validation loss will be reported", file=sys.stderr)
 
         trainer = Trainer(model, objective, train_ds, train_cfg, out, val_data=val_ds, info=info)
+        tracker = _cost_tracker(trainer, model, objective, train_cfg, out, cost, info) if info.is_main else None
         summary = trainer.fit(resume=resume)
         final = trainer.export_model()
+        if tracker is not None:
+            from ..cost import format_report
+
+            summary["cost"] = tracker.stop()
+            print(format_report(summary["cost"]))
         if info.is_main:
             if saved_settings:  # e.g. the preset's dropout, for fine-tuning (pre-training ran without)
                 final.config = dataclasses.replace(final.config, **saved_settings)
@@ -299,3 +308,37 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
     finally:
         if started_group:
             cleanup_distributed()
+
+
+def _cost_tracker(trainer: Any, model: Any, objective: Any, train_cfg: TrainConfig, out: Path, cost: Any,
+                  info: Any) -> Any:
+    """A started CostTracker fed by the trainer's step records (main process only).
+
+    Step records carry the global (all-reduced) token and target counts, so one tracker on rank 0
+    accounts for the whole job. MLM-style objectives predict only their targets (sparse
+    prediction), so only those positions are billed for the vocabulary projection; ELECTRA's
+    generator is billed on top of the discriminator.
+    """
+    from ..cost import CostConfig, CostTracker, estimate_flops
+
+    enc_dec = model.config.is_encoder_decoder
+    T = train_cfg.seq_len
+    tracker = CostTracker(model, kind="pretrain", out_dir=out, config=cost or CostConfig(), dtype=train_cfg.dtype,
+                          device=info.device, seq_len=T, decoder_len=T if enc_dec else None)
+    sparse = getattr(objective, "name", "") in ("mlm", "nsp", "mlm+nsp", "electra")
+    generator = getattr(getattr(trainer, "model", None), "generator", None)
+
+    def on_step(record: dict[str, Any]) -> None:
+        tokens = int(record.get("step_tokens", 0))
+        n_pred = float(record["n_targets"]) if sparse and "n_targets" in record else None
+        flops = None
+        if generator is not None:  # ELECTRA: discriminator on every token + generator MLM
+            n_seq = tokens / T
+            per_seq = (n_pred or 0.0) / max(n_seq, 1e-9)
+            flops = n_seq * (estimate_flops(model.config, T, "train", None, 0.0)
+                             + estimate_flops(generator.config, T, "train", None, per_seq))
+            n_pred = None
+        tracker.add(tokens=tokens, flops=flops, n_predicted=n_pred)
+
+    trainer.on_step.append(on_step)
+    return tracker.start()
