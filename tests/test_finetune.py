@@ -588,3 +588,22 @@ def test_cli_unseen_test_label_exits_2(dirs, tmp_path, capsys):
                str(tmp_path / "o"), "--quiet", "--no-energy"])
     err = capsys.readouterr().err
     assert rc == 2 and "test.csv:2: label 'meh' never appears in the training data" in err
+
+
+def test_test_size_scores_a_fixed_subset(dirs, data, tmp_path, monkeypatch):
+    import transferlab.finetune.loop as loop
+
+    seen = []
+    real = loop._score
+
+    def spy(wiring, model, examples, *a, **kw):
+        if a and a[-1] == "test" or kw.get("desc") == "test":
+            seen.append([json.dumps(e, sort_keys=True) for e in examples])
+        return real(wiring, model, examples, *a, **kw)
+
+    monkeypatch.setattr(loop, "_score", spy)
+    kw = dict(model=str(dirs["encoder"]), train_file=str(data["sent_train"]), validation_file=str(data["sent_val"]),
+              test_file=str(data["sent_val"]), epochs=0.2, lr=1e-3, test_size=5)
+    _run(tmp_path, "a", seed=0, **kw)
+    _run(tmp_path, "b", seed=1, **kw)
+    assert len(seen) == 2 and len(seen[0]) == 5 and seen[0] == seen[1]  # the same 5 for every seed

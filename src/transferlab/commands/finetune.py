@@ -69,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--train-size", type=int, metavar="N",
                    help="keep N training examples (stratified by label, deterministic by --seed)")
     g.add_argument("--validation-size", type=int, metavar="N", help="score early stopping on at most N validation examples")
+    g.add_argument("--test-size", type=int, metavar="N",
+                   help="report test metrics on at most N test examples (a fixed subset, the same for every seed)")
     g.add_argument("--max-length", type=int, metavar="N",
                    help="input length limit in tokens (default per task: 256 imdb/bbc, 128 tweets/pairs)")
     g.add_argument("--max-target-length", type=int, metavar="N", help="seq2seq target/generation limit (default 32 headlines, else 64)")
@@ -169,7 +171,8 @@ def _finetune(args: argparse.Namespace) -> int:
         test_file=args.test, text_column=args.text_column, pair_column=args.pair_column,
         label_column=args.label_column, task_type=args.task_type, tokenizer=args.tokenizer,
         tokenizer_vocab_size=args.tokenizer_vocab_size, from_scratch=args.from_scratch,
-        train_size=args.train_size, validation_size=args.validation_size, epochs=args.epochs,
+        train_size=args.train_size, validation_size=args.validation_size,
+        test_size=args.test_size, epochs=args.epochs,
         batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
         layer_lr_decay=args.layer_lr_decay, gradual_unfreeze=args.gradual_unfreeze,

@@ -81,6 +81,8 @@ class FinetuneConfig:
     """Keep only N training examples (stratified by label, deterministic by ``seed``)."""
     validation_size: int | None = None
     """Score early stopping on at most N validation examples (deterministic subset)."""
+    test_size: int | None = None
+    """Report test metrics on at most N test examples (a fixed subset, the same for every seed)."""
     epochs: float = 3.0
     """Passes over the training set (a fraction stops part-way through the last one)."""
     batch_size: int = 16
@@ -96,8 +98,8 @@ class FinetuneConfig:
     schedule: Schedule = Schedule.LINEAR
     """Learning-rate schedule after warm-up: linear, cosine, slanted (ULMFiT) or constant."""
     layer_lr_decay: float = 1.0
-    """Discriminative learning rates (ULMFiT): block i of L gets lr * decay**(L - i + 1),
-    embeddings lr * decay**(L + 1), the head lr. 1.0 = one learning rate."""
+    """Discriminative learning rates (ULMFiT): the head gets lr, the top block lr * decay, each
+    block below one more factor, the embeddings lr * decay**(L + 1). 1.0 = one learning rate."""
     gradual_unfreeze: float = 0.0
     """ULMFiT gradual unfreezing: over this fraction of the run, unfreeze layer groups from the
     top (head, last block, ..., embeddings) one at a time; 0 = train everything from the start."""
@@ -167,7 +169,7 @@ class FinetuneConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"finetune.{name} must be positive, got {getattr(self, name)}")
-        for name in ("train_size", "validation_size", "max_length", "max_target_length", "patience"):
+        for name in ("train_size", "validation_size", "test_size", "max_length", "max_target_length", "patience"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ConfigError(f"finetune.{name} must be positive (or unset), got {v}")

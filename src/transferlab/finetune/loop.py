@@ -303,6 +303,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     train = subsample(data.train, cfg.train_size, cfg.seed, data.task_type)
     # the validation subset does not depend on the seed: every seed is selected on the same data
     val = subsample(data.validation, cfg.validation_size, 0, data.task_type)
+    test = subsample(data.test, cfg.test_size, 0, data.task_type) if data.test else data.test
     if not train:
         raise DataError(f"task {data.name!r}: no training examples")
 
@@ -323,7 +324,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     metric = primary_metric(spec.task_type)
     better = higher_is_better(metric)
     log(f"finetune: {data.name} ({spec.task_type}{', derived' if data.derived else ''}) | train {len(train)}"
-        f" ({len(feats)} sequences) | validation {len(val)} | test {len(data.test)} | model {cfg.model}"
+        f" ({len(feats)} sequences) | validation {len(val)} | test {len(test)} | model {cfg.model}"
         f"{' from scratch' if cfg.from_scratch else ''} ({model.num_parameters() / 1e6:.1f}M params) | tokenizer "
         f"{tok_src} | max_length {wiring.max_length} | {total_steps} steps")
     for note in data.notes:
@@ -423,8 +424,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     test_metrics: dict[str, float] = {}
-    if cfg.eval_on_test and data.test:
-        test_metrics, _ = _score(wiring, model, data.test, cfg.eval_batch_size, ctx, cfg.quiet, "test")
+    if cfg.eval_on_test and test:
+        test_metrics, _ = _score(wiring, model, test, cfg.eval_batch_size, ctx, cfg.quiet, "test")
         log("test: " + " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
 
     result = FinetuneResult(
