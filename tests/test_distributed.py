@@ -1,9 +1,10 @@
 """Data parallelism is exact: 2 gloo processes with per-rank batch B follow the same loss
 trajectory (fp32, within 1e-5) as 1 process with batch 2B — with DDP and gradient accumulation
 (no_sync micro-steps) on an objective whose number of targets varies per example, and with FSDP2
-through the real ``torchrun -m transferlab pretrain`` command.
+through the real ``torchrun -m transferlab pretrain`` command. A killed FSDP run resumes
+bit-identically.
 
-One torchrun launch runs both distributed runs (process start-up dominates the cost).
+One torchrun launch runs all three (process start-up dominates the cost).
 """
 
 from __future__ import annotations
@@ -25,18 +26,58 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
 WORKER = """
-import sys
+import json, sys
 sys.path.insert(0, {tests!r})
+import torch
 from test_trainer import ToyLM, tcfg, toy_data, toy_model
 from transferlab.cli import main
-from transferlab.training.distributed import init_distributed
+from transferlab.training.distributed import barrier, cleanup_distributed, init_distributed
 from transferlab.training.loop import Trainer
 
 info = init_distributed("cpu")
-# 1) DDP: per-rank batch 2 x accumulation 2 (no_sync on the first micro-batch)
-Trainer(toy_model(), ToyLM(), toy_data(), tcfg(batch_size=2, grad_accum=2, num_threads=1), {ddp!r}, info=info).fit()
-# 2) FSDP2 through the command line (pretrain() leaves the process group at the end)
-sys.exit(main({argv!r}))
+
+
+def ddp():  # per-rank batch 2 x accumulation 2 (no_sync on the first micro-batch)
+    Trainer(toy_model(), ToyLM(), toy_data(), tcfg(batch_size=2, grad_accum=2, num_threads=1), {ddp!r},
+            info=info).fit()
+
+
+def fsdp_resume():  # FSDP2 with dropout, random collation, bf16: killed after step 4, resumed
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    def make(out, **kw):
+        cfg = tcfg(batch_size=2, grad_accum=2, max_steps=6, save_every=3, num_threads=1, fsdp=True, dtype="bf16")
+        return Trainer(toy_model(dropout=0.1), ToyLM(random_cut=True), toy_data(), cfg, out, info=info, **kw)
+
+    class Killed(Exception):
+        pass
+
+    def kill(rec):
+        if rec["step"] == 4:
+            raise Killed
+
+    full = make({resume!r} + "/full")
+    full.fit()
+    try:
+        make({resume!r} + "/killed", on_step=[kill]).fit()
+    except Killed:
+        pass
+    resumed = make({resume!r} + "/killed")
+    resumed.fit(resume=True)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    a, b = get_model_state_dict(full.model, options=opts), get_model_state_dict(resumed.model, options=opts)
+    if info.is_main:
+        same = sorted(k for k in a if torch.equal(a[k], b[k]))
+        json.dump({{"tensors": len(a), "identical": len(same)}}, open({resume!r} + "/result.json", "w"))
+
+
+ddp()
+barrier(info)
+fsdp_resume()
+barrier(info)
+rc = main({argv!r})  # FSDP2 through the command line
+cleanup_distributed()
+sys.exit(rc)
 """
 
 
@@ -62,17 +103,23 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
 
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(WORKER).format(
-        tests=str(TESTS), ddp=str(tmp_path / "ddp"), argv=_clm_argv(data, tmp_path / "fsdp", 4, "--fsdp")))
+        tests=str(TESTS), ddp=str(tmp_path / "ddp"), resume=str(tmp_path / "resume"),
+        argv=_clm_argv(data, tmp_path / "fsdp", 4, "--fsdp")))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(script)], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, "\n".join(l for l in out.splitlines() if "rror" in l)[-3000:] + out[-1500:]
 
     ddp, ddp_ref = _losses(tmp_path / "ddp"), _losses(tmp_path / "ddp-ref")
     assert len(ddp) == 6 and np.allclose(ddp, ddp_ref, rtol=0, atol=1e-5), (ddp, ddp_ref)
     fsdp, fsdp_ref = _losses(tmp_path / "fsdp"), _losses(tmp_path / "fsdp-ref")
     assert len(fsdp) == 5 and np.allclose(fsdp, fsdp_ref, rtol=0, atol=1e-5), (fsdp, fsdp_ref)
     assert fsdp[-1] < fsdp[0]
+
+    # resuming a killed FSDP run is bit-identical too (sharded optimizer state, per-rank RNG)
+    result = json.loads((tmp_path / "resume" / "result.json").read_text())
+    assert result["tensors"] > 10 and result["identical"] == result["tensors"], result
 
     # the FSDP run's artefacts are whole: gathered weights, a usable model, a 2-rank checkpoint
     summary = json.loads((tmp_path / "fsdp" / "summary.json").read_text())

@@ -219,10 +219,8 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
                         "re-run `transferlab prepare --force`")
     objective = build_objective(objective_name, tok, **(objective_settings or {}))
 
-    info = init_distributed()
-    started_group = info.enabled
-    saved_settings: dict[str, Any] = {}
-    try:
+    def run(info) -> dict[str, Any]:
+        saved_settings: dict[str, Any] = {}
         train_cfg.dtype = resolve_dtype(train_cfg.dtype, info.device)  # record what actually runs
         # model: same initial weights on every rank (DDP also broadcasts rank 0's at wrap time)
         torch.manual_seed(train_cfg.seed)
@@ -305,8 +303,15 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
                            params=final.num_parameters(), objective=getattr(objective, "name", objective_name))
             atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
+
+    # The run's modules (DDP reducer, FSDP state) hold the process group: run() returns, and so
+    # releases them, before the group we joined is destroyed. A group the caller set up is theirs.
+    ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    info = init_distributed()
+    try:
+        return run(info)
     finally:
-        if started_group:
+        if ours:
             cleanup_distributed()
 
 
