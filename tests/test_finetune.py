@@ -502,6 +502,20 @@ def test_discriminative_lr_and_gradual_unfreezing(dirs):
     assert trainable()
 
 
+def test_dropout_overrides_reach_the_modules_and_the_saved_config(dirs, data, tmp_path):
+    from transferlab.models.blocks import Attention
+
+    res = _run(tmp_path, "drop", model=str(dirs["encoder"]), train_file=str(data["sent_train"]), epochs=0.1,
+               dropout=0.05, attention_dropout=0.0, head_dropout=0.3, eval_on_test=False)
+    model, _, spec, _ = load_finetuned(res.out_dir)
+    assert model.config.dropout == 0.05 and model.config.attention_dropout == 0.0
+    assert all(m.p_drop == 0.0 for m in model.modules() if isinstance(m, Attention))
+    assert {m.p for m in model.backbone.modules() if isinstance(m, torch.nn.Dropout)} == {0.05}
+    assert model.heads["classification"].dropout.p == 0.3 and spec.head_dropout == 0.3
+    with pytest.raises(ConfigError, match="attention_dropout must be in"):
+        FinetuneConfig(model="x", task="imdb", attention_dropout=1.0).validate()
+
+
 def test_slanted_schedule_and_time_budget(dirs, data, tmp_path):
     res = _run(tmp_path, "t", model=str(dirs["encoder"]), train_file=str(data["sent_train"]), epochs=50,
                max_minutes=0.02, schedule="slanted", layer_lr_decay=0.8, gradual_unfreeze=0.3, eval_on_test=False)

@@ -79,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--pooling", default="auto", choices=("auto", "cls", "mean", "last"),
                    help="classification pooling (auto: cls for encoders, last token otherwise)")
     g.add_argument("--head-dropout", type=float, metavar="P", help="dropout before the classifier (default: the model's)")
+    g.add_argument("--dropout", type=float, metavar="P", help="backbone hidden dropout (default: the model's)")
+    g.add_argument("--attention-dropout", type=float, metavar="P",
+                   help="dropout on attention probabilities (default: the model's); 0 makes CPU steps ~1.85x "
+                        "faster (SDPA's fused kernel instead of a random mask per attention matrix)")
     g.add_argument("--prompt-suffix", default="\nTL;DR:", metavar="TEXT",
                    help="seq2seq on a decoder: text between the source and the completion")
     g.add_argument("--num-beams", type=int, default=1, metavar="B", help="seq2seq: beam width for evaluation")
@@ -87,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("optimisation (ULMFiT-style options included)")
     o.add_argument("--epochs", type=float, default=3.0, help="passes over the training set")
     o.add_argument("--batch-size", type=int, default=16, help="examples per step")
-    o.add_argument("--eval-batch-size", type=int, default=64, help="batch size for evaluation")
+    o.add_argument("--eval-batch-size", type=int, default=32, help="batch size for evaluation")
     o.add_argument("--lr", type=float, default=5e-5, help="peak learning rate")
     o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices")
     o.add_argument("--warmup", type=float, default=0.1, help="fraction of the run spent warming up")
@@ -179,6 +183,7 @@ def _finetune(args: argparse.Namespace) -> int:
         max_grad_norm=args.max_grad_norm, max_length=args.max_length,
         max_target_length=args.max_target_length, doc_stride=args.doc_stride,
         max_answer_length=args.max_answer_length, pooling=args.pooling, head_dropout=args.head_dropout,
+        dropout=args.dropout, attention_dropout=args.attention_dropout,
         prompt_suffix=args.prompt_suffix, num_beams=args.num_beams, bio_decoding=args.bio_decoding,
         patience=args.patience, eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed,
         dtype=args.dtype, device=args.device, attn_impl=args.attn_impl, out_dir=args.out,

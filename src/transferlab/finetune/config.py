@@ -87,7 +87,7 @@ class FinetuneConfig:
     """Passes over the training set (a fraction stops part-way through the last one)."""
     batch_size: int = 16
     """Training examples (QA: windows) per optimiser step."""
-    eval_batch_size: int = 64
+    eval_batch_size: int = 32
     """Batch size for evaluation and prediction."""
     lr: float = 5e-5
     """Peak learning rate (of the top layer when ``layer_lr_decay`` < 1)."""
@@ -119,6 +119,12 @@ class FinetuneConfig:
     for encoders, last token for decoders and encoder-decoders)."""
     head_dropout: float | None = None
     """Dropout before the classifier (default: the model's dropout)."""
+    dropout: float | None = None
+    """Override the backbone's hidden dropout (embeddings, residual branches); None = the model's."""
+    attention_dropout: float | None = None
+    """Override the dropout on attention probabilities; None = the model's. On CPU, 0 lets
+    SDPA use its fused kernel instead of materialising a random mask per attention matrix:
+    a MiniLM step at 256 tokens runs about 1.85x faster."""
     prompt_suffix: str = "\nTL;DR:"
     """seq2seq on a decoder-only model: the prompt is the source followed by this text; the
     completion (the target) follows it, and only the completion is scored by the loss."""
@@ -187,6 +193,10 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.pooling must be auto, cls, mean or last, got {self.pooling!r}")
         if self.bio_decoding not in ("viterbi", "argmax"):
             raise ConfigError(f"finetune.bio_decoding must be viterbi or argmax, got {self.bio_decoding!r}")
+        for name in ("head_dropout", "dropout", "attention_dropout"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v < 1.0:
+                raise ConfigError(f"finetune.{name} must be in [0, 1), got {v}")
         if self.attn_impl not in (None, "sdpa", "math"):
             raise ConfigError(f"finetune.attn_impl must be sdpa or math, got {self.attn_impl!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -238,6 +248,8 @@ class TaskSpec:
     """qa: longest answer in tokens."""
     pooling: str = "auto"
     """classification pooling."""
+    head_dropout: float | None = None
+    """dropout before the classifier (None: the model's)."""
     label_mean: float = 0.0
     """regression: targets are standardised with the training mean ..."""
     label_std: float = 1.0

@@ -295,6 +295,8 @@ class ClassificationWiring(Wiring):
 
     def head_settings(self) -> dict[str, Any]:
         s: dict[str, Any] = {"num_labels": len(self.spec.labels), "pooling": self.spec.pooling}
+        if self.spec.head_dropout is not None:
+            s["dropout"] = self.spec.head_dropout
         return s
 
     def _ids(self, examples: Sequence[dict[str, Any]]) -> list[tuple[list[int], list[int] | None]]:
@@ -360,7 +362,7 @@ class RegressionWiring(ClassificationWiring):
         self.pair = bool(spec.columns.get("pair"))
 
     def head_settings(self) -> dict[str, Any]:
-        return {"num_labels": 1, "pooling": self.spec.pooling}
+        return dict(super().head_settings(), num_labels=1)
 
     def target(self, ex, k):
         return (float(ex["label"]) - self.spec.label_mean) / self.spec.label_std
@@ -405,7 +407,10 @@ class TaggingWiring(Wiring):
         self.trans = bio_transitions(spec.labels)
 
     def head_settings(self):
-        return {"num_labels": len(self.spec.labels)}
+        s: dict[str, Any] = {"num_labels": len(self.spec.labels)}
+        if self.spec.head_dropout is not None:
+            s["dropout"] = self.spec.head_dropout
+        return s
 
     def encode(self, examples, train):
         texts, starts = [], []

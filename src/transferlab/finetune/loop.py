@@ -75,6 +75,22 @@ def _inference(ctx: Callable[[], Any]) -> Callable[[], Any]:
     return both
 
 
+def _set_dropout(model: torch.nn.Module, dropout: float | None, attention: float | None) -> None:
+    """Override the backbone's dropout rates in place (and in its config, so they are saved)."""
+    from ..models.blocks import Attention
+
+    if dropout is not None:
+        model.config.dropout = dropout
+        for m in model.backbone.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = dropout
+    if attention is not None:
+        model.config.attention_dropout = attention
+        for m in model.modules():
+            if isinstance(m, Attention):
+                m.p_drop = attention
+
+
 def _set_attn_impl(model: torch.nn.Module, impl: str | None) -> None:
     if impl is None:
         return
@@ -198,6 +214,7 @@ def _make_spec(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, An
         task_type=data.task_type, labels=list(data.labels), task=cfg.task, name=data.name, columns=dict(data.columns),
         files=dict(data.files), max_length=max_len, max_target_length=cfg.max_target_length or max_tgt,
         doc_stride=cfg.doc_stride, max_answer_length=cfg.max_answer_length, pooling=cfg.pooling,
+        head_dropout=cfg.head_dropout,
         prompt_suffix=cfg.prompt_suffix, num_beams=cfg.num_beams, bio_decoding=cfg.bio_decoding,
         derived=data.derived,
     )
@@ -309,6 +326,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
 
     set_seed(cfg.seed)
     model, tok, tok_src = _load_model(cfg, data, train)
+    _set_dropout(model, cfg.dropout, cfg.attention_dropout)  # before the head: it reads config.dropout
     spec = _make_spec(cfg, data, train, model.config)
     wiring = build_wiring(spec, tok, model.config)
     set_seed(cfg.seed)  # the new head's initialisation depends only on the seed
