@@ -210,3 +210,20 @@ def test_min_steps_raises_epochs_for_small_sizes(tmp_path):
     with pytest.raises(ConfigError, match="min_steps must be a non-negative integer"):
         parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "min_steps": -1,
                               "models": [{"name": "a", "model": "builtin:minilm"}]}, base=tmp_path)
+
+
+def test_method_train_sizes_limit_its_cells(tmp_path):
+    # an expensive model sits out the largest size of the learning curve; the baselines do not
+    cfg = parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "train_sizes": [100, 300, "all"], "seeds": [0, 1],
+                                "models": ["majority", {"name": "big", "model": "builtin:minilm", "train_sizes": [100, 300]},
+                                           {"baseline": "tfidf-logreg", "train_sizes": ["all"]}]}, base=tmp_path)
+    cells = [(c.method.name, c.size_label, c.seed) for c in cmp.plan_cells(cfg)]
+    assert [c for c in cells if c[0] == "big"] == [("big", "100", 0), ("big", "100", 1), ("big", "300", 0), ("big", "300", 1)]
+    assert [c for c in cells if c[0] == "tfidf-logreg"] == [("tfidf-logreg", "all", 0), ("tfidf-logreg", "all", 1)]
+    assert len([c for c in cells if c[0] == "majority"]) == 6
+    with pytest.raises(ConfigError, match=r"models: big: train_sizes 3000 not in the grid"):
+        parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "train_sizes": [100],
+                              "models": [{"name": "big", "model": "builtin:minilm", "train_sizes": [3000]}]}, base=tmp_path)
+    with pytest.raises(ConfigError, match=r"models\[0\].train_sizes: 0 is not a positive integer"):
+        parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "train_sizes": [100],
+                              "models": [{"name": "big", "model": "builtin:minilm", "train_sizes": [0]}]}, base=tmp_path)

@@ -68,6 +68,9 @@ class MethodSpec:
     finetune: dict[str, Any] = field(default_factory=dict)  #: FinetuneConfig overrides
     c_grid: list[float] | None = None  #: TF-IDF baselines
     min_steps: int = 0  #: fine-tuning: at least this many optimiser steps per cell (more epochs for small sizes)
+    #: this method only at these train sizes (a subset of the grid's; None = all of them): an
+    #: expensive model can sit out the largest sizes of a learning curve
+    train_sizes: list[int | None] | None = None
 
     @property
     def group(self) -> str:
@@ -199,10 +202,12 @@ def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: 
             continue
         if not isinstance(m, dict):
             raise ConfigError(f"{where}: {ctx}: expected a baseline name or a mapping, got {m!r}")
-        bad = sorted(set(m) - {"name", "model", "baseline", "from_scratch", "finetune", "c_grid", "min_steps"})
+        bad = sorted(set(m) - {"name", "model", "baseline", "from_scratch", "finetune", "c_grid", "min_steps",
+                               "train_sizes"})
         if bad:
             raise ConfigError(f"{where}: {ctx}: unknown key(s) {', '.join(bad)}; known: name, model, baseline, "
-                              "from_scratch, finetune, c_grid, min_steps")
+                              "from_scratch, finetune, c_grid, min_steps, train_sizes")
+        own_sizes = _sizes(m["train_sizes"], where, f"{ctx}.train_sizes") if "train_sizes" in m else None
         if ("model" in m) == ("baseline" in m):
             raise ConfigError(f"{where}: {ctx}: give exactly one of model (a transformer) or baseline")
         if "baseline" in m:
@@ -212,7 +217,7 @@ def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: 
             if grid is not None and (not isinstance(grid, list) or not all(isinstance(c, (int, float)) and c > 0 for c in grid)):
                 raise ConfigError(f"{where}: {ctx}: c_grid must be a list of positive numbers")
             models.append(MethodSpec(str(m.get("name") or m["baseline"]), baseline=m["baseline"],
-                                     c_grid=[float(c) for c in grid] if grid else None))
+                                     c_grid=[float(c) for c in grid] if grid else None, train_sizes=own_sizes))
             continue
         model = str(m["model"])
         # a preset name (bert-mini) stays a name unless a folder of that name exists
@@ -223,18 +228,17 @@ def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: 
         models.append(MethodSpec(str(m.get("name") or Path(model).name), model=model,
                                  from_scratch=bool(m.get("from_scratch", False)),
                                  finetune={**defaults, **check_ft(m.get("finetune"), f"{ctx}.finetune")},
-                                 min_steps=_min_steps(m.get("min_steps", raw.get("min_steps", 0)), where, ctx)))
+                                 min_steps=_min_steps(m.get("min_steps", raw.get("min_steps", 0)), where, ctx),
+                                 train_sizes=own_sizes))
     _unique([m.name for m in models], where, "models (names)")
 
     # ---- grid
-    sizes: list[int | None] = []
-    for s in raw.get("train_sizes", ["all"]):
-        if s in ("all", None):
-            sizes.append(None)
-        elif isinstance(s, int) and not isinstance(s, bool) and s > 0:
-            sizes.append(s)
-        else:
-            raise ConfigError(f"{where}: train_sizes: {s!r} is not a positive integer or 'all'")
+    sizes = _sizes(raw.get("train_sizes", ["all"]), where, "train_sizes")
+    for m in models:
+        extra = [s for s in (m.train_sizes or []) if s not in sizes]
+        if extra:
+            raise ConfigError(f"{where}: models: {m.name}: train_sizes {', '.join('all' if s is None else str(s) for s in extra)} "
+                              "not in the grid's train_sizes")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"{where}: seeds: expected a non-empty list of integers, got {seeds!r}")
@@ -258,6 +262,21 @@ def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: 
             raise ConfigError(f"{where}: {key}: expected true or false, got {raw[key]!r}")
     return CompareConfig(od_path, tasks, models, sizes, seeds, bool(raw.get("eval_on_test", True)), defaults,
                          dict(cost), axis, bool(raw.get("save_models", False)), source)
+
+
+def _sizes(raw: Any, where: str, ctx: str) -> list[int | None]:
+    """Train sizes: positive integers or ``all`` (None = the whole training split)."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: {ctx}: expected a non-empty list of positive integers or 'all', got {raw!r}")
+    sizes: list[int | None] = []
+    for s in raw:
+        if s in ("all", None):
+            sizes.append(None)
+        elif isinstance(s, int) and not isinstance(s, bool) and s > 0:
+            sizes.append(s)
+        else:
+            raise ConfigError(f"{where}: {ctx}: {s!r} is not a positive integer or 'all'")
+    return sizes
 
 
 def _min_steps(v: Any, where: str, ctx: str) -> int:
@@ -311,7 +330,7 @@ class Cell:
 def plan_cells(cfg: CompareConfig) -> list[Cell]:
     """Every cell, ordered task, train size, seed, method: the table fills up row by row."""
     return [Cell(m, t, n, s, cfg.eval_on_test) for t in cfg.tasks for n in cfg.train_sizes for s in cfg.seeds
-            for m in cfg.models]
+            for m in cfg.models if m.train_sizes is None or n in m.train_sizes]
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
