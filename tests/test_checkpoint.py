@@ -169,16 +169,27 @@ def _argv(data: Path, out: Path, *flags: str, steps: int = 48) -> list[str]:
             "train.progress=false", "train.tensorboard=false", "train.log_every=1"]
 
 
-def test_sigkill_during_training_then_resume_is_bit_identical(wp_data, tmp_path, capsys):
-    from transferlab.cli import main
+def _cli(*argv: str) -> subprocess.Popen:
+    """`transferlab ARGV` in a fresh process, as a user would run it: every run of the comparison
+    below starts from the same interpreter state, so nothing an earlier test did in this (pytest)
+    process can make one side differ."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "transferlab", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
+
+def _finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return out.decode()
+
+
+def test_sigkill_during_training_then_resume_is_bit_identical(wp_data, tmp_path):
     ref = tmp_path / "ref"
-    assert main(_argv(wp_data, ref)) == 0  # the uninterrupted run, in this process
+    reference = _cli(*_argv(wp_data, ref))  # the uninterrupted run, alongside the one we kill
 
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "transferlab", *_argv(wp_data, out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _cli(*_argv(wp_data, out))
     second = out / "checkpoints" / "step-00000008"
     deadline = time.monotonic() + 120
     while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -190,15 +201,15 @@ def test_sigkill_during_training_then_resume_is_bit_identical(wp_data, tmp_path,
     done = max(s for s, _ in list_checkpoints(out / "checkpoints"))
     assert 8 <= done < 48
 
-    capsys.readouterr()
-    assert main(_argv(wp_data, out, "--resume")) == 0  # the same command (in this process: faster)
-    assert f"resumed from {out / 'checkpoints'}" in capsys.readouterr().out
+    resumed = _finish(_cli(*_argv(wp_data, out, "--resume")))  # the same command
+    assert f"resumed from {out / 'checkpoints'}" in resumed
+    _finish(reference)
 
     a = load_file(str(ref / "model" / "model.safetensors"))
     b = load_file(str(out / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(a[k], b[k]), f"{k} differs after resuming from step {done}"
     ra = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("loss", r.get("val_loss")) for r in ra] == [r.get("loss", r.get("val_loss")) for r in rb]
