@@ -152,7 +152,15 @@ def test_estimate_flops_rejects_bad_arguments():
 
 
 # ----------------------------------------------------------------------------- peaks
+def test_cpu_matmul_benchmark_reports_its_cpu_share():
+    flops, share = cost._benchmark_matmul("cpu", "fp32", 256, 0.05)
+    assert flops > 1e8 and 0 < share < 1.5  # 1 thread: about 1.0 on an idle core, less when others run
+
+
 def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+    real = cost._benchmark_matmul
+    # the real benchmark, but as on an idle machine (the suite's other worker may share the cores)
+    monkeypatch.setattr(cost, "_benchmark_matmul", lambda *a: (real(*a)[0], 1.0))
     peak, source = device_peak_flops("cpu", "fp32")
     assert peak > 1e8 and source.startswith("measured: 1024^3 fp32 matmul, 1 thread")
     cache_file = tmp_path / "cache" / "transferlab" / "peak.json"
@@ -160,11 +168,25 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     (key,) = entry
     assert "fp32" in key and "threads=1" in key and torch.__version__ in key
     calls = []
-    monkeypatch.setattr(cost, "_benchmark_matmul", lambda *a: calls.append(a) or peak / 2)
+    monkeypatch.setattr(cost, "_benchmark_matmul", lambda *a: calls.append(a) or (peak / 2, 1.0))
     assert device_peak_flops("cpu", "fp32") == (peak, source + " (cached)")
     assert not calls
     # a re-measurement on a busier machine never lowers the peak
     assert device_peak_flops("cpu", "fp32", refresh=True)[0] == peak and len(calls) == 1
+
+
+def test_cpu_peak_measured_under_load_is_not_cached(tmp_path, monkeypatch):
+    # the benchmark got 40% of its threads' CPU time: other jobs had the cores
+    monkeypatch.setattr(cost, "_benchmark_matmul", lambda *a: (2e11, 0.4))
+    peak, source = device_peak_flops("cpu", "bf16")
+    assert peak == 2e11 and source.startswith("measured under load:") and "40% of the CPU: MFU overstated" in source
+    assert not (tmp_path / "cache" / "transferlab" / "peak.json").exists()
+    # a quiet measurement later is cached, and a disturbed one never replaces it
+    monkeypatch.setattr(cost, "_benchmark_matmul", lambda *a: (9e11, 0.97))
+    assert device_peak_flops("cpu", "bf16") == (9e11, "measured: 1024^3 bf16 matmul, 1 thread")
+    monkeypatch.setattr(cost, "_benchmark_matmul", lambda *a: (3e11, 0.3))
+    assert device_peak_flops("cpu", "bf16", refresh=True)[0] == 9e11
+    assert device_peak_flops("cpu", "bf16") == (9e11, "measured: 1024^3 bf16 matmul, 1 thread (cached)")
 
 
 @pytest.mark.parametrize(
@@ -196,7 +218,7 @@ def test_gpu_fp32_uses_tf32_peak_when_torch_allows_it(monkeypatch):
 def test_unknown_gpu_or_missing_format_is_measured(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Tesla T4")  # no bf16 tensor cores
     seen = []
-    monkeypatch.setattr(cost, "_benchmark_matmul", lambda dev, dt, n, s: seen.append((str(dev), dt, n)) or 3e12)
+    monkeypatch.setattr(cost, "_benchmark_matmul", lambda dev, dt, n, s: seen.append((str(dev), dt, n)) or (3e12, None))
     assert device_peak_flops("cuda", "bf16") == (3e12, "measured: 4096^3 bf16 matmul")
     assert seen == [("cuda", "bf16", 4096)]
 

@@ -307,8 +307,10 @@ def _tf32_enabled() -> bool:
     return False
 
 
-def _benchmark_matmul(device: Any, dtype: str, n: int, seconds: float) -> float:
-    """Best sustained FLOP/s of an n x n x n matmul over about ``seconds`` of timing."""
+def _benchmark_matmul(device: Any, dtype: str, n: int, seconds: float) -> tuple[float, float | None]:
+    """Best sustained FLOP/s of an n x n x n matmul over about ``seconds`` of timing, and (on a
+    CPU) the share of its threads' CPU time the process got during that best batch: well below 1
+    means other jobs took the cores and the figure is too low to be a peak."""
     import torch
 
     tdtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
@@ -327,16 +329,25 @@ def _benchmark_matmul(device: Any, dtype: str, n: int, seconds: float) -> float:
         sync()
         one = max(time.perf_counter() - t, 1e-6)
         inner = max(1, int(0.05 / one))  # time batches of ~50 ms so timer noise is negligible
-        best, deadline = 0.0, time.perf_counter() + seconds
+        best, share, deadline = 0.0, None, time.perf_counter() + seconds
+        threads = torch.get_num_threads()
         while True:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(inner):
                 a @ b
             sync()
-            best = max(best, inner * 2.0 * n**3 / (time.perf_counter() - t))
+            wall = time.perf_counter() - t
+            rate = inner * 2.0 * n**3 / wall
+            if rate > best:
+                best = rate
+                share = None if kind != "cpu" else (time.process_time() - c) / (wall * threads)
             if time.perf_counter() >= deadline:
                 break
-    return best
+    return best, share
+
+
+#: below this share of its threads' CPU time, a CPU peak measurement was disturbed by other jobs
+_MIN_CPU_SHARE = 0.8
 
 
 def device_peak_flops(device: Any = None, dtype: Any = "bf16", refresh: bool = False) -> tuple[float, str]:
@@ -387,7 +398,14 @@ def device_peak_flops(device: Any = None, dtype: Any = "bf16", refresh: bool = F
     old = float(cache[key].get("flops", 0)) if isinstance(cache.get(key), dict) else 0.0
     if old > 0 and not refresh:
         return old, f"measured: {where} (cached)"
-    peak = max(old, _benchmark_matmul(dev, dt, size, _PEAK_BENCH_SECONDS))
+    measured, share = _benchmark_matmul(dev, dt, size, _PEAK_BENCH_SECONDS)
+    peak = max(old, measured)
+    if share is not None and share < _MIN_CPU_SHARE and measured > old:
+        # other jobs had the cores: a peak measured now would make every MFU look too good, so it
+        # is used for this run only (and said so), and measured again next time
+        log.warning("cost: the peak benchmark got %.0f%% of %s' CPU time (other jobs running): "
+                    "not caching %.0f GFLOP/s as the peak", 100 * share, _plural(threads, "thread"), measured / 1e9)
+        return peak, f"measured under load: {where}, {100 * share:.0f}% of the CPU: MFU overstated"
     cache[key] = {"flops": peak, "measured_at": _now()}
     try:
         from .utils import atomic_write_text
