@@ -1,0 +1,165 @@
+"""The lean decode step (``generation._DecodeStep``): same logits as the module path for every
+block variant it covers (pre/post-norm, learned/sinusoidal/rotary positions, gated MLPs,
+cross-attention, left padding, beams), bf16 attention in float32, the prepacked oneDNN linears,
+and the module path kept for what it does not cover."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transferlab import generation as G
+from transferlab.models import build_model
+
+V = 61
+SMALL = dict(vocab_size=V, d_model=32, n_heads=4, d_ff=64, dropout=0.0, attention_dropout=0.0)
+
+
+def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random init leaves biases at 0 and norms at 1: nudge everything so every tensor matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+MODELS = {
+    "gpt2": lambda: build_model("gpt-mini", n_layers=2, **SMALL),  # pre-norm, learned, tied head
+    "postnorm-untied": lambda: build_model(  # BERT-like decoder: post-norm, embedding norm, own head
+        "gpt-mini", n_layers=2, prenorm=False, embedding_norm=True, final_norm=False, tie_embeddings=False,
+        lm_head_bias=True, activation="relu", scale_embeddings=True, **SMALL),
+    "rotary-swiglu-rms": lambda: build_model(  # Llama-like
+        "gpt-mini", n_layers=2, position="rotary", activation="swiglu", norm="rmsnorm", bias=False, **SMALL),
+    "sinusoidal-math": lambda: build_model("gpt-mini", n_layers=2, position="sinusoidal", attn_impl="math", **SMALL),
+    "bart": lambda: build_model("bart-mini", n_layers=2, eos_token_id=2, decoder_start_token_id=2, pad_token_id=1,
+                                **SMALL),
+}
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return {name: _perturb(make(), i) for i, (name, make) in enumerate(MODELS.items())}
+
+
+def _prompts(seq2seq: bool, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two prompts of lengths 7 and 4: left-padded for decoders, right-padded for encoders."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, V, (2, 7), generator=g)
+    lengths = torch.tensor([7, 4])[:, None]
+    pos = torch.arange(7)[None]
+    mask = (pos < lengths if seq2seq else pos >= 7 - lengths).long()
+    return ids.masked_fill(mask == 0, pad), mask
+
+
+@pytest.fixture
+def step_calls(monkeypatch):
+    """Count calls of the decode step, so a test knows which path produced its tokens."""
+    calls = []
+    real = G._DecodeStep.__call__
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(G._DecodeStep, "__call__", counted)
+    return calls
+
+
+def _module_path(monkeypatch) -> None:
+    monkeypatch.setattr(G._DecodeStep, "unsupported", staticmethod(lambda lm: "test: the module path"))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("settings", [dict(), dict(num_beams=3, num_return_sequences=2)], ids=["greedy", "beams"])
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+def test_decode_step_gives_the_module_paths_logits(models, name, settings, padded, step_calls, monkeypatch):
+    m = models[name]
+    ids, mask = _prompts(m.config.is_encoder_decoder, m.config.pad_token_id)
+    if not padded:
+        ids, mask = ids[:1], None
+    kw = dict(max_new_tokens=9, eos_token_id=[], return_dict_in_generate=True, output_scores=True, **settings)
+    lean = m.generate(ids, mask, **kw)
+    assert len(step_calls) == 8  # every token after the prefill's first one
+    _module_path(monkeypatch)
+    ref = m.generate(ids, mask, **kw)
+    assert len(step_calls) == 8
+    assert torch.equal(lean.sequences, ref.sequences)
+    for a, b in zip(lean.scores, ref.scores):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_bfloat16_models_attend_in_float32_and_stay_close_to_the_module_path(models, monkeypatch):
+    m = build_model("gpt-mini", n_layers=2, **SMALL)
+    m.load_state_dict(models["gpt2"].state_dict())
+    m = m.to(torch.bfloat16).eval()
+    ids, mask = _prompts(False, 0)
+    kw = dict(max_new_tokens=2, eos_token_id=[], return_dict_in_generate=True, output_scores=True)
+    lean = m.generate(ids, mask, **kw)
+    _module_path(monkeypatch)
+    ref = m.generate(ids, mask, **kw)
+    assert torch.equal(lean.scores[0], ref.scores[0])  # the prompt's logits: the same modules
+    assert torch.equal(lean.sequences[:, :8], ref.sequences[:, :8])
+    # the second token's logits: bf16 linears on both sides, float32 vs bf16 attention
+    assert lean.scores[1].dtype == torch.float32
+    torch.testing.assert_close(lean.scores[1], ref.scores[1], atol=0.05, rtol=0.02)
+
+    lm = G._LM(m)
+    step = G._DecodeStep(lm, 2)
+    cache = lm.cache(2, 8)
+    step.adopt(cache)
+    assert step.attn_dtype == torch.float32 and cache.layers[0].k.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("bias", [True, False])
+def test_prepacked_linear_computes_f_linear(dtype, rows, bias):
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(48, 32, generator=g).to(dtype)
+    b = torch.randn(48, generator=g).to(dtype) if bias else None
+    x = torch.randn(rows, 32, generator=g).to(dtype)
+    lin = G._Linear(w, b, rows=1, pack=True)  # the row count is only a layout hint
+    assert lin.packed == G._packable(torch.device("cpu"), dtype)
+    with torch.inference_mode():
+        y = lin(x)
+    ref = F.linear(x.double(), w.double(), b.double() if bias else None)
+    assert y.shape == (rows, 48) and y.dtype == dtype
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.1, rtol=0.02)
+    torch.testing.assert_close(y.double(), ref, **tol)
+    unpacked = G._Linear(w, b, rows=1, pack=False)
+    assert not unpacked.packed and torch.equal(unpacked(x), F.linear(x, w, b))
+
+
+def test_generation_without_packed_weights_gives_the_same_tokens(models, monkeypatch):
+    m = models["gpt2"]
+    ids, mask = _prompts(False, 0)
+    kw = dict(max_new_tokens=9, eos_token_id=[], return_dict_in_generate=True, output_scores=True)
+    packed = m.generate(ids, mask, **kw)
+    monkeypatch.setattr(G, "_packable", lambda device, dtype: False)
+    plain = m.generate(ids, mask, **kw)
+    assert torch.equal(packed.sequences, plain.sequences)
+    for a, b in zip(packed.scores, plain.scores):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_t5_relative_positions_keep_the_module_path(step_calls):
+    m = _perturb(build_model("t5-mini", n_layers=2, d_head=8, eos_token_id=1, **SMALL), 7)
+    assert G._DecodeStep.unsupported(G._LM(m)) == "relative position bias (T5)"
+    ids = torch.randint(3, V, (2, 5), generator=torch.Generator().manual_seed(3))
+    a = m.generate(ids, max_new_tokens=6, eos_token_id=[])
+    b = m.generate(ids, max_new_tokens=6, eos_token_id=[], use_cache=False)
+    assert step_calls == [] and torch.equal(a, b)
+
+
+def test_short_generations_do_not_build_the_step(models, step_calls, monkeypatch):
+    built = []
+    real = G._DecodeStep.__init__
+    monkeypatch.setattr(G._DecodeStep, "__init__", lambda self, *a: (built.append(1), real(self, *a))[1])
+    ids = torch.randint(3, V, (1, 4), generator=torch.Generator().manual_seed(4))
+    assert models["gpt2"].generate(ids, max_new_tokens=1, eos_token_id=[]).shape == (1, 5)
+    assert built == [] and step_calls == []
+    models["gpt2"].generate(ids, max_new_tokens=2, eos_token_id=[])
+    assert built == [1] and step_calls == [1]
