@@ -21,6 +21,7 @@ from transferlab.errors import CheckpointError, ConfigError, DataError
 from transferlab.finetune import FinetuneConfig, TaskSpec, evaluate, finetune, predict
 from transferlab.finetune.heads import (
     IGNORE,
+    ClassificationWiring,
     InputBuilder,
     QAWiring,
     Seq2SeqWiring,
@@ -175,6 +176,27 @@ def test_input_builder_pairs_and_segments(dirs):
     dtok, dcfg = _tok(dirs["decoder"]), _cfg(dirs["decoder"])
     ids, types = InputBuilder(dtok, dcfg).single(dtok.encode("the good movie"), 50)
     assert ids[-1] == dtok.eos_token_id and types is None
+
+
+def test_truncation_head_tail_and_head_plus_tail(dirs, tmp_path):
+    tok, cfg = _tok(dirs["encoder"]), _cfg(dirs["encoder"])
+    b, cls_, sep = InputBuilder(tok, cfg), tok.cls_token_id, tok.sep_token_id
+    a = list(range(100, 120))  # 20 "tokens"; max_length 10 leaves a budget of 8
+    assert b.single(a, 10)[0] == [cls_] + a[:8] + [sep]
+    assert b.single(a, 10, "tail")[0] == [cls_] + a[-8:] + [sep]
+    assert b.single(a, 10, "head+tail")[0] == [cls_] + a[:2] + a[-6:] + [sep]  # a quarter from the start
+    assert b.single(a[:5], 10, "head+tail")[0] == [cls_] + a[:5] + [sep]  # short texts are untouched
+    # the wiring reads the spec's setting, and the setting travels with the fine-tuned folder
+    text = " ".join(["good"] * 30 + ["bad"] * 30)
+    for how, first, last in [("head", "good", "good"), ("tail", "bad", "bad"), ("head+tail", "good", "bad")]:
+        spec = TaskSpec("classification", labels=["neg", "pos"], max_length=12, truncation=how)
+        (ids,) = [f["input_ids"] for f in ClassificationWiring(spec, tok, cfg).encode([{"text": text, "label": "pos"}], train=False)]
+        words = tok.decode(ids, skip_special_tokens=True).split()
+        assert len(ids) == 12 and (words[0], words[-1]) == (first, last)
+        spec.save(tmp_path)
+        assert TaskSpec.load(tmp_path).truncation == how
+    with pytest.raises(ConfigError, match="truncation must be head, tail, head\\+tail"):
+        FinetuneConfig(model="x", task="imdb", truncation="middle").validate()
 
 
 # ------------------------------------------------------------------------------ tagging

@@ -78,6 +78,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-answer-length", type=int, default=30, metavar="N", help="qa: longest answer in tokens")
     g.add_argument("--pooling", default="auto", choices=("auto", "cls", "mean", "last"),
                    help="classification pooling (auto: cls for encoders, last token otherwise)")
+    g.add_argument("--truncation", default="head", choices=("head", "tail", "head+tail"),
+                   help="classification: which tokens of a text longer than --max-length to read: the first, the "
+                        "last, or head+tail (first quarter of the budget + the rest from the end; best on long "
+                        "reviews, Sun et al. 2019) (default: %(default)s)")
     g.add_argument("--head-dropout", type=float, metavar="P", help="dropout before the classifier (default: the model's)")
     g.add_argument("--dropout", type=float, metavar="P", help="backbone hidden dropout (default: the model's)")
     g.add_argument("--attention-dropout", type=float, metavar="P",
@@ -182,7 +186,8 @@ def _finetune(args: argparse.Namespace) -> int:
         layer_lr_decay=args.layer_lr_decay, gradual_unfreeze=args.gradual_unfreeze,
         max_grad_norm=args.max_grad_norm, max_length=args.max_length,
         max_target_length=args.max_target_length, doc_stride=args.doc_stride,
-        max_answer_length=args.max_answer_length, pooling=args.pooling, head_dropout=args.head_dropout,
+        max_answer_length=args.max_answer_length, pooling=args.pooling, truncation=args.truncation,
+        head_dropout=args.head_dropout,
         dropout=args.dropout, attention_dropout=args.attention_dropout,
         prompt_suffix=args.prompt_suffix, num_beams=args.num_beams, bio_decoding=args.bio_decoding,
         patience=args.patience, eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed,

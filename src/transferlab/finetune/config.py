@@ -44,6 +44,9 @@ class DType(StrEnum):
     FP32 = "fp32"  #: plain fp32
 
 
+#: which part of a too-long text a classifier reads
+TRUNCATIONS = ("head", "tail", "head+tail")
+
 @dataclass
 class FinetuneConfig:
     """Settings of one fine-tuning run (``transferlab finetune --help`` shows the same)."""
@@ -117,6 +120,11 @@ class FinetuneConfig:
     pooling: str = "auto"
     """Sequence vector for classification: cls (pooler/first token), mean, last, or auto (cls
     for encoders, last token for decoders and encoder-decoders)."""
+    truncation: str = "head"
+    """Which tokens of a text longer than max_length a classifier reads: head (the first ones),
+    tail (the last ones) or head+tail (the first quarter of the budget and the rest from the
+    end; Sun et al., 2019, found head+tail best for long IMDb reviews). Single-text
+    classification and regression only; pairs truncate the longer text first."""
     head_dropout: float | None = None
     """Dropout before the classifier (default: the model's dropout)."""
     dropout: float | None = None
@@ -191,6 +199,8 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.gradual_unfreeze must be in [0, 1), got {self.gradual_unfreeze}")
         if self.pooling not in ("auto", "cls", "mean", "last"):
             raise ConfigError(f"finetune.pooling must be auto, cls, mean or last, got {self.pooling!r}")
+        if self.truncation not in TRUNCATIONS:
+            raise ConfigError(f"finetune.truncation must be {', '.join(TRUNCATIONS)}, got {self.truncation!r}")
         if self.bio_decoding not in ("viterbi", "argmax"):
             raise ConfigError(f"finetune.bio_decoding must be viterbi or argmax, got {self.bio_decoding!r}")
         for name in ("head_dropout", "dropout", "attention_dropout"):
@@ -248,6 +258,8 @@ class TaskSpec:
     """qa: longest answer in tokens."""
     pooling: str = "auto"
     """classification pooling."""
+    truncation: str = "head"
+    """classification: head, tail or head+tail (see FinetuneConfig.truncation)."""
     head_dropout: float | None = None
     """dropout before the classifier (None: the model's)."""
     label_mean: float = 0.0

@@ -81,9 +81,21 @@ class InputBuilder:
     def n_pair(self) -> int:
         return len(self.prefix) + len(self.mid) + len(self.suffix)
 
-    def single(self, a: list[int], max_length: int) -> tuple[list[int], list[int] | None]:
-        """``(ids, type_ids)`` of one segment, truncated to ``max_length`` with its specials."""
-        a = a[: max(0, max_length - self.n_single)]
+    def single(self, a: list[int], max_length: int, truncation: str = "head") -> tuple[list[int], list[int] | None]:
+        """``(ids, type_ids)`` of one segment, truncated to ``max_length`` with its specials.
+
+        ``truncation`` keeps the ``head`` (first tokens), the ``tail`` (last tokens) or
+        ``head+tail``: the first quarter of the budget from the start, the rest from the end.
+        """
+        budget = max(0, max_length - self.n_single)
+        if len(a) > budget:
+            if truncation == "tail":
+                a = a[len(a) - budget:]
+            elif truncation == "head+tail":
+                head = budget // 4
+                a = a[:head] + a[len(a) - (budget - head):]
+            else:
+                a = a[:budget]
         ids = self.prefix + a + self.suffix
         return ids, ([0] * len(ids) if self.use_types else None)
 
@@ -307,7 +319,7 @@ class ClassificationWiring(Wiring):
                     raise DataError(f"{e.get('_where', f'example {k}')}: a pair task needs a second text ('pair')")
             b = self.tok.encode_batch([e["pair"] for e in examples])
             return [self.builder.pair(x, y, self.max_length) for x, y in zip(a, b)]
-        return [self.builder.single(x, self.max_length) for x in a]
+        return [self.builder.single(x, self.max_length, self.spec.truncation) for x in a]
 
     def target(self, ex: dict[str, Any], k: int) -> Any:
         lab = ex["label"]

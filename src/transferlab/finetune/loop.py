@@ -214,7 +214,7 @@ def _make_spec(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, An
         task_type=data.task_type, labels=list(data.labels), task=cfg.task, name=data.name, columns=dict(data.columns),
         files=dict(data.files), max_length=max_len, max_target_length=cfg.max_target_length or max_tgt,
         doc_stride=cfg.doc_stride, max_answer_length=cfg.max_answer_length, pooling=cfg.pooling,
-        head_dropout=cfg.head_dropout,
+        truncation=cfg.truncation, head_dropout=cfg.head_dropout,
         prompt_suffix=cfg.prompt_suffix, num_beams=cfg.num_beams, bio_decoding=cfg.bio_decoding,
         derived=data.derived,
     )
