@@ -163,3 +163,86 @@ def test_short_generations_do_not_build_the_step(models, step_calls, monkeypatch
     assert built == [] and step_calls == []
     models["gpt2"].generate(ids, max_new_tokens=2, eos_token_id=[])
     assert built == [1] and step_calls == [1]
+
+
+# ---------------------------------------------------------------------------------- compile=True
+@pytest.fixture
+def static_eager(monkeypatch):
+    """``generate(compile=True)`` with the static-shape body run eagerly: the compiled path's
+    arithmetic (whole cache + window mask, tensor position, index_copy_) without the compiler."""
+    real = G._DecodeStep.__init__
+
+    def init(self, lm, rows, compiled=False):
+        real(self, lm, rows, False)
+        if compiled:
+            self.fn = self._body
+
+    monkeypatch.setattr(G._DecodeStep, "__init__", init)
+    monkeypatch.setattr(G, "_COMPILED", G.weakref.WeakKeyDictionary())
+
+
+@pytest.mark.parametrize("name", ["gpt2", "rotary-swiglu-rms", "sinusoidal-math", "bart"])
+@pytest.mark.parametrize("settings", [dict(), dict(num_beams=3)], ids=["greedy", "beams"])
+def test_static_shape_step_gives_the_eager_steps_logits(models, name, settings, static_eager):
+    m = models[name]
+    ids, mask = _prompts(m.config.is_encoder_decoder, m.config.pad_token_id)
+    kw = dict(max_new_tokens=9, eos_token_id=[], return_dict_in_generate=True, output_scores=True, **settings)
+    eager = m.generate(ids, mask, **kw)
+    static = m.generate(ids, mask, compile=True, **kw)
+    assert isinstance(G._COMPILED[m][1].fn, type(G._DecodeStep(G._LM(m), 1)._body))  # the static body ran
+    assert torch.equal(eager.sequences, static.sequences)
+    for a, b in zip(eager.scores, static.scores):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_compiled_step_caches_start_zeroed():
+    """The compiled step reads whole cache rows (later columns masked by -1e9): an uninitialised
+    key of 1e30 would outweigh the mask, so its caches must start at zero."""
+    lm = G._LM(build_model("gpt-mini", n_layers=1, **SMALL))
+    assert all(bool((t == 0).all()) for c in lm.cache(2, 64, zeros=True).layers for t in (c.k, c.v))
+
+
+def test_compiled_step_is_kept_until_a_weight_changes(models, static_eager):
+    m = build_model("gpt-mini", n_layers=1, **SMALL).eval()
+    lm = G._LM(m)
+    first = G._compiled_step(lm)
+    assert G._compiled_step(lm) is first
+    with torch.no_grad():
+        m.backbone.decoder.blocks[0].mlp.fc1.weight.add_(1.0)  # e.g. a training step
+    assert G._compiled_step(lm) is not first
+
+
+def test_cli_generate_compile_flag(static_eager, tmp_path, capsys, monkeypatch):
+    from transferlab.cli import main as cli
+    from transferlab.tokenizer import Tokenizer
+
+    tok = Tokenizer.train([f"the film number {i} was {'good' if i % 2 else 'bad'}." for i in range(100)],
+                          kind="bpe", vocab_size=90, min_frequency=1)
+    m = _perturb(build_model("gpt-mini", n_layers=1, **{**SMALL, "vocab_size": len(tok)}, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id), 3)
+    m.save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    real, built = G._compiled_step, []
+    monkeypatch.setattr(G, "_compiled_step", lambda lm: built.append(1) or real(lm))
+    assert cli(["generate", "--model", str(tmp_path), "--prompt", "the film", "--max-new-tokens", "9", "--compile"]) == 0
+    streamed = capsys.readouterr().out
+    assert built == [1]  # the flag reached generate
+    out = m.generate(torch.tensor([tok.encode("the film")]), max_new_tokens=9, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id)
+    assert streamed == tok.decode(out[0], skip_special_tokens=True) + "\n"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit deprecations raised inside inductor
+def test_compiled_generation_equals_eager_for_two_models_of_one_shape():
+    """The real thing: inductor with frozen weights. Two models of the same shape must each get
+    their own weights (frozen constants are not shared through a compile cache)."""
+    kw = dict(max_new_tokens=6, eos_token_id=[], return_dict_in_generate=True, output_scores=True)
+    ids = torch.randint(3, V, (1, 5), generator=torch.Generator().manual_seed(5))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = _perturb(build_model("gpt-mini", n_layers=1, **SMALL), seed)
+        eager = m.generate(ids, **kw)
+        compiled = m.generate(ids, compile=True, **kw)
+        assert torch.equal(eager.sequences, compiled.sequences)
+        for a, b in zip(eager.scores, compiled.scores):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

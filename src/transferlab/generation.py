@@ -31,10 +31,12 @@ uses ``eos`` when the pad id is 0); prompts longer than the position table raise
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import os
 import sys
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, TextIO
 
@@ -101,6 +103,11 @@ class GenerationConfig:
     """Seed of a private torch.Generator for sampling (same seed, same text)."""
     use_cache: bool = True
     """Reuse keys/values across steps; False recomputes the whole sequence every step."""
+    compile: bool = False
+    """Run each new token through ``torch.compile`` (inductor, weights frozen into the graph,
+    autotuned GEMMs). The first call per model, batch size and length bucket (multiples of 64)
+    compiles for about 30 s on 2 CPU cores; later tokens are faster, mostly at small batches
+    (BENCHMARKS.md). The compiled step is kept with the model and rebuilt when its weights change."""
     truncation: bool = False
     """Left-truncate decoder prompts longer than ``max_positions - max_new_tokens`` instead of
     raising (the output then starts with the truncated prompt)."""
@@ -296,15 +303,18 @@ class _LM:
         # learned / sinusoidal tables end at max_positions; rotary, relative and none do not
         self.table_limit = cfg.max_positions if Position(cfg.position) in (Position.LEARNED, Position.SINUSOIDAL) else None
 
-    def cache(self, batch: int, capacity: int):
-        """An empty KV cache with room for ``capacity`` positions (no regrowth while decoding)."""
+    def cache(self, batch: int, capacity: int, zeros: bool = False):
+        """An empty KV cache with room for ``capacity`` positions (no regrowth while decoding).
+        ``zeros``: for readers of the whole cache (the compiled step), whose masking of unused
+        columns would not survive uninitialised keys (a garbage key of 1e30 outweighs any bias)."""
         from .models.blocks import KVCache, LayerCache
 
         nh, hs = self.cfg.n_heads, self.cfg.head_dim
         shape = (batch, nh, capacity, hs)
+        new = torch.zeros if zeros else torch.empty
         return KVCache([
-            LayerCache(k=torch.empty(shape, dtype=self.dtype, device=self.device),
-                       v=torch.empty(shape, dtype=self.dtype, device=self.device))
+            LayerCache(k=new(shape, dtype=self.dtype, device=self.device),
+                       v=new(shape, dtype=self.dtype, device=self.device))
             for _ in range(self.n_layers)
         ])
 
@@ -334,23 +344,24 @@ class _Linear:
 
     Why: decoding reads every weight once per token, and at these sizes the weights do not stay
     in cache between tokens. ``F.linear`` with a handful of rows goes to MKL's GEMM, which streams
-    an (N, K) weight at ~8 GB/s from memory on the 2-core test machine (and does not use the
-    second thread); oneDNN's inner product on a prepacked weight streams 12-17 GB/s and uses both
-    threads: 1.7x (1 row) to 3.4x (8 rows) faster per linear, float32 and bfloat16 alike
-    (BENCHMARKS.md, "Generation"). The result is the same float32/bfloat16 product up to
-    summation order.
+    an (N, K) weight at 6-8 GB/s from memory on the 2-core test machine and does not use the
+    second thread; oneDNN's inner product on a prepacked weight streams 11-14 GB/s with both:
+    a pass over gpt-mini's decode linears is 1.3-1.6x faster at 1 row and 1.5-2.2x at 8 rows
+    (``benchmarks/generate_throughput.py --kernels``, BENCHMARKS.md). The result is the same
+    float32/bfloat16 product up to summation order.
     """
 
     __slots__ = ("w", "b", "packed")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int, pack: bool) -> None:
-        self.w, self.b, self.packed = weight.detach(), bias, False
+        # the Parameter itself, not a detached copy: under torch.compile's freezing it is a constant
+        self.w, self.b, self.packed = weight, bias, False
         if pack:
             try:  # a private op (stable since torch 2.0, used by inductor): fall back if it fails
-                self.w = torch.ops.mkldnn._reorder_linear_weight(self.w, rows)  # the batch size is a layout hint
+                self.w = torch.ops.mkldnn._reorder_linear_weight(weight, rows)  # the batch size is a layout hint
                 self.packed = True
             except (RuntimeError, TypeError):
-                self.w = weight.detach()
+                pass
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (M, K) -> (M, N)
         if self.packed:
@@ -385,8 +396,15 @@ class _DecodeStep:
     (:class:`_Linear`), and bf16/fp16 models attend in float32 over a float32 cache: SDPA's
     one-query bf16 kernel is 2-5x slower than its float32 one there (and less accurate).
 
+    ``compiled=True`` runs the same body through ``torch.compile`` with static shapes: the cache
+    is read whole (its capacity is fixed; columns after the new token are masked) and the
+    position is a tensor, so one graph serves every step; the weights are frozen into the graph
+    (inductor ``freezing``) and its GEMMs autotuned (``max_autotune``: inductor's C++ GEMM
+    templates, which beat oneDNN for 1-row products here). Packing is left to inductor.
+
     The prompt (prefill) still runs through the modules; this object takes over from the first
-    new token. Built per ``generate`` call: packing gpt-mini's weights takes 3-5 ms.
+    new token. Eager steps are built per ``generate`` call (packing gpt-mini takes 3-5 ms);
+    compiled ones are kept with the model (:func:`_compiled_step`).
     """
 
     @staticmethod
@@ -400,9 +418,9 @@ class _DecodeStep:
             return "pad-aware position ids"
         return None
 
-    def __init__(self, lm: "_LM", rows: int) -> None:
+    def __init__(self, lm: "_LM", rows: int, compiled: bool = False) -> None:
         stack, cfg = lm.stack, lm.cfg
-        pack = _packable(lm.device, lm.dtype)
+        pack = _packable(lm.device, lm.dtype) and not compiled
         lin = lambda m: _Linear(m.weight, m.bias, rows, pack)  # noqa: E731
         self.dtype = lm.dtype
         low = lm.dtype in (torch.bfloat16, torch.float16)
@@ -428,6 +446,9 @@ class _DecodeStep:
         head = lm.head
         self.head_transform, self.head_scale = head.transform, head.scale
         self.head = _Linear(head.output_weight, head.bias, rows, pack)
+        self.fn = None
+        if compiled:
+            self.fn = torch.compile(self._body, fullgraph=True, dynamic=False, options=_COMPILE_OPTIONS)
 
     def adopt(self, cache: Any) -> None:
         """Bring a cache the prompt filled (model dtype) to the attention dtype, once per call."""
@@ -438,10 +459,13 @@ class _DecodeStep:
             if c.cross is not None:
                 c.cross = (c.cross[0].to(self.attn_dtype), c.cross[1].to(self.attn_dtype))
 
-    def padding_bias(self, mask: torch.Tensor | None) -> torch.Tensor | None:
-        """(B, 1, 1, L) additive bias from a (B, L) 0/1 mask; None when nothing is masked."""
+    def padding_bias(self, mask: torch.Tensor | None, width: int | None = None) -> torch.Tensor | None:
+        """(B, 1, 1, width) additive bias from a (B, L) 0/1 mask (columns past L attend); None
+        when nothing is masked."""
         if mask is None or bool(mask.all()):
             return None
+        if width is not None and width > mask.shape[1]:
+            mask = F.pad(mask, (0, width - mask.shape[1]), value=1)
         return ((1 - mask)[:, None, None, :] * _NEG).to(self.attn_dtype)
 
     def __call__(self, tok: torch.Tensor, cache: Any, positions: torch.Tensor | None,
@@ -453,46 +477,74 @@ class _DecodeStep:
             cache: the :class:`~transferlab.models.blocks.KVCache` the prompt filled (adopted).
             positions: (B, 1) position ids of ``tok`` when rows are left-padded; None = every row
                 is at position ``cache.seq_len``.
-            bias: (B, 1, 1, >= cache.seq_len + 1) padding bias of the self-attention, or None.
+            bias: (B, 1, 1, capacity) padding bias of the self-attention, or None.
             mem_bias: (B, 1, 1, S_enc) padding bias of the cross-attention, or None.
         """
-        B, nh, hs = tok.shape[0], self.nh, self.hs
         past = cache.seq_len
-        S = past + 1
+        ks, vs = [c.k for c in cache.layers], [c.v for c in cache.layers]
+        crosses = [c.cross for c in cache.layers] if self.layers[0].cq is not None else None
+        if self.fn is None:
+            logits = self._body(tok, past, positions, bias, mem_bias, ks, vs, crosses)
+        else:
+            at = torch.full((1,), past, dtype=torch.long, device=tok.device)
+            tok = torch.clone(tok, memory_format=torch.contiguous_format)  # a column of seq: its stride varies
+            logits = self.fn(tok, at, positions, bias, mem_bias, ks, vs, crosses)
+        for c in cache.layers:
+            c.length = past + 1
+        return logits
+
+    def _body(self, tok: torch.Tensor, at: int | torch.Tensor, positions: torch.Tensor | None,
+              bias: torch.Tensor | None, mem_bias: torch.Tensor | None, ks: list[torch.Tensor],
+              vs: list[torch.Tensor], crosses: list[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
+        """One step. ``at`` is the cache column of the new token: an int (eager: attend to the
+        first ``at + 1`` columns) or a (1,) tensor (static: attend to all, later ones masked)."""
+        B, nh, hs = tok.shape[0], self.nh, self.hs
+        static = isinstance(at, torch.Tensor)
         x = F.embedding(tok, self.emb)  # (B, C)
         if self.emb_scale != 1.0:
             x = x * self.emb_scale
-        if self.pos_w is not None:
-            x = x + (self.pos_w[past + self.pos_off] if positions is None
+        if self.pos_w is not None:  # (C,) or (1, C) when every row is at ``at``; else (B, C)
+            x = x + (self.pos_w[at + self.pos_off] if positions is None
                      else F.embedding(positions[:, 0] + self.pos_off, self.pos_w))
         elif self.sin is not None:
-            x = x + (self.sin[past] if positions is None else self.sin[positions[:, 0]]).to(x.dtype)
+            x = x + (self.sin[at] if positions is None else self.sin[positions[:, 0]]).to(x.dtype)
         if self.emb_norm is not None:
             x = self.emb_norm(x)
         rope = None
         if self.rotary is not None:
-            p = positions if positions is not None else torch.full((1, 1), past, device=x.device)
-            rope = rotary_cos_sin(p, self.rotary[0], self.rotary[1], x.dtype)  # (B|1, 1, 1, hs)
-        if bias is not None:
-            bias = bias[..., :S]
+            if positions is None:
+                positions = at.view(1, 1) if static else torch.full((1, 1), at, device=x.device)
+            rope = rotary_cos_sin(positions, self.rotary[0], self.rotary[1], x.dtype)  # (B|1, 1, 1, hs)
+        if static:  # the whole cache, columns after ``at`` masked
+            cols = torch.arange(ks[0].shape[2], device=x.device)
+            window = torch.zeros(cols.shape, dtype=self.attn_dtype, device=x.device).masked_fill(cols > at, _NEG)
+            window = window[None, None, None, :]  # (1, 1, 1, capacity)
+            bias = window if bias is None else bias + window  # (B|1, 1, 1, capacity)
+        else:
+            S = at + 1
+            bias = bias[..., :S] if bias is not None else None
         pre, adt, dt = self.prenorm, self.attn_dtype, self.dtype
-        for L, c in zip(self.layers, cache.layers):
+        for i, L in enumerate(self.layers):
             # self-attention: one query per row against the cached keys
             h = L.attn_norm(x) if pre else x
             q, k, v = L.qkv(h).view(B, 3, nh, 1, hs).unbind(1)  # 3 x (B, nh, 1, hs)
             if rope is not None:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-            c.k[:, :, past:S] = k  # in place, into the cache preallocated for the whole call
-            c.v[:, :, past:S] = v
-            c.length = S
-            y = F.scaled_dot_product_attention(q.to(adt), c.k[:, :, :S], c.v[:, :, :S], attn_mask=bias,
-                                               scale=self.scale)  # (B, nh, 1, hs)
+            if static:
+                ks[i].index_copy_(2, at, k.to(adt))  # in place, into the preallocated cache
+                vs[i].index_copy_(2, at, v.to(adt))
+                kk, vv = ks[i], vs[i]
+            else:
+                ks[i][:, :, at:S] = k
+                vs[i][:, :, at:S] = v
+                kk, vv = ks[i][:, :, :S], vs[i][:, :, :S]
+            y = F.scaled_dot_product_attention(q.to(adt), kk, vv, attn_mask=bias, scale=self.scale)  # (B, nh, 1, hs)
             y = L.out(y.reshape(B, nh * hs).to(dt))
             x = x + y if pre else L.attn_norm(x + y)
             if L.cq is not None:  # cross-attention over the encoder keys/values cached by the prefill
                 h = L.cross_norm(x) if pre else x
                 q = L.cq(h).view(B, nh, 1, hs)
-                y = F.scaled_dot_product_attention(q.to(adt), c.cross[0], c.cross[1], attn_mask=mem_bias,
+                y = F.scaled_dot_product_attention(q.to(adt), crosses[i][0], crosses[i][1], attn_mask=mem_bias,
                                                    scale=self.scale)
                 y = L.cout(y.reshape(B, nh * hs).to(dt))
                 x = x + y if pre else L.cross_norm(x + y)
@@ -512,6 +564,50 @@ class _DecodeStep:
         if self.head_scale != 1.0:
             x = x * self.head_scale
         return self.head(x).float()  # (B, V)
+
+
+#: inductor settings of ``generate(..., compile=True)``: weights frozen into the graph (so its
+#: GEMMs can be prepacked and autotuned), C++ GEMM templates allowed, no autotuning tables printed
+_COMPILE_OPTIONS = {"freezing": True, "max_autotune": True, "autotune_num_choices_displayed": 0,
+                    "max_autotune_report_choices_stats": False}
+
+#: model -> (weights signature, compiled step): compiling takes tens of seconds, so the step is
+#: kept for the next call; weakly keyed, so it goes when the model does
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, _DecodeStep]]" = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _freezing(on: bool):
+    """Inductor's ``freezing`` flag on for the call. ``torch.compile(options=...)`` reaches only
+    inductor, but dynamo reads this global flag while tracing to turn parameters into graph
+    constants; set per call, not per token (setting it costs ~50 us). Also silences a
+    deprecation warning inductor's autotuner raises about its own use of ``TypedStorage``."""
+    if not on:
+        yield
+        return
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.freezing
+    inductor_config.freezing = True
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+            yield
+    finally:
+        inductor_config.freezing = before
+
+
+def _compiled_step(lm: "_LM") -> _DecodeStep:
+    """The model's compiled decode step, rebuilt (recompiled) when a weight changed: frozen
+    weights are constants of the graph, so an updated model must not reuse an old one."""
+    tensors = [*lm.model.parameters(), *lm.model.buffers()]
+    sig = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    hit = _COMPILED.get(lm.model)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    step = _DecodeStep(lm, rows=1, compiled=True)
+    _COMPILED[lm.model] = (sig, step)
+    return step
 
 
 def _lm_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -593,7 +689,7 @@ def generate(
     was_training = model.training
     model.eval()  # dropout off: generation is inference (restored afterwards)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _freezing(gc.compile):
             if gc.num_beams > 1:
                 out = _beam_search(lm, gc, input_ids, attention_mask, tokenizer, generator)
             else:
@@ -744,9 +840,16 @@ def _prefill(lm: _LM, gc: GenerationConfig, ids: torch.Tensor, mask: torch.Tenso
     B = ids.shape[0]
     rows = torch.arange(B, device=lm.device).repeat_interleave(expand) if expand > 1 else None
     st: dict[str, Any] = {"memory": None, "memory_mask": None, "mask": None, "pos": None}
+    use_step = gc.use_cache and gc.max_new_tokens > 1 and _DecodeStep.unsupported(lm) is None
+    compiled = use_step and gc.compile
     if lm.is_seq2seq:
         start = _decoder_start(lm, gc)
         memory = lm.encode(ids, mask)  # (B, S, C)
+        if compiled:  # static shapes: pad the encoder output to a multiple of 64 (masked)
+            pad = -memory.shape[1] % 64
+            if pad:
+                mask = torch.ones(ids.shape, dtype=torch.long, device=lm.device) if mask is None else mask
+                memory, mask = F.pad(memory, (0, 0, 0, pad)), F.pad(mask, (0, pad), value=0)
         if rows is not None:
             memory = memory.index_select(0, rows)
             mask = mask.index_select(0, rows) if mask is not None else None
@@ -765,13 +868,15 @@ def _prefill(lm: _LM, gc: GenerationConfig, ids: torch.Tensor, mask: torch.Tenso
     seq = torch.empty(B * expand, max_length, dtype=torch.long, device=lm.device)
     seq[:, :T] = prompt
     cache = None
+    # a compiled step has static shapes: round the cache up so nearby lengths share one graph
+    capacity = -(-max_length // 64) * 64 if compiled else max_length
     if gc.use_cache:
         if lm.is_seq2seq:
-            cache = lm.cache(B * expand, max_length)
+            cache = lm.cache(B * expand, capacity, zeros=compiled)
             logits = lm.logits(prompt, None, None, cache, st["memory"], st["memory_mask"])
         else:
             # the prompt runs on B rows; its cache rows are then copied to every beam/sample
-            cache = lm.cache(B, max_length)
+            cache = lm.cache(B, capacity, zeros=compiled)
             pmask = mask
             logits = lm.logits(ids, pmask, _positions(pmask) if pmask is not None else None, cache)
             if rows is not None:
@@ -781,10 +886,11 @@ def _prefill(lm: _LM, gc: GenerationConfig, ids: torch.Tensor, mask: torch.Tenso
         logits = _full_logits(lm, st, seq, T)
     st["cache"] = cache
     st["step"] = None
-    if cache is not None and gc.max_new_tokens > 1 and _DecodeStep.unsupported(lm) is None:
-        step = st["step"] = _DecodeStep(lm, B * expand)
+    if use_step:
+        step = st["step"] = _compiled_step(lm) if compiled else _DecodeStep(lm, B * expand)
         step.adopt(cache)
-        st["bias"], st["mem_bias"] = step.padding_bias(st["mask"]), step.padding_bias(st["memory_mask"])
+        st["bias"] = step.padding_bias(st["mask"], capacity)
+        st["mem_bias"] = step.padding_bias(st["memory_mask"])
     return st, logits, seq, T
 
 
