@@ -18,7 +18,9 @@ prepacked weights the decode step uses.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -105,7 +107,9 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.compile:  # a fresh cache: the compile seconds printed are a cold start's
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="tl-inductor-")
+        cache_dir = tempfile.mkdtemp(prefix="tl-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+        atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {args.threads}, "
