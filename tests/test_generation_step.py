@@ -154,15 +154,17 @@ def test_t5_relative_positions_keep_the_module_path(step_calls):
     assert step_calls == [] and torch.equal(a, b)
 
 
-def test_short_generations_do_not_build_the_step(models, step_calls, monkeypatch):
+def test_short_generations_skip_the_step_or_its_packing(models, step_calls, monkeypatch):
     built = []
     real = G._DecodeStep.__init__
-    monkeypatch.setattr(G._DecodeStep, "__init__", lambda self, *a: (built.append(1), real(self, *a))[1])
+    monkeypatch.setattr(G._DecodeStep, "__init__", lambda self, *a, **k: (built.append(self), real(self, *a, **k))[1])
     ids = torch.randint(3, V, (1, 4), generator=torch.Generator().manual_seed(4))
     assert models["gpt2"].generate(ids, max_new_tokens=1, eos_token_id=[]).shape == (1, 5)
     assert built == [] and step_calls == []
-    models["gpt2"].generate(ids, max_new_tokens=2, eos_token_id=[])
-    assert built == [1] and step_calls == [1]
+    models["gpt2"].generate(ids, max_new_tokens=2, eos_token_id=[])  # one step: packing would not pay
+    assert len(built) == 1 and step_calls == [1] and not built[0].head.packed
+    models["gpt2"].generate(ids, max_new_tokens=8, eos_token_id=[])
+    assert built[1].head.packed == G._packable(torch.device("cpu"), torch.float32)
 
 
 # ---------------------------------------------------------------------------------- compile=True
@@ -172,8 +174,8 @@ def static_eager(monkeypatch):
     arithmetic (whole cache + window mask, tensor position, index_copy_) without the compiler."""
     real = G._DecodeStep.__init__
 
-    def init(self, lm, rows, compiled=False):
-        real(self, lm, rows, False)
+    def init(self, lm, rows, compiled=False, pack=True):
+        real(self, lm, rows, False, pack)
         if compiled:
             self.fn = self._body
 

@@ -405,8 +405,9 @@ class _DecodeStep:
     templates, which beat oneDNN for 1-row products here). Packing is left to inductor.
 
     The prompt (prefill) still runs through the modules; this object takes over from the first
-    new token. Eager steps are built per ``generate`` call (packing gpt-mini takes 3-5 ms);
-    compiled ones are kept with the model (:func:`_compiled_step`).
+    new token. Eager steps are built per ``generate`` call (packing gpt-mini takes 3-5 ms, about
+    what a few tokens save: ``pack=False`` below 8 new tokens); compiled ones are kept with the
+    model (:func:`_compiled_step`).
     """
 
     @staticmethod
@@ -420,9 +421,9 @@ class _DecodeStep:
             return "pad-aware position ids"
         return None
 
-    def __init__(self, lm: "_LM", rows: int, compiled: bool = False) -> None:
+    def __init__(self, lm: "_LM", rows: int, compiled: bool = False, pack: bool = True) -> None:
         stack, cfg = lm.stack, lm.cfg
-        pack = _packable(lm.device, lm.dtype) and not compiled
+        pack = pack and _packable(lm.device, lm.dtype) and not compiled
         lin = lambda m: _Linear(m.weight, m.bias, rows, pack)  # noqa: E731
         self.dtype = lm.dtype
         low = lm.dtype in (torch.bfloat16, torch.float16)
@@ -889,7 +890,8 @@ def _prefill(lm: _LM, gc: GenerationConfig, ids: torch.Tensor, mask: torch.Tenso
     st["cache"] = cache
     st["step"] = None
     if use_step:
-        step = st["step"] = _compiled_step(lm) if compiled else _DecodeStep(lm, B * expand)
+        # packing costs about as much as a few tokens save: not worth it for a handful of tokens
+        step = st["step"] = _compiled_step(lm) if compiled else _DecodeStep(lm, B * expand, pack=gc.max_new_tokens >= 8)
         step.adopt(cache)
         st["bias"] = step.padding_bias(st["mask"], capacity)
         st["mem_bias"] = step.padding_bias(st["memory_mask"])
