@@ -14,6 +14,7 @@ from transferlab.data import TokenShards, WindowDataset, prepare_corpus, split_s
 from transferlab.data import prepare as prep_mod
 from transferlab.data.corpus import Document
 from transferlab.data.prepare import token_dtype
+from transferlab.data.sentences import sentence_starts, sentence_starts_batch
 from transferlab.errors import DataError
 from transferlab.tokenizer import Tokenizer
 
@@ -198,6 +199,123 @@ def test_shards_report_incomplete_data(corpus, tok, tmp_path):
         f.truncate(10)
     with pytest.raises(DataError, match="incomplete"):
         TokenShards(out)
+
+
+# ---------------------------------------------------------------------------------- reference
+# Documents that stress the vectorised worker: abbreviations and initials at document edges,
+# punctuation + quotes + trailing spaces at the end, line breaks, non-ASCII (accents dropped by the
+# normaliser, an ellipsis character, CJK, emoji), NUL (the batch regex's joiner) inside a document,
+# unknown words, a document without tokens, and duplicates (same split).
+TRICKY = [
+    "Mr. Smith went to Washington. He said hi! Did he? Yes.",
+    "r. Tolkien wrote this. J. R. R. Tolkien wrote e.g. that.  ",
+    'He said "Stop." Then he left\u2026 And then? (Really.) OK',
+    "line one\nline two.\n\n  line three  \nlower. case stays",
+    "Caf\u00e9 cr\u00e8me. \u00c9t\u00e9 arriv\u00e9! \u4e2d\u6587\u53e5\u5b50\u3002 Next \U0001f600 one.",
+    "ends with abbreviation Mr.",
+    "\u0301\u0301. A start on a dropped accent. \u0301Again.",
+    "nul\x00inside. Really\x00. Yes",
+    "\x01\x02",
+    "",
+    "Zzqx wvvk! Qqq? Xx.",
+    "Mr. Smith went to Washington. He said hi! Did he? Yes.",
+] + DOCS[:25]
+
+
+def _reference(tok, texts, seed=0, val_fraction=0.0):
+    """The straightforward encoding prepare must reproduce: one document at a time."""
+    import hashlib
+
+    out = {s: ([], [0], [0]) for s in ("train", "validation")}
+    for text in texts:
+        enc = tok.backend.encode(text, add_special_tokens=False)
+        if not enc.ids:
+            continue
+        starts = [0]
+        for c in sentence_starts(text):
+            t = enc.char_to_token(c)
+            if t is not None and starts[-1] < t < len(enc.ids):
+                starts.append(t)
+        h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8, key=seed.to_bytes(8, "little", signed=True)).digest(), "little")
+        ids, docs, sents = out["validation" if h < int(val_fraction * 2**64) else "train"]
+        sents[-1:] = [docs[-1] + s for s in starts] + [docs[-1] + len(enc.ids)]
+        ids.extend(enc.ids)
+        docs.append(docs[-1] + len(enc.ids))
+    return out
+
+
+def test_sentence_starts_batch_equals_one_document_at_a_time():
+    texts = TRICKY + ["", "A.", "x", "Hi. \x00. Yo"]
+    doc, offset = sentence_starts_batch(texts)
+    want = [(d, c) for d, t in enumerate(texts) for c in sentence_starts(t)]
+    assert list(zip(doc.tolist(), offset.tolist())) == want and len(want) > 20
+    assert all(len(a) == 0 for a in sentence_starts_batch([]))
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+@pytest.mark.parametrize("workers, batch_chars, val_fraction", [(0, 1 << 19, 0.0), (2, 150, 0.3), (0, 40, 0.3)])
+def test_shards_equal_a_reference_encoding(tmp_path, kind, workers, batch_chars, val_fraction):
+    tok = Tokenizer.train(DOCS + TRICKY, kind=kind, vocab_size=200)
+    hinted = [Document(t, "x", i + 1) for i, t in enumerate(TRICKY)]
+    src = tmp_path / "dummy.txt"
+    src.write_text("unused")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(prep_mod, "iter_documents", lambda *a, **k: iter(hinted))
+    try:
+        s = _prep(src, tok, tmp_path / "out", workers=workers, batch_chars=batch_chars, val_fraction=val_fraction)
+    finally:
+        mp.undo()
+    ref = _reference(tok, TRICKY, val_fraction=val_fraction)
+    empty = [t for t in TRICKY if not tok.encode(t, add_special_tokens=False)]
+    assert s["dropped_documents"] == len(empty) >= 1
+    assert s["documents"] == len(TRICKY) - len(empty)
+    assert s["bytes"] == sum(len(t.encode()) for t in TRICKY if t not in empty)
+    for split, (ids, docs, sents) in ref.items():
+        sh = TokenShards(tmp_path / "out", split)
+        assert sh.tokens.tolist() == ids, split
+        assert sh.doc_offsets.tolist() == docs and sh.sent_offsets.tolist() == sents, split
+    assert len(ref["validation"][1]) > 2 if val_fraction else len(ref["validation"][1]) == 1
+    assert len(ref["train"][2]) - len(ref["train"][1]) > 25  # documents with several sentences
+
+
+class _FakeEncoding:
+    """Tokens of 8 characters each, except where ``holes`` say a character has no token, and
+    token indices that can go backwards (``back``): the cases real tokenizers rarely produce."""
+
+    def __init__(self, text, back):
+        self.ids, self.back = [7] * ((len(text) + 7) // 8), back
+
+    def __len__(self):
+        return len(self.ids)
+
+    def char_to_token(self, c):
+        if c % 7 == 0:
+            return None
+        return max(c // 8 - 2, 0) if self.back and c % 5 == 0 else c // 8
+
+
+class _FakeBackend:
+    def encode_batch(self, texts, add_special_tokens):
+        return [_FakeEncoding(t, i % 2) for i, t in enumerate(texts)]
+
+
+def test_sentence_tokens_keep_only_increasing_starts():
+    # boundaries inside one token, on characters without a token, and going backwards: each document
+    # keeps exactly the starts that the one-document loop keeps
+    texts = [" ".join(f"{w}." for w in WORDS).title(), "x", "\n".join(f"{w}!" for w in WORDS)] * 3
+    ids, lens, sent_rel, n_sents, codes, doc_bytes, n_bytes, dropped = prep_mod._encode_docs(
+        _FakeBackend(), texts, [None] * len(texts), np.dtype(np.uint16), 0, 0.0)
+    want = []
+    for i, t in enumerate(texts):
+        enc, starts = _FakeEncoding(t, i % 2), [0]
+        for c in sentence_starts(t):
+            tk = enc.char_to_token(c)
+            if tk is not None and starts[-1] < tk < len(enc):
+                starts.append(tk)
+        want.append(starts)
+    assert n_sents.tolist() == [len(w) for w in want] and sent_rel.tolist() == sum(want, [])
+    assert lens.tolist() == [len(_FakeEncoding(t, 0)) for t in texts] and dropped == 0
+    assert any(len(w) < len(sentence_starts(t)) + 1 for w, t in zip(want, texts))  # the filter did drop some
 
 
 # ---------------------------------------------------------------------------------- datasets

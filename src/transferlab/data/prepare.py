@@ -2,10 +2,12 @@
 
 Pipeline: the parent process streams documents (:mod:`.corpus`) and groups them into batches of
 about ``batch_chars`` characters; ``workers`` processes each run ``encode_batch`` on a batch (one
-Rust call), find sentence starts (a regex on the text, mapped to tokens with
-``Encoding.char_to_token``) and pick each document's split from a keyed hash of its bytes; the
-parent appends the returned arrays to the split files. At most ``2 * workers + 2`` batches are in
-flight, so memory stays bounded whatever the corpus size.
+single-threaded Rust call), find its sentence starts (one regex pass over the batch, mapped to
+tokens with ``Encoding.char_to_token`` at the boundaries only) and pick each document's split from
+a keyed hash of its bytes, returning flat numpy arrays; the parent appends them to the split files
+in corpus order. At most ``2 * workers + 2`` batches are in flight, so memory stays bounded
+whatever the corpus size. Everything beyond ``encode_batch`` costs about 15% more CPU than the
+tokenizer call alone (see ``benchmarks/prepare_throughput.py``).
 
 Output folder (written as a hidden temp folder, renamed into place when complete, so an
 interrupted run never leaves a folder that looks complete)::
@@ -44,7 +46,7 @@ import numpy as np
 from ..errors import DataError
 from ..utils import atomic_dir, atomic_write_text
 from .corpus import Document, Source, iter_documents, resolve_inputs
-from .sentences import sentence_starts
+from .sentences import sentence_starts_batch
 
 __all__ = ["prepare_corpus", "FORMAT_VERSION", "SPLITS", "token_dtype"]
 
@@ -63,24 +65,38 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(tokenizer_json: str, dtype: str, seed: int, val_fraction: float) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     from tokenizers import Tokenizer as Backend
 
     # one Rust thread per worker process: the processes are the parallelism
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER.update(
-        backend=Backend.from_str(tokenizer_json), dtype=np.dtype(dtype), seed=seed, val_fraction=val_fraction
-    )
+    # The worker tokenizes in a thread of its own, not in its main thread. A forked child's main
+    # thread allocates from glibc's main arena exactly as the parent left it, and a parent that
+    # has tokenized before (a notebook, `transferlab demo`, the benchmark's ceiling run) leaves it
+    # fragmented: encode_batch's millions of small allocations then cost ~12% more CPU
+    # (measured: 2.64 vs 3.00 MB per CPU-second). A new thread allocates from another arena.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+    backend = pool.submit(Backend.from_str, tokenizer_json).result()  # the vocabulary in that arena too
+    _WORKER.update(pool=pool, backend=backend, dtype=np.dtype(dtype), seed=seed, val_fraction=val_fraction)
 
 
 def _worker_encode(batch: tuple[list[str], list[str | None]]) -> tuple:
     w = _WORKER
-    return _encode_docs(w["backend"], batch[0], batch[1], w["dtype"], w["seed"], w["val_fraction"])
+    return w["pool"].submit(
+        _encode_docs, w["backend"], batch[0], batch[1], w["dtype"], w["seed"], w["val_fraction"]
+    ).result()
 
 
 def _encode_docs(
     backend: Any, texts: list[str], hints: list[str | None], dtype: np.dtype, seed: int, val_fraction: float
 ) -> tuple:
     """Tokenize a batch of documents.
+
+    Everything after the one ``encode_batch`` call is the overhead of ``prepare`` over the bare
+    tokenizer, so it is vectorised over the batch; the per-document Python work left is what the
+    ``tokenizers`` API forces (each ``Encoding``'s ids come as a list; ``char_to_token`` at each
+    sentence boundary) and one UTF-8 encode + hash per document.
 
     Returns:
         ``(ids, doc_lens, sent_rel, sents_per_doc, split_codes, doc_bytes, n_bytes, n_dropped)``:
@@ -90,50 +106,54 @@ def _encode_docs(
         the whole batch and the number of documents dropped because they had no tokens.
     """
     encs = backend.encode_batch(texts, add_special_tokens=False)
-    key = seed.to_bytes(8, "little", signed=True)
-    threshold = int(val_fraction * 2**64)
-    arrays: list[np.ndarray] = []
-    lens: list[int] = []
-    sent_rel: list[int] = []
-    n_sents: list[int] = []
-    codes: list[int] = []
-    doc_bytes: list[int] = []
-    n_bytes = 0
-    dropped = 0
-    for text, hint, enc in zip(texts, hints, encs):
-        raw = text.encode("utf-8")
-        n_bytes += len(raw)
-        ids = enc.ids
-        n = len(ids)
-        if n == 0:
-            dropped += 1
-            continue
-        arrays.append(np.array(ids, dtype=dtype))
-        lens.append(n)
-        doc_bytes.append(len(raw))
-        starts = [0]
-        c2t = enc.char_to_token
-        for c in sentence_starts(text):
-            t = c2t(c)
-            if t is not None and starts[-1] < t < n:
-                starts.append(t)
-        sent_rel.extend(starts)
-        n_sents.append(len(starts))
-        if hint is None:
-            h = int.from_bytes(hashlib.blake2b(raw, digest_size=8, key=key).digest(), "little")
-            codes.append(1 if h < threshold else 0)
-        else:
-            codes.append(_SPLIT_CODE[hint])
+    n_docs = len(texts)
+    lens = np.fromiter(map(len, encs), np.int64, n_docs)  # (n_docs,) tokens per document
+    # (n_tokens,); np.array reads a list directly, which beats np.fromiter over chained lists
+    ids = np.concatenate([np.array(e.ids, dtype) for e in encs]) if n_docs else np.zeros(0, dtype)
+
+    # Sentence starts: one regex pass for the batch, then char -> token only at the boundaries.
+    doc, char = sentence_starts_batch(texts)  # (k,), (k,)
+    c2t = [e.char_to_token for e in encs]
+    found = [c2t[d](c) for d, c in zip(doc.tolist(), char.tolist())]
+    tok = np.array([-1 if t is None else t for t in found], np.int64)  # (k,) -1: the character has no token
+    # Keep a boundary when its token lies after the last kept start of its document (0 at first):
+    # two boundaries inside one token, or one on a character the normaliser dropped, add nothing.
+    # Keys doc * width + token increase across documents, so a running maximum over the batch
+    # gives, per document, the last token kept so far (the first boundary compares with 0).
+    width = int(lens.max(initial=0)) + 1
+    key = doc * width + np.maximum(tok, 0)  # (k,)
+    before = np.maximum.accumulate(np.concatenate(([-1], key[:-1]))) if len(key) else key
+    keep = key > np.maximum(before, doc * width)  # tok > 0 and tok > previous kept start
+    kept_doc, kept_tok = doc[keep], tok[keep]
+
+    nonempty = lens > 0
+    rank = np.cumsum(nonempty) - 1  # (n_docs,) position among the kept documents
+    n_sents = (np.bincount(kept_doc, minlength=n_docs) + 1)[nonempty]  # (n_kept,) the 0 start too
+    sent_rel = np.zeros(int(n_sents.sum()), np.int64)  # per document: 0, then its kept starts
+    # the j-th kept boundary follows j boundaries and rank + 1 zeros of the documents up to its own
+    sent_rel[np.arange(len(kept_tok)) + rank[kept_doc] + 1] = kept_tok
+
+    raws = [t.encode("utf-8") for t in texts]
+    doc_bytes = np.fromiter(map(len, raws), np.int64, n_docs)  # (n_docs,)
+    codes = _split_codes(raws, hints, seed, val_fraction)  # (n_docs,)
     return (
-        np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype),
-        np.asarray(lens, dtype=np.int64),
-        np.asarray(sent_rel, dtype=np.int64),
-        np.asarray(n_sents, dtype=np.int64),
-        np.asarray(codes, dtype=np.uint8),
-        np.asarray(doc_bytes, dtype=np.int64),
-        n_bytes,
-        dropped,
+        ids, lens[nonempty], sent_rel, n_sents, codes[nonempty], doc_bytes[nonempty],
+        int(doc_bytes.sum()), n_docs - int(nonempty.sum()),
     )
+
+
+def _split_codes(raws: list[bytes], hints: list[str | None], seed: int, val_fraction: float) -> np.ndarray:
+    """Split code per document: the corpus's own split when it has one, else validation when a
+    keyed 64-bit hash of the document's bytes falls below ``val_fraction`` of the hash range."""
+    key = seed.to_bytes(8, "little", signed=True)
+    digests = b"".join([hashlib.blake2b(raw, digest_size=8, key=key).digest() for raw in raws])
+    h = np.frombuffer(digests, "<u8")  # (n_docs,)
+    codes = (h < np.uint64(int(val_fraction * 2**64))).astype(np.uint8)
+    if any(hint is not None for hint in hints):
+        for i, hint in enumerate(hints):
+            if hint is not None:
+                codes[i] = _SPLIT_CODE[hint]
+    return codes
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -154,7 +174,7 @@ class _SplitWriter:
         if not len(lens):
             return
         starts = self.n_tokens + np.concatenate(([0], np.cumsum(lens[:-1])))  # (n_docs,)
-        self.tok_f.write(ids.tobytes())
+        self.tok_f.write(memoryview(np.ascontiguousarray(ids)))
         self.doc_f.write(starts.astype("<i8").tobytes())
         self.sent_f.write((sent_rel + np.repeat(starts, n_sents)).astype("<i8").tobytes())
         # remember the last document, in case it must move to validation at the end
@@ -183,10 +203,10 @@ class _SplitWriter:
         return ids, sents, nb
 
     def finish(self) -> dict[str, int]:
+        self.tok_f.flush()
+        os.fsync(self.tok_f.fileno())
         for f in (self.tok_f, self.doc_f, self.sent_f):
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
+            f.close()  # the raw offset files are temporary: copied below, never fsynced
         for kind, n in (("docs", self.n_docs), ("sents", self.n_sents)):
             raw = self.folder / f".{self.name}.{kind}.raw"
             with open(self.folder / f"{self.name}.{kind}.npy", "wb") as out:
@@ -441,15 +461,18 @@ def _dispatch(
     writers: dict[str, _SplitWriter], ids: np.ndarray, lens: np.ndarray, sent_rel: np.ndarray,
     n_sents: np.ndarray, codes: np.ndarray, doc_bytes: np.ndarray,
 ) -> None:
-    """Route a worker result to the split writers (vectorised; one write per split)."""
+    """Route a worker result to the split writers: one write per run of consecutive documents of
+    the same split (a batch holds a handful of validation documents among hundreds)."""
     if not len(lens):
         return
-    if not codes.any():  # the common case: the whole batch is training data
-        writers["train"].write(ids, lens, sent_rel, n_sents, doc_bytes)
+    cuts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+    if not len(cuts):  # the common case: the whole batch goes to one split
+        writers[SPLITS[codes[0]]].write(ids, lens, sent_rel, n_sents, doc_bytes)
         return
-    tok_code = np.repeat(codes, lens)  # (n_tokens,)
-    sent_code = np.repeat(codes, n_sents)  # (n_sents,)
-    for name, code in _SPLIT_CODE.items():
-        sel = codes == code
-        if sel.any():
-            writers[name].write(ids[tok_code == code], lens[sel], sent_rel[sent_code == code], n_sents[sel], doc_bytes[sel])
+    bounds = np.concatenate(([0], cuts, [len(lens)])).tolist()
+    tok_at = np.concatenate(([0], np.cumsum(lens))).tolist()  # token offset of each document
+    sent_at = np.concatenate(([0], np.cumsum(n_sents))).tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        writers[SPLITS[codes[a]]].write(
+            ids[tok_at[a]:tok_at[b]], lens[a:b], sent_rel[sent_at[a]:sent_at[b]], n_sents[a:b], doc_bytes[a:b]
+        )

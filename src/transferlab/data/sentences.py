@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import operator
 import re
+from typing import Sequence
 
-__all__ = ["split_sentences", "sentence_starts", "ABBREVIATIONS"]
+import numpy as np
+
+__all__ = ["split_sentences", "sentence_starts", "sentence_starts_batch", "ABBREVIATIONS"]
 
 #: lower-cased words that are usually followed by a period without ending a sentence
 ABBREVIATIONS = frozenset(
@@ -87,6 +90,38 @@ def sentence_starts(text: str) -> list[int]:
     """
     n = len(text)
     return [e for e in map(_END, _BOUNDARY.finditer(text)) if e < n]
+
+
+# Joins documents for one regex pass. NUL is neither whitespace nor a candidate character, so no
+# match can consume it: every match stays inside one document. A match may *look* at it (the
+# "next character is not lower case" lookahead), which only happens at a document's last
+# character, i.e. for a match ending at the document's end, which sentence_starts drops too. The
+# lookbehinds see NUL where a lone document has its start, and both are non-word, non-letter,
+# non-period, so they decide alike.
+_JOIN = "\x00"
+
+
+def sentence_starts_batch(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sentence_starts` of many documents in one regex pass (no per-document Python call).
+
+    Args:
+        texts: documents.
+
+    Returns:
+        ``(doc, offset)``: two int64 arrays of the same length, ordered by document and then by
+        offset: ``offset[i]`` is where a sentence of ``texts[doc[i]]`` starts (not the first).
+        Exactly the concatenation of ``sentence_starts(t)`` over the texts.
+    """
+    if not texts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lens = np.fromiter(map(len, texts), np.int64, len(texts))  # (n_docs,)
+    starts = np.zeros(len(texts), np.int64)  # (n_docs,) offset of each document in the joined text
+    np.cumsum(lens[:-1] + 1, out=starts[1:])
+    ends = np.fromiter(map(_END, _BOUNDARY.finditer(_JOIN.join(texts))), np.int64)  # (k,)
+    doc = np.searchsorted(starts, ends, side="right") - 1
+    offset = ends - starts[doc]
+    keep = offset < lens[doc]  # a boundary at a document's very end starts no sentence
+    return doc[keep], offset[keep]
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
