@@ -320,12 +320,16 @@ def test_sentence_tokens_keep_only_increasing_starts():
 
 def test_batches_shrink_at_the_end_and_keep_every_document_in_order():
     docs = [Document("x" * 100, "f", i + 1, ("test" if i == 5 else None)) for i in range(200)]
-    batches = list(prep_mod._batches(iter(docs), batch_chars=1000, total_chars=20_000))
+    batches = list(prep_mod._batches(iter(docs), batch_chars=1000, total_bytes=20_000))
     sizes = [sum(map(len, texts)) for texts, _ in batches]
     assert sizes == [1000] * 17 + [200] * 15  # full batches until 4 batches are left, then 1/8 (whole docs)
     assert [t for texts, _ in batches for t in texts] == [d.text for d in docs]
     assert [h for _, hints in batches for h in hints] == [d.split for d in docs]
     assert [len(b[0]) for b in prep_mod._batches(iter(docs), 10**9, max_docs=64)] == [64, 64, 64, 8]
+    # the input size is in UTF-8 bytes, so the end is judged in bytes, not characters
+    wide = [Document("\u00e9" * 100, "f", i + 1) for i in range(100)]
+    sizes = [sum(map(len, t)) for t, _ in prep_mod._batches(iter(wide), batch_chars=1000, total_bytes=20_000)]
+    assert sizes == [1000] * 9 + [200] * 5  # 18,000 of 20,000 bytes seen after 9,000 characters
 
 
 # ---------------------------------------------------------------------------------- datasets
