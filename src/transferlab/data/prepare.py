@@ -74,8 +74,10 @@ def _init_worker(tokenizer_json: str, dtype: str, seed: int, val_fraction: float
     # The worker tokenizes in a thread of its own, not in its main thread. A forked child's main
     # thread allocates from glibc's main arena exactly as the parent left it, and a parent that
     # has tokenized before (a notebook, `transferlab demo`, the benchmark's ceiling run) leaves it
-    # fragmented: encode_batch's millions of small allocations then cost ~12% more CPU
-    # (measured: 2.64 vs 3.00 MB per CPU-second). A new thread allocates from another arena.
+    # fragmented: encode_batch's millions of small allocations then cost ~12% more CPU (measured,
+    # bare encode_batch in two forked processes after the parent had tokenized the corpus: 2.64 MB
+    # per CPU-second in the main thread, 3.04 in a new thread, 3.00 from a fresh parent). A new
+    # thread allocates from another arena.
     pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
     backend = pool.submit(Backend.from_str, tokenizer_json).result()  # the vocabulary in that arena too
     _WORKER.update(pool=pool, backend=backend, dtype=np.dtype(dtype), seed=seed, val_fraction=val_fraction)
