@@ -36,6 +36,8 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -60,6 +62,22 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
+def _stop_pool(pool: Any, timeout: float = 10.0) -> None:
+    """Stop a pool after an error or an interrupt, without hanging.
+
+    ``Pool.terminate`` joins the pool's handler threads, and one of them can block for good on a
+    queue lock that a worker held when it was signalled. The workers' results are no longer
+    needed, so they are killed first; the terminate then runs in a daemon thread given
+    ``timeout`` seconds (its threads are daemons: an unfinished one does not keep the process alive).
+    """
+    for p in list(getattr(pool, "_pool", ())):
+        if p.exitcode is None:
+            p.kill()
+    t = threading.Thread(target=pool.terminate, name="prepare-pool-stop", daemon=True)
+    t.start()
+    t.join(timeout)
+
+
 # ---------------------------------------------------------------------------------- worker side
 _WORKER: dict[str, Any] = {}
 
@@ -71,6 +89,10 @@ def _init_worker(tokenizer_json: str, dtype: str, seed: int, val_fraction: float
 
     # one Rust thread per worker process: the processes are the parallelism
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # Ctrl-C reaches the whole process group: only the parent acts on it (and stops the workers);
+    # SIGTERM (Pool.terminate) must end a worker whatever handler the forking process had set.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # The worker tokenizes in a thread of its own, not in its main thread. A forked child's main
     # thread allocates from glibc's main arena exactly as the parent left it, and a parent that
     # has tokenized before (a notebook, `transferlab demo`, the benchmark's ceiling run) leaves it
@@ -349,9 +371,11 @@ def _tokenize_into(
                     consume(pending.popleft().get())
             while pending:
                 consume(pending.popleft().get())
-        finally:
-            pool.terminate()
-            pool.join()
+        except BaseException:
+            _stop_pool(pool)
+            raise
+        pool.terminate()
+        pool.join()
         return dropped
     finally:
         bar.total = max(bar.n, 1)  # sizes on disk are only an estimate of the text's size
