@@ -44,12 +44,18 @@ class LMHead(nn.Module):
     def output_weight(self) -> torch.Tensor:
         return self.embed[0].weight if self.tied else self.weight
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., V)
+    def transform_hidden(self, h: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., C)
+        """Everything before the vocabulary projection (BERT's transform, T5's logit scale), so a
+        fused loss can do the projection itself: ``forward(h) == F.linear(transform_hidden(h),
+        output_weight, bias)``."""
         if self.transform is not None:
             h = self.transform(h)
         if self.scale != 1.0:
             h = h * self.scale
-        return F.linear(h, self.output_weight, self.bias)
+        return h
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., V)
+        return F.linear(self.transform_hidden(h), self.output_weight, self.bias)
 
 
 class _Act(nn.Module):

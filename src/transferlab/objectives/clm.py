@@ -97,5 +97,5 @@ class CLM(ObjectiveBase):
         model = self._model_of(module)
         out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
         h = out.last_hidden_state[:, :-1]  # (B, T-1, C): position t predicts token t+1
-        loss_sum, correct, n = sparse_ce(model.heads["lm"], h, batch["labels"][:, 1:])
+        loss_sum, correct, n = sparse_ce(model.heads["lm"], h, batch["labels"][:, 1:], dense=True)
         return loss_sum, {"clm_loss": ratio(loss_sum, n), "clm_acc": ratio(correct, n)}

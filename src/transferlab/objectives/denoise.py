@@ -312,5 +312,5 @@ def seq2seq_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], prefix:
         input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
         decoder_input_ids=batch["decoder_input_ids"], decoder_attention_mask=batch.get("decoder_attention_mask"),
     )
-    loss_sum, correct, n = sparse_ce(model.heads["lm"], out.last_hidden_state, batch["labels"])
+    loss_sum, correct, n = sparse_ce(model.heads["lm"], out.last_hidden_state, batch["labels"], dense=True)
     return loss_sum, {f"{prefix}_loss": ratio(loss_sum, n), f"{prefix}_acc": ratio(correct, n)}

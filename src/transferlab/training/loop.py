@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import queue
 import signal
 import threading
@@ -70,6 +71,62 @@ def resolve_dtype(dtype: str | DType, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the OS after every step.
+
+    glibc's malloc serves large blocks (activations, logits: megabytes each) with fresh ``mmap``
+    pages and unmaps them on free, so every training step page-faults its whole working set in
+    again: ~116,000 minor faults (~450 MB zeroed by the kernel) per gpt-mini step, ~25% of the
+    step time on the 2-core CPU (BENCHMARKS.md). Serving every block from the heap
+    (``M_MMAP_MAX=0``) and never trimming it (``M_TRIM_THRESHOLD``) makes the steady state
+    fault-free; the price is that the process keeps its peak heap, which a training process
+    reaches every step anyway. This is what jemalloc/tcmalloc preloading, the usual CPU-training
+    advice, achieves. Process-wide, idempotent; a no-op (False) without glibc or with the
+    environment variable ``TRANSFERLAB_MALLOC_TUNING=0``.
+
+    Returns:
+        True when the settings were applied.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if os.environ.get("TRANSFERLAB_MALLOC_TUNING", "1") == "0":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:  # pragma: no cover - no loadable libc
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from <malloc.h>
+    return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_MMAP_MAX, 0))
+
+
+def compile_model(module: nn.Module, whole: bool = True) -> None:
+    """``torch.compile`` in place (parameter and state-dict names unchanged).
+
+    Args:
+        module: what the trainer optimises.
+        whole: compile ``module.forward`` as one graph: backbone and loss together, which is what
+            an objective's wrapper (:class:`~transferlab.objectives.base.ObjectiveModule`) runs;
+            the blocks, the masks and the fused LM-head loss have no data-dependent branches under
+            compile, so clm and denoise compile to one graph (mlm breaks once, at its gather of
+            the masked rows). False: compile each transformer block separately (FSDP shards the
+            blocks, and a bare model's forward is not what the objectives call).
+    """
+    if whole:
+        # shapes change between batches for denoising (padded lengths) and sparse MLM (number
+        # of masked rows): after one recompile dynamo marks those dimensions dynamic.
+        module.compile()
+        return
+    from ..models.blocks import Block
+
+    for m in module.modules():
+        if isinstance(m, Block):
+            m.compile()
 
 
 class _LossModule(nn.Module):
@@ -172,15 +229,11 @@ class Trainer:
         # (ELECTRA's generator + discriminator pair); unwrap_model gives back what is saved.
         wrap = getattr(objective, "wrap_model", None)
         self.model = (wrap(model) if wrap is not None else model).to(self.info.device)
+        if self.info.device.type == "cpu":
+            tune_cpu_allocator()
+        self.compile_seconds: float | None = None  # the first (compiling) step's wall time
         if cfg.compile:
-            from ..models.blocks import Block
-
-            # Compile each transformer block in place (parameter names stay the same). Blocks have
-            # static shapes and no data-dependent control flow, unlike the stack around them (mask
-            # checks) and the objectives (sparse gathers), which stay eager.
-            for m in self.model.modules():
-                if isinstance(m, Block):
-                    m.compile()
+            compile_model(self.model, whole=self.model is not model and not cfg.fsdp)
         self.model.train()
         # DDP / FSDP2 wrap the loss module: its forward is the whole objective, so the wrapper's
         # hooks (DDP's reducer, FSDP's root all-gather) run even though objectives call the
@@ -271,7 +324,12 @@ class Trainer:
             while self.progress() < 1.0 and not self._stop_signal:
                 t0 = time.perf_counter()
                 record = self.train_step(prefetch)
-                self.elapsed += self._agree(time.perf_counter() - t0)
+                dt = time.perf_counter() - t0
+                if self.cfg.compile and self.compile_seconds is None:
+                    self.compile_seconds = dt
+                    if self.info.is_main:
+                        print(f"torch.compile warm-up: the first step took {dt:.1f}s", flush=True)
+                self.elapsed += self._agree(dt)
                 record.update(elapsed_s=self.elapsed, tokens=self.tokens, step=self.step)
                 for cb in self.on_step:
                     cb(record)
@@ -518,7 +576,7 @@ class Trainer:
             "tokens_per_s": self.tokens / max(self.elapsed, 1e-9), "dtype": self.dtype,
             "world_size": self.info.world_size, "final_train_loss": last_train.get("loss"),
             "val_loss": self.last_val.get("val_loss"), "val_ppl": self.last_val.get("val_ppl"),
-            "stopped_by": self._stopped_by(),
+            "stopped_by": self._stopped_by(), "compile_warmup_s": self.compile_seconds,
             "checkpoint": str(latest_checkpoint(self.out / "checkpoints") or ""),
             "checkpoints": [str(p) for _, p in list_checkpoints(self.out / "checkpoints")],
         }
