@@ -204,11 +204,19 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=bias, dropout_p=p, is_causal=is_causal and bias is None, scale=self.scale
             )
         else:  # plain matmuls: faster than SDPA for short bf16 sequences on some CPUs
-            att = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, T, S)
+            # Every elementwise op on the (B, nh, T, S) scores is a pass over the largest
+            # activation of the block, so there are as few as possible: the scale goes on q (the
+            # contiguous copy the batched matmul makes of the head view anyway), and the mask is
+            # added in place (its backward is the identity, and the scores keep their dtype).
+            if self.scale != 1.0:
+                q = q * self.scale  # (B, nh, T, hs)
+            att = q @ k.transpose(-2, -1)  # (B, nh, T, S)
             if bias is not None:
-                att = att + bias
+                att += bias
             elif is_causal:
-                att = att.masked_fill(torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).triu(1), _NEG)
+                S = k.shape[2]
+                causal = torch.ones(T, S, dtype=torch.bool, device=x.device).triu(S - T + 1)
+                att += torch.zeros(T, S, dtype=att.dtype, device=x.device).masked_fill_(causal, _NEG)
             att = F.dropout(att.softmax(-1), p=p, training=self.training)
             y = att @ v
         y = y.transpose(1, 2).reshape(B, T, inner)  # (B, T, nh*hs)

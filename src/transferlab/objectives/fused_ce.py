@@ -72,28 +72,37 @@ def _chunk_stats(z: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | None, w
     """
     if torch.compiler.is_compiling():
         return _chunk_stats_compiled(z, t, valid, want_grad, want_bias, grad_dtype)
-    zf = z.float()  # (n, V) fp32; a cheap copy (a vectorised bf16 -> fp32 convert)
-    logp = torch.log_softmax(zf, dim=-1)  # (n, V)
     rows = torch.arange(t.shape[0], device=z.device)
-    nll = -logp[rows, t]  # (n,)
+    # Eagerly every op is a pass over the (n, V) chunk, so the chunk is read as few times as
+    # possible: one fp32 softmax (it converts z on the fly), from which the loss, dL/dz and the
+    # bias gradient all follow; the log-softmax, the second softmax and the fp32 copy of z of the
+    # textbook formulation are not needed (measured: BENCHMARKS.md, "Pre-training throughput").
+    p = torch.softmax(z, dim=-1, dtype=torch.float32)  # (n, V) fp32
+    pt = p[rows, t]  # (n,) the target's probability
+    # nll = -log p_t, exact to fp32 rounding (~1e-7); a probability that underflowed to the
+    # smallest normal floats (log-odds below about -87) falls back to log_softmax for its rows
+    nll = -torch.log(pt)
+    tiny = pt < 1e-30
+    if bool(tiny.any()):
+        low = tiny.nonzero().squeeze(-1)
+        nll[low] = -torch.log_softmax(z[low].float(), dim=-1)[torch.arange(low.numel(), device=z.device), t[low]]
     # argmax == target, exactly (first index wins ties, as torch.argmax): the target must be a
     # maximum, and only those rows (a minority) need the full argmax. Eagerly, amax is ~20x
-    # faster than argmax on CPU, so this beats zf.argmax(-1) == t.
-    zt = zf[rows, t]  # (n,) the target's logit
-    cand = zt >= zf.amax(dim=-1)
+    # faster than argmax on CPU, so this beats z.argmax(-1) == t; the comparison is made on the
+    # logits themselves, so it is exact.
+    cand = z[rows, t] >= z.amax(dim=-1)
     if valid is not None:
         nll, cand = nll * valid, cand & valid
     idx = cand.nonzero().squeeze(-1)
-    correct = (zf[idx].argmax(dim=-1) == t[idx]).sum()
+    correct = (z[idx].argmax(dim=-1) == t[idx]).sum()
     g = gsum = None
     if want_grad:
-        g = torch.softmax(zf, dim=-1)  # one fused kernel; cheaper than logp.exp()
-        g[rows, t] -= 1.0
+        p[rows, t] = pt - 1.0  # dL/dz = softmax(z) - onehot(t), in place
         if valid is not None:
-            g = g * valid[:, None]
+            p.masked_fill_(~valid[:, None], 0.0)
         if want_bias:
-            gsum = g.sum(0)  # (V,) fp32
-        g = g.to(grad_dtype or torch.float32)
+            gsum = p.new_ones(p.shape[0]) @ p  # (V,) fp32 column sums; ~1.5x p.sum(0) on CPU
+        g = p if grad_dtype in (None, torch.float32) else p.to(grad_dtype)
     return nll.sum(), correct, g, gsum
 
 
