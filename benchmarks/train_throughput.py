@@ -2,7 +2,8 @@
 
 bert-mini MLM vs ``BertForMaskedLM``, gpt-mini CLM vs ``GPT2LMHeadModel``, bart-mini denoising vs
 ``BartForConditionalGeneration``: 4 layers (BART 2+2) x 256 hidden x 4 heads x 1024 MLP, vocab
-8192, batch 32 x 128, bf16 autocast, AdamW + gradient clipping at 1.0 on both sides.
+8192, batch 32 x 128, bf16 autocast, fused AdamW (transformers' Trainer default) + gradient clipping at
+1.0 on both sides.
 
 * ours: :meth:`Trainer.train_step` of the real loop with the pre-training defaults of
   ``transferlab pretrain`` (``PRETRAIN_MODEL_DEFAULTS_CPU``: plain-matmul attention, no dropout;
@@ -113,7 +114,9 @@ def hf_model(kind: str, tuned: bool):
 
 
 def hf_step(model, batch):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    # fused AdamW: transformers' own Trainer default (``adamw_torch_fused`` with torch >= 2.8), and
+    # what our trainer uses on CPUs too
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     model.train()
 
     def step() -> int:
