@@ -72,3 +72,28 @@ def test_build_optimizer_is_fused_on_cpu_and_matches_foreach():
         # same update up to float rounding (the fused kernel orders its arithmetic differently;
         # Adam turns ~1e-7 gradient differences into ~1e-6 steps), against ~3e-2 of movement
         torch.testing.assert_close(p, q, rtol=1e-4, atol=2e-5, msg=n)
+
+
+@pytest.mark.parametrize("preset,extra", [("gpt-mini", {}), ("bart-mini", {"decoder_start_token_id": 2})])
+def test_bf16_masks_still_hide_padding_under_autocast(preset, extra):
+    """Under autocast the padding/causal masks are cast to bf16 once per forward (fp32 masks take a
+    slow mixed-dtype add): padded keys must still get exactly zero weight, so what sits at padded
+    positions cannot change the outputs at real positions, and the result stays close to fp32."""
+    torch.manual_seed(0)
+    model = build_model(preset, **SMALL, **extra, attn_impl="math").eval()
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, V, (3, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    mask[1, 8:] = 0
+    other = ids.clone()
+    other[mask == 0] = torch.randint(5, V, (int((mask == 0).sum()),), generator=g)  # different padding content
+    dec = {"decoder_input_ids": ids[:, :7]} if model.config.family == "encoder-decoder" else {}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a = model.backbone(input_ids=ids, attention_mask=mask, **dec).last_hidden_state
+        b = model.backbone(input_ids=other, attention_mask=mask, **dec).last_hidden_state
+    with torch.no_grad():
+        ref = model.backbone(input_ids=ids, attention_mask=mask, **dec).last_hidden_state
+    keep = mask.bool() if not dec else torch.ones(a.shape[:2], dtype=torch.bool)
+    assert torch.equal(a[keep], b[keep])
+    assert (a.float() - ref).abs()[keep].max() < 0.1

@@ -391,14 +391,21 @@ class Stack(nn.Module):
             q_pos = torch.arange(past, S, device=x.device)
             rb = self.rel_bias(q_pos, torch.arange(S, device=x.device)).to(x.dtype)
             bias = rb if bias is None else bias + rb
+        # Under autocast the attention scores are in the autocast dtype (bf16), and adding an fp32
+        # mask to them takes a slow mixed-dtype path (~25x a same-dtype add for a (B, 1, T, S)
+        # mask on CPU, BENCHMARKS.md): masks of 0 / -1e9 are cast once here, for every layer. A
+        # learned relative-position bias keeps x's dtype (its values are not just 0 and -1e9).
+        mask_dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            mask_dtype = torch.get_autocast_dtype(x.device.type)
         if bias is not None:
-            bias = bias.to(x.dtype)
+            bias = bias.to(x.dtype if self.rel_bias is not None else mask_dtype)
         is_causal = self.causal and bias is None and past == 0
 
         mem_bias = None
         if memory is not None and memory_mask is not None and (
                 torch.compiler.is_compiling() or not bool(memory_mask.all())):
-            mem_bias = ((1.0 - memory_mask[:, None, None, :].to(x.dtype)) * _NEG).to(x.dtype)
+            mem_bias = ((1.0 - memory_mask[:, None, None, :].to(x.dtype)) * _NEG).to(mask_dtype)
 
         hidden = [] if output_hidden_states else None
         for i, block in enumerate(self.blocks):
