@@ -60,6 +60,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, DataError
+from . import fused_ce
 
 
 @dataclass
@@ -365,8 +366,6 @@ def sparse_ce(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, fused
     Returns:
         (sum of per-target losses in fp32, number of correct argmax predictions, number of targets).
     """
-    from . import fused_ce
-
     use_fused = (fused_ce.ENABLED if fused is None else fused) and hasattr(head, "transform_hidden")
     if dense and use_fused and torch.compiler.is_compiling():
         loss_sum, correct = fused_ce.linear_cross_entropy(
@@ -380,8 +379,6 @@ def sparse_ce(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, fused
 def _gathered_ce(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
                  use_fused: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`sparse_ce` on the gathered target rows, always eager (see there)."""
-    from . import fused_ce
-
     sel = labels != -100  # (B, T)
     if bool(sel.all()):
         h, tgt = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)  # every row: no gather

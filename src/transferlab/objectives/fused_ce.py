@@ -130,40 +130,53 @@ def _chunk_stats_compiled(z, t, valid, want_grad, want_bias, grad_dtype):
     return nll.sum(), cand.sum(), g, gsum
 
 
+def _chunked(hidden, weight, bias, targets, ignore_index: int, chunk_rows: int, cdtype: torch.dtype,
+             need_h: bool, need_w: bool, need_b: bool):
+    """The chunk loop behind :func:`linear_cross_entropy`, with or without gradients.
+
+    Returns:
+        (fp32 loss sum, long correct count, dL/dh (N, C) in the compute dtype or None, dL/dW (V, C)
+        fp32 or None, dL/db (V,) fp32 or None); the gradients are of the summed loss.
+    """
+    want_grad = need_h or need_w or need_b
+    with torch.autocast(hidden.device.type, enabled=False):
+        h = hidden.to(cdtype).contiguous()  # (N, C)
+        w = weight.to(cdtype)  # (V, C): cast once, not per chunk
+        b = bias.to(cdtype) if bias is not None else None
+        valid_all = targets != ignore_index  # (N,)
+        any_ignored = _any_ignored(valid_all)
+        t_all = targets.masked_fill(~valid_all, 0) if any_ignored else targets
+        N = h.shape[0]
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        correct = torch.zeros((), dtype=torch.long, device=h.device)
+        gh = torch.empty_like(h) if need_h else None  # (N, C) dL/dh in the compute dtype
+        gw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
+        gb = torch.zeros(weight.shape[0], dtype=torch.float32, device=h.device) if need_b else None
+        for s in range(0, N, chunk_rows):
+            e = min(s + chunk_rows, N)
+            x = h[s:e]  # (n, C)
+            z = F.linear(x, w, b)  # (n, V) compute dtype
+            # g: (n, V) in the compute dtype, the matmuls run in it as autocast's would
+            l, c, g, gsum = _chunk_stats(z, t_all[s:e], valid_all[s:e] if any_ignored else None,
+                                         want_grad, need_b, cdtype)
+            loss += l
+            correct += c
+            if need_b:
+                gb += gsum
+            if need_h:
+                gh[s:e] = g @ w  # (n, C)
+            if need_w:
+                gw += g.t() @ x  # (V, C), accumulated in fp32
+    return loss, correct, gh, gw, gb
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Loss and gradients in one chunked pass; the backward only rescales the stored gradients."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ignore_index: int, chunk_rows: int, cdtype: torch.dtype):
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        with torch.autocast(hidden.device.type, enabled=False):
-            h = hidden.to(cdtype).contiguous()  # (N, C)
-            w = weight.to(cdtype)  # (V, C): cast once, not per chunk
-            b = bias.to(cdtype) if bias is not None else None
-            valid_all = targets != ignore_index  # (N,)
-            any_ignored = _any_ignored(valid_all)
-            t_all = targets.masked_fill(~valid_all, 0) if any_ignored else targets
-            N = h.shape[0]
-            loss = torch.zeros((), dtype=torch.float32, device=h.device)
-            correct = torch.zeros((), dtype=torch.long, device=h.device)
-            gh = torch.empty_like(h) if need_h else None  # (N, C) dL/dh in the compute dtype
-            gw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
-            gb = torch.zeros(weight.shape[0], dtype=torch.float32, device=h.device) if need_b else None
-            for s in range(0, N, chunk_rows):
-                e = min(s + chunk_rows, N)
-                x = h[s:e]  # (n, C)
-                z = F.linear(x, w, b)  # (n, V) compute dtype
-                # g: (n, V) in the compute dtype, the matmuls run in it as autocast's would
-                l, c, g, gsum = _chunk_stats(z, t_all[s:e], valid_all[s:e] if any_ignored else None,
-                                                     True, need_b, cdtype)
-                loss += l
-                correct += c
-                if need_b:
-                    gb += gsum
-                if need_h:
-                    gh[s:e] = g @ w  # (n, C)
-                if need_w:
-                    gw += g.t() @ x  # (V, C), accumulated in fp32
+        loss, correct, gh, gw, gb = _chunked(hidden, weight, bias, targets, ignore_index, chunk_rows, cdtype,
+                                             *ctx.needs_input_grad[:3])
         ctx.save_for_backward(gh, gw, gb)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         ctx.mark_non_differentiable(correct)
@@ -216,18 +229,7 @@ def linear_cross_entropy(
     if needs_grad:
         return _LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index, chunk, cdtype)
     # no gradients (evaluation): the same chunked loss, nothing stored
-    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-        h, w = hidden.to(cdtype), weight.to(cdtype)
-        b = bias.to(cdtype) if bias is not None else None
-        valid_all = targets != ignore_index
-        any_ignored = _any_ignored(valid_all)
-        t_all = targets.masked_fill(~valid_all, 0) if any_ignored else targets
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        correct = torch.zeros((), dtype=torch.long, device=h.device)
-        for s in range(0, h.shape[0], chunk):
-            e = min(s + chunk, h.shape[0])
-            z = F.linear(h[s:e], w, b)
-            l, c, _, _ = _chunk_stats(z, t_all[s:e], valid_all[s:e] if any_ignored else None, False)
-            loss += l
-            correct += c
+    with torch.no_grad():
+        loss, correct, _, _, _ = _chunked(hidden, weight, bias, targets, ignore_index, chunk, cdtype,
+                                          False, False, False)
     return loss, correct
