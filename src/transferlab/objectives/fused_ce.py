@@ -35,6 +35,11 @@ ENABLED = True
 CHUNK_ELEMENTS = 1 << 22
 
 
+#: dL/dz rows kept for the weight-gradient matmul: 32M elements (64 MB in bf16; a CPU batch of
+#: 32 x 128 tokens at V = 8192 is one buffer).
+GRAD_BUFFER_ELEMENTS = 1 << 25
+
+
 def default_chunk_rows(vocab_size: int) -> int:
     """Rows per chunk: ``CHUNK_ELEMENTS / vocab_size``, a multiple of 16, at least 64 (matmuls with
     fewer rows run far below peak)."""
@@ -152,6 +157,14 @@ def _chunked(hidden, weight, bias, targets, ignore_index: int, chunk_rows: int, 
         gh = torch.empty_like(h) if need_h else None  # (N, C) dL/dh in the compute dtype
         gw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
         gb = torch.zeros(weight.shape[0], dtype=torch.float32, device=h.device) if need_b else None
+        # dL/dW = G^T h over all rows. The chunks' dL/dz are kept in a buffer of up to
+        # GRAD_BUFFER_ELEMENTS and multiplied in one matmul per buffer (for the usual CPU batch,
+        # once per step): one long reduction instead of a (V, C) matmul, bf16 rounding and fp32
+        # add per chunk.
+        V = weight.shape[0]
+        buf_rows = min(N, max(chunk_rows, GRAD_BUFFER_ELEMENTS // max(V, 1))) if need_w else 0
+        gbuf = torch.empty(buf_rows, V, dtype=cdtype, device=h.device) if need_w else None  # (R, V)
+        b0 = 0  # first row of h held in the buffer
         for s in range(0, N, chunk_rows):
             e = min(s + chunk_rows, N)
             x = h[s:e]  # (n, C)
@@ -166,7 +179,12 @@ def _chunked(hidden, weight, bias, targets, ignore_index: int, chunk_rows: int, 
             if need_h:
                 gh[s:e] = g @ w  # (n, C)
             if need_w:
-                gw += g.t() @ x  # (V, C), accumulated in fp32
+                if e - b0 > buf_rows:  # full: flush rows b0..s
+                    gw += gbuf[: s - b0].t() @ h[b0:s]  # (V, C), accumulated in fp32
+                    b0 = s
+                gbuf[s - b0: e - b0] = g
+        if need_w and N > b0:
+            gw += gbuf[: N - b0].t() @ h[b0:N]
     return loss, correct, gh, gw, gb
 
 
