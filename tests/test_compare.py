@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,3 +228,12 @@ def test_method_train_sizes_limit_its_cells(tmp_path):
     with pytest.raises(ConfigError, match=r"models\[0\].train_sizes: 0 is not a positive integer"):
         parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "train_sizes": [100],
                               "models": [{"name": "big", "model": "builtin:minilm", "train_sizes": [0]}]}, base=tmp_path)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_example_configs_parse(path):
+    """Every comparison config in examples/ is valid: known keys, methods, sizes, seeds."""
+    c = load_compare_config(path)
+    assert c.models and c.tasks and c.seeds
+    assert len({m.name for m in c.models}) == len(c.models)
