@@ -11,9 +11,12 @@ time, 16 MB of fp32 logits instead of all of them) and, when gradients are neede
 cut-cross-entropy do):
 
     dL/dz = softmax(z) - onehot(t)     (rows with t == ignore_index: 0)
-    dL/dh = dL/dz @ W,   dL/dW = sum over chunks of dL/dz^T @ h,   dL/db = sum of dL/dz rows
+    dL/dh = dL/dz @ W,   dL/dW = dL/dz^T @ h,   dL/db = sum of dL/dz rows
 
-Only dL/dh (N, C), dL/dW (V, C) and dL/db (V,) are kept; the backward multiplies them by the
+dL/dW is one matmul per buffer of dL/dz rows in the compute dtype (``GRAD_BUFFER_ELEMENTS``, 64
+MB: a whole CPU batch at V = 8192), not one per chunk, so the extra memory stays bounded
+whatever N is. Only dL/dh (N, C), dL/dW (V, C) and dL/db (V,) outlive the forward; the backward
+multiplies them by the
 incoming gradient (the loss normalisation 1 / n_targets of the whole accumulated batch, which the
 trainer applies after the forward). Numerics follow the plain loss under autocast: the logits are
 computed in the autocast dtype (bf16) with the weight cast once, the softmax, the loss and
