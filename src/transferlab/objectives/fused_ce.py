@@ -64,7 +64,8 @@ def _any_ignored(valid: torch.Tensor) -> bool:
 
 
 def _chunk_stats(z: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | None, want_grad: bool,
-                 want_bias: bool = False, grad_dtype: torch.dtype | None = None):
+                 want_bias: bool = False, grad_dtype: torch.dtype | None = None,
+                 out: torch.Tensor | None = None):
     """Loss sum, correct count and (optionally) dL/dz and its column sums for one chunk of logits.
 
     Args:
@@ -74,12 +75,14 @@ def _chunk_stats(z: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | None, w
         want_grad: also return dL/dz = softmax(z) - onehot(t) (zero on ignored rows), computed in
             fp32 and returned in ``grad_dtype`` (default fp32).
         want_bias: also return dL/dz summed over rows in fp32 (the bias gradient).
+        out: (n, V) tensor to write dL/dz into (converted to its dtype in the same pass), e.g. a
+            slice of the weight-gradient buffer; it is what is returned as dL/dz.
 
     Returns:
         (fp32 loss sum, long correct count, dL/dz or None, its row sum or None).
     """
     if torch.compiler.is_compiling():
-        return _chunk_stats_compiled(z, t, valid, want_grad, want_bias, grad_dtype)
+        return _chunk_stats_compiled(z, t, valid, want_grad, want_bias, grad_dtype, out)
     rows = torch.arange(t.shape[0], device=z.device)
     # Eagerly every op is a pass over the (n, V) chunk, so the chunk is read as few times as
     # possible: one fp32 softmax (it converts z on the fly), from which the loss, dL/dz and the
@@ -110,11 +113,14 @@ def _chunk_stats(z: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | None, w
             p.masked_fill_(~valid[:, None], 0.0)
         if want_bias:
             gsum = p.sum(0)  # (V,) fp32
-        g = p if grad_dtype in (None, torch.float32) else p.to(grad_dtype)
+        if out is not None:
+            g = out.copy_(p)
+        else:
+            g = p if grad_dtype in (None, torch.float32) else p.to(grad_dtype)
     return nll.sum(), correct, g, gsum
 
 
-def _chunk_stats_compiled(z, t, valid, want_grad, want_bias, grad_dtype):
+def _chunk_stats_compiled(z, t, valid, want_grad, want_bias, grad_dtype, out=None):
     """:func:`_chunk_stats` written for Inductor (under ``torch.compile``): elementwise ops and
     reductions only (no gather, scatter or nonzero), which it fuses into a few loops over the
     chunk; the eager version's kernels each make a pass of their own."""
@@ -134,7 +140,7 @@ def _chunk_stats_compiled(z, t, valid, want_grad, want_bias, grad_dtype):
             g = g * valid[:, None]
         if want_bias:
             gsum = g.sum(0)
-        g = g.to(grad_dtype or torch.float32)
+        g = out.copy_(g) if out is not None else g.to(grad_dtype or torch.float32)
     return nll.sum(), cand.sum(), g, gsum
 
 
@@ -172,20 +178,21 @@ def _chunked(hidden, weight, bias, targets, ignore_index: int, chunk_rows: int, 
             e = min(s + chunk_rows, N)
             x = h[s:e]  # (n, C)
             z = F.linear(x, w, b)  # (n, V) compute dtype
+            slot = None
+            if need_w:
+                if e - b0 > buf_rows:  # full: flush rows b0..s
+                    gw += gbuf[: s - b0].t() @ h[b0:s]  # (V, C), accumulated in fp32
+                    b0 = s
+                slot = gbuf[s - b0: e - b0]  # this chunk's dL/dz is written straight into the buffer
             # g: (n, V) in the compute dtype, the matmuls run in it as autocast's would
             l, c, g, gsum = _chunk_stats(z, t_all[s:e], valid_all[s:e] if any_ignored else None,
-                                         want_grad, need_b, cdtype)
+                                         want_grad, need_b, cdtype, out=slot)
             loss += l
             correct += c
             if need_b:
                 gb += gsum
             if need_h:
                 gh[s:e] = g @ w  # (n, C)
-            if need_w:
-                if e - b0 > buf_rows:  # full: flush rows b0..s
-                    gw += gbuf[: s - b0].t() @ h[b0:s]  # (V, C), accumulated in fp32
-                    b0 = s
-                gbuf[s - b0: e - b0] = g
         if need_w and N > b0:
             gw += gbuf[: N - b0].t() @ h[b0:N]
     return loss, correct, gh, gw, gb
