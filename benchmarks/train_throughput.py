@@ -199,15 +199,13 @@ def step_flops(trainer, batch: dict) -> float:
 
 
 def bf16_matmul_peak(threads: int) -> float:
-    """FLOP/s of a 1024^3 bf16 matmul here (best of 10), the peak the ceiling lines use."""
+    """FLOP/s of a 1024^3 bf16 matmul here now, the peak the ceiling lines use: the measurement
+    behind the trainer's MFU (:func:`transferlab.cost.device_peak_flops`), taken fresh rather than
+    from its cache, so it reflects this run's machine state."""
+    from transferlab.cost import _benchmark_matmul
+
     torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024, dtype=torch.bfloat16), torch.randn(1024, 1024, dtype=torch.bfloat16)
-    best = float("inf")
-    for _ in range(12):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 1024**3 / best
+    return _benchmark_matmul(torch.device("cpu"), "bf16", 1024, 1.0)[0]
 
 
 def main() -> None:
