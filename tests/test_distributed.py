@@ -76,9 +76,24 @@ barrier(info)
 fsdp_resume()
 barrier(info)
 rc = main({argv!r})  # FSDP2 through the command line
+# leaving the group waits for every rank: rank 1 must not exit while rank 0 still works (a gloo
+# process that does can abort at exit, failing the finished run)
+import time
+if info.is_main:
+    time.sleep(1.0)
+t0 = time.perf_counter()
 cleanup_distributed()
+if not info.is_main:
+    json.dump({{"cleanup_s": time.perf_counter() - t0}}, open({resume!r} + "/cleanup.json", "w"))
 sys.exit(rc)
 """
+
+
+def _first_failure(out: str) -> str:
+    """The workers' own error lines, before torchrun's summary of which rank died."""
+    head = out.split("torch.distributed.elastic.multiprocessing.errors.ChildFailedError")[0]
+    lines = [l for l in head.splitlines() if l.strip() and "elastic" not in l]
+    return "\n".join(lines[-60:])[-4000:]
 
 
 def _losses(run: Path) -> list[float]:
@@ -109,7 +124,8 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(script)], env=env, capture_output=True, text=True, timeout=600)
     out = res.stdout + res.stderr
-    assert res.returncode == 0, "\n".join(l for l in out.splitlines() if "rror" in l)[-3000:] + out[-1500:]
+    (tmp_path / "torchrun.log").write_text(out)
+    assert res.returncode == 0, _first_failure(out)
 
     ddp, ddp_ref = _losses(tmp_path / "ddp"), _losses(tmp_path / "ddp-ref")
     assert len(ddp) == 6 and np.allclose(ddp, ddp_ref, rtol=0, atol=1e-5), (ddp, ddp_ref)
@@ -120,6 +136,9 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
     # resuming a killed FSDP run is bit-identical too (sharded optimizer state, per-rank RNG)
     result = json.loads((tmp_path / "resume" / "result.json").read_text())
     assert result["tensors"] > 10 and result["identical"] == result["tensors"], result
+
+    # rank 1 waited in cleanup_distributed for rank 0 (which arrived 1 s late)
+    assert json.loads((tmp_path / "resume" / "cleanup.json").read_text())["cleanup_s"] > 0.5
 
     # the FSDP run's artefacts are whole: gathered weights, a usable model, a 2-rank checkpoint
     summary = json.loads((tmp_path / "fsdp" / "summary.json").read_text())

@@ -65,9 +65,19 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group (call once at the end of a run)."""
+def cleanup_distributed(wait: bool = True) -> None:
+    """Leave the process group (call once at the end of a run).
+
+    Args:
+        wait: first wait at a barrier until every rank has got here. A gloo process that tears
+            down its group and exits while a peer is still working (rank 0 writing the model,
+            say) can abort at exit ("terminate called without an active exception", SIGABRT),
+            failing a finished run. Pass False on an error path: the other ranks may never
+            arrive, and torchrun stops them once this process exits.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

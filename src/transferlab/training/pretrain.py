@@ -309,10 +309,14 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
     ours = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = init_distributed()
     try:
-        return run(info)
-    finally:
+        summary = run(info)
+    except BaseException:
         if ours:
-            cleanup_distributed()
+            cleanup_distributed(wait=False)
+        raise
+    if ours:
+        cleanup_distributed()
+    return summary
 
 
 def _cost_tracker(trainer: Any, model: Any, objective: Any, train_cfg: TrainConfig, out: Path, cost: Any,
