@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
 WORKER = """
-import json, sys
+import json, sys, time
 sys.path.insert(0, {tests!r})
 import torch
 from test_trainer import ToyLM, tcfg, toy_data, toy_model
@@ -78,7 +78,6 @@ barrier(info)
 rc = main({argv!r})  # FSDP2 through the command line
 # leaving the group waits for every rank: rank 1 must not exit while rank 0 still works (a gloo
 # process that does can abort at exit, failing the finished run)
-import time
 if info.is_main:
     time.sleep(1.0)
 t0 = time.perf_counter()

@@ -16,9 +16,8 @@ cut-cross-entropy do):
 dL/dW is one matmul per buffer of dL/dz rows in the compute dtype (``GRAD_BUFFER_ELEMENTS``, 64
 MB: a whole CPU batch at V = 8192), not one per chunk, so the extra memory stays bounded
 whatever N is. Only dL/dh (N, C), dL/dW (V, C) and dL/db (V,) outlive the forward; the backward
-multiplies them by the
-incoming gradient (the loss normalisation 1 / n_targets of the whole accumulated batch, which the
-trainer applies after the forward). Numerics follow the plain loss under autocast: the logits are
+multiplies them by the incoming gradient (the loss normalisation 1 / n_targets of the whole
+accumulated batch, which the trainer applies after the forward). Numerics follow the plain loss under autocast: the logits are
 computed in the autocast dtype (bf16) with the weight cast once, the softmax, the loss and
 dL/dz in fp32, dL/dz cast to the compute dtype for the two gradient matmuls, dL/dW accumulated
 in fp32. Without autocast everything is in the weight's dtype (fp32).
