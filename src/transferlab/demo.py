@@ -143,7 +143,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
         "out_dir": str(out / "compare"), "tasks": ["imdb"], "train_sizes": list(cfg.train_sizes),
         "seeds": list(cfg.seeds), "models": models, "eval_on_test": True, "min_steps": 30,
         "finetune": {"epochs": cfg.epochs, "batch_size": 16, "lr": 1.0e-4, "max_length": cfg.max_length,
-                     "validation_size": 200, "test_size": cfg.test_size, "dtype": "bf16"},
+                     "validation_size": 200, "test_size": cfg.test_size, "dtype": "auto"},
     }
     ccfg = parse_compare_config(raw, source="demo")
     n_cells = len(ccfg.models) * len(ccfg.train_sizes) * len(ccfg.seeds)

@@ -335,7 +335,10 @@ class _LM:
 def _packable(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether oneDNN prepacked linears (what ``torch.compile``'s weight freezing uses for bf16 on
     CPUs) are available for weights of this device and dtype."""
-    return (device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+    # oneDNN packs bf16 weights only on CPUs with bf16 conversion instructions (avx512bw/vl/dq or
+    # avx_ne_convert); elsewhere its reorder raises and the linear would stay unpacked anyway
+    bf16_ok = dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and bf16_ok
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))

@@ -40,6 +40,7 @@ class Schedule(StrEnum):
 
 
 class DType(StrEnum):
+    AUTO = "auto"  #: bf16 where the hardware has native bf16 matmuls (avx512_bf16/AMX, Ampere+), else fp32
     BF16 = "bf16"  #: bf16 autocast, fp32 master weights (4.5x the fp32 matmul rate on AVX-512 bf16 CPUs)
     FP32 = "fp32"  #: plain fp32
 
@@ -148,8 +149,9 @@ class FinetuneConfig:
     """Wall-clock budget for training; the schedule is stretched over it (cramming-style)."""
     seed: int = 0
     """Seed for initialisation of new weights, shuffling, dropout and subsampling."""
-    dtype: DType = DType.BF16
-    """bf16 (autocast) or fp32."""
+    dtype: DType = DType.AUTO
+    """auto, bf16 (autocast) or fp32. ``auto`` is bf16 only where bf16 matmuls are native: on a CPU
+    without avx512_bf16/AMX, bf16 is emulated and runs ~40x slower than fp32."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto (cuda when available)."""
     attn_impl: str | None = None

@@ -60,10 +60,20 @@ def _device(name: str) -> torch.device:
 
 
 def _autocast(device: torch.device, dtype: str) -> Callable[[], Any]:
-    """A factory of the forward context: bf16 autocast (fp32 master weights) or nothing."""
-    if str(dtype) == "bf16":
+    """A factory of the forward context: bf16 autocast (fp32 master weights) or nothing.
+
+    ``auto`` resolves as in pre-training (:func:`~transferlab.training.loop.resolve_dtype`)."""
+    from ..training.loop import resolve_dtype
+
+    if resolve_dtype(str(dtype), device) == "bf16":
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
+
+
+def _resolved(dtype: str, device: torch.device) -> str:
+    from ..training.loop import resolve_dtype
+
+    return resolve_dtype(str(dtype), device)
 
 
 def _inference(ctx: Callable[[], Any]) -> Callable[[], Any]:
@@ -469,7 +479,7 @@ def _cost_tracker(cfg: FinetuneConfig, model: Any, device: torch.device) -> Any:
     except TypeError as e:
         raise ConfigError(f"finetune.cost: {e}") from None
     # out_dir=None: report.json goes into the atomically written output folder with the rest
-    return CostTracker(model, kind="finetune", out_dir=None, config=cc, dtype=str(cfg.dtype), device=device).start()
+    return CostTracker(model, kind="finetune", out_dir=None, config=cc, dtype=_resolved(cfg.dtype, device), device=device).start()
 
 
 def _batch_flops(w: Wiring, batch: dict[str, torch.Tensor]) -> float:
@@ -567,7 +577,7 @@ def evaluate(
     pair_column: str | None = None,
     label_column: str | None = None,
     batch_size: int = 64,
-    dtype: str = "bf16",
+    dtype: str = "auto",
     device: str = "auto",
     quiet: bool = True,
 ) -> dict[str, float]:
@@ -580,7 +590,7 @@ def evaluate(
         split: which split of the task (or which recorded file): test, validation or train.
         text_column, pair_column, label_column: override the column names of ``test_file``.
         batch_size: evaluation batch size.
-        dtype: bf16 or fp32.
+        dtype: auto (bf16 where native, else fp32), bf16 or fp32.
         device: cpu, cuda or auto.
         quiet: no progress bar.
 
@@ -606,7 +616,7 @@ def predict(
     model_dir: str | Path,
     inputs: str | Path | Sequence[str] | Sequence[dict[str, Any]],
     batch_size: int = 64,
-    dtype: str = "bf16",
+    dtype: str = "auto",
     device: str = "auto",
     quiet: bool = True,
     text_column: str | None = None,
