@@ -336,9 +336,15 @@ def _cost_tracker(trainer: Any, model: Any, objective: Any, train_cfg: TrainConf
                           device=info.device, seq_len=T, decoder_len=T if enc_dec else None)
     sparse = getattr(objective, "name", "") in ("mlm", "nsp", "mlm+nsp", "electra")
     generator = getattr(getattr(trainer, "model", None), "generator", None)
+    # objectives whose shapes the default estimate cannot see (plm's query slots, mass's short
+    # decoder, mtlm's sparse targets) bill their own steps
+    step_flops = getattr(objective, "step_flops", None)
 
     def on_step(record: dict[str, Any]) -> None:
         tokens = int(record.get("step_tokens", 0))
+        if step_flops is not None:
+            tracker.add(tokens=tokens, flops=step_flops(model.config, T, tokens, float(record.get("n_targets", 0))))
+            return
         n_pred = float(record["n_targets"]) if sparse and "n_targets" in record else None
         flops = None
         if generator is not None:  # ELECTRA: discriminator on every token + generator MLM
