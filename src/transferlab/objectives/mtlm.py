@@ -116,12 +116,17 @@ class MultitaskMLM(MLM):
         self.pad_id = self.sp.pad_token_id if self.sp.pad_token_id is not None else 0
         w = self.config.weights
         self.probs = w / w.sum()
+        self.cum = np.cumsum(self.probs)
+
+    def draw_mode(self, rng: np.random.Generator) -> int:
+        """One mode (an index into :data:`MODES`) with the configured weights: one uniform draw."""
+        return int(min(np.searchsorted(self.cum, rng.random(), side="right"), len(MODES) - 1))
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Windows -> mlm's batch + ``attn_mask`` (B, T, T) of one mode drawn for the batch, ``mtlm_mode``."""
+        mode = self.draw_mode(rng)
         ids, am = encoder_rows(examples, self.first, self.last, self.pad_id)
         inputs, labels = self.masker(ids, am, rng)
-        mode = int(rng.choice(len(MODES), p=self.probs))
         mask = mode_mask(MODES[mode], am.sum(1), ids.shape[1], self.config.source_frac)
         return {
             "input_ids": torch.from_numpy(inputs),
