@@ -411,3 +411,65 @@ def test_mass_loss_and_checks():
         build_objective("masked-seq2seq", sp, mask_ratio=1)
     cfg = seq2seq_cfg()
     assert ob.step_flops(cfg, 128, 4 * (128 + 63), 252) == pytest.approx(4 * estimate_flops(cfg, 128, "train", 63))
+
+
+# =============================================================================== end to end
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from test_trainer import prepared_data
+
+    root = tmp_path_factory.mktemp("bart-objectives")
+    return {k: prepared_data(root, k, n_docs=40) for k in ("wordpiece", "bpe")}
+
+
+TINY = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.d_head=16"]
+
+
+@pytest.mark.parametrize("preset, objective, data", [
+    ("bert-tiny", "plm", "wordpiece"),
+    ("bert-tiny", "mtlm", "wordpiece"),
+    ("bart-mini", "mass", "bpe"),
+])
+def test_pretrain_cli_runs_20_steps_and_bills_the_real_shapes(tiny_data, tmp_path, capsys, preset, objective, data):
+    import json
+
+    from transferlab.cli import main
+    from transferlab.models import from_pretrained
+    from transferlab.tokenizer import Tokenizer
+
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--preset", preset, "--objective", objective, "--data", str(tiny_data[data]),
+               "--out", str(out), "--max-steps", "20", "--batch-size", "4", "--seq-len", "32", "--dtype", "fp32",
+               "--no-energy", *TINY, "train.progress=false", "train.tensorboard=false", "train.eval_every=10"])
+    assert rc == 0, capsys.readouterr().err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 20 and s["objective"] == objective
+    assert math.isfinite(s["final_train_loss"]) and s["val_loss"] is not None and math.isfinite(s["val_loss"])
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert f"{objective}_loss" in records[-1]
+    assert records[-1]["loss"] < records[0]["loss"] - 0.05  # it learns (from ~log V)
+    report = json.loads((out / "report.json").read_text())
+    cfg = from_pretrained(out / "model").config
+    per_row = {"plm": 32 + 6, "mtlm": 32, "mass": 32 + 15}[objective]  # plm: + query slots; mass: + fragment
+    assert report["tokens"] == s["tokens"] == 20 * 4 * per_row
+    assert report["flops_source"] == "given by the caller"
+    if objective == "mass":  # the model decodes from MASS's [M], as the collator does
+        assert cfg.decoder_start_token_id == Tokenizer.from_pretrained(out / "model").mask_token_id
+        assert report["flops"] == pytest.approx(20 * 4 * estimate_flops(cfg, 32, "train", 15))
+    else:  # sparse: only the targets reach the vocabulary projection
+        T = per_row
+        assert 20 * 4 * estimate_flops(cfg, T, "train", None, 0.0) < report["flops"] < \
+            20 * 4 * estimate_flops(cfg, T, "train")
+
+
+@pytest.mark.parametrize("preset, objective, need", [
+    ("gpt-mini", "plm", "an encoder"), ("bart-mini", "mtlm", "an encoder"), ("bert-tiny", "mass", "an encoder-decoder"),
+])
+def test_pretrain_cli_wrong_family_is_a_one_line_error(tiny_data, tmp_path, capsys, preset, objective, need):
+    from transferlab.cli import main
+
+    rc = main(["pretrain", "--preset", preset, "--objective", objective, "--data", str(tiny_data["wordpiece"]),
+               "--out", str(tmp_path / "run"), "--max-steps", "1", *TINY, "train.progress=false"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: objective {objective!r} needs {need} (model.family=")

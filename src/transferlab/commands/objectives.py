@@ -9,7 +9,7 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "objectives", help="list pre-training objectives or preview their batches",
-        description="The pre-training objectives (mlm, nsp, electra, clm, denoise, span-corruption): "
+        description="The pre-training objectives (mlm, nsp, electra, clm, denoise, span-corruption, plm, mtlm, mass): "
         "their settings, and what one of their batches looks like on prepared data.",
     )
     sub = p.add_subparsers(dest="objectives_command", metavar="ACTION")
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     pv.add_argument("--data", required=True, metavar="DIR", help="a folder written by `transferlab prepare`")
     pv.add_argument("--split", default="train", help="split to read (default: %(default)s)")
-    pv.add_argument("--objective", required=True, help="mlm, nsp (mlm+nsp), electra, clm, denoise, span-corruption")
+    pv.add_argument("--objective", required=True, help="mlm, nsp (mlm+nsp), electra, clm, denoise, span-corruption, plm, mtlm, mass")
     pv.add_argument("--seq-len", type=int, default=64, help="sequence length (default: %(default)s)")
     pv.add_argument("--examples", type=int, default=2, help="examples to show (default: %(default)s)")
     pv.add_argument("--seed", type=int, default=0, help="seed of the masking/noise generator (default: %(default)s)")
