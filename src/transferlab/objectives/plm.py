@@ -115,8 +115,10 @@ def permutation_mask(rank: np.ndarray, width: int) -> np.ndarray:
 
 
 class PermutedLM(ObjectiveBase):
-    """Permuted LM (XLNet two-stream, BART's variant); the model needs an encoder with an ``lm``
-    head and absolute or rotary positions."""
+    """XLNet permuted LM (two-stream, BART's variant); needs an encoder with an ``lm`` head.
+
+    The encoder's positions must be absolute or rotary (a query slot carries its target's position).
+    """
 
     name = "plm"
     family = Family.ENCODER
