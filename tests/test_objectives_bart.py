@@ -64,6 +64,31 @@ def test_all_ones_pattern_changes_nothing_and_a_pattern_restricts(impl):
         enc.backbone(ids, attn_mask=tril[:, :5])
 
 
+def test_no_pattern_keeps_the_fast_paths(monkeypatch):
+    """Without a pattern (or with an all-ones one) SDPA gets no mask at all, and a causal stack
+    still uses SDPA's causal kernel; a real pattern arrives as one (B, 1, T, S) bias."""
+    from transferlab.models import blocks
+
+    calls = []
+    sdpa = blocks.F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kw):
+        calls.append((None if attn_mask is None else tuple(attn_mask.shape), is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+
+    monkeypatch.setattr(blocks.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    ids = torch.randint(5, V, (2, 9))
+    dec = build_model(decoder_cfg(attn_impl="sdpa")).eval()
+    dec.backbone(ids)
+    dec.backbone(ids, attn_mask=torch.ones(2, 9, 9, dtype=torch.bool))
+    assert calls == [(None, True)] * 4
+    calls.clear()
+    enc = build_model(encoder_cfg(attn_impl="sdpa")).eval()
+    enc.backbone(ids, attn_mask=torch.ones(1, 9, 9, dtype=torch.bool).tril())
+    assert calls == [((1, 1, 9, 9), False)] * 2
+
+
 # =============================================================================== plm
 def _plm_batch(n=2048, T=126, seed=0, **settings):
     ob = build_objective("plm", bert_ids(), **settings)
@@ -177,6 +202,30 @@ def test_plm_prediction_never_sees_its_token_or_later_ones(impl):
     c = int(np.flatnonzero(rank[0] == 0)[1])
     ctx["input_ids"][0, c] = (ctx["input_ids"][0, c] + 3 - 5) % (V - 5) + 5
     assert not torch.allclose(logits(ctx)[0, 0], base[0, 0])
+
+
+def test_plm_query_slots_are_independent_and_invisible():
+    """Nothing sees a query slot, and slots do not see each other: the content stream's states
+    are those of the content alone (with the content part of the pattern), and a slot's state is
+    the same whether the other slots are there or not."""
+    ob = build_objective("plm", bert_ids())
+    torch.manual_seed(0)
+    model = build_model(encoder_cfg(n_layers=2)).eval()
+    b = ob.collate(windows(3, 28, seed=5), np.random.default_rng(1))
+    rank, T = _ranks(b)
+    pos = torch.cat([torch.arange(T).expand(3, T), b["target_index"].clamp(min=0)], 1)
+    with torch.no_grad():
+        full = model.backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                              attn_mask=b["attn_mask"], position_ids=pos).last_hidden_state
+        alone = model.backbone(input_ids=b["input_ids"][:, :T], attention_mask=b["attention_mask"][:, :T],
+                               attn_mask=b["attn_mask"][:, :T, :T], position_ids=pos[:, :T]).last_hidden_state
+        assert torch.allclose(full[:, :T], alone, atol=1e-5)
+        for s in (0, 3):
+            keep = list(range(T)) + [T + s]
+            one = model.backbone(input_ids=b["input_ids"][:, keep], attention_mask=b["attention_mask"][:, keep],
+                                 attn_mask=b["attn_mask"][:, keep][:, :, keep],
+                                 position_ids=pos[:, keep]).last_hidden_state
+            assert torch.allclose(one[:, T], full[:, T + s], atol=1e-5)
 
 
 def test_plm_query_slots_carry_their_targets_positions_and_the_loss_is_dense_ce():
