@@ -522,3 +522,39 @@ def test_pretrain_cli_wrong_family_is_a_one_line_error(tiny_data, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"error: objective {objective!r} needs {need} (model.family=")
+
+
+def test_seq2seq_objectives_do_not_bill_decoder_tokens_as_extra_sequences():
+    """A step's tokens count encoder and decoder positions; the default estimate divided them by
+    seq_len alone and billed each "sequence" an encoder and a full decoder (about 2x for denoise).
+    denoise, span-corruption and mass bill what a row really runs."""
+    from test_objectives_pretrain import bart_ids, t5_ids
+
+    cfg = seq2seq_cfg()
+    sc = build_objective("span-corruption", t5_ids())
+    b = sc.collate(windows(4, sc.raw_length(64), low=10), np.random.default_rng(0))
+    S, Td = b["input_ids"].shape[1], b["decoder_input_ids"].shape[1]
+    assert (S, Td) == (64, 14)
+    exact = 4 * estimate_flops(cfg, S, "train", Td)
+    assert sc.step_flops(cfg, 64, b["input_ids"].numel() + b["decoder_input_ids"].numel(), 0) == pytest.approx(exact)
+    dn = build_objective("denoise", bart_ids(), noise="mask")  # same length on both sides
+    rows = [np.arange(10, 72)] * 4
+    b = dn.collate(rows, np.random.default_rng(0))
+    assert b["input_ids"].shape == b["decoder_input_ids"].shape == (4, 64)
+    assert dn.step_flops(cfg, 64, 2 * 4 * 64, 0) == pytest.approx(4 * estimate_flops(cfg, 64, "train", 64))
+
+
+def test_denoise_cost_report_bills_each_row_once(tiny_data, tmp_path, capsys):
+    import json
+
+    from transferlab.cli import main
+    from transferlab.models import from_pretrained
+
+    out = tmp_path / "run"
+    assert main(["pretrain", "--preset", "bart-mini", "--objective", "denoise", "--data", str(tiny_data["bpe"]),
+                 "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--seq-len", "32", "--dtype", "fp32",
+                 "--no-energy", *TINY, "train.progress=false", "train.tensorboard=false"]) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    cfg = from_pretrained(out / "model").config
+    full = 2 * 4 * estimate_flops(cfg, 32, "train", 32)  # 8 rows of at most 32 tokens each side
+    assert 0.6 * full < report["flops"] <= full
