@@ -169,10 +169,11 @@ def test_plm_mask_is_consistent_with_the_sampled_order():
             assert (rank[bi][sees] < rank[bi, own]).all()
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "math"])
-def test_plm_prediction_never_sees_its_token_or_later_ones(impl):
+@pytest.mark.parametrize("impl, bf16", [("sdpa", False), ("math", False), ("math", True)])
+def test_plm_prediction_never_sees_its_token_or_later_ones(impl, bf16):
     """Through every layer: changing a target's token, or any later target's, leaves its
-    prediction unchanged; changing a context token moves it."""
+    prediction unchanged; changing a context token moves it. Exact also under bf16 autocast (a
+    masked key's weight underflows to exactly 0)."""
     ob = build_objective("plm", bert_ids())
     torch.manual_seed(0)
     model = build_model(encoder_cfg(attn_impl=impl, n_layers=3)).eval()
@@ -181,7 +182,7 @@ def test_plm_prediction_never_sees_its_token_or_later_ones(impl):
     tgt = b["target_index"].numpy()
 
     def logits(batch):
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  attn_mask=batch["attn_mask"],
                                  position_ids=torch.cat([torch.arange(T).expand(4, T),
