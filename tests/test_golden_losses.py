@@ -30,6 +30,9 @@ GOLDEN = {
     "clm": [4.557108, 4.568072, 4.518826, 4.478003, 4.453478],
     "denoise": [4.564434, 4.585717, 4.536026, 4.513431, 4.486491],
     "span-corruption": [4.570259, 4.563039, 4.544722, 4.528077, 4.507569],
+    "plm": [4.578763, 4.576155, 4.565944, 4.571376, 4.586005],
+    "mtlm": [4.557982, 4.623349, 4.631494, 4.549241, 4.519533],
+    "mass": [4.563219, 4.561638, 4.537928, 4.537873, 4.571555],
 }
 
 
@@ -50,11 +53,11 @@ def shards(seed: int = 0) -> SimpleNamespace:
 
 
 def specials(name: str) -> SpecialIds:
-    if name in ("mlm", "nsp", "electra"):  # BERT-style: [PAD] [UNK] [CLS] [SEP] [MASK]
+    if name in ("mlm", "nsp", "electra", "plm", "mtlm"):  # BERT-style: [PAD] [UNK] [CLS] [SEP] [MASK]
         return SpecialIds(V, pad_token_id=0, unk_token_id=1, cls_token_id=2, sep_token_id=3, mask_token_id=4)
     if name == "clm":
         return SpecialIds(V, eos_token_id=5, bos_token_id=5)
-    if name == "denoise":  # BART: <s> <pad> </s> <mask> <unk>
+    if name in ("denoise", "mass"):  # BART: <s> <pad> </s> <mask> <unk>
         return SpecialIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4)
     return SpecialIds(V, pad_token_id=0, eos_token_id=1, unk_token_id=2, sentinel_token_ids=tuple(range(23, 3, -1)))
 
@@ -62,16 +65,17 @@ def specials(name: str) -> SpecialIds:
 def model_config(name: str, sp: SpecialIds) -> ModelConfig:
     common = dict(vocab_size=V, d_model=32, n_heads=2, d_ff=64, max_positions=64, dropout=0.0,
                   attention_dropout=0.0, pad_token_id=sp.pad_token_id or 0)
-    if name in ("mlm", "nsp", "electra"):
-        heads = {"mlm": {"lm": {}}, "nsp": {"lm": {}, "nsp": {}}, "electra": {"rtd": {}}}[name]
+    if name in ("mlm", "nsp", "electra", "plm", "mtlm"):
+        heads = {"nsp": {"lm": {}, "nsp": {}}, "electra": {"rtd": {}}}.get(name, {"lm": {}})
         return ModelConfig(family="encoder", n_layers=2, type_vocab_size=2, pooler=True, lm_head_transform=True,
                            lm_head_bias=True, heads=heads, **common)
     if name == "clm":
         return ModelConfig(family="decoder", n_layers=2, prenorm=True, final_norm=True, embedding_norm=False,
                            norm_eps=1e-5, heads={"lm": {}}, **common)
-    if name == "denoise":
+    if name in ("denoise", "mass"):  # mass starts decoding with [MASK] (MASS's [M])
         return ModelConfig(family="encoder-decoder", n_layers=1, position_offset=2, norm_eps=1e-5,
-                           lm_head_bias=True, decoder_start_token_id=2, heads={"lm": {}}, **common)
+                           lm_head_bias=True, decoder_start_token_id=2 if name == "denoise" else 3,
+                           heads={"lm": {}}, **common)
     return ModelConfig(family="encoder-decoder", n_layers=1, norm="rmsnorm", norm_eps=1e-6, prenorm=True,
                        embedding_norm=False, final_norm=True, activation="relu", position="relative", bias=False,
                        attn_scale=False, scale_logits=True, decoder_start_token_id=0, heads={"lm": {}},

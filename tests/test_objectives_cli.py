@@ -26,7 +26,7 @@ def prepared(tmp_path_factory):
 def test_list_shows_every_objective_and_its_settings(capsys):
     assert main(["objectives", "list"]) == 0
     out = capsys.readouterr().out
-    for name in ("mlm:", "nsp:", "electra:", "clm:", "denoise:", "span-corruption:"):
+    for name in ("mlm:", "nsp:", "electra:", "clm:", "denoise:", "span-corruption:", "plm:", "mtlm:", "mass:"):
         assert name in out
     assert "mask_prob=0.15" in out and "Fraction of maskable tokens picked for prediction." in out
     assert "noise=['infill', 'permute']" in out and "disc_weight=50.0" in out
@@ -46,6 +46,20 @@ def test_preview_mlm_and_nsp(prepared, capsys):
     assert main(["objectives", "preview", "--data", str(prepared), "--objective", "mlm+nsp", "--examples", "3"]) == 0
     out = capsys.readouterr().out
     assert out.count("next sentence:") == 3 and "token_type_ids" in out
+
+
+def test_preview_plm_mtlm_and_mass(prepared, capsys):
+    assert main(["objectives", "preview", "--data", str(prepared), "--objective", "plm", "--seq-len", "36"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("order:   ") == 2 and "[MASK]" in out and "target_index" in out
+    order = out.split("order:   ")[1].splitlines()[0].split(" -> ")
+    assert 4 <= len(order) <= 6 and all(0 < int(x.split(":")[0]) < 35 for x in order)  # 1/6 of 34 content tokens
+    assert main(["objectives", "preview", "--data", str(prepared), "--objective", "mtlm", "seq2seq_weight=1",
+                 "bidirectional_weight=0", "l2r_weight=0", "r2l_weight=0"]) == 0
+    assert "attention mode (this batch): seq2seq" in capsys.readouterr().out
+    assert main(["objectives", "preview", "--data", str(prepared), "--objective", "mass", "--seq-len", "22"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("target:  ") == 2 and "n_targets 20" in out and "decoder_position_ids" in out
 
 
 def test_preview_bad_setting_is_a_one_line_error(prepared, capsys):

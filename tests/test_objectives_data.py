@@ -49,6 +49,9 @@ CASES = {
     "clm": ("bpe", dict(family="decoder", heads={"lm": {}}, prenorm=True, final_norm=True), {}),
     "denoise": ("bpe", dict(family="encoder-decoder", heads={"lm": {}}), {"noise": "infill,permute,rotate"}),
     "span-corruption": ("unigram", dict(family="encoder-decoder", heads={"lm": {}}), {}),
+    "plm": ("wordpiece", dict(family="encoder", heads={"lm": {}}, lm_head_transform=True), {}),
+    "mtlm": ("wordpiece", dict(family="encoder", heads={"lm": {}}), {"seq2seq_weight": 1, "bidirectional_weight": 0}),
+    "mass": ("bpe", dict(family="encoder-decoder", heads={"lm": {}}), {}),
 }
 
 
@@ -67,7 +70,8 @@ def test_objective_on_prepared_shards(corpus, name):
     ds = ob.dataset(shards, 32)
     assert len(ds) > 4
     batch = ob.collate([ds[i] for i in range(4)], np.random.default_rng(0))
-    assert batch["input_ids"].shape[1] <= 32 and int(batch["n_targets"]) > 0
+    query_slots = ob.slots(32) if name == "plm" else 0  # plm appends its query stream
+    assert batch["input_ids"].shape[1] <= 32 + query_slots and int(batch["n_targets"]) > 0
     assert int(batch["input_ids"].max()) < tok.vocab_size
     out = ob.loss(module, batch)
     mean = out.loss_sum / batch["n_targets"]

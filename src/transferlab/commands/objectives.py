@@ -9,7 +9,7 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "objectives", help="list pre-training objectives or preview their batches",
-        description="The pre-training objectives (mlm, nsp, electra, clm, denoise, span-corruption): "
+        description="The pre-training objectives (mlm, nsp, electra, clm, denoise, span-corruption, plm, mtlm, mass): "
         "their settings, and what one of their batches looks like on prepared data.",
     )
     sub = p.add_subparsers(dest="objectives_command", metavar="ACTION")
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     pv.add_argument("--data", required=True, metavar="DIR", help="a folder written by `transferlab prepare`")
     pv.add_argument("--split", default="train", help="split to read (default: %(default)s)")
-    pv.add_argument("--objective", required=True, help="mlm, nsp (mlm+nsp), electra, clm, denoise, span-corruption")
+    pv.add_argument("--objective", required=True, help="mlm, nsp (mlm+nsp), electra, clm, denoise, span-corruption, plm, mtlm, mass")
     pv.add_argument("--seq-len", type=int, default=64, help="sequence length (default: %(default)s)")
     pv.add_argument("--examples", type=int, default=2, help="examples to show (default: %(default)s)")
     pv.add_argument("--seed", type=int, default=0, help="seed of the masking/noise generator (default: %(default)s)")
@@ -79,11 +79,21 @@ def _preview(args: argparse.Namespace) -> int:
         labels = batch["labels"][r]
         print(f"--- example {r}")
         print(f"input:   {show(ids)}")
-        if "decoder_input_ids" in batch or ob.name == "clm":  # sequence targets
+        if "target_index" in batch:  # plm: targets in factorisation order, at their content positions
+            tgt = batch["target_index"][r]
+            slots = (tgt >= 0).nonzero().flatten().tolist()
+            T = batch["input_ids"].shape[1] - len(tgt)
+            print("order:   " + " -> ".join(
+                f"{int(tgt[s])}:{tok.convert_ids_to_tokens(int(labels[T + s]))}" for s in slots))
+        elif "decoder_input_ids" in batch or ob.name == "clm":  # sequence targets
             print(f"target:  {show(labels[labels != -100])}")
         else:  # masked positions: position:original
             pos = (labels != -100).nonzero().flatten().tolist()
             print("targets: " + " ".join(f"{p}:{tok.convert_ids_to_tokens(int(labels[p]))}" for p in pos))
+        if "mtlm_mode" in batch and r == 0:
+            from ..objectives.mtlm import MODES
+
+            print(f"attention mode (this batch): {MODES[int(batch['mtlm_mode'])]}")
         if "next_sentence_label" in batch:
             print(f"next sentence: {'random (1)' if int(batch['next_sentence_label'][r]) else 'is next (0)'}")
     print(f"n_targets {int(batch['n_targets'])}, batch keys: {', '.join(batch)}")

@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
 
     docs = TrainConfig.field_docs()
     p = subparsers.add_parser(
-        "pretrain", help="pre-train a model with an objective (mlm, nsp, electra, clm, denoise, span-corruption)",
+        "pretrain", help="pre-train a model with an objective (mlm, nsp, electra, clm, denoise, span-corruption, plm, mtlm, mass)",
         description="Pre-train a preset, or continue pre-training a saved/converted model, on data prepared "
                     "with `transferlab prepare`. Runs under torchrun unchanged (DDP, or FSDP with --fsdp).",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--init", metavar="DIR", help="continue pre-training a saved or converted model (a model folder, "
                                                 "an HF folder, or builtin:minilm) instead of a fresh preset")
     p.add_argument("--objective",
-                   help="mlm | nsp (mlm+nsp) | electra | clm | denoise | span-corruption")
+                   help="mlm | nsp (mlm+nsp) | electra | clm | denoise | span-corruption | plm | mtlm | mass")
     p.add_argument("--data", required=True, metavar="DIR", help="folder written by `transferlab prepare`")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     obj_settings = {k: v for k, v in obj_file.items() if k != "name"}
     objective = args.objective or obj_file.get("name")
     if not objective:
-        raise ConfigError("no objective: pass --objective (mlm, nsp, electra, clm, denoise, span-corruption)")
+        raise ConfigError("no objective: pass --objective (mlm, nsp, electra, clm, denoise, span-corruption, plm, mtlm, mass)")
 
     model_o, train_o, obj_o = _sections(args.overrides)
     model_o = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (file_cfg.get("model") or {}).items()] + model_o

@@ -349,7 +349,16 @@ class Stack(nn.Module):
         memory_mask: torch.Tensor | None = None,  # (B, S_enc)
         output_hidden_states: bool = False,
         inputs_embeds: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,  # (B|1, T, S) bool/0-1, 1 = query t may attend key s
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Hidden states (B, T, C) and, with ``output_hidden_states``, every layer's input.
+
+        ``attn_mask`` is a per-example self-attention pattern (permuted LM's factorisation order,
+        UniLM's left-to-right / right-to-left / sequence-to-sequence masks). It is combined with
+        the padding mask and, in a causal stack, with causality (a key must pass all three). An
+        all-ones pattern is skipped eagerly, as an all-ones padding mask is, so the fast paths
+        (no bias, SDPA's causal kernel) are unchanged when no pattern restricts anything.
+        """
         cfg = self.cfg
         B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         past = cache.seq_len if cache is not None else 0
@@ -382,6 +391,12 @@ class Stack(nn.Module):
         # a data-dependent branch would split the compiled graph.
         if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             bias = (1.0 - attention_mask[:, None, None, :S].to(x.dtype)) * _NEG  # (B, 1, 1, S)
+        if attn_mask is not None and (torch.compiler.is_compiling() or not bool(attn_mask.all())):
+            if attn_mask.dim() != 3 or attn_mask.shape[-2:] != (T, S):
+                raise ValueError(f"attn_mask must be (B, {T}, {S}) (queries x keys), got {tuple(attn_mask.shape)}")
+            pb = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device).masked_fill_(
+                ~attn_mask.to(device=x.device, dtype=torch.bool), _NEG)[:, None]  # (B|1, 1, T, S)
+            bias = pb if bias is None else bias + pb
         need_causal_mask = self.causal and (bias is not None or past > 0 or self.rel_bias is not None)
         if need_causal_mask and T > 1:
             causal = torch.ones(T, S, dtype=torch.bool, device=x.device).triu(past + 1)

@@ -49,9 +49,11 @@ class Encoder(nn.Module):
         self.pooler = Pooler(cfg.d_model) if cfg.pooler else None
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                output_hidden_states=False, inputs_embeds=None, **_unused) -> BackboneOutput:
+                output_hidden_states=False, inputs_embeds=None, attn_mask=None, **_unused) -> BackboneOutput:
+        # attn_mask: optional (B|1, T, T) self-attention pattern, 1 = may attend (see Stack.forward)
         h, hs = self.encoder(input_ids, attention_mask, position_ids, token_type_ids,
-                             output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds)
+                             output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds,
+                             attn_mask=attn_mask)
         return BackboneOutput(h, hs, self.pooler(h) if self.pooler is not None else None)
 
 
@@ -63,10 +65,12 @@ class Decoder(nn.Module):
         self.decoder = Stack(cfg, cfg.n_layers, causal=True, cross=False, embed_tokens=self.embed_tokens)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=False, output_hidden_states=False, inputs_embeds=None, **_unused) -> BackboneOutput:
+                use_cache=False, output_hidden_states=False, inputs_embeds=None, attn_mask=None,
+                **_unused) -> BackboneOutput:
         cache = past_key_values if past_key_values is not None else (KVCache.empty(self.n_layers) if use_cache else None)
         h, hs = self.decoder(input_ids, attention_mask, position_ids, cache=cache,
-                             output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds)
+                             output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds,
+                             attn_mask=attn_mask)
         return BackboneOutput(h, hs, past_key_values=cache)
 
 

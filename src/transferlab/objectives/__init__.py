@@ -11,6 +11,9 @@ name                    what                                                    
 ``clm``                 GPT next-token prediction on packed windows                decoder, lm
 ``denoise``             BART: composable noise, decoder reconstructs the original  enc-dec, lm
 ``span-corruption``     T5 span corruption with sentinels                          enc-dec, lm
+``plm``                 XLNet permuted LM (two-stream, BART's variant: 1/6 pred.)  encoder, lm
+``mtlm``                UniLM multitask masked LM (l2r/r2l/bidir./seq2seq masks)   encoder, lm
+``mass``                MASS masked seq2seq: decoder predicts a 50% fragment       enc-dec, lm
 ======================  =========================================================  ==============
 """
 
@@ -31,8 +34,12 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "clm": ("clm", "CLM"),
     "denoise": ("denoise", "Denoise"),
     "span-corruption": ("span_corruption", "SpanCorruption"),
+    "plm": ("plm", "PermutedLM"),
+    "mtlm": ("mtlm", "MultitaskMLM"),
+    "mass": ("mass", "MaskedSeq2Seq"),
 }
-_ALIASES = {"mlm+nsp": "nsp", "span_corruption": "span-corruption"}
+_ALIASES = {"mlm+nsp": "nsp", "span_corruption": "span-corruption", "permuted-lm": "plm", "unilm": "mtlm",
+            "masked-seq2seq": "mass"}
 
 
 def objective_names(aliases: bool = False) -> list[str]:

@@ -41,6 +41,11 @@ present, via ``getattr(objective, "wrap_model", None)``):
    heads it needs, e.g. ``{"lm": {}, "nsp": {}}``); ``model_settings()`` gathers them with the
    tokenizer's vocabulary size and special ids (and NSP's segments and pooler) into ModelConfig
    fields: ``get_preset("bert-mini", **objective.model_settings())`` fits ``check_model``.
+9. ``step_flops(cfg, seq_len, step_tokens, n_targets) -> float`` (optional) — the training FLOPs
+   of one optimiser step from its global token and target counts, for the cost report. Without
+   it ``pretrain`` bills ``step_tokens / seq_len`` sequences of ``seq_len`` tokens
+   (:func:`~transferlab.cost.estimate_flops`), which cannot see shapes such as plm's appended
+   query slots (``seq_len + ceil(seq_len / 6)`` tokens) or mass's half-length decoder.
 
 Loss normalisation: ``loss_sum / n_targets`` over any set of micro-batches is the paper's
 mean-based loss. For two-part losses the second part is rescaled per micro-batch so this holds:

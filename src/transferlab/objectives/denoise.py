@@ -305,6 +305,16 @@ class Denoise(ObjectiveBase):
     def compute(self, module: torch.nn.Module, batch: dict[str, torch.Tensor]):
         return seq2seq_loss(self._model_of(module), batch, "denoise")
 
+    def step_flops(self, cfg: Any, seq_len: int, step_tokens: float, n_targets: float) -> float:
+        """Training FLOPs of one step, billing rows of ``seq_len`` tokens on both sides: the
+        step's tokens count encoder *and* decoder positions, so they fill ``step_tokens / (2
+        seq_len)`` such rows (chunks and noised inputs are at most ``seq_len`` long, so this is an
+        upper-bound-shaped estimate, not an exact count)."""
+        from ..cost import estimate_flops
+
+        n_seq = step_tokens / (2 * seq_len)
+        return n_seq * estimate_flops(cfg, seq_len, "train", seq_len) if n_seq > 0 else 0.0
+
 
 def seq2seq_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], prefix: str):
     """Summed cross-entropy of an encoder-decoder on its non-pad labels (shared with T5)."""

@@ -206,3 +206,12 @@ class SpanCorruption(ObjectiveBase):
 
     def compute(self, module: torch.nn.Module, batch: dict[str, torch.Tensor]):
         return seq2seq_loss(self._model_of(module), batch, "span")
+
+    def step_flops(self, cfg: Any, seq_len: int, step_tokens: float, n_targets: float) -> float:
+        """Training FLOPs of one step: rows of exactly ``seq_len`` encoder tokens and T5's target
+        length of decoder tokens (114 for 512), as many as the step's tokens (both sides) fill."""
+        from ..cost import estimate_flops
+
+        _, dec = io_lengths(self.raw_length(seq_len), self.config.noise_density, self.config.mean_noise_span_length)
+        n_seq = step_tokens / (seq_len + dec)
+        return n_seq * estimate_flops(cfg, seq_len, "train", dec) if n_seq > 0 else 0.0

@@ -181,7 +181,7 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
     Args:
         model_cfg: a ModelConfig, a preset name (gets :data:`PRETRAIN_MODEL_DEFAULTS_CPU`/GPU and
             ``model_overrides``), or None with ``init``.
-        objective_name: ``mlm``, ``nsp``, ``electra``, ``clm``, ``denoise``, ``span-corruption``.
+        objective_name: ``mlm``, ``nsp``, ``electra``, ``clm``, ``denoise``, ``span-corruption``, ``plm``, ``mtlm``, ``mass``.
         objective_settings: fields of the objective's config (``{"mask_prob": 0.2}``).
         train_cfg: a :class:`TrainConfig` (``dtype=auto`` is resolved and recorded).
         data_dir: a folder written by ``transferlab prepare``.
@@ -336,9 +336,15 @@ def _cost_tracker(trainer: Any, model: Any, objective: Any, train_cfg: TrainConf
                           device=info.device, seq_len=T, decoder_len=T if enc_dec else None)
     sparse = getattr(objective, "name", "") in ("mlm", "nsp", "mlm+nsp", "electra")
     generator = getattr(getattr(trainer, "model", None), "generator", None)
+    # objectives whose shapes the default estimate cannot see (plm's query slots, mass's short
+    # decoder, mtlm's sparse targets) bill their own steps
+    step_flops = getattr(objective, "step_flops", None)
 
     def on_step(record: dict[str, Any]) -> None:
         tokens = int(record.get("step_tokens", 0))
+        if step_flops is not None:
+            tracker.add(tokens=tokens, flops=step_flops(model.config, T, tokens, float(record.get("n_targets", 0))))
+            return
         n_pred = float(record["n_targets"]) if sparse and "n_targets" in record else None
         flops = None
         if generator is not None:  # ELECTRA: discriminator on every token + generator MLM
