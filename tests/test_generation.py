@@ -715,6 +715,15 @@ def test_a_saved_generation_config_json_sets_the_defaults(gpt2_pair, tmp_path, c
     # our own GenerationConfig layered over the saved one: only its changed fields win
     got = from_pretrained(tmp_path / "ours").generate(ids, generation_config=GenerationConfig(max_new_tokens=4))
     assert torch.equal(got, want4)
+    # and exporting hands it back to transformers
+    from_pretrained(tmp_path / "ours").export_hf(tmp_path / "back")
+    back = T.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert back.generation_config.num_beams == 2 and torch.equal(back.generate(ids), want)
+    # settings we cannot honour in a saved file: dropped with a warning, the model still loads
+    (tmp_path / "ours" / "generation_config.json").write_text(json.dumps(
+        {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5, "transformers_version": "5.25.0"}))
+    with pytest.warns(UserWarning, match="diversity_penalty=0.5, num_beam_groups=2.*ignored"):
+        assert from_pretrained(tmp_path / "ours").generation_config == GenerationConfig(num_beams=4)
     (tmp_path / "ours" / "generation_config.json").write_text("[1, 2]")
     with pytest.raises(CheckpointError, match="generation_config.json: expected a JSON object"):
         from_pretrained(tmp_path / "ours")

@@ -294,9 +294,14 @@ def load_generation_config(folder: Any) -> GenerationConfig | None:
         raise CheckpointError(str(e).removeprefix("generate: ")) from None
 
 
-def save_generation_config(gc: GenerationConfig | None, folder: Any) -> None:
+#: our settings that transformers' GenerationConfig does not have (left out of an export)
+_OURS_ONLY = ("seed", "compile", "truncation")
+
+
+def save_generation_config(gc: GenerationConfig | None, folder: Any, hf: bool = False) -> None:
     """Write the settings that differ from the defaults as ``generation_config.json`` (the
-    ``transformers`` file name and field names), atomically; nothing when there are none."""
+    ``transformers`` file name and field names), atomically; nothing when there are none.
+    ``hf``: for a transformers directory, without our own settings (seed, compile, truncation)."""
     import json
     from pathlib import Path
 
@@ -305,6 +310,8 @@ def save_generation_config(gc: GenerationConfig | None, folder: Any) -> None:
     if gc is not None and not isinstance(gc, GenerationConfig):  # a transformers GenerationConfig
         gc = GenerationConfig.from_hf(gc, strict=False)
     fields = gc.set_fields() if gc is not None else {}
+    if hf:
+        fields = {k: v for k, v in fields.items() if k not in _OURS_ONLY}
     if fields:
         atomic_write_text(Path(folder) / GENERATION_CONFIG_NAME, json.dumps(fields, indent=2) + "\n")
 

@@ -960,6 +960,9 @@ def export_hf(model, save_directory: str | Path, tokenizer_from: str | Path | No
     with atomic_dir(out) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_text(tmp / "config.json", json.dumps(hf_cfg, indent=2) + "\n")
+        from .generation import save_generation_config  # the model's generate defaults, if any
+
+        save_generation_config(getattr(model, "generation_config", None), tmp, hf=True)
         if tokenizer_from is not None:
             for name in HF_TOKENIZER_FILES:
                 if (Path(tokenizer_from) / name).is_file():
