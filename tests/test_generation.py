@@ -769,3 +769,19 @@ def test_converting_a_config_with_special_ids_outside_the_vocabulary_warns(gpt2_
     # a pad id that cannot be fed back is refused once sequences can finish
     with pytest.raises(ConfigError, match="pad_token_id 50256 is outside the vocabulary"):
         m.generate(ids, eos_token_id=5)
+
+
+@pytest.mark.parametrize("content, msg", [
+    ('{"top_p": "0.9"}', "wrong type"),
+    ('{"num_beams": 0}', "num_beams must be an integer >= 1"),
+    ('{"bad_words_ids": [3]}', "bad_words_ids must be a non-empty list of non-empty lists"),
+    ('{"num_beams": 2', "invalid JSON"),
+])
+def test_a_broken_generation_config_json_is_a_one_line_error(tmp_path, content, msg):
+    from transferlab.models import from_pretrained
+
+    build_model("gpt-mini", vocab_size=V, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_positions=32).save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text(content)
+    with pytest.raises(CheckpointError, match=f"generation_config.json.*{msg}") as e:
+        from_pretrained(tmp_path)
+    assert "\n" not in str(e.value)

@@ -135,6 +135,13 @@ class GenerationConfig:
 
     def validate(self) -> "GenerationConfig":
         """Check ranges and combinations; raise :class:`ConfigError` naming the setting."""
+        try:
+            return self._validate()
+        except TypeError as e:  # e.g. top_p="0.9" from a JSON file: a comparison of str and float
+            raise ConfigError(f"generate: a setting has the wrong type ({e}); got "
+                              + ", ".join(f"{k}={v!r}" for k, v in self.set_fields().items())) from None
+
+    def _validate(self) -> "GenerationConfig":
         def bad(msg: str) -> None:
             raise ConfigError(f"generate: {msg}")
 
@@ -222,7 +229,8 @@ class GenerationConfig:
         kept: dict[str, Any] = {}
         unsupported = []
         for k, v in raw.items():
-            if k.startswith("_") or k in _HF_IGNORED or (k in _HF_NEUTRAL and v == _HF_NEUTRAL[k]):
+            neutral = k in _HF_NEUTRAL and (v == _HF_NEUTRAL[k] or (_HF_NEUTRAL[k] is None and v in ([], {})))
+            if k.startswith("_") or k in _HF_IGNORED or neutral:
                 continue
             if k in ours:
                 kept[k] = v
@@ -291,7 +299,8 @@ def load_generation_config(folder: Any) -> GenerationConfig | None:
     try:
         return GenerationConfig.from_hf(raw, strict=False, where=str(p))
     except ConfigError as e:
-        raise CheckpointError(str(e).removeprefix("generate: ")) from None
+        msg = str(e).removeprefix("generate: ")
+        raise CheckpointError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
 
 
 #: our settings that transformers' GenerationConfig does not have (left out of an export)
