@@ -57,3 +57,47 @@ def test_bad_input(tmp_path, capsys):
     (tmp_path / "b" / "metrics.jsonl").write_text('{"split": "train", "loss": 1.0, "step": 1}\n')
     with pytest.raises(DataError, match="no validation rows"):
         read_run(tmp_path / "b")
+
+
+def _objective_run(folder: Path, val: dict) -> Path:
+    """A run folder with one train row and one validation row shaped like the trainer's."""
+    folder.mkdir(parents=True)
+    rows = [{"split": "train", "loss": 9.0, "step": 10, "tokens": 4096, "elapsed_s": 5.0},
+            {"split": "validation", "step": 10, "tokens": 4096, **val}]
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return folder
+
+
+# rows as the trainer writes them: nsp's loss = mlm + nsp; ELECTRA's = gen + 50 x rtd
+MLM = {"val_loss": 7.1, "val_mlm_loss": 7.1, "val_mlm_acc": 0.05}
+NSP = {"val_loss": math.log(3477), "val_mlm_loss": math.log(1740), "val_nsp_loss": math.log(3477) - math.log(1740),
+       "val_mlm_acc": 0.04, "val_nsp_acc": 0.5}
+ELECTRA = {"val_loss": math.log(1.2e12), "val_gen_loss": math.log(1245), "val_rtd_loss": 0.415}
+
+
+@pytest.mark.parametrize("with_ppl", [True, False], ids=["val_ppl logged", "older rows without val_ppl"])
+def test_perplexity_is_that_of_the_lm_part_of_each_objective(tmp_path, capsys, with_ppl):
+    import transferlab.training.loop as loop
+    from transferlab.training import curves
+
+    assert curves.LM_LOSS_METRICS == loop.LM_LOSS_METRICS  # the copy kept torch-free agrees with the trainer
+    runs = {}
+    for name, val, ppl in (("mlm", MLM, math.exp(7.1)), ("nsp", NSP, 1740.0), ("electra", ELECTRA, 1245.0)):
+        row = dict(val, **({"val_ppl": ppl} if with_ppl else {}))
+        runs[name] = (_objective_run(tmp_path / name, row), ppl)
+    for name, (folder, ppl) in runs.items():
+        assert read_run(folder).val_ppl == [pytest.approx(ppl)], name
+    assert main(["curves", *(str(f) for f, _ in runs.values())]) == 0
+    out = capsys.readouterr().out
+    cells = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[1:-1]] for l in out.splitlines()
+             if l.startswith("| ") and "run" not in l}
+    assert cells["mlm"][4] == f"{math.exp(7.1):,.0f}"
+    assert cells["nsp"][4] == "1,740"  # not exp(val_loss) = 3,477
+    assert cells["electra"][4] == "1,245"  # not 1.2e12
+    assert cells["nsp"][3] == f"{math.log(3477):.3f}"  # the loss column is still the whole objective's
+
+
+def test_small_perplexities_keep_two_decimals(tmp_path, capsys):
+    run = _objective_run(tmp_path / "tiny", {"val_loss": 0.2, "val_clm_loss": 0.2})
+    assert main(["curves", str(run)]) == 0
+    assert f"| {math.exp(0.2):.2f} |" in capsys.readouterr().out

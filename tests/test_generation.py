@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from transferlab.cli import main as cli
-from transferlab.errors import ConfigError
+from transferlab.errors import CheckpointError, ConfigError
 from transferlab.generation import (
     GenerationConfig, TextStreamer, generate, generation_perplexity, token_logprobs, top_k_filter, top_p_filter,
 )
@@ -399,8 +399,13 @@ def test_generation_perplexity_is_exp_mean_nll_of_new_tokens(gpt2_pair, bart_pai
     (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
     (dict(early_stopping="sometimes"), "early_stopping must be True, False or 'never'"),
     (dict(max_tokens=5), "unknown argument.*max_tokens.*known:.*max_new_tokens"),
-    (dict(eos_token_id=V), f"eos_token_id {V} is outside the vocabulary"),
     (dict(pad_token_id=V + 5), f"pad_token_id {V + 5} is outside the vocabulary"),
+    (dict(max_length=2), "max_length=2 leaves no room after a prompt of 2 tokens"),
+    (dict(max_length=0), "max_length must be an integer >= 1"),
+    (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size must be an integer >= 0"),
+    (dict(bad_words_ids=[5]), "bad_words_ids must be a non-empty list of non-empty lists"),
+    (dict(bad_words_ids=[[]]), "bad_words_ids must be a non-empty list of non-empty lists"),
+    (dict(bad_words_ids=[[V]]), f"bad_words_ids has id\\(s\\) \\[{V}\\] outside the vocabulary"),
 ])
 def test_bad_settings_raise_config_error(gpt2_pair, kw, msg):
     with pytest.raises(ConfigError, match=msg):
@@ -567,3 +572,216 @@ def test_cli_generate_errors_are_one_line(model_dir, capsys, tmp_path):
         assert err.out == ""
     assert cli(["generate", "--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
     assert "no such model directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- transformers' arguments
+# max_length / min_length / no_repeat_ngram_size / bad_words_ids / GenerationConfig, each checked
+# against transformers' own generate on the same weights (identical ids).
+def _hf_gen(hf, *args, **kw):
+    return hf.generate(*args, do_sample=False, **kw)
+
+
+GPT_HF_ARGS = [
+    dict(max_length=14),  # counts the 9-column prompt: 5 new tokens
+    dict(max_length=14, num_beams=3),
+    dict(no_repeat_ngram_size=2, max_new_tokens=14),
+    dict(no_repeat_ngram_size=3, num_beams=3, max_new_tokens=12),
+    dict(min_length=16, max_new_tokens=12),
+    dict(max_length=30, max_new_tokens=6),  # max_new_tokens wins, as in transformers
+]
+
+
+@pytest.mark.parametrize("kw", GPT_HF_ARGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_gpt2_transformers_arguments_give_transformers_ids(gpt2_pair, kw):
+    hf, ours = gpt2_pair
+    ids, mask = _left_padded([9, 4, 6], 9, PAD_GPT)
+    free = _hf_gen(hf, ids, attention_mask=mask, eos_token_id=None, pad_token_id=PAD_GPT, max_new_tokens=12)
+    eos = _mid_token(free, 9)  # an eos the model emits, so min_length has something to hold back
+    want = _hf_gen(hf, ids, attention_mask=mask, eos_token_id=eos, pad_token_id=PAD_GPT, **kw)
+    got = ours.generate(ids, attention_mask=mask, eos_token_id=eos, pad_token_id=PAD_GPT, **kw)
+    assert torch.equal(got, want)
+    if "max_length" in kw and "max_new_tokens" not in kw:
+        assert got.shape[1] <= kw["max_length"]
+
+
+def test_no_repeat_ngram_size_and_bad_words_change_the_output_as_transformers_does(gpt2_pair):
+    hf, ours = gpt2_pair
+    ids = torch.tensor([[5, 6, 7, 8]])
+    free = ours.generate(ids, max_new_tokens=24, eos_token_id=[])
+    toks = free[0, 4:].tolist()
+    # greedy decoding of a tiny random model loops: some bigram repeats, so the processor must act
+    bigrams = list(zip(toks, toks[1:]))
+    assert len(set(bigrams)) < len(bigrams)
+    for n in (1, 2, 3):
+        got = ours.generate(ids, max_new_tokens=24, eos_token_id=[], no_repeat_ngram_size=n)
+        assert torch.equal(got, _hf_gen(hf, ids, max_new_tokens=24, eos_token_id=None, no_repeat_ngram_size=n))
+        grams = [tuple(got[0, i:i + n].tolist()) for i in range(got.shape[1] - n + 1)]
+        assert len(set(grams)) == len(grams), f"an {n}-gram repeats"
+    # bad words: one token everywhere, and a two-token sequence the free run produced
+    first, (a, b) = toks[0], bigrams[1]
+    banned_run = ours.generate(ids, max_new_tokens=24, eos_token_id=[], bad_words_ids=[[first], [a, b]])[0, 4:].tolist()
+    eos = next(t for t in banned_run[3:] if t not in (first, a, b))  # a token that run emits: it ends there
+    bad = [[first], [a, b], [eos]]  # [eos] alone is dropped (eos stays possible), as in transformers
+    for beams in (1, 3):
+        got = ours.generate(ids, max_new_tokens=24, eos_token_id=eos, pad_token_id=PAD_GPT, bad_words_ids=bad,
+                            num_beams=beams)
+        want = _hf_gen(hf, ids, max_new_tokens=24, eos_token_id=eos, pad_token_id=PAD_GPT, bad_words_ids=bad,
+                       num_beams=beams)
+        assert torch.equal(got, want)
+        new = got[0, 4:].tolist()
+        assert first not in new and (a, b) not in set(zip(new, new[1:]))
+        if beams == 1:
+            assert new[-1] == eos and len(new) < 24  # stopped on the eos named in bad_words_ids
+
+
+def test_repetition_penalty_ignores_the_padding_of_left_padded_prompts(gpt2_pair):
+    hf, ours = gpt2_pair
+    ids, mask = _left_padded([3, 8], 8, PAD_GPT, seed=3)
+    free = ours.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=[])
+    pad = int(free[0, 8])  # pad the short prompt with the very token it continues with
+    ids = ids.masked_fill(mask == 0, pad)
+    kw = dict(max_new_tokens=6, eos_token_id=None, pad_token_id=pad, repetition_penalty=5.0)
+    want = _hf_gen(hf, ids, attention_mask=mask, **kw)
+    assert torch.equal(ours.generate(ids, attention_mask=mask, **kw), want)
+
+
+BART_HF_ARGS = [
+    dict(max_length=7),  # counts the decoder start token, not the encoder input: 6 new tokens
+    dict(max_length=9, num_beams=3),
+    dict(no_repeat_ngram_size=2, max_new_tokens=10, num_beams=2),
+    dict(min_length=6, max_length=10),
+]
+
+
+@pytest.mark.parametrize("kw", BART_HF_ARGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_bart_transformers_arguments_give_transformers_ids(bart_pair, kw):
+    hf, ours = bart_pair
+    src, smask = _right_padded([7, 3, 5], 7, PAD_BART, seed=1)
+    common = dict(pad_token_id=PAD_BART, decoder_start_token_id=2)
+    free = _hf_gen(hf, src, attention_mask=smask, eos_token_id=None, max_new_tokens=10, **common)
+    eos = _mid_token(free, 1, step=2)
+    want = _hf_gen(hf, src, attention_mask=smask, eos_token_id=eos, forced_eos_token_id=None, **common, **kw)
+    got = ours.generate(src, attention_mask=smask, eos_token_id=eos, **common, **kw)
+    assert torch.equal(got, want)
+    if "max_length" in kw:
+        assert got.shape[1] <= kw["max_length"]
+
+
+def test_a_transformers_generation_config_and_kwargs_over_it(gpt2_pair, bart_pair):
+    hf, ours = gpt2_pair
+    ids, mask = _left_padded([6, 4], 6, PAD_GPT, seed=2)
+    hgc = T.GenerationConfig(max_length=16, num_beams=3, no_repeat_ngram_size=2, eos_token_id=None,
+                             pad_token_id=PAD_GPT, length_penalty=0.7)
+    want = hf.generate(ids, attention_mask=mask, generation_config=hgc)
+    assert torch.equal(ours.generate(ids, attention_mask=mask, generation_config=hgc), want)
+    assert torch.equal(generate(ours, ids, mask, generation_config=hgc), want)
+    # keyword arguments override the config's fields, in both libraries
+    want = hf.generate(ids, attention_mask=mask, generation_config=hgc, num_beams=1, max_new_tokens=5)
+    assert torch.equal(ours.generate(ids, attention_mask=mask, generation_config=hgc, num_beams=1, max_new_tokens=5), want)
+    hf_b, ours_b = bart_pair
+    src, smask = _right_padded([7, 3], 7, PAD_BART, seed=4)
+    bgc = T.GenerationConfig(max_length=8, num_beams=2, decoder_start_token_id=2, eos_token_id=EOS_BART,
+                             pad_token_id=PAD_BART, forced_bos_token_id=0)
+    assert torch.equal(ours_b.generate(src, attention_mask=smask, generation_config=bgc),
+                       hf_b.generate(src, attention_mask=smask, generation_config=bgc))
+    # a setting we cannot honour is refused by name, never silently ignored
+    with pytest.raises(ConfigError, match="not supported by transferlab's generate: .*diversity_penalty=0.5"):
+        ours.generate(ids, generation_config=T.GenerationConfig(num_beams=4, num_beam_groups=2, diversity_penalty=0.5))
+    assert GenerationConfig.from_hf(T.GenerationConfig(typical_p=1.0, output_attentions=True)) == GenerationConfig()
+
+
+def test_a_saved_generation_config_json_sets_the_defaults(gpt2_pair, tmp_path, capsys):
+    hf, _ = gpt2_pair
+    hf.generation_config = T.GenerationConfig(max_new_tokens=9, num_beams=2, no_repeat_ngram_size=2,
+                                              eos_token_id=EOS_GPT, pad_token_id=PAD_GPT, bos_token_id=0)
+    try:
+        hf.save_pretrained(tmp_path / "hf")
+        ids = torch.tensor([[5, 6, 7, 8, 9]])
+        want, want_greedy = hf.generate(ids), hf.generate(ids, num_beams=1)
+        want4 = hf.generate(ids, generation_config=T.GenerationConfig(max_new_tokens=4))  # merged over the saved one
+        assert want.shape[1] == 5 + 9 and want4.shape[1] == 5 + 4
+    finally:
+        hf.generation_config = T.GenerationConfig.from_model_config(hf.config)
+    from transferlab.models import from_pretrained
+
+    m = from_pretrained(tmp_path / "hf")
+    assert m.generation_config.num_beams == 2 and m.generation_config.no_repeat_ngram_size == 2
+    assert torch.equal(m.generate(ids), want) and torch.equal(m.generate(ids, num_beams=1), want_greedy)
+    # the converted folder keeps it, and so does our save_pretrained
+    assert cli(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "ours" / "generation_config.json").read_text())["num_beams"] == 2
+    assert torch.equal(from_pretrained(tmp_path / "ours").generate(ids), want)
+    # our own GenerationConfig layered over the saved one: only its changed fields win
+    got = from_pretrained(tmp_path / "ours").generate(ids, generation_config=GenerationConfig(max_new_tokens=4))
+    assert torch.equal(got, want4)
+    # and exporting hands it back to transformers
+    from_pretrained(tmp_path / "ours").export_hf(tmp_path / "back")
+    back = T.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert back.generation_config.num_beams == 2 and torch.equal(back.generate(ids), want)
+    # settings we cannot honour in a saved file: dropped with a warning, the model still loads
+    (tmp_path / "ours" / "generation_config.json").write_text(json.dumps(
+        {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5, "transformers_version": "5.25.0"}))
+    with pytest.warns(UserWarning, match="diversity_penalty=0.5, num_beam_groups=2.*ignored"):
+        assert from_pretrained(tmp_path / "ours").generation_config == GenerationConfig(num_beams=4)
+    (tmp_path / "ours" / "generation_config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="generation_config.json: expected a JSON object"):
+        from_pretrained(tmp_path / "ours")
+
+
+# ---------------------------------------------------------------------------------- special ids outside the vocab
+@pytest.fixture(scope="module")
+def gpt2_173():
+    """transformers' default GPT-2 config at a tiny vocabulary: bos/eos stay 50256, which no
+    logit of a 173-token model can produce."""
+    torch.manual_seed(5)
+    hc = T.GPT2Config(vocab_size=173, n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0,
+                      embd_pdrop=0.0, attn_pdrop=0.0)
+    hf = T.GPT2LMHeadModel(hc).eval()
+    _perturb(hf, 5)
+    return hf
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_beams=3), dict(max_length=15), dict(no_repeat_ngram_size=2)],
+                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "greedy")
+def test_eos_outside_the_vocabulary_runs_to_the_length_limit_as_transformers(gpt2_173, kw):
+    assert gpt2_173.config.eos_token_id == 50256
+    ours = from_hf(gpt2_173)
+    ids, mask = _left_padded([5, 3], 5, 0, seed=6)
+    kw = dict(max_new_tokens=12, **kw) if "max_length" not in kw else kw
+    want = _hf_gen(gpt2_173, ids, attention_mask=mask, **kw)
+    got = ours.generate(ids, attention_mask=mask, **kw)
+    assert torch.equal(got, want)
+    assert got.shape[1] == (15 if "max_length" in kw else 5 + 12)  # never stopped early
+
+
+def test_converting_a_config_with_special_ids_outside_the_vocabulary_warns(gpt2_173, tmp_path, capsys, caplog):
+    gpt2_173.save_pretrained(tmp_path / "hf")
+    with caplog.at_level("WARNING", logger="transferlab.hf"):
+        assert cli(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
+    assert "eos_token_id=50256" in caplog.text and "outside the vocabulary (vocab_size=173)" in caplog.text
+    from transferlab.models import from_pretrained
+
+    m = from_pretrained(tmp_path / "ours")
+    assert m.config.eos_token_id == 50256  # kept: the round trip to transformers stays exact
+    ids = torch.tensor([[7, 8, 9]])
+    assert torch.equal(m.generate(ids, max_new_tokens=10), _hf_gen(gpt2_173, ids, max_new_tokens=10))
+    # a pad id that cannot be fed back is refused once sequences can finish
+    with pytest.raises(ConfigError, match="pad_token_id 50256 is outside the vocabulary"):
+        m.generate(ids, eos_token_id=5)
+
+
+@pytest.mark.parametrize("content, msg", [
+    ('{"top_p": "0.9"}', "wrong type"),
+    ('{"num_beams": 0}', "num_beams must be an integer >= 1"),
+    ('{"bad_words_ids": [3]}', "bad_words_ids must be a non-empty list of non-empty lists"),
+    ('{"num_beams": 2', "invalid JSON"),
+])
+def test_a_broken_generation_config_json_is_a_one_line_error(tmp_path, content, msg):
+    from transferlab.models import from_pretrained
+
+    build_model("gpt-mini", vocab_size=V, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_positions=32).save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text(content)
+    with pytest.raises(CheckpointError, match=f"generation_config.json.*{msg}") as e:
+        from_pretrained(tmp_path)
+    assert "\n" not in str(e.value)

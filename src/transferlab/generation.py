@@ -66,10 +66,25 @@ __all__ = [
 class GenerationConfig:
     """Decoding settings; names and defaults follow ``transformers.GenerationConfig``."""
 
-    max_new_tokens: int = 20
-    """Tokens to generate at most (beyond the prompt / decoder start)."""
+    max_new_tokens: int | None = None
+    """Tokens to generate at most (beyond the prompt / decoder start). None: what ``max_length``
+    leaves, or 20 when that is unset too (``transformers``' default). Wins over ``max_length``."""
+    max_length: int | None = None
+    """Length limit as in ``transformers``: it counts the prompt for decoders, and the decoder
+    start token (not the encoder input) for encoder-decoders; so ``max_length=20`` gives a
+    decoder with a 5-token prompt 15 new tokens, an encoder-decoder 19. Prefer max_new_tokens."""
     min_new_tokens: int = 0
     """EOS is suppressed until this many new tokens exist."""
+    min_length: int = 0
+    """EOS is suppressed while the sequence (prompt included for decoders, decoder start
+    included for encoder-decoders, as ``max_length``) is shorter than this."""
+    no_repeat_ngram_size: int = 0
+    """No n-gram of this size occurs twice in a sequence (the prompt counts for decoders, as in
+    ``transformers``); 0 = off."""
+    bad_words_ids: list[list[int]] | None = None
+    """Token sequences that are never generated: a one-token entry is banned everywhere, a
+    longer one only its last token, right after the others (``transformers``' semantics;
+    entries equal to ``[eos]`` are dropped)."""
     do_sample: bool = False
     """Sample from the (filtered) distribution instead of taking the argmax."""
     temperature: float = 1.0
@@ -120,13 +135,36 @@ class GenerationConfig:
 
     def validate(self) -> "GenerationConfig":
         """Check ranges and combinations; raise :class:`ConfigError` naming the setting."""
+        try:
+            return self._validate()
+        except TypeError as e:  # e.g. top_p="0.9" from a JSON file: a comparison of str and float
+            raise ConfigError(f"generate: a setting has the wrong type ({e}); got "
+                              + ", ".join(f"{k}={v!r}" for k, v in self.set_fields().items())) from None
+
+    def _validate(self) -> "GenerationConfig":
         def bad(msg: str) -> None:
             raise ConfigError(f"generate: {msg}")
 
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if self.max_new_tokens is not None and (not is_int(self.max_new_tokens) or self.max_new_tokens < 0):
             bad(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
-        if self.min_new_tokens < 0:
-            bad(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
+        if self.max_length is not None and (not is_int(self.max_length) or self.max_length < 1):
+            bad(f"max_length must be an integer >= 1, got {self.max_length!r}")
+        if not is_int(self.min_new_tokens) or self.min_new_tokens < 0:
+            bad(f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
+        if not is_int(self.min_length) or self.min_length < 0:
+            bad(f"min_length must be an integer >= 0, got {self.min_length!r}")
+        if not is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
+            bad(f"no_repeat_ngram_size must be an integer >= 0 (0 = off), got {self.no_repeat_ngram_size!r}")
+        if self.bad_words_ids is not None:
+            b = self.bad_words_ids
+            if (not isinstance(b, (list, tuple)) or not b
+                    or not all(isinstance(w, (list, tuple)) and w and all(is_int(t) and t >= 0 for t in w) for w in b)):
+                bad("bad_words_ids must be a non-empty list of non-empty lists of token ids >= 0, e.g. "
+                    f"[[5], [17, 9]], got {b!r}")
+            self.bad_words_ids = [[int(t) for t in w] for w in b]
         if self.do_sample and not self.temperature > 0:
             bad(f"temperature must be > 0 when sampling, got {self.temperature} "
                 "(for deterministic output use do_sample=False, i.e. greedy)")
@@ -161,6 +199,130 @@ class GenerationConfig:
                 f"generate: unknown argument(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         return dataclasses.replace(self, **kwargs).validate()
+
+    def set_fields(self) -> dict[str, Any]:
+        """The settings that differ from the defaults: what this config overrides when it is
+        layered over another (the model's ``generation_config``), as ``transformers`` does."""
+        default = _DEFAULT_FIELDS()
+        return {k: v for k, v in dataclasses.asdict(self).items() if v != default[k]}
+
+    @classmethod
+    def from_hf(cls, config: Any, strict: bool = True, where: str = "generation_config") -> "GenerationConfig":
+        """Our settings from a ``transformers.GenerationConfig`` (or its dict / ``generation_config.json``).
+
+        Only the fields the source sets are taken (``to_diff_dict``), so the defaults of the
+        two libraries never leak into each other. Fields that do not change the generated ids
+        (``bos_token_id``, ``output_attentions``, cache and assistant settings, ...) are ignored,
+        as are other fields at their neutral values (``typical_p=1.0``, ``num_beam_groups=1``).
+        Any other field has no equivalent here: ``strict`` raises :class:`ConfigError` naming
+        it; otherwise it is dropped with a warning (a saved ``generation_config.json`` should not
+        stop a model from loading).
+        """
+        if isinstance(config, dict):
+            raw = dict(config)
+        elif hasattr(config, "to_diff_dict"):
+            raw = config.to_diff_dict()
+        else:
+            raise ConfigError(f"{where}: expected a GenerationConfig (ours or transformers') or a dict, "
+                              f"got {type(config).__name__}")
+        ours = {f.name for f in dataclasses.fields(cls)}
+        kept: dict[str, Any] = {}
+        unsupported = []
+        for k, v in raw.items():
+            neutral = k in _HF_NEUTRAL and (v == _HF_NEUTRAL[k] or (_HF_NEUTRAL[k] is None and v in ([], {})))
+            if k.startswith("_") or k in _HF_IGNORED or neutral:
+                continue
+            if k in ours:
+                kept[k] = v
+            else:
+                unsupported.append(f"{k}={v!r}")
+        if unsupported:
+            msg = (f"{where}: setting(s) not supported by transferlab's generate: {', '.join(sorted(unsupported))}; "
+                   "supported: " + ", ".join(sorted(ours)))
+            if strict:
+                raise ConfigError(msg)
+            warnings.warn(msg + " (ignored)", stacklevel=2)
+        if isinstance(kept.get("stop_strings"), str):
+            kept["stop_strings"] = [kept["stop_strings"]]
+        try:
+            return cls(**kept).validate()
+        except TypeError as e:  # pragma: no cover - every kept key is a field
+            raise ConfigError(f"{where}: {e}") from None
+
+
+def _DEFAULT_FIELDS() -> dict[str, Any]:
+    return dataclasses.asdict(GenerationConfig())
+
+
+#: transformers GenerationConfig fields that do not change which ids are generated
+_HF_IGNORED = frozenset({
+    "transformers_version", "bos_token_id", "output_attentions", "output_hidden_states", "output_logits",
+    "cache_implementation", "cache_config", "return_legacy_cache", "compile_config", "disable_compile",
+    "is_assistant", "num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold",
+    "assistant_lookbehind", "target_lookbehind", "prompt_lookup_num_tokens", "max_matching_ngram_size",
+    "assistant_early_exit", "low_memory", "token_healing", "generation_kwargs", "prefill_chunk_size",
+})
+#: transformers fields we do not implement, at the values where they do nothing
+_HF_NEUTRAL = {
+    "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "diversity_penalty": 0.0, "num_beam_groups": 1,
+    "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0, "remove_invalid_values": False,
+    "renormalize_logits": False, "exponential_decay_length_penalty": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "sequence_bias": None, "guidance_scale": None, "min_p": None,
+    "penalty_alpha": None, "constraints": None, "force_words_ids": None, "forced_decoder_ids": None,
+    "max_time": None, "dola_layers": None, "watermarking_config": None, "top_h": None, "top_n_sigma": None,
+}
+
+GENERATION_CONFIG_NAME = "generation_config.json"
+
+
+def load_generation_config(folder: Any) -> GenerationConfig | None:
+    """The ``generation_config.json`` of a model folder (ours or ``transformers``') as our
+    settings, or None when there is none. Unsupported fields are dropped with a warning.
+
+    Raises:
+        CheckpointError: the file is not a JSON object or holds invalid settings.
+    """
+    import json
+    from pathlib import Path
+
+    from .errors import CheckpointError
+
+    p = Path(folder) / GENERATION_CONFIG_NAME
+    if not p.is_file():
+        return None
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p}: invalid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{p}: expected a JSON object, got {type(raw).__name__}")
+    try:
+        return GenerationConfig.from_hf(raw, strict=False, where=str(p))
+    except ConfigError as e:
+        msg = str(e).removeprefix("generate: ")
+        raise CheckpointError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
+
+
+#: our settings that transformers' GenerationConfig does not have (left out of an export)
+_OURS_ONLY = ("seed", "compile", "truncation")
+
+
+def save_generation_config(gc: GenerationConfig | None, folder: Any, hf: bool = False) -> None:
+    """Write the settings that differ from the defaults as ``generation_config.json`` (the
+    ``transformers`` file name and field names), atomically; nothing when there are none.
+    ``hf``: for a transformers directory, without our own settings (seed, compile, truncation)."""
+    import json
+    from pathlib import Path
+
+    from .utils import atomic_write_text
+
+    if gc is not None and not isinstance(gc, GenerationConfig):  # a transformers GenerationConfig
+        gc = GenerationConfig.from_hf(gc, strict=False)
+    fields = gc.set_fields() if gc is not None else {}
+    if hf:
+        fields = {k: v for k, v in fields.items() if k not in _OURS_ONLY}
+    if fields:
+        atomic_write_text(Path(folder) / GENERATION_CONFIG_NAME, json.dumps(fields, indent=2) + "\n")
 
 
 @dataclass
@@ -275,10 +437,16 @@ def top_p_filter(scores: torch.Tensor, p: float, min_keep: int = 1) -> torch.Ten
 
 def _repetition_penalty(scores: torch.Tensor, seen_ids: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL (Keskar et al. 2019) as in ``transformers``: scores of ids in ``seen_ids`` (B, L) are
-    divided by ``penalty`` when positive and multiplied when negative."""
+    divided by ``penalty`` when positive and multiplied when negative. Ids >= V (prompt padding
+    masked out by the caller) land in a spare column that is dropped."""
+    V = scores.shape[-1]
+    spare = bool((seen_ids >= V).any())
+    if spare:
+        scores = F.pad(scores, (0, 1))
     s = scores.gather(1, seen_ids)
     s = torch.where(s < 0, s * penalty, s / penalty)
-    return scores.scatter(1, seen_ids, s)
+    out = scores.scatter(1, seen_ids, s)
+    return out[:, :V] if spare else out
 
 
 # ---------------------------------------------------------------------------------- the model side
@@ -657,13 +825,18 @@ def generate(
         input_ids: (B, T) prompt ids (decoders; left-padded when lengths differ) or encoder
             input ids (encoder-decoders; either padding side).
         attention_mask: (B, T) 1 for tokens, 0 for padding; None = no padding.
-        generation_config: base settings; keyword arguments override its fields.
+        generation_config: base settings, ours or a ``transformers.GenerationConfig`` (its set
+            fields; ones without an equivalent here raise); keyword arguments override its
+            fields. Both are layered over ``model.generation_config`` (a saved
+            ``generation_config.json``), as ``transformers`` layers them: kwargs > this > the
+            model's > defaults.
         streamer: an object with ``put(ids)``/``end()`` (e.g. :class:`TextStreamer`, or
             ``transformers``' streamers), or a callable receiving the new token ids (B,) of
             every step. Not with beam search.
         tokenizer: needed for ``stop_strings`` (anything with ``decode``).
         generator: a ``torch.Generator`` for sampling (overrides ``seed``).
-        **kwargs: any :class:`GenerationConfig` field: ``max_new_tokens``, ``do_sample``,
+        **kwargs: any :class:`GenerationConfig` field: ``max_new_tokens``, ``max_length``,
+            ``min_length``, ``no_repeat_ngram_size``, ``bad_words_ids``, ``do_sample``,
             ``temperature``, ``top_k``, ``top_p``, ``num_beams``, ``length_penalty``,
             ``early_stopping``, ``eos_token_id``, ``pad_token_id``, ``stop_strings``,
             ``repetition_penalty``, ``seed``, ``use_cache``, ...
@@ -682,8 +855,7 @@ def generate(
     """
     # ``model.generate(**tok(texts, ...))`` may pass segment ids: no generating family uses them
     kwargs.pop("token_type_ids", None)
-    gc = (generation_config or GenerationConfig())
-    gc = gc.replace(**kwargs) if kwargs else dataclasses.replace(gc).validate()
+    gc = _merged_config(getattr(model, "generation_config", None), generation_config, kwargs)
     lm = _LM(model)
     if gc.stop_strings and tokenizer is None:
         raise ConfigError("generate: stop_strings need tokenizer= (to decode the generated text)")
@@ -691,7 +863,7 @@ def generate(
         raise ConfigError("generate: streaming is not supported with beam search (num_beams > 1)")
     if gc.do_sample and generator is None and gc.seed is not None:
         generator = torch.Generator(device=lm.device).manual_seed(int(gc.seed))
-    input_ids, attention_mask = _check_inputs(lm, gc, input_ids, attention_mask)
+    input_ids, attention_mask, gc = _check_inputs(lm, gc, input_ids, attention_mask)
     was_training = model.training
     model.eval()  # dropout off: generation is inference (restored afterwards)
     try:
@@ -705,7 +877,7 @@ def generate(
     return out if gc.return_dict_in_generate else out.sequences
 
 
-def _check_inputs(lm: _LM, gc: GenerationConfig, ids: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _check_inputs(lm: _LM, gc: GenerationConfig, ids: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor | None, GenerationConfig]:
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
         shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise ConfigError(f"generate: input_ids must be a (batch, length) integer tensor, got {shape}")
@@ -714,6 +886,7 @@ def _check_inputs(lm: _LM, gc: GenerationConfig, ids: Any, mask: Any) -> tuple[t
         raise ConfigError("generate: input_ids has an empty batch")
     if T == 0:
         raise ConfigError("generate: empty prompt; start decoders with at least one token (e.g. the bos/eos id)")
+    gc = _resolve_lengths(lm, gc, T)
     V = lm.cfg.vocab_size
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= V:
@@ -755,19 +928,55 @@ def _check_inputs(lm: _LM, gc: GenerationConfig, ids: Any, mask: Any) -> tuple[t
             ids, mask = ids[:, T - keep:], (mask[:, T - keep:] if mask is not None else None)
             if mask is not None and bool(mask.all()):
                 mask = None
-    return ids, mask
+    return ids, mask, gc
+
+
+def _merged_config(model_gc: Any, user_gc: Any, kwargs: dict[str, Any]) -> GenerationConfig:
+    """kwargs > ``generation_config=`` > the model's saved ``generation_config`` > defaults.
+
+    As ``transformers`` does, a config only contributes the settings it sets (ours: those that
+    differ from the defaults; theirs: ``to_diff_dict``), so a saved ``num_beams=4`` survives a
+    ``GenerationConfig(max_new_tokens=5)`` passed by the caller, and is overridden by ``num_beams=1``.
+    """
+    fields: dict[str, Any] = {}
+    for g in (model_gc, user_gc):
+        if g is None:
+            continue
+        if not isinstance(g, GenerationConfig):
+            g = GenerationConfig.from_hf(g, strict=True, where="generate: generation_config")
+        fields.update(g.set_fields())
+    return GenerationConfig(**fields).replace(**kwargs)
+
+
+def _resolve_lengths(lm: _LM, gc: GenerationConfig, T: int) -> GenerationConfig:
+    """``max_new_tokens`` from ``max_length`` as ``transformers`` counts it: the decoder's input
+    length (the prompt for decoders, the start token for encoder-decoders) is part of it."""
+    if gc.max_new_tokens is not None:
+        return gc
+    if gc.max_length is None:
+        return dataclasses.replace(gc, max_new_tokens=20)
+    start = 1 if lm.is_seq2seq else T
+    if start >= gc.max_length:
+        what = "the decoder start token" if lm.is_seq2seq else f"a prompt of {T} tokens"
+        raise ConfigError(f"generate: max_length={gc.max_length} leaves no room after {what} (max_length counts "
+                          "it, as in transformers); raise max_length or set max_new_tokens")
+    return dataclasses.replace(gc, max_new_tokens=gc.max_length - start)
 
 
 def _settings(lm: _LM, gc: GenerationConfig) -> tuple[list[int], int, torch.Tensor | None]:
-    eos = _as_ids(gc.eos_token_id, lm.cfg.eos_token_id)
-    for e in eos:
-        if not 0 <= e < lm.cfg.vocab_size:
-            raise ConfigError(f"generate: eos_token_id {e} is outside the vocabulary [0, {lm.cfg.vocab_size})")
+    V = lm.cfg.vocab_size
+    given = _as_ids(gc.eos_token_id, lm.cfg.eos_token_id)
+    # an eos the model cannot produce (GPT2Config(vocab_size=173) keeps eos=50256) never ends a
+    # sequence: transformers then runs to the length limit, and so do we
+    eos = [e for e in given if 0 <= e < V]
     pad = gc.pad_token_id if gc.pad_token_id is not None else lm.cfg.pad_token_id
     if pad is None or pad < 0:
         pad = eos[0] if eos else 0
-    if pad >= lm.cfg.vocab_size:  # finished rows feed it back into the model
-        raise ConfigError(f"generate: pad_token_id {pad} is outside the vocabulary [0, {lm.cfg.vocab_size})")
+    if not 0 <= pad < V:
+        if eos or gc.stop_strings:  # finished rows feed it back into the model
+            raise ConfigError(f"generate: pad_token_id {pad} is outside the vocabulary [0, {V}); finished "
+                              "sequences are continued with it (pass pad_token_id=)")
+        pad = 0  # nothing can finish, so no row is ever padded: any in-range id will do
     eos_t = torch.tensor(eos, device=lm.device) if eos else None
     return eos, int(pad), eos_t
 
@@ -785,20 +994,42 @@ def _decoder_start(lm: _LM, gc: GenerationConfig) -> int:
 
 
 class _Processor:
-    """The logits pipeline of one call, in ``transformers``' order: repetition penalty, min new
-    tokens, forced bos/eos, then (sampling only) temperature, top-k, top-p."""
+    """The logits pipeline of one call, in ``transformers``' order: repetition penalty, no-repeat
+    n-grams, bad words, min length / min new tokens, forced bos/eos, then (sampling only)
+    temperature, top-k, top-p. Each is skipped when its setting is off, so plain greedy decoding
+    pays nothing for them.
 
-    def __init__(self, gc: GenerationConfig, eos: list[int], max_length: int, beams: bool) -> None:
+    Args:
+        gc: the call's settings.
+        eos: end ids the model can produce.
+        max_length: decoder length limit (prompt / start token + max_new_tokens).
+        beams: beam search (sampling then keeps at least 2 tokens, as transformers does).
+        prompt_pad: (rows,) left-padding columns of each row's prompt (decoders), ignored by the
+            repetition penalty as ``transformers`` >= 4.57 ignores them; None = no padding.
+    """
+
+    def __init__(self, gc: GenerationConfig, eos: list[int], max_length: int, beams: bool,
+                 prompt_pad: torch.Tensor | None = None) -> None:
         self.gc, self.eos, self.max_length = gc, eos, max_length
         self.min_keep = 2 if (beams and gc.do_sample) else 1
+        self.prompt_pad = prompt_pad if prompt_pad is not None and bool(prompt_pad.any()) else None
+        self.bad = _BadWords(gc.bad_words_ids, eos) if gc.bad_words_ids else None
 
     def __call__(self, scores: torch.Tensor, seq: torch.Tensor, n_new: int) -> torch.Tensor:
         """scores (B, V) float32; seq (B, cur_len) the sequences so far; n_new tokens generated."""
         gc = self.gc
         cur_len = seq.shape[1]
         if gc.repetition_penalty != 1.0:
-            scores = _repetition_penalty(scores, seq, gc.repetition_penalty)
-        if n_new < gc.min_new_tokens and self.eos:
+            seen = seq
+            if self.prompt_pad is not None:  # pads of left-padded prompts are not "seen" tokens
+                cols = torch.arange(cur_len, device=seq.device)
+                seen = seq.masked_fill(cols[None, :] < self.prompt_pad[:, None], scores.shape[-1])
+            scores = _repetition_penalty(scores, seen, gc.repetition_penalty)
+        if gc.no_repeat_ngram_size:
+            scores = _no_repeat_ngram(scores, seq, gc.no_repeat_ngram_size)
+        if self.bad is not None:
+            scores = self.bad(scores, seq)
+        if self.eos and (n_new < gc.min_new_tokens or cur_len < gc.min_length):
             scores = scores.clone()
             scores[:, self.eos] = -math.inf
         if gc.forced_bos_token_id is not None and cur_len == 1:
@@ -817,6 +1048,76 @@ class _Processor:
         return scores
 
 
+def _no_repeat_ngram(scores: torch.Tensor, seq: torch.Tensor, n: int) -> torch.Tensor:
+    """Ban every token that would complete an n-gram already in the row (``transformers``'
+    ``NoRepeatNGramLogitsProcessor``, vectorised): the last n - 1 tokens are matched against
+    every window of the sequence, and a matching window bans the token that followed it.
+
+    Args:
+        scores: (B, V) processed scores.
+        seq: (B, L) the sequences so far (prompt included for decoders).
+        n: the n-gram size.
+
+    Returns:
+        (B, V) scores with the banned tokens at -inf.
+    """
+    L = seq.shape[1]
+    if L < n:
+        return scores
+    windows = seq.unfold(1, n, 1)  # (B, L - n + 1, n)
+    prefix = seq[:, L - n + 1:]  # (B, n - 1)
+    match = (windows[..., :-1] == prefix[:, None, :]).all(-1)  # (B, W)
+    V = scores.shape[-1]
+    banned = torch.zeros(scores.shape[0], V + 1, dtype=torch.bool, device=scores.device)
+    # non-matching windows write into a spare column, so they cannot unban another window's token
+    banned.scatter_(1, torch.where(match, windows[..., -1].clamp(max=V), V), True)
+    return scores.masked_fill(banned[:, :V], -math.inf)
+
+
+class _BadWords:
+    """``bad_words_ids`` as ``transformers``' ``NoBadWordsLogitsProcessor``: one-token entries
+    are banned at every step; a longer entry bans its last token when the sequence ends with
+    the rest. Entries equal to ``[eos]`` are dropped (eos stays possible)."""
+
+    def __init__(self, words: list[list[int]], eos: list[int]) -> None:
+        words = [w for w in words if not (len(w) == 1 and w[0] in eos)]
+        self.single = sorted({w[0] for w in words if len(w) == 1})
+        by_len: dict[int, list[list[int]]] = {}
+        for w in words:
+            if len(w) > 1:
+                by_len.setdefault(len(w) - 1, []).append(w)
+        self.multi = [(torch.tensor([w[:-1] for w in g]), torch.tensor([w[-1] for w in g])) for g in by_len.values()]
+        self._checked = False
+
+    def __call__(self, scores: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        V = scores.shape[-1]
+        if not self._checked:
+            big = sorted({t for t in self.single if t >= V} | {int(t) for p, l in self.multi for t in
+                                                              (*p.flatten().tolist(), *l.tolist()) if t >= V})
+            if big:
+                raise ConfigError(f"generate: bad_words_ids has id(s) {big} outside the vocabulary [0, {V})")
+            self.multi = [(p.to(scores.device), l.to(scores.device)) for p, l in self.multi]
+            self._checked = True
+        banned = torch.zeros_like(scores, dtype=torch.bool)
+        if self.single:
+            banned[:, self.single] = True
+        for prefixes, last in self.multi:  # prefixes (W, k), last (W,)
+            k = prefixes.shape[1]
+            if k > seq.shape[1]:
+                continue
+            hit = (seq[:, None, -k:] == prefixes[None]).all(-1)  # (B, W): the row ends with entry w's prefix
+            _ban_rows(banned, hit, last)
+        return scores.masked_fill(banned, -math.inf)
+
+
+def _ban_rows(banned: torch.Tensor, hit: torch.Tensor, last: torch.Tensor) -> None:
+    """banned[b, last[w]] |= hit[b, w] (in place; several entries may share a last token)."""
+    V = banned.shape[1]
+    spare = torch.zeros(banned.shape[0], V + 1, dtype=torch.bool, device=banned.device)
+    spare.scatter_(1, torch.where(hit, last[None].expand_as(hit), V), True)
+    banned |= spare[:, :V]
+
+
 class _StopStrings:
     """Marks sequences whose generated text contains a stop string (decoding only a tail)."""
 
@@ -829,6 +1130,13 @@ class _StopStrings:
         """gen (N, n_new) generated ids -> (N,) bool."""
         tail = gen[:, -self.window:].tolist()
         return torch.tensor([any(s in self.tok.decode(t) for s in self.stops) for t in tail], device=gen.device)
+
+
+def _prompt_pad(lm: _LM, mask: torch.Tensor | None, expand: int) -> torch.Tensor | None:
+    """(B * expand,) left-padding columns of each decoder prompt, None without padding."""
+    if lm.is_seq2seq or mask is None:
+        return None
+    return (mask != 0).int().argmax(1).repeat_interleave(expand)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -937,7 +1245,7 @@ def _sample(lm: _LM, gc: GenerationConfig, ids: torch.Tensor, mask: torch.Tensor
     T0 = 1 if lm.is_seq2seq else ids.shape[1]
     max_length = T0 + gc.max_new_tokens
     st, logits, seq, cur = _prefill(lm, gc, ids, mask, n, max_length)
-    process = _Processor(gc, eos, max_length, beams=False)
+    process = _Processor(gc, eos, max_length, beams=False, prompt_pad=_prompt_pad(lm, mask, n))
     stop = _StopStrings(tokenizer, gc.stop_strings) if gc.stop_strings else None
     put = getattr(streamer, "put", None) if streamer is not None else None
     if put is not None:
@@ -997,7 +1305,7 @@ def _beam_search(lm: _LM, gc: GenerationConfig, ids: torch.Tensor, mask: torch.T
     K = max(2, 1 + len(eos)) * nb
     top_nb = torch.zeros(K, dtype=torch.bool, device=dev)
     top_nb[:nb] = True
-    process = _Processor(gc, eos, max_length, beams=True)
+    process = _Processor(gc, eos, max_length, beams=True, prompt_pad=_prompt_pad(lm, mask, nb))
     stop = _StopStrings(tokenizer, gc.stop_strings) if gc.stop_strings else None
 
     running = torch.full((B, nb, max_length), pad, dtype=torch.long, device=dev)

@@ -655,6 +655,7 @@ def config_from_hf(raw: dict[str, Any], keys: Iterable[str] = ()) -> tuple[Model
     if missing_field:
         raise CheckpointError(f"config.json: model_type {mt!r} needs field(s) {', '.join(missing_field)}")
     cfg = layout.config_in(raw, stripped)
+    _warn_special_ids_outside_vocab(cfg)
     archs = raw.get("architectures") or [next((a for k, a in layout.signatures if k in keys), layout.base_class)]
     arch = archs[0]
     if arch not in layout.archs:
@@ -675,6 +676,21 @@ def config_from_hf(raw: dict[str, Any], keys: Iterable[str] = ()) -> tuple[Model
         cfg.lm_head_bias = False
     cfg.heads = heads
     return cfg.validate(), layout, arch
+
+
+def _warn_special_ids_outside_vocab(cfg: ModelConfig) -> None:
+    """Warn about special ids the vocabulary cannot hold; keep them (the round trip stays exact).
+
+    transformers allows them (``GPT2Config(vocab_size=173)`` keeps eos/bos 50256) and so do
+    we: ``generate`` never stops on an eos the model cannot produce and runs to the length
+    limit, as transformers does; a pad id only matters once a sequence can finish.
+    """
+    bad = [f"{k}={getattr(cfg, k)}" for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+           if getattr(cfg, k) >= cfg.vocab_size]
+    if bad:
+        log.warning("config.json: %s outside the vocabulary (vocab_size=%d): kept as they are; generate will not "
+                    "stop on an eos it cannot produce (it runs to the length limit, as transformers does)",
+                    ", ".join(bad), cfg.vocab_size)
 
 
 def _required_fields(mt: str) -> tuple[str, ...]:
@@ -789,6 +805,10 @@ def from_hf(src: Any, config: Any = None, meta: bool = False, **overrides: Any):
     state = state_from_hf(hf_state, cfg, layout, model.state_dict(), where)
     model.load_state_dict(state, strict=True, assign=meta)
     model.hf_source = {"model_type": layout.model_type, "architecture": arch}
+    if isinstance(src, (str, Path)):  # its generation_config.json: the defaults of model.generate
+        from .generation import load_generation_config
+
+        model.generation_config = load_generation_config(resolve_builtin(src))
     return model.eval()
 
 
@@ -940,6 +960,9 @@ def export_hf(model, save_directory: str | Path, tokenizer_from: str | Path | No
     with atomic_dir(out) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_text(tmp / "config.json", json.dumps(hf_cfg, indent=2) + "\n")
+        from .generation import save_generation_config  # the model's generate defaults, if any
+
+        save_generation_config(getattr(model, "generation_config", None), tmp, hf=True)
         if tokenizer_from is not None:
             for name in HF_TOKENIZER_FILES:
                 if (Path(tokenizer_from) / name).is_file():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,19 @@ WEIGHTS_NAME = "model.safetensors"
 
 @dataclass
 class ModelOutput:
-    """What a forward returns; attribute or key access like ``transformers`` outputs."""
+    """What a forward returns; attribute, key and index access like ``transformers`` outputs.
 
-    logits: torch.Tensor | None = None
+    ``out.logits`` / ``out["logits"]`` as before; ``out[0]``, ``out[:2]`` and ``out.to_tuple()``
+    (what ``return_dict=False`` returns) follow the field order of the matching ``transformers``
+    output class, skipping fields that are None: with a head ``(loss, logits, past_key_values,
+    hidden_states)`` (QA: ``(loss, start_logits, end_logits, ...)``; encoder-decoders then
+    ``encoder_last_hidden_state, encoder_hidden_states``), without one the base model's
+    ``(last_hidden_state, pooler_output | past_key_values, hidden_states, ...)``. So ``out[0]`` is
+    the loss when labels were given, else the logits, exactly where ``transformers`` code expects
+    them. Iterating yields the keys, as ``transformers``' ``ModelOutput`` (an ordered dict) does.
+    """
+
+    logits: torch.Tensor | None = None  # (B, T, V) / (B, num_labels) / span: (B, T, 2) start, end
     loss: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
@@ -42,12 +52,65 @@ class ModelOutput:
     encoder_last_hidden_state: torch.Tensor | None = None
     encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
     past_key_values: KVCache | None = None
+    start_logits: torch.Tensor | None = None  # (B, T) span head: logits[..., 0]
+    end_logits: torch.Tensor | None = None  # (B, T) span head: logits[..., 1]
+    order: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    """Key order of the matching transformers output class; empty = the field order above."""
 
-    def __getitem__(self, key: str):
-        return getattr(self, key)
+    @property
+    def decoder_hidden_states(self) -> tuple[torch.Tensor, ...] | None:
+        """``transformers``' name for an encoder-decoder's decoder states (our ``hidden_states``)."""
+        return self.hidden_states
 
-    def keys(self):
-        return [k for k, v in self.__dict__.items() if v is not None]
+    def keys(self) -> list[str]:
+        names = self.order or tuple(f.name for f in fields(self) if f.name != "order")
+        return [k for k in names if getattr(self, k) is not None]
+
+    def values(self) -> list[Any]:
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The non-None fields in ``transformers``' order (what ``return_dict=False`` gives)."""
+        return tuple(self.values())
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        if isinstance(key, str):
+            if key not in _OUTPUT_KEYS:
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+
+_OUTPUT_KEYS = frozenset(f.name for f in fields(ModelOutput) if f.name != "order") | {"decoder_hidden_states"}
+
+
+def _output_order(family: Family, kind: str | None) -> tuple[str, ...]:
+    """Field order of the transformers output class a model of this family and head returns
+    (``BaseModelOutputWithPooling``, ``CausalLMOutputWithPast``, ``Seq2SeqLMOutput``,
+    ``QuestionAnsweringModelOutput``, ...)."""
+    seq2seq_tail = ("past_key_values", "decoder_hidden_states", "encoder_last_hidden_state", "encoder_hidden_states")
+    if kind is None:  # the base model
+        if family == Family.ENCODER:
+            return ("last_hidden_state", "pooler_output", "hidden_states")
+        if family == Family.DECODER:
+            return ("last_hidden_state", "past_key_values", "hidden_states")
+        return ("last_hidden_state", *seq2seq_tail)
+    main = ("loss", "start_logits", "end_logits") if kind == "span" else ("loss", "logits")
+    if family == Family.ENCODER_DECODER:
+        return (*main, *seq2seq_tail)
+    return (*main, "past_key_values", "hidden_states")
 
 
 class TransferModel(nn.Module):
@@ -57,6 +120,9 @@ class TransferModel(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
+        #: defaults of :meth:`generate` (a GenerationConfig), from a ``generation_config.json``
+        #: beside the weights; saved with the model. None = the library defaults.
+        self.generation_config = None
         self.backbone = build_backbone(config)
         self.heads = nn.ModuleDict()
         for name, settings in config.heads.items():
@@ -101,7 +167,14 @@ class TransferModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the weights are (the first parameter's device), as ``transformers``' ``model.device``."""
         return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point dtype of the weights (the first floating parameter's), as
+        ``transformers``' ``model.dtype``: ``torch.bfloat16`` after ``model.to(torch.bfloat16)``."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Trainable parameters (tied weights counted once); optionally without embeddings."""
@@ -137,11 +210,18 @@ class TransferModel(nn.Module):
         head: str | None = None,
         inputs_embeds: torch.Tensor | None = None,
         return_dict: bool = True,
-    ) -> ModelOutput:
+        start_positions: torch.Tensor | None = None,  # (B,) span head
+        end_positions: torch.Tensor | None = None,  # (B,)
+    ) -> ModelOutput | tuple:
         """Run the backbone and one head (``head``, default the first in ``config.heads``).
 
         With ``labels`` a loss is returned too, as in ``transformers``: token-level cross-entropy
-        (-100 ignored; decoders shift by one), sequence cross-entropy, or MSE for one label.
+        (-100 ignored; decoders shift by one), sequence cross-entropy, or MSE for one label. A
+        span (QA) head also returns ``start_logits``/``end_logits`` (B, T) and takes
+        ``start_positions``/``end_positions`` for its loss (the mean of the two cross-entropies;
+        positions outside the sequence are ignored), as ``*ForQuestionAnswering`` does.
+        ``return_dict=False`` returns ``ModelOutput.to_tuple()``: the non-None fields in
+        ``transformers``' order.
         """
         if decoder_input_ids is None and labels is not None and self.config.is_encoder_decoder:
             if self.config.decoder_start_token_id < 0:
@@ -155,18 +235,25 @@ class TransferModel(nn.Module):
             past_key_values=past_key_values, use_cache=use_cache,
             output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds,
         )
-        logits = loss = None
+        logits = loss = start = end = kind = None
         name = head or next(iter(self.heads), None)
         if name is not None:
+            kind = self.config.heads.get(name, {}).get("type", name)
             logits = self.run_head(name, out, attention_mask if not self.config.is_encoder_decoder else decoder_attention_mask)
-            if labels is not None:
+            if kind == "span":  # (B, T, 2) -> two (B, T), as transformers' QA models split them
+                start, end = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+                if start_positions is not None and end_positions is not None:
+                    loss = _span_loss(start, end, start_positions, end_positions)
+            if labels is not None and loss is None:
                 loss = self._loss(name, logits, labels)
-        return ModelOutput(
+        result = ModelOutput(
             logits=logits, loss=loss, last_hidden_state=out.last_hidden_state,
             hidden_states=out.hidden_states, pooler_output=out.pooler_output,
             encoder_last_hidden_state=out.encoder_last_hidden_state,
             encoder_hidden_states=out.encoder_hidden_states, past_key_values=out.past_key_values,
+            start_logits=start, end_logits=end, order=_output_order(self.family, kind),
         )
+        return result if return_dict else result.to_tuple()
 
     def run_head(self, name: str, out: BackboneOutput, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Apply head ``name`` to a backbone output (pooling first for sequence-level heads)."""
@@ -186,6 +273,11 @@ class TransferModel(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
 
     # ------------------------------------------------------------------ generation
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "TransferModel":
+        """``TransferModel.from_pretrained(path, ...)``: the same as :func:`from_pretrained`."""
+        return from_pretrained(path, **kwargs)
+
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Generate token ids; see :func:`transferlab.generation.generate`."""
         from ..generation import generate
@@ -194,7 +286,8 @@ class TransferModel(nn.Module):
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory: str | Path, extra_config: dict | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into a fresh directory, atomically.
+        """Write ``config.json`` + ``model.safetensors`` (+ ``generation_config.json`` when the
+        model has generation defaults) into a directory, each file atomically.
 
         Files that already exist in ``save_directory`` but are not ours (a tokenizer, logs) are
         kept; the two model files are each replaced atomically, weights first.
@@ -211,6 +304,9 @@ class TransferModel(nn.Module):
         tmp.replace(d / WEIGHTS_NAME)
         cfg = {"transferlab_version": __version__, **self.config.to_dict(), **(extra_config or {})}
         atomic_write_text(d / CONFIG_NAME, json.dumps(cfg, indent=2) + "\n")
+        from ..generation import save_generation_config
+
+        save_generation_config(self.generation_config, d)
         return d
 
     def export_hf(self, save_directory: str | Path) -> Path:
@@ -218,6 +314,16 @@ class TransferModel(nn.Module):
         from ..hf import export_hf
 
         return export_hf(self, save_directory)
+
+
+def _span_loss(start: torch.Tensor, end: torch.Tensor, start_positions: torch.Tensor,
+               end_positions: torch.Tensor) -> torch.Tensor:
+    """transformers' QA loss: mean of the start and end cross-entropies over positions (B, T);
+    gold positions outside [0, T) are clamped to T and ignored (answers cut off by truncation)."""
+    T = start.shape[1]
+    sp = start_positions.reshape(-1).to(start.device).clamp(0, T)
+    ep = end_positions.reshape(-1).to(start.device).clamp(0, T)
+    return (F.cross_entropy(start.float(), sp, ignore_index=T) + F.cross_entropy(end.float(), ep, ignore_index=T)) / 2
 
 
 def build_model(config: ModelConfig | str, **overrides: Any) -> TransferModel:
@@ -239,7 +345,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
 
 
-def from_pretrained(path: str | Path, device: str | torch.device | None = None, **overrides: Any) -> TransferModel:
+def from_pretrained(path: str | Path, device: str | torch.device | None = None,
+                    dtype: torch.dtype | str | None = None, torch_dtype: torch.dtype | str | None = None,
+                    **overrides: Any) -> TransferModel:
     """Load a model directory written by ``save_pretrained`` or by ``transformers``.
 
     ``path`` may also be a built-in name such as ``"builtin:minilm"`` (all-MiniLM-L6-v2 from the
@@ -248,9 +356,17 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None, 
     Tensors are checked against the config: missing, unexpected or wrongly shaped tensors raise
     :class:`CheckpointError` naming them. The model comes back in eval mode (dropout off), as
     with ``transformers``; call ``.train()`` to fine-tune it.
+
+    ``dtype`` (``torch_dtype`` is accepted as its older ``transformers`` name): the weights'
+    floating-point type, ``torch.bfloat16`` / ``"bfloat16"`` / ``"bf16"`` / ``torch.float16`` /
+    ``torch.float32``, or ``"auto"`` for the dtype the checkpoint was saved in (``config.json``'s
+    ``dtype``/``torch_dtype``, else its tensors'). Default float32, whatever the file holds.
+    A ``generation_config.json`` beside the weights becomes ``model.generation_config``: the
+    defaults of ``model.generate`` (see :mod:`transferlab.generation`).
     """
     from ..hf import from_hf, resolve_builtin
 
+    want = _resolve_dtype(dtype, torch_dtype)
     path = resolve_builtin(path)  # "builtin:minilm" -> the folder its pip package ships
     raw = read_config(path)
     if "model_type" in raw and "transferlab_version" not in raw:
@@ -264,8 +380,70 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None, 
         cfg = ModelConfig.from_dict({**{k: v for k, v in raw.items() if k in known}, **overrides})
         model = TransferModel(cfg)
         load_weights(model, Path(path) / WEIGHTS_NAME)
+        from ..generation import load_generation_config
+
+        model.generation_config = load_generation_config(path)  # from_hf reads transformers' own
     model.eval()  # as transformers does: inference right away, training loops call .train()
-    return model.to(device) if device is not None else model
+    if want == "auto":
+        want = _checkpoint_dtype(Path(path), raw)
+    if device is not None or want is not None:
+        model = model.to(device=device, dtype=want)
+    return model
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def _resolve_dtype(dtype: Any, torch_dtype: Any) -> torch.dtype | str | None:
+    """``dtype=`` / ``torch_dtype=`` of :func:`from_pretrained` as a torch dtype, "auto" or None."""
+    if torch_dtype is not None:
+        if dtype is not None and dtype != torch_dtype:
+            raise ConfigError(f"from_pretrained: dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; "
+                              "pass one (torch_dtype is the older name of dtype)")
+        dtype = torch_dtype
+    if dtype is None or dtype == "auto":
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        if name in _DTYPES:
+            return _DTYPES[name]
+    elif isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    raise ConfigError(f"from_pretrained: dtype must be torch.float32, torch.bfloat16, torch.float16 (or their names) "
+                      f"or 'auto', got {dtype!r}")
+
+
+def _checkpoint_dtype(d: Path, raw: dict[str, Any]) -> torch.dtype:
+    """The floating dtype a checkpoint was saved in, for ``dtype="auto"``: ``config.json``'s
+    ``dtype`` (transformers 5) or ``torch_dtype`` (4.x), else the first floating tensor of the
+    weights file's header (nothing else is read); float32 when neither says."""
+    for key in ("dtype", "torch_dtype"):
+        v = raw.get(key)
+        if isinstance(v, str) and v.removeprefix("torch.") in _DTYPES:
+            return _DTYPES[v.removeprefix("torch.")]
+    file = d / WEIGHTS_NAME
+    index = d / (WEIGHTS_NAME + ".index.json")
+    if not file.is_file() and index.is_file():
+        try:  # a sharded checkpoint: the first shard named by the index, if it is a plain file name here
+            first = next(iter(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values()), "")
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            first = ""
+        file = d / first if isinstance(first, str) and first and Path(first).name == first else file
+    if file.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for k in f.keys():
+                    name = f.get_slice(k).get_dtype()  # "F32", "BF16", "F16", "I64", ...
+                    found = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(name)
+                    if found is not None:
+                        return found
+        except Exception:  # unreadable header: the load above would have said so already
+            pass
+    return torch.float32
 
 
 def load_weights(model: nn.Module, file: Path, strict: bool = True) -> None:

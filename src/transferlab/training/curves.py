@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,26 @@ from ..errors import DataError
 from ..utils import atomic_write_bytes
 
 X_AXES = {"tokens": "training tokens", "step": "optimizer step", "minutes": "wall-clock minutes"}
+
+#: the language-modelling part of each objective's loss, in the order the trainer looks for them
+#: (a copy of ``training.loop.LM_LOSS_METRICS``, kept here so reading curves does not import torch;
+#: a test checks the two agree). Only used for rows written before the trainer logged ``val_ppl``.
+LM_LOSS_METRICS = ("mlm_loss", "clm_loss", "denoise_loss", "span_loss", "gen_loss")
+
+
+def row_perplexity(row: dict) -> float:
+    """The perplexity of one validation row: the run's own ``val_ppl`` when it logged one, else
+    exp of its language-modelling loss (``val_mlm_loss`` for mlm+nsp, ``val_gen_loss`` for
+    ELECTRA's generator, ...), else exp of ``val_loss``.
+
+    Why not exp(val_loss) always: for combined objectives ``val_loss`` adds a classification
+    loss (NSP) or a weighted discriminator loss (ELECTRA's 50 x RTD), and its exp is no perplexity
+    of anything (3,477 for a run whose MLM perplexity is 1,740; 1.2e12 for one at 1,245).
+    """
+    if isinstance(row.get("val_ppl"), (int, float)):
+        return float(row["val_ppl"])
+    key = next((f"val_{k}" for k in LM_LOSS_METRICS if isinstance(row.get(f"val_{k}"), (int, float))), "val_loss")
+    return math.exp(min(float(row[key]), 50.0))
 
 
 @dataclass
@@ -31,6 +52,7 @@ class RunCurve:
     minutes: list[float]  #: from the train rows' ``elapsed_s`` when they have it, else empty
     val_loss: list[float]
     val_acc: list[float | None]  #: ``val_mlm_acc`` / ``val_acc`` when present
+    val_ppl: list[float]  #: perplexity of the language-modelling part (:func:`row_perplexity`)
 
     @property
     def final(self) -> float:
@@ -69,7 +91,7 @@ def read_run(run: str | Path, label: str | None = None) -> RunCurve:
             minutes.append(before[-1] / 60)
     return RunCurve(name, [int(r["step"]) for r in val], [int(r.get("tokens", 0)) for r in val],
                     minutes if len(minutes) == len(val) else [], [float(r["val_loss"]) for r in val],
-                    [r.get("val_mlm_acc", r.get("val_acc")) for r in val])
+                    [r.get("val_mlm_acc", r.get("val_acc")) for r in val], [row_perplexity(r) for r in val])
 
 
 def plot_runs(curves: Sequence[RunCurve], png: str | Path, x: str = "tokens",
@@ -116,16 +138,20 @@ def plot_runs(curves: Sequence[RunCurve], png: str | Path, x: str = "tokens",
 
 def summary_table(curves: Sequence[RunCurve], references: dict[str, float] | None = None) -> str:
     """A markdown table: each run's steps, tokens, last validation loss, perplexity, accuracy and
-    its distance to each reference line."""
-    import math
-
+    its distance to each reference line. The loss is the objective's whole loss (what the plot
+    shows); the perplexity is that of its language-modelling part, as the run logged it."""
     refs = references or {}
     head = ["run", "steps", "tokens", "validation loss", "ppl", "accuracy", *[f"vs {k}" for k in refs]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in curves:
         acc = c.val_acc[-1]
         cells = [c.label, f"{c.steps[-1]:,}", f"{c.tokens[-1] / 1e6:.2f} M", f"{c.final:.3f}",
-                 f"{math.exp(min(c.final, 50)):,.0f}", "-" if acc is None else f"{100 * acc:.1f}%",
+                 _ppl(c.val_ppl[-1]), "-" if acc is None else f"{100 * acc:.1f}%",
                  *[f"{c.final - v:+.3f}" for v in refs.values()]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _ppl(v: float) -> str:
+    """Perplexity cell: thousands separators for big values, two decimals for small ones."""
+    return f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
