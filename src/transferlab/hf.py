@@ -137,7 +137,37 @@ GPT2_ROWS: list[Row] = [
     ("backbone.decoder.final_norm.{p}", "ln_f.{p}", COPY),
     ("heads.lm.weight", "/lm_head.weight", COPY),  # only when untied
     ("heads.token_classification.classifier.{p}", "/classifier.{p}", COPY),
+    ("heads.classification.classifier.weight", "/score.weight", COPY),
+    ("heads.classification.classifier.bias", "/score.bias", COPY),  # not in transformers: folded into ln_f
 ]
+
+
+def _gpt2_check(model, layout: "Layout", arch: str) -> None:
+    from .hf_llama import last_token_classifier_check
+
+    last_token_classifier_check(model, layout, arch)
+
+
+def _gpt2_finish_out(model, arch: str, state: dict[str, torch.Tensor], prefix: str) -> None:
+    """GPT2ForSequenceClassification's ``score`` has no bias: fold ours into ``ln_f``'s.
+
+    logits = W ln_f(h) + b = W (g * n(h) + beta) + b = W (g * n(h) + beta + delta) with
+    W delta = b, delta the least-norm solution (W is (num_labels, C), num_labels <= C, so an
+    exact one exists when W has full row rank). The logits are unchanged; transformers' last
+    hidden state is shifted by the constant vector delta (nothing else reads it).
+    """
+    if arch != "GPT2ForSequenceClassification":
+        return
+    b = state.pop("score.bias")
+    if not b.any():
+        return
+    w = state["score.weight"].double()  # (num_labels, C)
+    delta = torch.linalg.pinv(w) @ b.double()  # (C,)
+    if (w @ delta - b.double()).abs().max().item() > 1e-6 * max(1.0, b.abs().max().item()):
+        raise ConfigError("GPT2ForSequenceClassification's score layer has no bias and this classifier's bias cannot "
+                          "be folded into ln_f (more labels than hidden units, or a rank-deficient classifier)")
+    key = prefix + "ln_f.bias"
+    state[key] = (state[key].double() + delta).to(state[key].dtype)
 
 
 def _bart_stack_rows(stack: str) -> list[Row]:
@@ -430,6 +460,15 @@ class Layout:
     ignore: tuple[str, ...] = ()  # regexes of hf keys with no counterpart (buffers)
     # (key, architecture) in order: how to tell the class when config.json has no ``architectures``
     signatures: tuple[tuple[str, str], ...] = ()
+    required: tuple[str, ...] = ()  # config.json fields without which sizes are unknown
+    # export_check(model, layout, arch): ConfigError unless the heads fit ``arch`` exactly
+    # (default: sequence classification on the [CLS] pooler, as BERT does)
+    export_check: "Callable[[Any, Layout, str], None] | None" = None
+    # finish_out(model, arch, state, prefix): tensors transformers always has but ours may not
+    finish_out: "Callable[[Any, str, dict[str, torch.Tensor], str], None] | None" = None
+    zero_if_absent: frozenset[str] = frozenset()  # our keys that are zeros when the file lacks them
+    tied: tuple[str, ...] = ()  # hf names of output matrices tied to the embeddings
+    exportable: bool = True  # False: read only (e.g. mistral; ours are written as llama)
 
 
 _NON_GATED = (Activation.GELU, Activation.GELU_TANH, Activation.RELU)
@@ -468,7 +507,8 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "gpt2": Layout(
         "gpt2", "transformer.", "GPT2Model",
-        {"GPT2Model": {}, "GPT2LMHeadModel": {"lm": {}}, "GPT2ForTokenClassification": {"token_classification": {}}},
+        {"GPT2Model": {}, "GPT2LMHeadModel": {"lm": {}}, "GPT2ForTokenClassification": {"token_classification": {}},
+         "GPT2ForSequenceClassification": {"classification": {"pooling": "last"}}},
         lambda cfg: GPT2_ROWS, _gpt2_config, _gpt2_config_out,
         {"family": Family.DECODER, "norm": Norm.LAYERNORM, "prenorm": True, "embedding_norm": False,
          "final_norm": True, "position": Position.LEARNED, "bias": True, "attn_scale": True,
@@ -476,7 +516,9 @@ LAYOUTS: dict[str, Layout] = {
          "pad_aware_positions": False, "lm_head_transform": False, "lm_head_bias": False,
          "d_head": (0, "d_model // n_heads"), "scale_logits": False},
         ignore=(r"h\.\d+\.attn\.(masked_)?bias$",),  # causal-mask buffers of old GPT-2 files
-        signatures=(("lm_head.weight", "GPT2LMHeadModel"),),
+        signatures=(("lm_head.weight", "GPT2LMHeadModel"), ("score.weight", "GPT2ForSequenceClassification")),
+        export_check=_gpt2_check, finish_out=_gpt2_finish_out,
+        zero_if_absent=frozenset({"heads.classification.classifier.bias"}),
     ),
     "bart": Layout(
         "bart", "model.", "BartModel",
@@ -507,6 +549,46 @@ LAYOUTS: dict[str, Layout] = {
 
 
 # ---------------------------------------------------------------------------- table mechanics
+class Op:
+    """A tensor change beyond the four named ops (e.g. RoFormer's interleaved rotary pairs).
+
+    ``to_ours(tensors, cfg)`` builds our tensor from the hf tensors of a row; ``to_hf(t, n, cfg)``
+    splits ours into the row's ``n`` hf tensors. Subclasses live with their layouts.
+    """
+
+    def to_ours(self, tensors: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def to_hf(self, t: torch.Tensor, n: int, cfg: ModelConfig) -> tuple[torch.Tensor, ...]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _op_in(op: "str | Op", tensors: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
+    """Our tensor from a row's hf tensors (see the module docstring for the ops)."""
+    if isinstance(op, Op):
+        return op.to_ours(tensors, cfg)
+    if op == CAT:
+        return torch.cat(tensors, dim=0)
+    if op == CONV1D:
+        return tensors[0].t() if tensors[0].dim() == 2 else tensors[0]
+    if op == ROW:
+        return tensors[0].reshape(-1)
+    return tensors[0]
+
+
+def _op_out(op: "str | Op", t: torch.Tensor, n: int, cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
+    """A row's ``n`` hf tensors from ours: the inverse of :func:`_op_in`."""
+    if isinstance(op, Op):
+        return op.to_hf(t, n, cfg)
+    if op == CAT:
+        return t.chunk(n, dim=0)
+    if op == CONV1D:
+        return (t.t() if t.dim() == 2 else t,)
+    if op == ROW:
+        return (t.reshape(1, -1),)
+    return (t,)
+
+
 _PLACEHOLDER = re.compile(r"(\{[ip]\})")
 
 
@@ -665,10 +747,14 @@ def config_from_hf(raw: dict[str, Any], keys: Iterable[str] = ()) -> tuple[Model
         heads = json.loads(json.dumps(layout.archs[arch]))
     for name in heads:
         if name in ("classification", "token_classification"):
-            heads[name] = {"num_labels": _num_labels(raw)}
-    if "classification" in heads and not cfg.pooler:
+            heads[name] = {**heads[name], "num_labels": _num_labels(raw)}
+        if heads[name].get("dense_act") == "$hidden_act":  # RoFormer's classifier uses the model's activation
+            heads[name]["dense_act"] = str(Activation(cfg.activation))
+    cls = heads.get("classification")
+    if cls is not None and not cfg.pooler and not cls.get("dense_act") and cls.get("pooling") != "last":
         raise CheckpointError(f"config.json: {arch} needs pooler weights (pooler.dense.weight), none found")
-    lm_untied = any(k in keys for k in ("lm_head.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight"))
+    lm_untied = any(k in keys for k in ("lm_head.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight",
+                                        *layout.tied))
     if "lm" in heads and lm_untied and raw.get("tie_word_embeddings") is False:
         cfg.tie_embeddings = False
     if mt == "bart" and "lm" in heads and "final_logits_bias" not in keys:
@@ -678,6 +764,8 @@ def config_from_hf(raw: dict[str, Any], keys: Iterable[str] = ()) -> tuple[Model
 
 
 def _required_fields(mt: str) -> tuple[str, ...]:
+    if LAYOUTS[mt].required:
+        return LAYOUTS[mt].required
     return {"bert": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
             "roberta": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
             "gpt2": ("vocab_size", "n_embd", "n_layer", "n_head"),
@@ -727,20 +815,13 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, layout: L
             tensors.append(t)
         absent = [f for f, t in zip(fulls, tensors) if t is None]
         if absent:
-            if key == "heads.lm.bias" and layout.model_type == "bart":
+            if (key == "heads.lm.bias" and layout.model_type == "bart") or _canon_key(key, kinds) in layout.zero_if_absent:
                 out[key] = torch.zeros_like(want, device=want.device)
                 continue
             problems.append(f"missing {', '.join(absent)}")
             continue
         used.update(fulls)
-        if op == CAT:
-            t = torch.cat(tensors, dim=0)
-        elif op == CONV1D:
-            t = tensors[0].t() if tensors[0].dim() == 2 else tensors[0]
-        elif op == ROW:
-            t = tensors[0].reshape(-1)
-        else:
-            t = tensors[0]
+        t = _op_in(op, tensors, cfg)
         if tuple(t.shape) != tuple(want.shape):
             src = " + ".join(f"{f} {tuple(x.shape)}" for f, x in zip(fulls, tensors))
             problems.append(f"{src} does not fit config.json (expects {tuple(want.shape)} for {key})")
@@ -750,7 +831,7 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, layout: L
         more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
         raise CheckpointError(f"{where}: tensors do not match config.json: " + "; ".join(problems[:4]) + more)
     # weights tied to the embeddings appear under several names; everything else unused is reported
-    tied = {"lm_head.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight"}
+    tied = {"lm_head.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight", *layout.tied}
     unused = sorted(k for k in hf_state if k not in used and k not in tied
                     and not any(re.match(p, k[len(layout.base):] if prefixed and k.startswith(layout.base) else k)
                                 for p in layout.ignore))
@@ -801,16 +882,24 @@ def _override(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
 
 
 # ---------------------------------------------------------------------------- ours -> HF
+_MAJOR_SWITCHES = {"norm", "position", "activation", "prenorm", "embedding_norm", "final_norm", "bias"}
+
+
 def layout_for(cfg: ModelConfig) -> Layout:
     """The transformers layout that represents ``cfg`` exactly, or a ConfigError naming the fields
     that rule out the closest one."""
     best: tuple[int, str, list[str]] | None = None
     for mt, layout in LAYOUTS.items():
+        if not layout.exportable:
+            continue
         bad = _mismatches(cfg, layout.requires)
         if not bad:
             return layout
-        if Family(cfg.family) == layout.requires["family"] and (best is None or len(bad) < best[0]):
-            best = (len(bad), mt, bad)
+        # closeness: a different kind of norm, position, MLP or residual order weighs more than a
+        # constant (a rotary encoder with another base is nearer RoFormer than BERT)
+        score = sum(10 if b.split("=")[0].split(" ")[0] in _MAJOR_SWITCHES else 1 for b in bad)
+        if Family(cfg.family) == layout.requires["family"] and (best is None or score < best[0]):
+            best = (score, mt, bad)
     if best is None:
         raise ConfigError(f"no transformers layout for family {cfg.family}")
     raise ConfigError(f"this model has no transformers equivalent; as {best[1]} it would need "
@@ -848,6 +937,52 @@ def _arch_for(cfg: ModelConfig, layout: Layout) -> str:
                       "supported: " + "; ".join(f"{a} = {sorted(h) or '{}'}" for a, h in layout.archs.items()))
 
 
+def export_target(model) -> tuple[Layout, str]:
+    """The (layout, transformers class) that represents ``model`` exactly.
+
+    Several layouts may fit one backbone (a BERT-like encoder is a BERT, an ELECTRA or, without
+    segments, a DistilBERT); the heads decide: the first layout (in ``LAYOUTS`` order) with a
+    class for these heads whose ``export_check`` passes wins. Otherwise the first refusal is
+    raised: it names the closest class and what rules it out.
+    """
+    cfg: ModelConfig = model.config
+    fits = [lay for lay in LAYOUTS.values() if lay.exportable and not _mismatches(cfg, lay.requires)]
+    if not fits:
+        layout_for(cfg)  # raises, naming the closest layout and its mismatching fields
+    kinds = sorted(_canonical_heads(cfg).values())
+    refusals: list[ConfigError] = []
+    for layout in fits:
+        for arch, heads in layout.archs.items():
+            if sorted(heads) != kinds:
+                continue
+            try:
+                (layout.export_check or _pooler_classifier_check)(model, layout, arch)
+            except ConfigError as e:
+                refusals.append(e)
+                continue
+            return layout, arch
+    if refusals:
+        raise refusals[0]
+    _arch_for(cfg, fits[0])  # raises: no class of the closest layout has these heads
+    raise AssertionError("unreachable")
+
+
+def _pooler_classifier_check(model, layout: Layout, arch: str) -> None:
+    """BERT-style sequence classification: a linear layer on the tanh [CLS] pooler output."""
+    cfg: ModelConfig = model.config
+    for name, kind in _canonical_heads(cfg).items():
+        if kind != "classification":
+            continue
+        head = model.heads[name]
+        pooling = getattr(head, "pooling", "auto")
+        if pooling == "mean":
+            raise ConfigError(f"a mean-pooled classifier has no transformers class: {arch} classifies the [CLS] "
+                              "pooler output; fine-tune with --pooling cls, or export the encoder without the head "
+                              "and mean-pool with sentence-transformers (docs/models.md)")
+        if not cfg.pooler or pooling not in ("auto", "cls") or getattr(head, "dense_act", None):
+            raise ConfigError(f"{arch} classifies the pooler output: needs pooler=true and pooling auto/cls")
+
+
 def to_hf_state(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The transformers config dict and state dict for one of our models.
 
@@ -860,16 +995,10 @@ def to_hf_state(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         output matrices are left out (transformers ties them on load).
     """
     cfg: ModelConfig = model.config
-    layout = layout_for(cfg)
-    arch = _arch_for(cfg, layout)
+    layout, arch = export_target(model)
     kinds = _canonical_heads(cfg)
     if "lm" in kinds.values() and layout.model_type in ("bert", "roberta") and not cfg.lm_head_transform:
         raise ConfigError(f"{layout.model_type} MLM heads have a dense+norm transform; set lm_head_transform=true")
-    for name, kind in kinds.items():
-        if kind == "classification":
-            if not cfg.pooler or getattr(model.heads[name], "pooling", "auto") not in ("auto", "cls"):
-                raise ConfigError("BertForSequenceClassification classifies the pooler output: needs pooler=true "
-                                  "and pooling auto/cls")
     hf_cfg = {"architectures": [arch], "model_type": layout.model_type, **layout.config_out(cfg)}
     for name, kind in kinds.items():
         if kind in ("classification", "token_classification"):
@@ -888,15 +1017,7 @@ def to_hf_state(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         if found is None:
             raise ConfigError(f"{key} has no {layout.model_type} counterpart")
         names, op = found
-        t = t.detach().cpu()
-        if op == CAT:
-            parts = t.chunk(len(names), dim=0)
-        elif op == CONV1D:
-            parts = (t.t() if t.dim() == 2 else t,)
-        elif op == ROW:
-            parts = (t.reshape(1, -1),)
-        else:
-            parts = (t,)
+        parts = _op_out(op, t.detach().cpu(), len(names), cfg)
         for n, part in zip(names, parts):
             full = n[1:] if n.startswith("/") else prefix + n
             state[full] = part.contiguous().clone()
@@ -910,6 +1031,8 @@ def to_hf_state(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             state[lm + "decoder.bias"], state[lm + "bias"] = bias, bias.clone()
     if layout.model_type == "bart" and "lm" in kinds.values() and "final_logits_bias" not in state:
         state["final_logits_bias"] = torch.zeros(1, cfg.vocab_size)
+    if layout.finish_out is not None:
+        layout.finish_out(model, arch, state, prefix)
     return hf_cfg, state
 
 
@@ -945,3 +1068,12 @@ def export_hf(model, save_directory: str | Path, tokenizer_from: str | Path | No
                 if (Path(tokenizer_from) / name).is_file():
                     shutil.copyfile(Path(tokenizer_from) / name, tmp / name)
     return out
+
+
+# ---------------------------------------------------------------------------- more layouts
+# Newer architectures live in their own modules (they import the mechanics above); registering
+# them here keeps ``from transferlab.hf import ...`` the one entry point.
+from . import hf_encoders, hf_llama  # noqa: E402
+
+LAYOUTS.update(hf_llama.LAYOUTS)
+LAYOUTS.update(hf_encoders.LAYOUTS)
