@@ -364,4 +364,12 @@ def test_cli_convert_llama_both_ways_and_info(tmp_path, batch, capsys):
     with torch.no_grad():
         _close(back(input_ids=batch["ids"]).logits, hf(input_ids=batch["ids"]).logits, "cli round trip")
     assert cli(["info", str(tmp_path / "hf")]) == 0
-    assert "transformers llama (LlamaForCausalLM)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "transformers llama (LlamaForCausalLM)" in out and "to-hf         LlamaForCausalLM (llama)" in out
+    # info says which class an export would be, or why there is none
+    assert cli(["info", str(tmp_path / "ours"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hf_export"] == "LlamaForCausalLM (llama)"
+    model = build_model("bert-tiny", **SMALL, heads={"classification": {"num_labels": 2, "pooling": "mean"}})
+    model.save_pretrained(tmp_path / "mean")
+    assert cli(["info", str(tmp_path / "mean")]) == 0
+    assert "to-hf         none (a mean-pooled classifier has no transformers class" in capsys.readouterr().out

@@ -130,7 +130,8 @@ def last_token_classifier_check(model, layout: Layout, arch: str) -> None:
 def _llama_check(model, layout: Layout, arch: str) -> None:
     last_token_classifier_check(model, layout, arch)
     for name, kind in _canonical_heads(model.config).items():
-        if kind == "classification" and bool(model.heads[name].classifier.bias.detach().any()):
+        bias = model.heads[name].classifier.bias if kind == "classification" else None
+        if bias is not None and bias.device.type != "meta" and bool(bias.detach().any()):  # meta: `info`
             raise ConfigError(f"{arch}'s score layer has no bias and LLaMA's final RMSNorm has none to fold it "
                               "into; this classifier's bias is non-zero (export as a decoder with layernorm, "
                               "i.e. GPT2ForSequenceClassification, or zero the bias)")
