@@ -124,6 +124,9 @@ FROM_HF = {
                      "classification"),
     "llama-tokcls": (lambda: T.LlamaForTokenClassification(_llama_cfg(num_labels=5)), False, _logits,
                      "token_classification"),
+    "gpt2-seqcls": (lambda: T.GPT2ForSequenceClassification(T.GPT2Config(
+        vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=PAD, num_labels=3)),
+        False, _logits, "classification"),
     "mistral-lm": (lambda: T.MistralForCausalLM(_mistral_cfg()), False, _logits, "lm"),
     "roformer-model": (lambda: T.RoFormerModel(_roformer_cfg()), True, lambda o: o.last_hidden_state, None),
     "roformer-mlm": (lambda: T.RoFormerForMaskedLM(_roformer_cfg()), True, _logits, "lm"),
@@ -373,3 +376,26 @@ def test_cli_convert_llama_both_ways_and_info(tmp_path, batch, capsys):
     model.save_pretrained(tmp_path / "mean")
     assert cli(["info", str(tmp_path / "mean")]) == 0
     assert "to-hf         none (a mean-pooled classifier has no transformers class" in capsys.readouterr().out
+
+
+def test_mean_pooled_classifier_documented_mapping_through_sentence_transformers(batch, tmp_path):
+    """docs/models.md: a mean-pooled classifier exports as its encoder; sentence-transformers'
+    mean Pooling over transformers' output, then our classifier weights, gives our logits."""
+    Pooling = pytest.importorskip("sentence_transformers.sentence_transformer.modules").Pooling
+    torch.manual_seed(0)
+    ours = _perturb(build_model("bert-tiny", **SMALL, heads={"classification": {"num_labels": 3,
+                                                                                "pooling": "mean"}})).eval()
+    with torch.no_grad():
+        want = ours(**_kw(batch, True)).logits
+    with pytest.raises(ConfigError, match="mean-pooled classifier"):
+        export_hf(ours, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()  # nothing half-written
+    w = ours.heads["classification"].classifier.weight.detach().clone()
+    b = ours.heads["classification"].classifier.bias.detach().clone()
+    ours.remove_head("classification")
+    hf = T.AutoModel.from_pretrained(export_hf(ours, tmp_path / "enc")).eval()
+    pooling = Pooling(32, pooling_mode="mean")
+    with torch.no_grad():
+        h = hf(**_kw(batch, True)).last_hidden_state
+        emb = pooling({"token_embeddings": h, "attention_mask": batch["mask"]})["sentence_embedding"]
+    _close(emb @ w.t() + b, want, "mean pooling + classifier")

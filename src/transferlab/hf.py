@@ -683,7 +683,9 @@ def _pooler_classifier_check(model, layout: Layout, arch: str) -> None:
                               "pooler output; fine-tune with --pooling cls, or export the encoder without the head "
                               "and mean-pool with sentence-transformers (docs/models.md)")
         if not cfg.pooler or pooling not in ("auto", "cls") or getattr(head, "dense_act", None):
-            raise ConfigError(f"{arch} classifies the pooler output: needs pooler=true and pooling auto/cls")
+            raise ConfigError(f"{arch} classifies the pooler output: needs pooler=true and pooling auto/cls (without "
+                              "a pooler, transformers' first-token classifiers need the head's dense_act: gelu for "
+                              "ELECTRA, relu for DistilBERT without segments)")
 
 
 def to_hf_state(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
