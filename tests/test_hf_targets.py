@@ -399,3 +399,17 @@ def test_mean_pooled_classifier_documented_mapping_through_sentence_transformers
         h = hf(**_kw(batch, True)).last_hidden_state
         emb = pooling({"token_embeddings": h, "attention_mask": batch["mask"]})["sentence_embedding"]
     _close(emb @ w.t() + b, want, "mean pooling + classifier")
+
+
+def test_readme_rotary_bert_exports_as_roformer_and_its_pooler_classifier_is_refused_clearly():
+    """README step 3 pre-trains bert-mini with model.position=rotary: the MLM exports to
+    RoFormerForMaskedLM; a classifier on its tanh pooler has no RoFormer class (RoFormer
+    classifies dense + hidden_act of the first token) and the refusal says what would fit."""
+    m = build_model("bert-mini", vocab_size=V, position="rotary")
+    cfg, _ = to_hf_state(m)
+    assert cfg["architectures"] == ["RoFormerForMaskedLM"] and cfg["model_type"] == "roformer"
+    m.remove_head("lm")
+    m.add_head("classification", num_labels=2)
+    with pytest.raises(ConfigError, match=r"RoFormerForSequenceClassification classifies the first token through "
+                                          r"dense \+ gelu \(no tanh pooler\): needs pooler=false.*dense_act='gelu'"):
+        to_hf_state(m)

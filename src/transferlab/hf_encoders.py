@@ -163,7 +163,9 @@ def _first_token_classifier_check(act: str | None):
             if pooling not in ("auto", "cls") or cfg.pooler or dense_act != want:
                 raise ConfigError(f"{arch} classifies the first token through dense + {want} (no tanh pooler): "
                                   f"needs pooler=false, pooling auto/cls and the head's dense_act={want}, got "
-                                  f"pooler={cfg.pooler}, pooling={pooling}, dense_act={dense_act}")
+                                  f"pooler={cfg.pooler}, pooling={pooling}, dense_act={dense_act} (add the head "
+                                  f"with model.add_head('classification', num_labels=N, dense_act='{want}') on an "
+                                  "encoder built with pooler=false, or export the encoder without the head)")
 
     return check
 
