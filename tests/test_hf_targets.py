@@ -128,6 +128,9 @@ FROM_HF = {
         vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=PAD, num_labels=3)),
         False, _logits, "classification"),
     "mistral-lm": (lambda: T.MistralForCausalLM(_mistral_cfg()), False, _logits, "lm"),
+    "qwen2-lm": (lambda: T.Qwen2ForCausalLM(T.Qwen2Config(
+        vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=64, pad_token_id=PAD)), False, _logits, "lm"),
     "roformer-model": (lambda: T.RoFormerModel(_roformer_cfg()), True, lambda o: o.last_hidden_state, None),
     "roformer-mlm": (lambda: T.RoFormerForMaskedLM(_roformer_cfg()), True, _logits, "lm"),
     "roformer-seqcls-relu": (lambda: T.RoFormerForSequenceClassification(_roformer_cfg(num_labels=3, hidden_act="relu")),

@@ -283,7 +283,7 @@ class Layout:
     export_check: "Callable[[Any, Layout, str], None] | None" = None
     # finish_out(model, arch, state, prefix): tensors transformers always has but ours may not
     finish_out: "Callable[[Any, str, dict[str, torch.Tensor], str], None] | None" = None
-    zero_if_absent: frozenset[str] = frozenset()  # our keys that are zeros when the file lacks them
+    zero_if_absent: frozenset[str] = frozenset()  # our keys ({i} allowed) that are zeros when the file lacks them
     tied: tuple[str, ...] = ()  # hf names of output matrices tied to the embeddings
     exportable: bool = True  # False: read only (e.g. mistral; ours are written as llama)
 
@@ -518,7 +518,9 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, layout: L
             tensors.append(t)
         absent = [f for f, t in zip(fulls, tensors) if t is None]
         if absent:
-            if (key == "heads.lm.bias" and layout.model_type == "bart") or _canon_key(key, kinds) in layout.zero_if_absent:
+            ck = _canon_key(key, kinds)
+            if (key == "heads.lm.bias" and layout.model_type == "bart") or any(
+                    _compile(z).match(ck) for z in layout.zero_if_absent):
                 out[key] = torch.zeros_like(want, device=want.device)
                 continue
             problems.append(f"missing {', '.join(absent)}")

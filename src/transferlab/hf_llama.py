@@ -9,6 +9,8 @@ llama         LlamaModel / LlamaForCausalLM /             {} / {"lm"} / {"classi
 mistral       MistralModel / MistralForCausalLM /         (import only; exports as llama)
               MistralForSequenceClassification /
               MistralForTokenClassification
+qwen2         Qwen2Model / Qwen2ForCausalLM / ...         (import only; exports as llama with
+                                                          attention_bias = mlp_bias = true)
 ============  ==========================================  ======================================
 
 Rotary convention: transformers' LLaMA rotates the two *halves* of each head
@@ -20,7 +22,9 @@ weights map unchanged (no Meta-style interleave permutation; RoFormer needs one,
 Not representable, refused on import with the field named: grouped-query attention
 (``num_key_value_heads < num_attention_heads``: our attention has one key/value head per query
 head), rope scaling other than ``default``, ``attention_bias != mlp_bias`` (we have one ``bias``
-switch), activations other than SiLU, and a Mistral ``sliding_window`` shorter than the context.
+switch), activations other than SiLU, and a Mistral/Qwen2 ``sliding_window`` shorter than the
+context. Qwen2 has q/k/v biases but none on o_proj and the MLP: those load as zero biases (same
+outputs; they become trainable).
 
 Sequence classification in transformers takes the logits at the last token that is not
 ``pad_token_id`` (our ``pooling="last"`` uses the attention mask: the same token with right or
@@ -77,6 +81,8 @@ def _llama_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
         raise CheckpointError(f"{where}: rope_type={kind!r} (rope scaling) is not supported; only 'default'")
     theta = float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
     attn_bias, mlp_bias = bool(raw.get("attention_bias", False)), bool(raw.get("mlp_bias", False))
+    if mt == "qwen2":  # q/k/v biases always; o_proj and the MLP have none (they load as zero biases)
+        attn_bias = mlp_bias = True
     if attn_bias != mlp_bias:
         raise CheckpointError(f"{where}: attention_bias={attn_bias} with mlp_bias={mlp_bias} is not supported "
                               "(transferlab has one bias switch for every linear)")
@@ -85,6 +91,10 @@ def _llama_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
     if mt == "mistral" and window is not None and raw.get("use_sliding_window", True) and int(window) < n_pos:
         raise CheckpointError(f"{where}: sliding_window={window} < max_position_embeddings={n_pos} is not "
                               "supported (transferlab attends to the whole context)")
+    sliding = [i for i, t in enumerate(raw.get("layer_types") or []) if t == "sliding_attention"]
+    if mt == "qwen2" and sliding and raw.get("sliding_window") is not None and int(raw["sliding_window"]) < n_pos:
+        raise CheckpointError(f"{where}: sliding-window attention in layers {sliding[:4]} (sliding_window="
+                              f"{raw['sliding_window']} < max_position_embeddings={n_pos}) is not supported")
     d = int(raw["hidden_size"])
     head_dim = int(raw.get("head_dim") or d // nh)
     eos = _tok(raw.get("eos_token_id", 2))
@@ -148,7 +158,10 @@ _LLAMA_REQ = {"family": Family.DECODER, "norm": Norm.RMSNORM, "prenorm": True, "
               "scale_logits": False, "pad_aware_positions": False}
 
 
-def _layout(mt: str, cls: str, exportable: bool) -> Layout:
+_QWEN2_ZERO = frozenset({_B + "attn.out.bias", _B + "mlp.fc1.bias", _B + "mlp.fc2.bias"})
+
+
+def _layout(mt: str, cls: str, exportable: bool, zero: frozenset[str] = frozenset()) -> Layout:
     return Layout(
         mt, "model.", f"{cls}Model",
         {f"{cls}Model": {}, f"{cls}ForCausalLM": {"lm": {}},
@@ -161,8 +174,10 @@ def _layout(mt: str, cls: str, exportable: bool) -> Layout:
                     ("score.weight", f"{cls}ForSequenceClassification")),
         required=("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
         export_check=_llama_check, finish_out=_llama_finish_out,
-        zero_if_absent=frozenset({"heads.classification.classifier.bias", "heads.token_classification.classifier.bias"}),
+        zero_if_absent=frozenset({"heads.classification.classifier.bias",
+                                  "heads.token_classification.classifier.bias"}) | zero,
     )
 
 
-LAYOUTS = {"llama": _layout("llama", "Llama", True), "mistral": _layout("mistral", "Mistral", False)}
+LAYOUTS = {"llama": _layout("llama", "Llama", True), "mistral": _layout("mistral", "Mistral", False),
+           "qwen2": _layout("qwen2", "Qwen2", False, _QWEN2_ZERO)}
