@@ -416,3 +416,13 @@ def test_readme_rotary_bert_exports_as_roformer_and_its_pooler_classifier_is_ref
     with pytest.raises(ConfigError, match=r"RoFormerForSequenceClassification classifies the first token through "
                                           r"dense \+ gelu \(no tanh pooler\): needs pooler=false.*dense_act='gelu'"):
         to_hf_state(m)
+
+
+def test_wrong_type_in_a_transformers_config_is_one_line(tmp_path):
+    d = _save(tmp_path, T.LlamaForCausalLM(_llama_cfg()))
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["num_attention_heads"] = "four"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config.json: a llama field has the wrong type or value"):
+        transferlab.from_pretrained(d)
+    assert cli(["info", str(d)]) == 2

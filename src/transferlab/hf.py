@@ -439,7 +439,10 @@ def config_from_hf(raw: dict[str, Any], keys: Iterable[str] = ()) -> tuple[Model
     missing_field = [k for k in _required_fields(mt) if k not in raw]
     if missing_field:
         raise CheckpointError(f"config.json: model_type {mt!r} needs field(s) {', '.join(missing_field)}")
-    cfg = layout.config_in(raw, stripped)
+    try:
+        cfg = layout.config_in(raw, stripped)
+    except (TypeError, ValueError) as e:  # e.g. "num_attention_heads": "four", or a list for a number
+        raise CheckpointError(f"config.json: a {mt} field has the wrong type or value ({e})") from None
     archs = raw.get("architectures") or [next((a for k, a in layout.signatures if k in keys), layout.base_class)]
     arch = archs[0]
     if arch not in layout.archs:
