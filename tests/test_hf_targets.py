@@ -231,7 +231,8 @@ TO_HF = {
                         "AutoModelForSequenceClassification", "RoFormerForSequenceClassification", True, _logits),
     "roformer-qa": ("bert-tiny", {"position": "rotary", "heads": {"span": {}}}, "AutoModelForQuestionAnswering",
                     "RoFormerForQuestionAnswering", True, _qa),
-    "electra-discriminator": ("bert-tiny", {"pooler": False, "heads": {"rtd": {}}}, "AutoModelForPreTraining",
+    # as `pretrain --objective electra` leaves it: bert preset (with its unused pooler) + rtd
+    "electra-discriminator": ("bert-tiny", {"heads": {"rtd": {}}}, "AutoModelForPreTraining",
                               "ElectraForPreTraining", True, _logits),
     "electra-seqcls": ("bert-tiny", {"pooler": False, "heads": {"classification": {"num_labels": 3,
                                                                                    "dense_act": "gelu"}}},
