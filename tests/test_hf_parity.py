@@ -352,11 +352,11 @@ def test_missing_tensor_is_named(tmp_path):
 
 
 def test_unsupported_model_type_and_pickle_only_dirs_are_refused(tmp_path):
-    d = tmp_path / "llama"
+    d = tmp_path / "mpt"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (d / "config.json").write_text(json.dumps({"model_type": "mpt", "architectures": ["MptForCausalLM"]}))
     save_file({"x": torch.zeros(1)}, str(d / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="model_type 'llama' is not supported; supported: bert, roberta"):
+    with pytest.raises(CheckpointError, match="model_type 'mpt' is not supported; supported: bert, roberta"):
         transferlab.from_pretrained(d)
     p = tmp_path / "pickled"
     p.mkdir()
@@ -378,12 +378,12 @@ def test_unused_tensors_are_reported(tmp_path, caplog):
 
 
 def test_configs_without_a_transformers_equivalent_say_why():
-    with pytest.raises(ConfigError, match="as bert it would need position=learned, got rotary"):
-        to_hf_state(build_model("bert-tiny", **SMALL, position="rotary"))
+    with pytest.raises(ConfigError, match="as bert it would need norm=layernorm, got rmsnorm"):
+        to_hf_state(build_model("bert-tiny", **SMALL, norm="rmsnorm"))
     with pytest.raises(ConfigError, match="as gpt2 it would need norm=layernorm, got rmsnorm"):
         to_hf_state(build_model("gpt-mini", **SMALL, norm="rmsnorm"))
-    with pytest.raises(ConfigError, match=r"heads \['rtd'\] have no bert architecture"):
-        to_hf_state(build_model("bert-tiny", **SMALL, heads={"rtd": {}}))
+    with pytest.raises(ConfigError, match=r"heads \['span', 'token_classification'\] have no bert architecture"):
+        to_hf_state(build_model("bert-tiny", **SMALL, heads={"span": {}, "token_classification": {}}))
 
 
 # ---------------------------------------------------------------------------- CLI

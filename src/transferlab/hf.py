@@ -20,6 +20,13 @@ bart          BartModel /                           {} / {"lm"}
 t5            T5Model / T5ForConditionalGeneration  {} / {"lm"}
 ============  ===================================  ==========================================
 
+GPT-2 also has ``GPT2ForSequenceClassification`` ({"classification"}, last-token pooling).
+The tables and configs live in per-architecture modules: BERT/RoBERTa/GPT-2 in
+:mod:`transferlab.hf_bert`, BART/T5 in :mod:`transferlab.hf_seq2seq`, LLaMA/Mistral/Qwen2 in
+:mod:`transferlab.hf_llama`, RoFormer/ELECTRA/DistilBERT in :mod:`transferlab.hf_encoders`. This
+module holds the mechanics (reading checkpoints, import, export); the others register into
+:data:`LAYOUTS` at its end, and every public name stays importable from here.
+
 Each layout is a table of rows ``(ours, hf, op)``. ``ours`` is one of our state-dict names and
 ``hf`` one transformers name (or a tuple of them) with ``{i}`` for the layer index and ``{p}`` for
 ``weight``/``bias``. ``hf`` names are relative to the base model (``bert.``, ``roberta.``,
@@ -56,6 +63,7 @@ from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
+
 COPY, CAT, CONV1D, ROW = "copy", "cat", "conv1d", "row"
 Row = tuple[str, "str | tuple[str, ...]", str]
 
@@ -90,126 +98,6 @@ def resolve_builtin(name: str | Path) -> Path:
         raise CheckpointError(f"{s}: {d} has no config.json (broken install of {req}?)")
     return d
 
-
-# ---------------------------------------------------------------------------- key-map tables
-def _bert_like_rows(head_prefix_lm: str, lm_names: dict[str, str]) -> list[Row]:
-    """BERT and RoBERTa share every backbone name; only the MLM head's names differ."""
-    L = "encoder.layer.{i}."
-    return [
-        ("backbone.embed_tokens.weight", "embeddings.word_embeddings.weight", COPY),
-        ("backbone.encoder.pos_emb.weight", "embeddings.position_embeddings.weight", COPY),
-        ("backbone.encoder.type_emb.weight", "embeddings.token_type_embeddings.weight", COPY),
-        ("backbone.encoder.emb_norm.{p}", "embeddings.LayerNorm.{p}", COPY),
-        ("backbone.encoder.blocks.{i}.attn.qkv.{p}",
-         (L + "attention.self.query.{p}", L + "attention.self.key.{p}", L + "attention.self.value.{p}"), CAT),
-        ("backbone.encoder.blocks.{i}.attn.out.{p}", L + "attention.output.dense.{p}", COPY),
-        ("backbone.encoder.blocks.{i}.attn_norm.{p}", L + "attention.output.LayerNorm.{p}", COPY),
-        ("backbone.encoder.blocks.{i}.mlp.fc1.{p}", L + "intermediate.dense.{p}", COPY),
-        ("backbone.encoder.blocks.{i}.mlp.fc2.{p}", L + "output.dense.{p}", COPY),
-        ("backbone.encoder.blocks.{i}.mlp_norm.{p}", L + "output.LayerNorm.{p}", COPY),
-        ("backbone.pooler.dense.{p}", "pooler.dense.{p}", COPY),
-        ("heads.lm.transform.dense.{p}", head_prefix_lm + lm_names["dense"] + ".{p}", COPY),
-        ("heads.lm.transform.norm.{p}", head_prefix_lm + lm_names["norm"] + ".{p}", COPY),
-        # transformers 5 keeps decoder.bias as its own tensor when untied (and uses it); older
-        # files hold both names with one value: read decoder.bias first, write both
-        ("heads.lm.bias", head_prefix_lm + "decoder.bias", COPY),
-        ("heads.lm.weight", head_prefix_lm + "decoder.weight", COPY),  # only when untied
-        ("heads.nsp.seq_relationship.{p}", "/cls.seq_relationship.{p}", COPY),
-        ("heads.classification.classifier.{p}", "/classifier.{p}", COPY),
-        ("heads.token_classification.classifier.{p}", "/classifier.{p}", COPY),
-        ("heads.span.qa_outputs.{p}", "/qa_outputs.{p}", COPY),
-    ]
-
-
-BERT_ROWS = _bert_like_rows("/cls.predictions.", {"dense": "transform.dense", "norm": "transform.LayerNorm"})
-ROBERTA_ROWS = _bert_like_rows("/lm_head.", {"dense": "dense", "norm": "layer_norm"})
-
-_G = "h.{i}."
-GPT2_ROWS: list[Row] = [
-    ("backbone.embed_tokens.weight", "wte.weight", COPY),
-    ("backbone.decoder.pos_emb.weight", "wpe.weight", COPY),
-    ("backbone.decoder.blocks.{i}.attn_norm.{p}", _G + "ln_1.{p}", COPY),
-    ("backbone.decoder.blocks.{i}.attn.qkv.{p}", _G + "attn.c_attn.{p}", CONV1D),  # already fused [q; k; v]
-    ("backbone.decoder.blocks.{i}.attn.out.{p}", _G + "attn.c_proj.{p}", CONV1D),
-    ("backbone.decoder.blocks.{i}.mlp_norm.{p}", _G + "ln_2.{p}", COPY),
-    ("backbone.decoder.blocks.{i}.mlp.fc1.{p}", _G + "mlp.c_fc.{p}", CONV1D),
-    ("backbone.decoder.blocks.{i}.mlp.fc2.{p}", _G + "mlp.c_proj.{p}", CONV1D),
-    ("backbone.decoder.final_norm.{p}", "ln_f.{p}", COPY),
-    ("heads.lm.weight", "/lm_head.weight", COPY),  # only when untied
-    ("heads.token_classification.classifier.{p}", "/classifier.{p}", COPY),
-]
-
-
-def _bart_stack_rows(stack: str) -> list[Row]:
-    L = f"{stack}.layers.{{i}}."
-    ours = f"backbone.{stack}.blocks.{{i}}."
-    rows: list[Row] = [
-        (f"backbone.{stack}.pos_emb.weight", f"{stack}.embed_positions.weight", COPY),
-        (f"backbone.{stack}.emb_norm.{{p}}", f"{stack}.layernorm_embedding.{{p}}", COPY),
-        (ours + "attn.qkv.{p}", (L + "self_attn.q_proj.{p}", L + "self_attn.k_proj.{p}", L + "self_attn.v_proj.{p}"), CAT),
-        (ours + "attn.out.{p}", L + "self_attn.out_proj.{p}", COPY),
-        (ours + "attn_norm.{p}", L + "self_attn_layer_norm.{p}", COPY),
-        (ours + "mlp.fc1.{p}", L + "fc1.{p}", COPY),
-        (ours + "mlp.fc2.{p}", L + "fc2.{p}", COPY),
-        (ours + "mlp_norm.{p}", L + "final_layer_norm.{p}", COPY),
-    ]
-    if stack == "decoder":
-        rows += [
-            (ours + "cross_attn.q.{p}", L + "encoder_attn.q_proj.{p}", COPY),
-            (ours + "cross_attn.kv.{p}", (L + "encoder_attn.k_proj.{p}", L + "encoder_attn.v_proj.{p}"), CAT),
-            (ours + "cross_attn.out.{p}", L + "encoder_attn.out_proj.{p}", COPY),
-            (ours + "cross_norm.{p}", L + "encoder_attn_layer_norm.{p}", COPY),
-        ]
-    return rows
-
-
-BART_ROWS: list[Row] = [
-    ("backbone.embed_tokens.weight", "shared.weight", COPY),
-    *_bart_stack_rows("encoder"),
-    *_bart_stack_rows("decoder"),
-    ("heads.lm.bias", "/final_logits_bias", ROW),
-    ("heads.lm.weight", "/lm_head.weight", COPY),  # only when untied
-]
-
-
-def _t5_stack_rows(stack: str, gated: bool) -> list[Row]:
-    L = f"{stack}.block.{{i}}.layer."
-    ours = f"backbone.{stack}.blocks.{{i}}."
-    ff = 2 if stack == "decoder" else 1  # the decoder's layer.1 is cross-attention
-    rows: list[Row] = [
-        # T5 shares one relative-position table per stack; it lives in block 0's self-attention
-        (f"backbone.{stack}.rel_bias.embedding.weight",
-         f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", COPY),
-        (ours + "attn.qkv.weight",
-         (L + "0.SelfAttention.q.weight", L + "0.SelfAttention.k.weight", L + "0.SelfAttention.v.weight"), CAT),
-        (ours + "attn.out.weight", L + "0.SelfAttention.o.weight", COPY),
-        (ours + "attn_norm.weight", L + "0.layer_norm.weight", COPY),
-        (ours + "mlp.fc1.weight",
-         (f"{L}{ff}.DenseReluDense.wi_0.weight", f"{L}{ff}.DenseReluDense.wi_1.weight") if gated
-         else f"{L}{ff}.DenseReluDense.wi.weight", CAT if gated else COPY),
-        (ours + "mlp.fc2.weight", f"{L}{ff}.DenseReluDense.wo.weight", COPY),
-        (ours + "mlp_norm.weight", f"{L}{ff}.layer_norm.weight", COPY),
-        (f"backbone.{stack}.final_norm.weight", f"{stack}.final_layer_norm.weight", COPY),
-    ]
-    if stack == "decoder":
-        rows += [
-            (ours + "cross_attn.q.weight", L + "1.EncDecAttention.q.weight", COPY),
-            (ours + "cross_attn.kv.weight", (L + "1.EncDecAttention.k.weight", L + "1.EncDecAttention.v.weight"), CAT),
-            (ours + "cross_attn.out.weight", L + "1.EncDecAttention.o.weight", COPY),
-            (ours + "cross_norm.weight", L + "1.layer_norm.weight", COPY),
-        ]
-    return rows
-
-
-def t5_rows(gated: bool) -> list[Row]:
-    return [
-        ("backbone.embed_tokens.weight", "shared.weight", COPY),
-        *_t5_stack_rows("encoder", gated),
-        *_t5_stack_rows("decoder", gated),
-        ("heads.lm.weight", "/lm_head.weight", COPY),  # only when untied (T5 v1.1)
-    ]
-
-
 # ---------------------------------------------------------------------------- activations
 _ACT_FROM_HF = {
     "gelu": Activation.GELU, "gelu_new": Activation.GELU_TANH, "gelu_pytorch_tanh": Activation.GELU_TANH,
@@ -237,121 +125,6 @@ def _num_labels(raw: dict[str, Any]) -> int:
     return int(raw.get("num_labels", 2))
 
 
-# ---------------------------------------------------------------------------- configs: HF -> ours
-def _bert_config(raw: dict[str, Any], keys: set[str], roberta: bool) -> ModelConfig:
-    where = "config.json"
-    pet = raw.get("position_embedding_type", "absolute")
-    if pet not in (None, "absolute"):
-        raise CheckpointError(f"{where}: position_embedding_type={pet!r} is not supported (only 'absolute')")
-    if raw.get("is_decoder") or raw.get("add_cross_attention"):
-        raise CheckpointError(f"{where}: is_decoder/add_cross_attention (causal BERT) is not supported")
-    pad = int(raw.get("pad_token_id") if raw.get("pad_token_id") is not None else (1 if roberta else 0))
-    n_pos = int(raw.get("max_position_embeddings", 512))
-    offset = pad + 1 if roberta else 0  # RoBERTa numbers real tokens from pad+1 (fairseq)
-    return ModelConfig(
-        family=Family.ENCODER, vocab_size=int(raw["vocab_size"]), d_model=int(raw["hidden_size"]),
-        n_layers=int(raw["num_hidden_layers"]), n_heads=int(raw["num_attention_heads"]),
-        d_ff=int(raw["intermediate_size"]), max_positions=n_pos - offset, position_offset=offset,
-        type_vocab_size=int(raw.get("type_vocab_size", 2)), norm=Norm.LAYERNORM,
-        norm_eps=float(raw.get("layer_norm_eps", 1e-12)), prenorm=False, embedding_norm=True,
-        final_norm=False, activation=_act_from_hf(raw.get("hidden_act", "gelu"), where),
-        position=Position.LEARNED, bias=True, lm_head_transform=True, lm_head_bias=True,
-        tie_embeddings=bool(raw.get("tie_word_embeddings", True)),
-        pooler="pooler.dense.weight" in keys,
-        dropout=float(raw.get("hidden_dropout_prob", 0.1)),
-        attention_dropout=float(raw.get("attention_probs_dropout_prob", 0.1)),
-        init_std=float(raw.get("initializer_range", 0.02)), pad_aware_positions=roberta,
-        pad_token_id=pad, bos_token_id=_tok(raw.get("bos_token_id")), eos_token_id=_tok(raw.get("eos_token_id")),
-    )
-
-
-def _gpt2_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
-    where = "config.json"
-    if raw.get("scale_attn_by_inverse_layer_idx"):
-        raise CheckpointError(f"{where}: scale_attn_by_inverse_layer_idx=true is not supported")
-    if raw.get("scale_attn_weights") is False:
-        raise CheckpointError(f"{where}: scale_attn_weights=false is not supported")
-    if raw.get("add_cross_attention"):
-        raise CheckpointError(f"{where}: add_cross_attention=true is not supported")
-    d = int(raw["n_embd"])
-    eos = _tok(raw.get("eos_token_id", 50256))
-    pad = _tok(raw.get("pad_token_id"))
-    return ModelConfig(
-        family=Family.DECODER, vocab_size=int(raw["vocab_size"]), d_model=d, n_layers=int(raw["n_layer"]),
-        n_heads=int(raw["n_head"]), d_ff=int(raw.get("n_inner") or 4 * d),
-        max_positions=int(raw.get("n_positions", 1024)), norm=Norm.LAYERNORM,
-        norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)), prenorm=True, embedding_norm=False,
-        final_norm=True, activation=_act_from_hf(raw.get("activation_function", "gelu_new"), where),
-        position=Position.LEARNED, bias=True, tie_embeddings=bool(raw.get("tie_word_embeddings", True)),
-        dropout=float(raw.get("resid_pdrop", 0.1)), attention_dropout=float(raw.get("attn_pdrop", 0.1)),
-        init_std=float(raw.get("initializer_range", 0.02)),
-        # GPT-2 has no pad token; padding positions are masked anyway, eos is the usual stand-in
-        pad_token_id=pad if pad >= 0 else max(eos, 0),
-        bos_token_id=_tok(raw.get("bos_token_id", 50256)), eos_token_id=eos,
-    )
-
-
-def _bart_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
-    where = "config.json"
-    for a, b in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
-        if raw.get(a) != raw.get(b):
-            raise CheckpointError(f"{where}: {a}={raw.get(a)} differs from {b}={raw.get(b)}; only equal values are supported")
-    if raw.get("normalize_before") or raw.get("add_final_layer_norm"):
-        raise CheckpointError(f"{where}: pre-norm BART variants (normalize_before/add_final_layer_norm) are not supported")
-    enc, dec = int(raw["encoder_layers"]), int(raw["decoder_layers"])
-    eos = _tok(raw.get("eos_token_id", 2))
-    return ModelConfig(
-        family=Family.ENCODER_DECODER, vocab_size=int(raw["vocab_size"]), d_model=int(raw["d_model"]),
-        n_layers=enc, n_decoder_layers=dec, n_heads=int(raw["encoder_attention_heads"]),
-        d_ff=int(raw["encoder_ffn_dim"]), max_positions=int(raw.get("max_position_embeddings", 1024)),
-        position_offset=2, norm=Norm.LAYERNORM, norm_eps=1e-5, prenorm=False, embedding_norm=True,
-        final_norm=False, activation=_act_from_hf(raw.get("activation_function", "gelu"), where),
-        position=Position.LEARNED, bias=True, scale_embeddings=bool(raw.get("scale_embedding", False)),
-        tie_embeddings=bool(raw.get("tie_word_embeddings", True)), lm_head_bias=True,
-        dropout=float(raw.get("dropout", 0.1)), attention_dropout=float(raw.get("attention_dropout", 0.0)),
-        init_std=float(raw.get("init_std", 0.02)), pad_token_id=_tok(raw.get("pad_token_id", 1)),
-        bos_token_id=_tok(raw.get("bos_token_id", 0)), eos_token_id=eos,
-        decoder_start_token_id=_tok(raw.get("decoder_start_token_id")) if raw.get("decoder_start_token_id")
-        is not None else eos,
-    )
-
-
-_T5_ACT = {"relu": Activation.RELU, "gelu": Activation.GELU, "gelu_new": Activation.GELU_TANH,
-           "gated-gelu": Activation.GEGLU, "gated-gelu_new": Activation.GEGLU, "gated-silu": Activation.SWIGLU}
-_T5_ACT_TO_HF = {Activation.RELU: "relu", Activation.GELU: "gelu", Activation.GELU_TANH: "gelu_new",
-                 Activation.GEGLU: "gated-gelu", Activation.SWIGLU: "gated-silu"}
-
-
-def _t5_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
-    where = "config.json"
-    ffp = raw.get("feed_forward_proj", "relu")
-    if ffp not in _T5_ACT:
-        raise CheckpointError(f"{where}: feed_forward_proj={ffp!r} is not supported; supported: {', '.join(_T5_ACT)}")
-    # transformers 5 reports the v1.0/v1.1 switch as scale_decoder_outputs (and always ties);
-    # older configs and files say it with tie_word_embeddings (false in T5 v1.1: untied, unscaled).
-    tie_raw = raw.get("tie_word_embeddings", True)
-    scale = bool(raw.get("scale_decoder_outputs", tie_raw is not False))
-    untied = tie_raw is False and "lm_head.weight" in keys
-    n = int(raw["num_layers"])
-    return ModelConfig(
-        family=Family.ENCODER_DECODER, vocab_size=int(raw["vocab_size"]), d_model=int(raw["d_model"]),
-        n_layers=n, n_decoder_layers=int(raw.get("num_decoder_layers") or n), n_heads=int(raw["num_heads"]),
-        d_head=int(raw["d_kv"]), d_ff=int(raw["d_ff"]), max_positions=512, norm=Norm.RMSNORM,
-        norm_eps=float(raw.get("layer_norm_epsilon", 1e-6)), prenorm=True, embedding_norm=False,
-        final_norm=True, activation=_T5_ACT[ffp], position=Position.RELATIVE,
-        relative_buckets=int(raw.get("relative_attention_num_buckets", 32)),
-        relative_max_distance=int(raw.get("relative_attention_max_distance", 128)), bias=False,
-        attn_scale=False, tie_embeddings=not untied, scale_logits=scale,
-        dropout=float(raw.get("dropout_rate", 0.1)), attention_dropout=float(raw.get("dropout_rate", 0.1)),
-        # T5 initialises its feed-forward input as factor * d_model**-0.5; fresh heads get that
-        init_std=float(raw.get("initializer_factor", 1.0)) * int(raw["d_model"]) ** -0.5,
-        pad_token_id=_tok(raw.get("pad_token_id", 0)), eos_token_id=_tok(raw.get("eos_token_id", 1)),
-        # T5 starts decoding from pad (transformers 5 configs no longer spell it out)
-        decoder_start_token_id=_tok(raw.get("decoder_start_token_id")) if raw.get("decoder_start_token_id")
-        is not None else _tok(raw.get("pad_token_id", 0)),
-    )
-
-
 # ---------------------------------------------------------------------------- configs: ours -> HF
 def _common_out(cfg: ModelConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
@@ -359,57 +132,6 @@ def _common_out(cfg: ModelConfig) -> dict[str, Any]:
     for k in ("bos_token_id", "eos_token_id"):
         out[k] = getattr(cfg, k) if getattr(cfg, k) >= 0 else None
     return out
-
-
-def _bert_config_out(cfg: ModelConfig, roberta: bool) -> dict[str, Any]:
-    return {
-        **_common_out(cfg), "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads, "intermediate_size": cfg.d_ff,
-        "hidden_act": _ACT_TO_HF[Activation(cfg.activation)], "hidden_dropout_prob": cfg.dropout,
-        "attention_probs_dropout_prob": cfg.attention_dropout,
-        "max_position_embeddings": cfg.max_positions + cfg.position_offset,
-        # HF BERT always has a token-type table; a 1-row table of zeros is the same as none
-        "type_vocab_size": max(cfg.type_vocab_size, 1), "initializer_range": cfg.init_std,
-        "layer_norm_eps": cfg.norm_eps, "position_embedding_type": "absolute",
-    }
-
-
-def _gpt2_config_out(cfg: ModelConfig) -> dict[str, Any]:
-    return {
-        **_common_out(cfg), "n_embd": cfg.d_model, "n_layer": cfg.n_layers, "n_head": cfg.n_heads,
-        "n_inner": cfg.d_ff, "n_positions": cfg.max_positions,
-        "activation_function": _ACT_TO_HF[Activation(cfg.activation)], "resid_pdrop": cfg.dropout,
-        "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.attention_dropout, "layer_norm_epsilon": cfg.norm_eps,
-        "initializer_range": cfg.init_std, "scale_attn_weights": True,
-    }
-
-
-def _bart_config_out(cfg: ModelConfig) -> dict[str, Any]:
-    return {
-        **_common_out(cfg), "d_model": cfg.d_model, "encoder_layers": cfg.n_layers,
-        "decoder_layers": cfg.decoder_layers, "encoder_attention_heads": cfg.n_heads,
-        "decoder_attention_heads": cfg.n_heads, "encoder_ffn_dim": cfg.d_ff, "decoder_ffn_dim": cfg.d_ff,
-        "max_position_embeddings": cfg.max_positions, "activation_function": _ACT_TO_HF[Activation(cfg.activation)],
-        "dropout": cfg.dropout, "attention_dropout": cfg.attention_dropout, "activation_dropout": 0.0,
-        "init_std": cfg.init_std, "scale_embedding": cfg.scale_embeddings, "is_encoder_decoder": True,
-        "decoder_start_token_id": cfg.decoder_start_token_id if cfg.decoder_start_token_id >= 0 else cfg.eos_token_id,
-        # BartConfig defaults force eos at max_length during generate; ours does not
-        "forced_eos_token_id": None, "forced_bos_token_id": None,
-    }
-
-
-def _t5_config_out(cfg: ModelConfig) -> dict[str, Any]:
-    return {
-        **_common_out(cfg), "d_model": cfg.d_model, "d_kv": cfg.head_dim, "d_ff": cfg.d_ff,
-        "num_layers": cfg.n_layers, "num_decoder_layers": cfg.decoder_layers, "num_heads": cfg.n_heads,
-        "relative_attention_num_buckets": cfg.relative_buckets,
-        "relative_attention_max_distance": cfg.relative_max_distance, "dropout_rate": cfg.dropout,
-        "layer_norm_epsilon": cfg.norm_eps, "feed_forward_proj": _T5_ACT_TO_HF[Activation(cfg.activation)],
-        "initializer_factor": 1.0, "is_encoder_decoder": True,
-        "decoder_start_token_id": max(cfg.decoder_start_token_id, 0),
-        # tie_word_embeddings=false is how transformers marks T5 v1.1 (untied head, no d_model**-0.5)
-        "tie_word_embeddings": bool(cfg.tie_embeddings and cfg.scale_logits),
-    }
 
 
 # ---------------------------------------------------------------------------- layouts
@@ -430,6 +152,15 @@ class Layout:
     ignore: tuple[str, ...] = ()  # regexes of hf keys with no counterpart (buffers)
     # (key, architecture) in order: how to tell the class when config.json has no ``architectures``
     signatures: tuple[tuple[str, str], ...] = ()
+    required: tuple[str, ...] = ()  # config.json fields without which sizes are unknown
+    # export_check(model, layout, arch): ConfigError unless the heads fit ``arch`` exactly
+    # (default: sequence classification on the [CLS] pooler, as BERT does)
+    export_check: "Callable[[Any, Layout, str], None] | None" = None
+    # finish_out(model, arch, state, prefix): tensors transformers always has but ours may not
+    finish_out: "Callable[[Any, str, dict[str, torch.Tensor], str], None] | None" = None
+    zero_if_absent: frozenset[str] = frozenset()  # our keys ({i} allowed) that are zeros when the file lacks them
+    tied: tuple[str, ...] = ()  # hf names of output matrices tied to the embeddings
+    exportable: bool = True  # False: read only (e.g. mistral; ours are written as llama)
 
 
 _NON_GATED = (Activation.GELU, Activation.GELU_TANH, Activation.RELU)
@@ -437,76 +168,50 @@ _BERT_REQ = {"family": Family.ENCODER, "norm": Norm.LAYERNORM, "prenorm": False,
              "final_norm": False, "position": Position.LEARNED, "bias": True, "attn_scale": True,
              "scale_embeddings": False, "activation": _NON_GATED, "d_head": (0, "d_model // n_heads"), "scale_logits": False}
 
-LAYOUTS: dict[str, Layout] = {
-    "bert": Layout(
-        "bert", "bert.", "BertModel",
-        {"BertModel": {}, "BertForMaskedLM": {"lm": {}}, "BertForPreTraining": {"lm": {}, "nsp": {}},
-         "BertForNextSentencePrediction": {"nsp": {}},
-         "BertForSequenceClassification": {"classification": {}},
-         "BertForTokenClassification": {"token_classification": {}}, "BertForQuestionAnswering": {"span": {}}},
-        lambda cfg: BERT_ROWS, lambda raw, keys: _bert_config(raw, keys, roberta=False),
-        lambda cfg: _bert_config_out(cfg, roberta=False),
-        {**_BERT_REQ, "pad_aware_positions": False, "position_offset": 0},
-        no_pooler=frozenset({"BertForMaskedLM", "BertForTokenClassification", "BertForQuestionAnswering"}),
-        aliases={"/cls.predictions.decoder.bias": ("/cls.predictions.bias",)},
-        ignore=(r"(.*\.)?position_ids$", r"cls\.predictions\.bias$"),
-        signatures=(("cls.seq_relationship.weight", "BertForPreTraining"), ("cls.predictions.bias", "BertForMaskedLM"),
-                    ("qa_outputs.weight", "BertForQuestionAnswering")),
-    ),
-    "roberta": Layout(
-        "roberta", "roberta.", "RobertaModel",
-        {"RobertaModel": {}, "RobertaForMaskedLM": {"lm": {}},
-         "RobertaForTokenClassification": {"token_classification": {}},
-         "RobertaForQuestionAnswering": {"span": {}}},
-        lambda cfg: ROBERTA_ROWS, lambda raw, keys: _bert_config(raw, keys, roberta=True),
-        lambda cfg: _bert_config_out(cfg, roberta=True),
-        {**_BERT_REQ, "pad_aware_positions": True, "position_offset": ("pad_token_id + 1",)},
-        no_pooler=frozenset({"RobertaForMaskedLM", "RobertaForTokenClassification", "RobertaForQuestionAnswering"}),
-        aliases={"/lm_head.decoder.bias": ("/lm_head.bias",)},
-        ignore=(r"(.*\.)?position_ids$", r"lm_head\.bias$"),
-        signatures=(("lm_head.bias", "RobertaForMaskedLM"), ("qa_outputs.weight", "RobertaForQuestionAnswering")),
-    ),
-    "gpt2": Layout(
-        "gpt2", "transformer.", "GPT2Model",
-        {"GPT2Model": {}, "GPT2LMHeadModel": {"lm": {}}, "GPT2ForTokenClassification": {"token_classification": {}}},
-        lambda cfg: GPT2_ROWS, _gpt2_config, _gpt2_config_out,
-        {"family": Family.DECODER, "norm": Norm.LAYERNORM, "prenorm": True, "embedding_norm": False,
-         "final_norm": True, "position": Position.LEARNED, "bias": True, "attn_scale": True,
-         "scale_embeddings": False, "activation": _NON_GATED, "position_offset": 0,
-         "pad_aware_positions": False, "lm_head_transform": False, "lm_head_bias": False,
-         "d_head": (0, "d_model // n_heads"), "scale_logits": False},
-        ignore=(r"h\.\d+\.attn\.(masked_)?bias$",),  # causal-mask buffers of old GPT-2 files
-        signatures=(("lm_head.weight", "GPT2LMHeadModel"),),
-    ),
-    "bart": Layout(
-        "bart", "model.", "BartModel",
-        {"BartModel": {}, "BartForConditionalGeneration": {"lm": {}}},
-        lambda cfg: BART_ROWS, _bart_config, _bart_config_out,
-        {"family": Family.ENCODER_DECODER, "norm": Norm.LAYERNORM, "prenorm": False, "embedding_norm": True,
-         "final_norm": False, "position": Position.LEARNED, "position_offset": 2, "bias": True,
-         "attn_scale": True, "activation": _NON_GATED, "pad_aware_positions": False,
-         "lm_head_transform": False, "norm_eps": 1e-5, "d_head": (0, "d_model // n_heads"), "scale_logits": False},
-        aliases={"shared.weight": ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")},
-        ignore=(r"(encoder|decoder)\.embed_tokens\.weight$",),
-        signatures=(("final_logits_bias", "BartForConditionalGeneration"),),
-    ),
-    "t5": Layout(
-        "t5", "", "T5Model",
-        {"T5Model": {}, "T5ForConditionalGeneration": {"lm": {}}},
-        lambda cfg: t5_rows(Activation(cfg.activation) in (Activation.GEGLU, Activation.SWIGLU)),
-        _t5_config, _t5_config_out,
-        {"family": Family.ENCODER_DECODER, "norm": Norm.RMSNORM, "prenorm": True, "embedding_norm": False,
-         "final_norm": True, "position": Position.RELATIVE, "bias": False, "attn_scale": False,
-         "scale_embeddings": False, "lm_head_transform": False, "lm_head_bias": False,
-         "tie_embeddings": ("scale_logits",)},
-        aliases={"shared.weight": ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")},
-        ignore=(r"(encoder|decoder)\.embed_tokens\.weight$",),
-        signatures=(("lm_head.weight", "T5ForConditionalGeneration"),),
-    ),
-}
+LAYOUTS: dict[str, Layout] = {}  # filled at the end of this module, one architecture module after another
 
 
 # ---------------------------------------------------------------------------- table mechanics
+class Op:
+    """A tensor change beyond the four named ops (e.g. RoFormer's interleaved rotary pairs).
+
+    ``to_ours(tensors, cfg)`` builds our tensor from the hf tensors of a row; ``to_hf(t, n, cfg)``
+    splits ours into the row's ``n`` hf tensors. Subclasses live with their layouts.
+    """
+
+    def to_ours(self, tensors: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def to_hf(self, t: torch.Tensor, n: int, cfg: ModelConfig) -> tuple[torch.Tensor, ...]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _op_in(op: "str | Op", tensors: list[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
+    """Our tensor from a row's hf tensors (see the module docstring for the ops)."""
+    if isinstance(op, Op):
+        return op.to_ours(tensors, cfg)
+    if op == CAT:
+        return torch.cat(tensors, dim=0)
+    if op == CONV1D:
+        return tensors[0].t() if tensors[0].dim() == 2 else tensors[0]
+    if op == ROW:
+        return tensors[0].reshape(-1)
+    return tensors[0]
+
+
+def _op_out(op: "str | Op", t: torch.Tensor, n: int, cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
+    """A row's ``n`` hf tensors from ours: the inverse of :func:`_op_in`."""
+    if isinstance(op, Op):
+        return op.to_hf(t, n, cfg)
+    if op == CAT:
+        return t.chunk(n, dim=0)
+    if op == CONV1D:
+        return (t.t() if t.dim() == 2 else t,)
+    if op == ROW:
+        return (t.reshape(1, -1),)
+    return (t,)
+
+
 _PLACEHOLDER = re.compile(r"(\{[ip]\})")
 
 
@@ -666,10 +371,14 @@ def config_from_hf(raw: dict[str, Any], keys: Iterable[str] = ()) -> tuple[Model
         heads = json.loads(json.dumps(layout.archs[arch]))
     for name in heads:
         if name in ("classification", "token_classification"):
-            heads[name] = {"num_labels": _num_labels(raw)}
-    if "classification" in heads and not cfg.pooler:
+            heads[name] = {**heads[name], "num_labels": _num_labels(raw)}
+        if heads[name].get("dense_act") == "$hidden_act":  # RoFormer's classifier uses the model's activation
+            heads[name]["dense_act"] = str(Activation(cfg.activation))
+    cls = heads.get("classification")
+    if cls is not None and not cfg.pooler and not cls.get("dense_act") and cls.get("pooling") != "last":
         raise CheckpointError(f"config.json: {arch} needs pooler weights (pooler.dense.weight), none found")
-    lm_untied = any(k in keys for k in ("lm_head.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight"))
+    lm_untied = any(k in keys for k in ("lm_head.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight",
+                                        *layout.tied))
     if "lm" in heads and lm_untied and raw.get("tie_word_embeddings") is False:
         cfg.tie_embeddings = False
     if mt == "bart" and "lm" in heads and "final_logits_bias" not in keys:
@@ -694,6 +403,8 @@ def _warn_special_ids_outside_vocab(cfg: ModelConfig) -> None:
 
 
 def _required_fields(mt: str) -> tuple[str, ...]:
+    if LAYOUTS[mt].required:
+        return LAYOUTS[mt].required
     return {"bert": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
             "roberta": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
             "gpt2": ("vocab_size", "n_embd", "n_layer", "n_head"),
@@ -743,20 +454,15 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, layout: L
             tensors.append(t)
         absent = [f for f, t in zip(fulls, tensors) if t is None]
         if absent:
-            if key == "heads.lm.bias" and layout.model_type == "bart":
+            ck = _canon_key(key, kinds)
+            if (key == "heads.lm.bias" and layout.model_type == "bart") or any(
+                    _compile(z).match(ck) for z in layout.zero_if_absent):
                 out[key] = torch.zeros_like(want, device=want.device)
                 continue
             problems.append(f"missing {', '.join(absent)}")
             continue
         used.update(fulls)
-        if op == CAT:
-            t = torch.cat(tensors, dim=0)
-        elif op == CONV1D:
-            t = tensors[0].t() if tensors[0].dim() == 2 else tensors[0]
-        elif op == ROW:
-            t = tensors[0].reshape(-1)
-        else:
-            t = tensors[0]
+        t = _op_in(op, tensors, cfg)
         if tuple(t.shape) != tuple(want.shape):
             src = " + ".join(f"{f} {tuple(x.shape)}" for f, x in zip(fulls, tensors))
             problems.append(f"{src} does not fit config.json (expects {tuple(want.shape)} for {key})")
@@ -766,7 +472,7 @@ def state_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, layout: L
         more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
         raise CheckpointError(f"{where}: tensors do not match config.json: " + "; ".join(problems[:4]) + more)
     # weights tied to the embeddings appear under several names; everything else unused is reported
-    tied = {"lm_head.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight"}
+    tied = {"lm_head.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight", *layout.tied}
     unused = sorted(k for k in hf_state if k not in used and k not in tied
                     and not any(re.match(p, k[len(layout.base):] if prefixed and k.startswith(layout.base) else k)
                                 for p in layout.ignore))
@@ -794,7 +500,10 @@ def from_hf(src: Any, config: Any = None, meta: bool = False, **overrides: Any):
     from .models.model import TransferModel
 
     raw, hf_state, where = _source(src, config, meta=meta)
-    cfg, layout, arch = config_from_hf(raw, hf_state.keys())
+    try:
+        cfg, layout, arch = config_from_hf(raw, hf_state.keys())
+    except (TypeError, ValueError) as e:  # e.g. "num_attention_heads": "four", or a list for a number
+        raise CheckpointError(f"config.json: a {raw.get('model_type')} field has the wrong type or value ({e})") from None
     if overrides:
         cfg = _override(cfg, overrides)
     if meta:
@@ -821,16 +530,24 @@ def _override(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
 
 
 # ---------------------------------------------------------------------------- ours -> HF
+_MAJOR_SWITCHES = {"norm", "position", "activation", "prenorm", "embedding_norm", "final_norm", "bias"}
+
+
 def layout_for(cfg: ModelConfig) -> Layout:
     """The transformers layout that represents ``cfg`` exactly, or a ConfigError naming the fields
     that rule out the closest one."""
     best: tuple[int, str, list[str]] | None = None
     for mt, layout in LAYOUTS.items():
+        if not layout.exportable:
+            continue
         bad = _mismatches(cfg, layout.requires)
         if not bad:
             return layout
-        if Family(cfg.family) == layout.requires["family"] and (best is None or len(bad) < best[0]):
-            best = (len(bad), mt, bad)
+        # closeness: a different kind of norm, position, MLP or residual order weighs more than a
+        # constant (a rotary encoder with another base is nearer RoFormer than BERT)
+        score = sum(10 if b.split("=")[0].split(" ")[0] in _MAJOR_SWITCHES else 1 for b in bad)
+        if Family(cfg.family) == layout.requires["family"] and (best is None or score < best[0]):
+            best = (score, mt, bad)
     if best is None:
         raise ConfigError(f"no transformers layout for family {cfg.family}")
     raise ConfigError(f"this model has no transformers equivalent; as {best[1]} it would need "
@@ -868,6 +585,54 @@ def _arch_for(cfg: ModelConfig, layout: Layout) -> str:
                       "supported: " + "; ".join(f"{a} = {sorted(h) or '{}'}" for a, h in layout.archs.items()))
 
 
+def export_target(model) -> tuple[Layout, str]:
+    """The (layout, transformers class) that represents ``model`` exactly.
+
+    Several layouts may fit one backbone (a BERT-like encoder is a BERT, an ELECTRA or, without
+    segments, a DistilBERT); the heads decide: the first layout (in ``LAYOUTS`` order) with a
+    class for these heads whose ``export_check`` passes wins. Otherwise the first refusal is
+    raised: it names the closest class and what rules it out.
+    """
+    cfg: ModelConfig = model.config
+    fits = [lay for lay in LAYOUTS.values() if lay.exportable and not _mismatches(cfg, lay.requires)]
+    if not fits:
+        layout_for(cfg)  # raises, naming the closest layout and its mismatching fields
+    kinds = sorted(_canonical_heads(cfg).values())
+    refusals: list[ConfigError] = []
+    for layout in fits:
+        for arch, heads in layout.archs.items():
+            if sorted(heads) != kinds:
+                continue
+            try:
+                (layout.export_check or _pooler_classifier_check)(model, layout, arch)
+            except ConfigError as e:
+                refusals.append(e)
+                continue
+            return layout, arch
+    if refusals:
+        raise refusals[0]
+    _arch_for(cfg, fits[0])  # raises: no class of the closest layout has these heads
+    raise AssertionError("unreachable")
+
+
+def _pooler_classifier_check(model, layout: Layout, arch: str) -> None:
+    """BERT-style sequence classification: a linear layer on the tanh [CLS] pooler output."""
+    cfg: ModelConfig = model.config
+    for name, kind in _canonical_heads(cfg).items():
+        if kind != "classification":
+            continue
+        head = model.heads[name]
+        pooling = getattr(head, "pooling", "auto")
+        if pooling == "mean":
+            raise ConfigError(f"a mean-pooled classifier has no transformers class: {arch} classifies the [CLS] "
+                              "pooler output; fine-tune with --pooling cls, or export the encoder without the head "
+                              "and mean-pool with sentence-transformers (docs/models.md)")
+        if not cfg.pooler or pooling not in ("auto", "cls") or getattr(head, "dense_act", None):
+            raise ConfigError(f"{arch} classifies the pooler output: needs pooler=true and pooling auto/cls (without "
+                              "a pooler, transformers' first-token classifiers need the head's dense_act: gelu for "
+                              "ELECTRA, relu for DistilBERT without segments)")
+
+
 def to_hf_state(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The transformers config dict and state dict for one of our models.
 
@@ -880,16 +645,10 @@ def to_hf_state(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         output matrices are left out (transformers ties them on load).
     """
     cfg: ModelConfig = model.config
-    layout = layout_for(cfg)
-    arch = _arch_for(cfg, layout)
+    layout, arch = export_target(model)
     kinds = _canonical_heads(cfg)
     if "lm" in kinds.values() and layout.model_type in ("bert", "roberta") and not cfg.lm_head_transform:
         raise ConfigError(f"{layout.model_type} MLM heads have a dense+norm transform; set lm_head_transform=true")
-    for name, kind in kinds.items():
-        if kind == "classification":
-            if not cfg.pooler or getattr(model.heads[name], "pooling", "auto") not in ("auto", "cls"):
-                raise ConfigError("BertForSequenceClassification classifies the pooler output: needs pooler=true "
-                                  "and pooling auto/cls")
     hf_cfg = {"architectures": [arch], "model_type": layout.model_type, **layout.config_out(cfg)}
     for name, kind in kinds.items():
         if kind in ("classification", "token_classification"):
@@ -908,15 +667,7 @@ def to_hf_state(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         if found is None:
             raise ConfigError(f"{key} has no {layout.model_type} counterpart")
         names, op = found
-        t = t.detach().cpu()
-        if op == CAT:
-            parts = t.chunk(len(names), dim=0)
-        elif op == CONV1D:
-            parts = (t.t() if t.dim() == 2 else t,)
-        elif op == ROW:
-            parts = (t.reshape(1, -1),)
-        else:
-            parts = (t,)
+        parts = _op_out(op, t.detach().cpu(), len(names), cfg)
         for n, part in zip(names, parts):
             full = n[1:] if n.startswith("/") else prefix + n
             state[full] = part.contiguous().clone()
@@ -930,6 +681,8 @@ def to_hf_state(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             state[lm + "decoder.bias"], state[lm + "bias"] = bias, bias.clone()
     if layout.model_type == "bart" and "lm" in kinds.values() and "final_logits_bias" not in state:
         state["final_logits_bias"] = torch.zeros(1, cfg.vocab_size)
+    if layout.finish_out is not None:
+        layout.finish_out(model, arch, state, prefix)
     return hf_cfg, state
 
 
@@ -968,3 +721,19 @@ def export_hf(model, save_directory: str | Path, tokenizer_from: str | Path | No
                 if (Path(tokenizer_from) / name).is_file():
                     shutil.copyfile(Path(tokenizer_from) / name, tmp / name)
     return out
+
+
+# ---------------------------------------------------------------------------- more layouts
+# Newer architectures live in their own modules (they import the mechanics above); registering
+# them here keeps ``from transferlab.hf import ...`` the one entry point.
+from . import hf_bert  # noqa: E402
+from .hf_bert import (BERT_ROWS, GPT2_ROWS, ROBERTA_ROWS, _bert_config, _bert_config_out,  # noqa: E402,F401
+                      _gpt2_config, _gpt2_config_out)
+
+LAYOUTS.update(hf_bert.LAYOUTS)
+from . import hf_encoders, hf_llama, hf_seq2seq  # noqa: E402
+from .hf_seq2seq import BART_ROWS, t5_rows  # noqa: E402,F401
+
+LAYOUTS.update(hf_seq2seq.LAYOUTS)
+LAYOUTS.update(hf_llama.LAYOUTS)
+LAYOUTS.update(hf_encoders.LAYOUTS)

@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert", help="convert a transformers checkpoint to ours, or ours to a transformers directory",
         description="Convert between transferlab model directories (config.json + model.safetensors) and "
-        "transformers directories (BERT, RoBERTa, GPT-2, BART, T5; see docs/models.md for the key maps). "
+        "transformers directories (BERT, RoBERTa, GPT-2, BART, T5, LLaMA, RoFormer, ELECTRA, DistilBERT and Mistral "
+        "(import); see docs/models.md for the key maps). "
         "Weights are read from safetensors only; pickled pytorch_model.bin files are refused. Standard "
         "tokenizer files (tokenizer.json, vocab.txt, merges.txt, ...) found beside the weights are copied.",
         epilog="examples:\n  transferlab convert --from-hf builtin:minilm --out runs/minilm\n"
@@ -144,8 +145,20 @@ def describe(name_or_dir: str) -> dict:
         "n_layers": cfg.n_layers, "n_decoder_layers": cfg.decoder_layers if cfg.is_encoder_decoder else 0,
         "d_model": cfg.d_model, "n_heads": cfg.n_heads, "head_dim": cfg.head_dim, "d_ff": cfg.d_ff,
         "vocab_size": cfg.vocab_size, "heads": list(cfg.heads), "parameters": total,
-        "non_embedding_parameters": non_emb, "config": cfg.to_dict(),
+        "non_embedding_parameters": non_emb, "hf_export": _hf_export(model), "config": cfg.to_dict(),
     }
+
+
+def _hf_export(model) -> str:
+    """The transformers class ``convert --to-hf`` would write, or why there is none."""
+    from ..errors import TransferlabError
+    from ..hf import export_target
+
+    try:
+        layout, arch = export_target(model)
+    except TransferlabError as e:
+        return f"none ({e})"
+    return f"{arch} ({layout.model_type})"
 
 
 def _meta_state(file: Path) -> dict:
@@ -187,6 +200,7 @@ def _info(args: argparse.Namespace) -> int:
           f"d_ff {info['d_ff']}, vocab {info['vocab_size']:,}")
     print(f"heads         {', '.join(info['heads']) or 'none (backbone only)'}")
     print(f"parameters    {info['parameters']:,} total, {info['non_embedding_parameters']:,} non-embedding")
+    print(f"to-hf         {info['hf_export']}")
     import textwrap
 
     items = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in info["config"].items())

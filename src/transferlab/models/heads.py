@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Family, ModelConfig
+from ..errors import ConfigError
 from .blocks import Norm, activation_fn
 
 
@@ -117,16 +118,30 @@ class RTDHead(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """Sequence classification / regression (num_labels=1) on a pooled vector."""
+    """Sequence classification / regression (num_labels=1) on a pooled vector.
+
+    ``dense_act`` (``gelu``, ``gelu_tanh`` or ``relu``) puts a dense layer and that activation
+    before the classifier, on the first token rather than a tanh pooler: the heads of ELECTRA
+    (gelu), RoFormer (its hidden_act) and DistilBERT (relu) in transformers, so their checkpoints
+    load exactly.
+    """
 
     def __init__(self, cfg: ModelConfig, embed_tokens=None, num_labels: int = 2, pooling: str = "auto",
-                 dropout: float | None = None, **_: Any):
+                 dropout: float | None = None, dense_act: str | None = None, **_: Any):
         super().__init__()
         self.num_labels, self.pooling = num_labels, pooling
         self.dropout = nn.Dropout(cfg.dropout if dropout is None else dropout)
+        self.dense_act = dense_act
+        if dense_act is not None:
+            if dense_act not in ("gelu", "gelu_tanh", "relu"):
+                raise ConfigError(f"classification dense_act must be gelu, gelu_tanh or relu, got {dense_act!r}")
+            self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+            self.act = _Act(activation_fn(dense_act))
         self.classifier = nn.Linear(cfg.d_model, num_labels)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, num_labels)
+        if self.dense_act is not None:
+            pooled = self.act(self.dense(self.dropout(pooled)))  # (B, C)
         return self.classifier(self.dropout(pooled))
 
 
