@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import logging
 import os
 import sys
@@ -123,7 +124,6 @@ def build(target: Target, work: Path, size: str = "tiny", seed: int = 0) -> tupl
     """
     import transferlab
     from transferlab.cli import main as cli
-    from transferlab.interop import label_config
     from transferlab.tokenizer import Tokenizer
 
     tok = Tokenizer.train(CORPUS, kind=target.tokenizer, vocab_size=160 if target.tokenizer != "unigram" else 120,
@@ -137,7 +137,13 @@ def build(target: Target, work: Path, size: str = "tiny", seed: int = 0) -> tupl
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * (0.3 if target.check in ("causal", "seq2seq") else 0.05))
     ours = work / "ours"
-    model.save_pretrained(ours, extra_config=label_config(target.labels))
+    # label names as `transferlab finetune` writes them (spelled out: the script also runs on
+    # older checkouts, to show what changed)
+    names = {"id2label": {str(i): x for i, x in enumerate(target.labels)},
+             "label2id": {x: i for i, x in enumerate(target.labels)}} if target.labels else {}
+    model.save_pretrained(ours, extra_config=names)
+    if target.labels:  # and task.json, as a fine-tuned folder has
+        (ours / "task.json").write_text(json.dumps({"labels": list(target.labels)}))
     tok.save(ours)
     hf_dir = work / "hf"
     with _quiet(), contextlib.redirect_stdout(io.StringIO()):  # the CLI's one-line summary
@@ -203,57 +209,13 @@ def check(target: Target, work: Path, size: str = "tiny") -> dict[str, Any]:
         hf = getattr(T, target.auto).from_pretrained(str(hf_dir)).eval()
     row: dict[str, Any] = {"target": target.name, "hf class": type(hf).__name__,
                            "tokenizer": type(hf_tok).__name__, "labels": "-", "pipeline": "-", "st": "-"}
-    texts = CORPUS[:4]
-    diff, same = float("nan"), True
-    c = target.check
-    if c in ("cls", "pair", "tag", "mlm", "features"):
-        pairs = CORPUS[4:8] if c == "pair" else None
-        mine = tok(texts, pairs, padding=True, return_tensors="pt")
-        theirs = hf_tok(texts, pairs, padding=True, return_tensors="pt")
-        same = all(torch.equal(mine[k], theirs[k]) for k in theirs)  # AutoTokenizer feeds what we feed
-        with torch.no_grad():
-            a = hf(**theirs)
-        b = _ours(model, dict(mine))
-        if c in ("cls", "pair"):
-            diff = (a.logits.softmax(-1) - b.logits.softmax(-1)).abs().max().item()
-        elif c == "features":
-            m = theirs["attention_mask"].bool()
-            diff = (a.last_hidden_state[m] - b.last_hidden_state[m]).abs().max().item()
-        else:
-            m = theirs["attention_mask"].bool()
-            diff = (a.logits[m] - b.logits[m]).abs().max().item()
-    elif c == "qa":
-        q = ["where did alice meet bob?", "what is the capital of france?"]
-        ctx = [CORPUS[1], CORPUS[6]]
-        mine = tok(q, ctx, padding=True, return_tensors="pt")
-        theirs = hf_tok(q, ctx, padding=True, return_tensors="pt")
-        same = all(torch.equal(mine[k], theirs[k]) for k in theirs)
-        with torch.no_grad():
-            a = hf(**theirs)
-        b = _ours(model, dict(mine)).logits  # (B, T, 2): start, end
-        diff = max((a.start_logits - b[..., 0]).abs().max().item(), (a.end_logits - b[..., 1]).abs().max().item())
-        same = same and _answers(a.start_logits, a.end_logits, theirs, hf_tok) == _answers(b[..., 0], b[..., 1], mine, tok)
-    else:  # causal, seq2seq: logits on a batch, then greedy ids
-        mine = tok(texts[:2], padding=True, return_tensors="pt")
-        theirs = hf_tok(texts[:2], padding=True, return_tensors="pt")
-        same = all(torch.equal(mine[k], theirs[k]) for k in theirs)
-        kw: dict[str, torch.Tensor] = {}
-        if c == "seq2seq":
-            dec = theirs["input_ids"][:, :5].clone()
-            dec[:, 0] = model.config.decoder_start_token_id
-            kw = {"decoder_input_ids": dec}
-        with torch.no_grad():
-            a = hf(**theirs, **kw).logits
-        b = _ours(model, {**dict(mine), **kw}).logits
-        v = theirs["attention_mask"].bool() if c == "causal" else torch.ones(a.shape[:2], dtype=torch.bool)
-        diff = (a[v] - b[v]).abs().max().item()
-        prompt = hf_tok(texts[:1], return_tensors="pt")
-        with _quiet(), torch.no_grad():
-            want = hf.generate(**prompt, max_new_tokens=8)
-        got = model.generate(prompt["input_ids"], attention_mask=prompt["attention_mask"], max_new_tokens=8)
-        same = same and torch.equal(want, got)
+    try:
+        diff, same = _compare(target, model, tok, hf, hf_tok)
+    except Exception as e:  # report in the table, do not stop it
+        diff, same = float("nan"), False
+        row["same ids"] = f"FAILED: {type(e).__name__}: {str(e)[:60]}"
     row["max |diff|"] = diff
-    row["same ids"] = same
+    row.setdefault("same ids", same)
     ok = same and diff <= TOL
 
     if target.labels:
@@ -277,12 +239,73 @@ def check(target: Target, work: Path, size: str = "tiny") -> dict[str, Any]:
     return row
 
 
+def _compare(target: Target, model: Any, tok: Any, hf: Any, hf_tok: Any) -> tuple[float, bool]:
+    """``(max |diff|, same)`` of transferlab and transformers outputs on the same texts, each side
+    tokenising with its own tokenizer (``same``: equal input tensors, QA answers, greedy ids)."""
+    texts = CORPUS[:4]
+    diff, same = float("nan"), True
+    c = target.check
+    if c in ("cls", "pair", "tag", "mlm", "features"):
+        pairs = CORPUS[4:8] if c == "pair" else None
+        mine = tok(texts, pairs, padding=True, return_tensors="pt")
+        theirs = hf_tok(texts, pairs, padding=True, return_tensors="pt")
+        same = _same_inputs(mine, theirs)  # AutoTokenizer feeds what we feed
+        with torch.no_grad():
+            a = hf(**theirs)
+        b = _ours(model, dict(mine))
+        if c in ("cls", "pair"):
+            diff = (a.logits.softmax(-1) - b.logits.softmax(-1)).abs().max().item()
+        elif c == "features":
+            m = theirs["attention_mask"].bool()
+            diff = (a.last_hidden_state[m] - b.last_hidden_state[m]).abs().max().item()
+        else:
+            m = theirs["attention_mask"].bool()
+            diff = (a.logits[m] - b.logits[m]).abs().max().item()
+    elif c == "qa":
+        q = ["where did alice meet bob?", "what is the capital of france?"]
+        ctx = [CORPUS[1], CORPUS[6]]
+        mine = tok(q, ctx, padding=True, return_tensors="pt")
+        theirs = hf_tok(q, ctx, padding=True, return_tensors="pt")
+        same = _same_inputs(mine, theirs)
+        with torch.no_grad():
+            a = hf(**theirs)
+        b = _ours(model, dict(mine)).logits  # (B, T, 2): start, end
+        diff = max((a.start_logits - b[..., 0]).abs().max().item(), (a.end_logits - b[..., 1]).abs().max().item())
+        same = same and _answers(a.start_logits, a.end_logits, theirs, hf_tok) == _answers(b[..., 0], b[..., 1], mine, tok)
+    else:  # causal, seq2seq: logits on a batch, then greedy ids
+        mine = tok(texts[:2], padding=True, return_tensors="pt")
+        theirs = hf_tok(texts[:2], padding=True, return_tensors="pt")
+        same = _same_inputs(mine, theirs)
+        kw: dict[str, torch.Tensor] = {}
+        if c == "seq2seq":
+            dec = theirs["input_ids"][:, :5].clone()
+            dec[:, 0] = model.config.decoder_start_token_id
+            kw = {"decoder_input_ids": dec}
+        with torch.no_grad():
+            a = hf(**theirs, **kw).logits
+        b = _ours(model, {**dict(mine), **kw}).logits
+        v = theirs["attention_mask"].bool() if c == "causal" else torch.ones(a.shape[:2], dtype=torch.bool)
+        diff = (a[v] - b[v]).abs().max().item()
+        prompt = hf_tok(texts[:1], return_tensors="pt")
+        with _quiet(), torch.no_grad():
+            want = hf.generate(**prompt, max_new_tokens=8)
+        got = model.generate(prompt["input_ids"], attention_mask=prompt["attention_mask"], max_new_tokens=8)
+        same = same and torch.equal(want, got)
+    return diff, same
+
+
+def _same_inputs(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> bool:
+    """The same tensors under the same names (a dropped ``token_type_ids`` counts as different)."""
+    return set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
 def _answers(start: torch.Tensor, end: torch.Tensor, enc: dict[str, torch.Tensor], tok: Any) -> list[str]:
     """The best span inside the context (segment B, type id 1) by start + end score, as text."""
     out = []
     for i in range(start.shape[0]):
-        ctx = (enc["token_type_ids"][i] == 1) & enc["attention_mask"][i].bool()
-        ctx[enc["input_ids"][i] == tok.sep_token_id] = False
+        ids = enc["input_ids"][i]
+        first_sep = int((ids == tok.sep_token_id).nonzero()[0])  # the context follows the question's [SEP]
+        ctx = (torch.arange(len(ids)) > first_sep) & enc["attention_mask"][i].bool() & (ids != tok.sep_token_id)
         s = start[i].masked_fill(~ctx, -1e9)
         e = end[i].masked_fill(~ctx, -1e9)
         scores = s[:, None] + e[None, :]

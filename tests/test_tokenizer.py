@@ -416,3 +416,53 @@ def test_save_beside_a_model_takes_its_positions_and_token_types(trained, tmp_pa
     trained["bpe"].save(d)
     cfg = json.loads((d / "tokenizer_config.json").read_text())
     assert cfg["model_max_length"] == 64 and cfg["model_input_names"] == ["input_ids", "attention_mask"]
+
+
+def _t5_style(trained) -> Tokenizer:
+    """Our trained unigram re-plumbed as transformers' T5Tokenizer builds it (no normaliser,
+    whitespace split + metaspace, ``</s>`` appended): the case T5TokenizerFast fits."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, pre_tokenizers, processors
+
+    base = trained["unigram"]
+    tk = Backend.from_str(base.backend.to_str())
+    meta = dict(replacement="\u2581", prepend_scheme="always", split=True)
+    tk.normalizer = None
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(**meta)])
+    tk.decoder = decoders.Metaspace(**meta)
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                      special_tokens=[("</s>", base.eos_token_id)])
+    return Tokenizer(tk, "unigram", base.special_tokens, base.sentinel_tokens)
+
+
+def _roberta_style(trained) -> Tokenizer:
+    """A byte-level BPE with ``<s> A </s>`` added, as RoBERTa/BART tokenizers are."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import processors
+
+    tk = Backend.from_str(trained["bpe"].backend.to_str())
+    tk.add_special_tokens([AddedToken("<s>", special=True, normalized=False),
+                           AddedToken("</s>", special=True, normalized=False)])
+    tk.post_processor = processors.RobertaProcessing(("</s>", tk.token_to_id("</s>")), ("<s>", tk.token_to_id("<s>")),
+                                                     True, False)
+    return Tokenizer(tk, "bpe", {"bos": "<s>", "eos": "</s>", "cls": "<s>", "sep": "</s>", "pad": "<pad>",
+                                 "mask": "<mask>"})
+
+
+@pytest.mark.parametrize("style,model_type,cls", [
+    ("t5", None, "T5TokenizerFast"), ("roberta", "roberta", "RobertaTokenizerFast"),
+    ("roberta", "bart", "BartTokenizerFast"), ("roberta", None, "GPT2TokenizerFast"),
+])
+def test_t5_roberta_and_bart_classes_where_they_fit(trained, tmp_path, style, model_type, cls):
+    tok = _t5_style(trained) if style == "t5" else _roberta_style(trained)
+    tok.save(tmp_path / "t", model_type=model_type)
+    assert json.loads((tmp_path / "t" / "tokenizer_config.json").read_text())["tokenizer_class"] == cls
+    hf = _auto(tmp_path / "t")
+    for s in SENTENCES:
+        assert hf(s)["input_ids"] == tok(s)["input_ids"], s
+    for a, b in PAIRS:
+        assert hf(a, b)["input_ids"] == tok(a, b)["input_ids"]
+    assert hf.eos_token_id == tok.eos_token_id and hf.pad_token_id == tok.pad_token_id
+    if style == "t5":
+        assert hf.convert_tokens_to_ids(tok.sentinel_tokens) == tok.sentinel_token_ids
