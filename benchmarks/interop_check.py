@@ -104,6 +104,8 @@ TARGETS: list[Target] = [
            "AutoModelForTokenClassification", "tag", "token-classification", ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")),
     Target("encoder / QA", "bert-tiny", {"span": {}}, "wordpiece", "AutoModelForQuestionAnswering", "qa"),
     Target("decoder / causal LM", "gpt-mini", {"lm": {}}, "bpe", "AutoModelForCausalLM", "causal", "text-generation"),
+    Target("decoder / tagging", "gpt-mini", {"token_classification": {"num_labels": 3}}, "bpe",
+           "AutoModelForTokenClassification", "tag", "token-classification", ("O", "B-ORG", "I-ORG")),
     Target("enc-dec / seq2seq (BART)", "bart-mini", {"lm": {}}, "bpe", "AutoModelForSeq2SeqLM", "seq2seq"),
     Target("enc-dec / seq2seq (T5)", "t5-mini", {"lm": {}}, "unigram", "AutoModelForSeq2SeqLM", "seq2seq",
            overrides={"d_head": 8}),
@@ -245,10 +247,13 @@ def _compare(target: Target, model: Any, tok: Any, hf: Any, hf_tok: Any) -> tupl
     texts = CORPUS[:4]
     diff, same = float("nan"), True
     c = target.check
+    # (small byte-level vocabularies make long sequences): cut at the model's positions, ours
+    # explicitly, theirs by the exported model_max_length
+    cut = {"truncation": True, "max_length": model.config.max_positions}
     if c in ("cls", "pair", "tag", "mlm", "features"):
         pairs = CORPUS[4:8] if c == "pair" else None
-        mine = tok(texts, pairs, padding=True, return_tensors="pt")
-        theirs = hf_tok(texts, pairs, padding=True, return_tensors="pt")
+        mine = tok(texts, pairs, padding=True, return_tensors="pt", **cut)
+        theirs = hf_tok(texts, pairs, padding=True, return_tensors="pt", truncation=True)
         same = _same_inputs(mine, theirs)  # AutoTokenizer feeds what we feed
         with torch.no_grad():
             a = hf(**theirs)
@@ -264,8 +269,8 @@ def _compare(target: Target, model: Any, tok: Any, hf: Any, hf_tok: Any) -> tupl
     elif c == "qa":
         q = ["where did alice meet bob?", "what is the capital of france?"]
         ctx = [CORPUS[1], CORPUS[6]]
-        mine = tok(q, ctx, padding=True, return_tensors="pt")
-        theirs = hf_tok(q, ctx, padding=True, return_tensors="pt")
+        mine = tok(q, ctx, padding=True, return_tensors="pt", **cut)
+        theirs = hf_tok(q, ctx, padding=True, return_tensors="pt", truncation=True)
         same = _same_inputs(mine, theirs)
         with torch.no_grad():
             a = hf(**theirs)
@@ -273,8 +278,8 @@ def _compare(target: Target, model: Any, tok: Any, hf: Any, hf_tok: Any) -> tupl
         diff = max((a.start_logits - b[..., 0]).abs().max().item(), (a.end_logits - b[..., 1]).abs().max().item())
         same = same and _answers(a.start_logits, a.end_logits, theirs, hf_tok) == _answers(b[..., 0], b[..., 1], mine, tok)
     else:  # causal, seq2seq: logits on a batch, then greedy ids
-        mine = tok(texts[:2], padding=True, return_tensors="pt")
-        theirs = hf_tok(texts[:2], padding=True, return_tensors="pt")
+        mine = tok(texts[:2], padding=True, return_tensors="pt", **cut)
+        theirs = hf_tok(texts[:2], padding=True, return_tensors="pt", truncation=True)
         same = _same_inputs(mine, theirs)
         kw: dict[str, torch.Tensor] = {}
         if c == "seq2seq":
