@@ -196,6 +196,9 @@ def test_finetuned_tagger_exports_entities_that_the_pipeline_groups(encoder_dir,
     labels = json.loads((res.out_dir / "task.json").read_text())["labels"]
     assert cfg["id2label"] == {str(i): lab for i, lab in enumerate(labels)} and "B-PER" in labels
     assert cfg["label2id"] == {lab: i for i, lab in enumerate(labels)}
+    # the fine-tuned folder's own tokenizer knows the model's limit and its token types
+    own = T.AutoTokenizer.from_pretrained(str(res.out_dir))
+    assert own.model_max_length == 64 and "token_type_ids" in own.model_input_names
     hf_dir = tmp_path / "hf"
     assert cli(["convert", "--to-hf", str(res.out_dir), "--out", str(hf_dir)]) == 0
     hf_cfg = json.loads((hf_dir / "config.json").read_text())
