@@ -343,3 +343,126 @@ def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
     rc = main(["tokenizer", "train", "--input", str(bad), "--out", str(tmp_path / "t")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and "\n" not in err and "bad.txt:2" in err
+
+
+# ---------------------------------------------------------------------------------- transformers 5 AutoTokenizer
+def _auto(d):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(d))
+
+
+@pytest.mark.parametrize("name,cls", [
+    ("wordpiece", "BertTokenizerFast"), ("wordpiece_cased", "BertTokenizerFast"), ("minilm", "BertTokenizerFast"),
+    ("bpe", "GPT2TokenizerFast"), ("gpt2", "GPT2TokenizerFast"),
+    # no named class rebuilds these pipelines (a lower-casing byte-level BPE; our NFKC unigram):
+    # TokenizersBackend loads tokenizer.json unchanged
+    ("bpe_lower", "TokenizersBackend"), ("unigram", "TokenizersBackend"),
+])
+def test_auto_tokenizer_encodes_as_we_do(trained, tmp_path, name, cls):
+    """transformers 5's AutoTokenizer (default arguments) on a saved folder gives our ids, type ids
+    (BERT-style), specials, vocabulary size and truncation limit; the class named is the one
+    that rebuilds our pipeline exactly."""
+    tok = {"minilm": lambda: Tokenizer.from_pretrained("builtin:minilm"),
+           "gpt2": lambda: Tokenizer.from_pretrained("builtin:gpt2"),
+           "bpe_lower": lambda: Tokenizer.train(CORPUS, kind="bpe", vocab_size=300, lowercase=True),
+           "wordpiece_cased": lambda: Tokenizer.train(CORPUS, kind="wordpiece", vocab_size=300, lowercase=False),
+           }.get(name, lambda: trained[name])()
+    tok.save_pretrained(tmp_path / "t", model_max_length=48)
+    cfg = json.loads((tmp_path / "t" / "tokenizer_config.json").read_text())
+    assert cfg["tokenizer_class"] == cls
+    hf = _auto(tmp_path / "t")
+    bert = tok.kind == "wordpiece"
+    assert hf.model_input_names == (["input_ids", "token_type_ids", "attention_mask"] if bert
+                                    else ["input_ids", "attention_mask"])
+    assert hf.model_max_length == 48 and len(hf) == len(tok)
+    for role in ("pad", "unk", "cls", "sep", "mask", "bos", "eos"):
+        assert getattr(hf, f"{role}_token_id") == getattr(tok, f"{role}_token_id"), role
+    for s in SENTENCES:
+        assert hf(s)["input_ids"] == tok(s)["input_ids"], s
+        assert hf.decode(hf(s)["input_ids"]) == tok.decode(tok(s)["input_ids"])
+    for a, b in PAIRS:
+        h, o = hf(a, b), tok(a, b)
+        assert h["input_ids"] == o["input_ids"]
+        if bert:
+            assert h["token_type_ids"] == o["token_type_ids"] and 1 in h["token_type_ids"]
+    long = " ".join(SENTENCES) * 40
+    assert hf(long, truncation=True)["input_ids"] == tok(long, truncation=True, max_length=48)["input_ids"]
+    assert len(hf(long, truncation=True)["input_ids"]) == 48
+
+
+def test_unigram_sentinel_ids_survive_auto_tokenizer(trained, tmp_path):
+    tok = trained["unigram"]
+    tok.save(tmp_path / "t")
+    hf = _auto(tmp_path / "t")
+    assert hf.convert_tokens_to_ids(tok.sentinel_tokens) == tok.sentinel_token_ids
+    assert hf("a <extra_id_0> b")["input_ids"] == tok("a <extra_id_0> b")["input_ids"]
+
+
+def test_save_beside_a_model_takes_its_positions_and_token_types(trained, tmp_path):
+    """Saved next to a model's config.json the tokenizer records the model's limit (so pipelines
+    can truncate) and whether the model reads token type ids; its own limit still round-trips."""
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"transferlab_version": "0", "family": "decoder", "max_positions": 96,
+                                               "type_vocab_size": 0}))
+    tok = Tokenizer.train(CORPUS, kind="wordpiece", vocab_size=300, model_max_length=512)
+    tok.save(d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    assert cfg["model_max_length"] == 96 and cfg["model_input_names"] == ["input_ids", "attention_mask"]
+    assert json.loads((d / "special_tokens_map.json").read_text())["cls_token"] == "[CLS]"
+    assert Tokenizer.from_pretrained(d).model_max_length == 512
+    (d / "config.json").write_text(json.dumps({"model_type": "roberta", "max_position_embeddings": 66,
+                                               "pad_token_id": 1, "type_vocab_size": 1}))
+    trained["bpe"].save(d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    assert cfg["model_max_length"] == 64 and cfg["model_input_names"] == ["input_ids", "attention_mask"]
+
+
+def _t5_style(trained) -> Tokenizer:
+    """Our trained unigram re-plumbed as transformers' T5Tokenizer builds it (no normaliser,
+    whitespace split + metaspace, ``</s>`` appended): the case T5TokenizerFast fits."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, pre_tokenizers, processors
+
+    base = trained["unigram"]
+    tk = Backend.from_str(base.backend.to_str())
+    meta = dict(replacement="\u2581", prepend_scheme="always", split=True)
+    tk.normalizer = None
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(**meta)])
+    tk.decoder = decoders.Metaspace(**meta)
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                      special_tokens=[("</s>", base.eos_token_id)])
+    return Tokenizer(tk, "unigram", base.special_tokens, base.sentinel_tokens)
+
+
+def _roberta_style(trained) -> Tokenizer:
+    """A byte-level BPE with ``<s> A </s>`` added, as RoBERTa/BART tokenizers are."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import processors
+
+    tk = Backend.from_str(trained["bpe"].backend.to_str())
+    tk.add_special_tokens([AddedToken("<s>", special=True, normalized=False),
+                           AddedToken("</s>", special=True, normalized=False)])
+    tk.post_processor = processors.RobertaProcessing(("</s>", tk.token_to_id("</s>")), ("<s>", tk.token_to_id("<s>")),
+                                                     True, False)
+    return Tokenizer(tk, "bpe", {"bos": "<s>", "eos": "</s>", "cls": "<s>", "sep": "</s>", "pad": "<pad>",
+                                 "mask": "<mask>"})
+
+
+@pytest.mark.parametrize("style,model_type,cls", [
+    ("t5", None, "T5TokenizerFast"), ("roberta", "roberta", "RobertaTokenizerFast"),
+    ("roberta", "bart", "BartTokenizerFast"), ("roberta", None, "GPT2TokenizerFast"),
+])
+def test_t5_roberta_and_bart_classes_where_they_fit(trained, tmp_path, style, model_type, cls):
+    tok = _t5_style(trained) if style == "t5" else _roberta_style(trained)
+    tok.save(tmp_path / "t", model_type=model_type)
+    assert json.loads((tmp_path / "t" / "tokenizer_config.json").read_text())["tokenizer_class"] == cls
+    hf = _auto(tmp_path / "t")
+    for s in SENTENCES:
+        assert hf(s)["input_ids"] == tok(s)["input_ids"], s
+    for a, b in PAIRS:
+        assert hf(a, b)["input_ids"] == tok(a, b)["input_ids"]
+    assert hf.eos_token_id == tok.eos_token_id and hf.pad_token_id == tok.pad_token_id
+    if style == "t5":
+        assert hf.convert_tokens_to_ids(tok.sentinel_tokens) == tok.sentinel_token_ids

@@ -518,6 +518,8 @@ def from_hf(src: Any, config: Any = None, meta: bool = False, **overrides: Any):
         from .generation import load_generation_config
 
         model.generation_config = load_generation_config(resolve_builtin(src))
+        # export_hf carries its tokenizer, labels and modules along
+        model.hf_source["dir"] = str(resolve_builtin(src))
     return model.eval()
 
 
@@ -690,25 +692,48 @@ HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens
                       "vocab.json", "merges.txt", "spiece.model", "added_tokens.json")
 
 
-def export_hf(model, save_directory: str | Path, tokenizer_from: str | Path | None = None) -> Path:
+def export_hf(model, save_directory: str | Path, tokenizer_from: str | Path | None = None,
+              labels: list[str] | None = None, sentence_transformers: bool | None = None) -> Path:
     """Write a directory that ``transformers`` ``AutoModel*.from_pretrained`` loads unchanged.
 
     Args:
         model: a :class:`~transferlab.models.TransferModel` (see :func:`to_hf_state`).
         save_directory: output folder; replaced atomically.
-        tokenizer_from: optional folder whose standard tokenizer files are copied along.
+        tokenizer_from: optional folder (usually the model's own; default: the transformers
+            folder the model was loaded from, if any) whose tokenizer is re-saved
+            with this model's metadata (class, ``model_input_names``, ``model_max_length``: see
+            :meth:`~transferlab.tokenizer.Tokenizer.save`), whose label names (``config.json``
+            ``id2label`` or ``task.json``) name the classes, and whose sentence-transformers
+            files (``modules.json``, ``1_Pooling/``, ...) are copied.
+        labels: class names (index = logit); default: ``model.id2label`` if set, else from
+            ``tokenizer_from``. Without names transformers shows ``LABEL_0`` ...
+        sentence_transformers: write a mean-pooling sentence-transformers config when
+            ``tokenizer_from`` has none. Default: for plain encoders (no heads, or MLM only).
 
     Returns:
         The directory written (``config.json`` with ``architectures`` + ``model_type``,
-        ``model.safetensors``).
+        ``model.safetensors``, tokenizer files).
     """
-    import shutil
-
     from safetensors.torch import save_file
 
+    from . import interop
     from .utils import atomic_dir, atomic_write_text
 
     hf_cfg, state = to_hf_state(model)
+    cfg: ModelConfig = model.config
+    kinds = _canonical_heads(cfg)
+    if tokenizer_from is None:  # a model loaded from a transformers folder: that folder
+        tokenizer_from = (getattr(model, "hf_source", None) or {}).get("dir")
+    if labels is None:
+        own = getattr(model, "id2label", None)
+        labels = [own[k] for k in sorted(own, key=int)] if isinstance(own, dict) and own else interop.labels_of(tokenizer_from)
+    n = [model.heads[h].num_labels for h, k in kinds.items() if k in interop.LABEL_HEADS]
+    if labels and n and len(labels) == n[0] and n[0] > 1:
+        hf_cfg.update(interop.label_config(labels))
+    elif labels and n:
+        log.warning("%d label names for %d outputs: exporting LABEL_0 ... instead", len(labels), n[0])
+    if sentence_transformers is None:
+        sentence_transformers = Family(cfg.family) == Family.ENCODER and set(kinds.values()) <= {"lm"}
     out = Path(save_directory)
     with atomic_dir(out) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -716,10 +741,13 @@ def export_hf(model, save_directory: str | Path, tokenizer_from: str | Path | No
         from .generation import save_generation_config  # the model's generate defaults, if any
 
         save_generation_config(getattr(model, "generation_config", None), tmp, hf=True)
+        st = []
         if tokenizer_from is not None:
-            for name in HF_TOKENIZER_FILES:
-                if (Path(tokenizer_from) / name).is_file():
-                    shutil.copyfile(Path(tokenizer_from) / name, tmp / name)
+            uses_types = Family(cfg.family) == Family.ENCODER and cfg.type_vocab_size > 0
+            interop.export_tokenizer(tokenizer_from, tmp, hf_cfg["model_type"], cfg.max_positions, uses_types)
+            st = interop.copy_sentence_transformers(tokenizer_from, tmp)
+        if not st and sentence_transformers:
+            interop.write_sentence_transformers(tmp, cfg.d_model, cfg.max_positions)
     return out
 
 

@@ -393,25 +393,79 @@ class Tokenizer:
         self.__dict__.update(state)
 
     # ------------------------------------------------------------------ saving / loading
-    def save(self, directory: str | Path) -> Path:
-        """Write ``tokenizer.json`` + ``tokenizer_config.json`` into ``directory`` (atomically,
-        file by file; other files there are left alone). ``transformers``'
-        ``PreTrainedTokenizerFast.from_pretrained`` can read the result too.
+    def save(self, directory: str | Path, model_type: str | None = None, model_max_length: int | None = None,
+             token_type_ids: bool | None = None) -> Path:
+        """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` into
+        ``directory`` (atomically, file by file; other files there are left alone).
+
+        ``tokenizer_config.json`` carries what ``transformers``' ``AutoTokenizer.from_pretrained``
+        (default arguments) needs to encode exactly as this tokenizer does: the class
+        (``BertTokenizerFast``, ``GPT2TokenizerFast``, ``RobertaTokenizerFast``, ``T5TokenizerFast``,
+        or ``TokenizersBackend`` where no named class rebuilds our pipeline), ``model_input_names``
+        (with ``token_type_ids`` when the model reads them: without it transformers drops them
+        and a pair classifier sees every segment as A), ``model_max_length`` (so pipelines can
+        truncate) and the special tokens with their ids.
+
+        Args:
+            directory: the folder.
+            model_type: the transformers ``model_type`` of the model beside it (``bert``,
+                ``roberta``, ``bart``, ...) when known; picks RoBERTa/BART classes where they fit.
+            model_max_length: the model's number of positions. Default: read from a
+                ``config.json`` in ``directory`` (ours or transformers'), else the tokenizer's own.
+            token_type_ids: whether the model reads token type ids. Default: from that
+                ``config.json``, else True for WordPiece.
 
         Returns:
             The directory.
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        cfg: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
+        beside = _model_facts(d / "config.json")
+        model_type = model_type or beside.get("model_type")
+        if model_max_length is None:
+            model_max_length = beside.get("max_positions")
+        if token_type_ids is None:
+            token_type_ids = beside.get("token_type_ids")
+        cfg = self.hf_tokenizer_config(model_type, model_max_length, token_type_ids)
+        smap = {f"{r}_token": t for r, t in self._special.items() if t is not None and r in _HF_ROLES}
+        if self.sentinel_tokens:
+            smap["additional_special_tokens"] = list(self.sentinel_tokens)
+        atomic_write_text(d / "tokenizer.json", self._tk.to_str(pretty=True))
+        atomic_write_text(d / "tokenizer_config.json", json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(d / "special_tokens_map.json", json.dumps(smap, indent=2, ensure_ascii=False) + "\n")
+        return d
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Path:
+        """Alias of :meth:`save` under the ``transformers`` name (same arguments)."""
+        return self.save(save_directory, **kwargs)
+
+    def hf_tokenizer_config(self, model_type: str | None = None, model_max_length: int | None = None,
+                            token_type_ids: bool | None = None) -> dict[str, Any]:
+        """The ``tokenizer_config.json`` contents :meth:`save` writes (see there)."""
+        cls_name, init = _hf_tokenizer_class(self, model_type)
+        mml = self.model_max_length
+        if model_max_length is not None:
+            mml = model_max_length if mml is None else min(int(mml), int(model_max_length))
+        if token_type_ids is None:
+            token_type_ids = self.kind == "wordpiece"
+        cfg: dict[str, Any] = {"tokenizer_class": cls_name}
+        cfg["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"] if token_type_ids \
+            else ["input_ids", "attention_mask"]
         for role, tok in self._special.items():
-            if tok is not None:
-                cfg[f"{role}_token"] = tok
+            if role in _HF_ROLES:
+                cfg[f"{role}_token"] = tok  # null too: the named classes otherwise fill in their defaults
         if self.sentinel_tokens:
             cfg["additional_special_tokens"] = list(self.sentinel_tokens)
+        cfg.update(init)
+        # the ids of added tokens: without them transformers appends them in its own order
+        cfg["added_tokens_decoder"] = {
+            str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
+                     "single_word": t.single_word, "special": t.special}
+            for i, t in sorted(self._tk.get_added_tokens_decoder().items())
+        }
         cfg["padding_side"] = self.padding_side
-        if self.model_max_length is not None:
-            cfg["model_max_length"] = self.model_max_length
+        if mml is not None:
+            cfg["model_max_length"] = int(mml)
         cfg["clean_up_tokenization_spaces"] = False
         cfg["transferlab"] = {
             "format_version": FORMAT_VERSION,
@@ -419,10 +473,9 @@ class Tokenizer:
             "lowercase": self.lowercase,
             "special_tokens": self._special,
             "sentinel_tokens": self.sentinel_tokens,
+            "model_max_length": self.model_max_length,
         }
-        atomic_write_text(d / "tokenizer.json", self._tk.to_str(pretty=True))
-        atomic_write_text(d / "tokenizer_config.json", json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
-        return d
+        return cfg
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "Tokenizer":
@@ -501,6 +554,8 @@ class Tokenizer:
             lowercase = cfg.get("do_lower_case")
         specials.update(overrides)
         mml = cfg.get("model_max_length")
+        if ours and "model_max_length" in ours:  # ours: the tokenizer's own limit, not the model's
+            mml = ours["model_max_length"]
         opts.setdefault("model_max_length", int(mml) if isinstance(mml, (int, float)) and mml < 1e9 else None)
         opts.setdefault("padding_side", cfg.get("padding_side", "right"))
         opts.pop("lowercase", None)
@@ -622,6 +677,170 @@ class Tokenizer:
             backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in reversed(sentinels)])
             _unigram_pipeline(backend, lowercase, specials)
         return cls(backend, kind, specials, sentinels, model_max_length=model_max_length, lowercase=lowercase)
+
+
+# ---------------------------------------------------------------------------------- transformers metadata
+# the special-token roles transformers knows by name (all of ours)
+_HF_ROLES = SPECIAL_ROLES
+# texts the post-processor check encodes: single, pair, empty, and a special token inside
+_PROBES = ("Hello, world!", "two words", "", "a b c d e")
+
+
+def _state(obj: Any) -> Any:
+    """A ``tokenizers`` component as JSON data (how it serialises inside tokenizer.json)."""
+    return json.loads(obj.__getstate__())
+
+
+def _same_post(tk: _Backend, post: Any) -> bool:
+    """Whether ``post`` adds the same special tokens and type ids as ``tk``'s own post-processor
+    (on probe singles and pairs): BertProcessing and an equivalent TemplateProcessing differ in
+    JSON but not in what they produce."""
+    other = _Backend.from_str(tk.to_str())
+    other.post_processor = post
+    for a in _PROBES:
+        for b in (None, "second segment"):
+            x = tk.encode(a, b, add_special_tokens=True) if b is not None else tk.encode(a, add_special_tokens=True)
+            y = other.encode(a, b, add_special_tokens=True) if b is not None else other.encode(a, add_special_tokens=True)
+            if (x.ids, x.type_ids, x.offsets) != (y.ids, y.type_ids, y.offsets):
+                return False
+    return True
+
+
+def _model_rest(model: dict[str, Any], drop: tuple[str, ...] = ("vocab", "merges")) -> dict[str, Any]:
+    """A model's settings without its vocabulary; an unset BPE prefix/suffix is the empty one."""
+    rest = {k: v for k, v in model.items() if k not in drop}
+    for k in ("continuing_subword_prefix", "end_of_word_suffix"):
+        if rest.get(k) is None and k in rest:
+            rest[k] = ""
+    return rest
+
+
+def _fit_bert(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
+    """transformers 5's BertTokenizer rebuilds the pipeline from vocab + do_lower_case etc.; it
+    fits when ours is that pipeline (the settings are read off our normaliser)."""
+    n, m = j.get("normalizer") or {}, j.get("model") or {}
+    if tok.kind != "wordpiece" or n.get("type") != "BertNormalizer" or not n.get("clean_text"):
+        return None
+    if not (tok.cls_token and tok.sep_token and tok.unk_token):
+        return None
+    if (j.get("pre_tokenizer") or {}).get("type") != "BertPreTokenizer":
+        return None
+    if j.get("decoder") != _state(decoders.WordPiece(prefix="##")):
+        return None
+    if m.get("type") != "WordPiece" or m.get("unk_token") != tok.unk_token or m.get("continuing_subword_prefix") != "##" \
+            or m.get("max_input_chars_per_word") != 100:
+        return None
+    post = processors.TemplateProcessing(
+        single=f"{tok.cls_token}:0 $A:0 {tok.sep_token}:0", pair=f"{tok.cls_token}:0 $A:0 {tok.sep_token}:0 $B:1 {tok.sep_token}:1",
+        special_tokens=[(tok.cls_token, tok.cls_token_id), (tok.sep_token, tok.sep_token_id)])
+    if not _same_post(tok.backend, post):
+        return None
+    return {"do_lower_case": bool(n.get("lowercase")), "strip_accents": n.get("strip_accents"),
+            "tokenize_chinese_chars": bool(n.get("handle_chinese_chars")), "do_basic_tokenize": True}
+
+
+def _byte_level_prefix(tok: "Tokenizer", j: dict[str, Any]) -> bool | None:
+    """``add_prefix_space`` of a GPT-2 style byte-level BPE pipeline, or None when ours is not one
+    (a normaliser, other splitting, or BPE settings GPT2Tokenizer does not rebuild)."""
+    pre, m = j.get("pre_tokenizer") or {}, j.get("model") or {}
+    if tok.kind != "bpe" or j.get("normalizer") is not None or pre.get("type") != "ByteLevel":
+        return None
+    aps = bool(pre.get("add_prefix_space"))
+    if pre != _state(pre_tokenizers.ByteLevel(add_prefix_space=aps)):
+        return None
+    if (j.get("decoder") or {}).get("type") != "ByteLevel":  # its settings do not change decoding
+        return None
+    want = _model_rest(_state(models.BPE(vocab={}, merges=[], dropout=None, continuing_subword_prefix="",
+                                         end_of_word_suffix="", fuse_unk=False)), ("vocab", "merges", "unk_token"))
+    return aps if _model_rest(m, ("vocab", "merges", "unk_token")) == want else None
+
+
+def _fit_gpt2(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
+    # GPT2Tokenizer keeps tokenizer.json's post-processor (nothing, for ours)
+    aps = _byte_level_prefix(tok, j)
+    return None if aps is None else {"add_prefix_space": aps, "errors": "replace"}
+
+
+def _fit_roberta(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
+    aps = _byte_level_prefix(tok, j)
+    if aps is None or not (tok.cls_token and tok.sep_token):
+        return None
+    post = processors.RobertaProcessing((tok.sep_token, tok.sep_token_id), (tok.cls_token, tok.cls_token_id), True, aps)
+    if not _same_post(tok.backend, post):
+        return None
+    return {"add_prefix_space": aps, "trim_offsets": True, "errors": "replace"}
+
+
+def _fit_t5(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
+    """T5Tokenizer rebuilds: (precompiled charsmap normaliser), whitespace split + metaspace,
+    unk at id 2, ``</s>`` appended. Our own unigram pipeline (NFKC) is not that one."""
+    n, m = j.get("normalizer"), j.get("model") or {}
+    if tok.kind != "unigram" or not (n is None or n.get("type") == "Precompiled"):
+        return None
+    meta = dict(replacement="\u2581", prepend_scheme="always", split=True)
+    pre = _state(pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(**meta)]))
+    if j.get("pre_tokenizer") != pre or j.get("decoder") != _state(decoders.Metaspace(**meta)):
+        return None
+    if m.get("type") != "Unigram" or m.get("unk_id") != 2 or m.get("byte_fallback"):
+        return None
+    if tok.eos_token is None or tok.unk_token_id != 2:
+        return None
+    post = processors.TemplateProcessing(single=["$A", tok.eos_token], pair=["$A", tok.eos_token, "$B", tok.eos_token],
+                                         special_tokens=[(tok.eos_token, tok.eos_token_id)])
+    if not _same_post(tok.backend, post):
+        return None
+    return {"extra_ids": len(tok.sentinel_tokens)}
+
+
+_HF_CLASSES = {"BertTokenizerFast": _fit_bert, "GPT2TokenizerFast": _fit_gpt2, "RobertaTokenizerFast": _fit_roberta,
+               "BartTokenizerFast": _fit_roberta, "T5TokenizerFast": _fit_t5}
+
+
+def _hf_tokenizer_class(tok: "Tokenizer", model_type: str | None) -> tuple[str, dict[str, Any]]:
+    """``(tokenizer_class, its settings)`` for tokenizer_config.json.
+
+    transformers 5's named classes rebuild the tokenizer from the vocabulary with their own
+    normaliser and splitting, ignoring ours: a class is named only when it rebuilds exactly our
+    pipeline. Otherwise ``TokenizersBackend``, which loads tokenizer.json unchanged.
+    """
+    order = {"wordpiece": ["BertTokenizerFast"], "unigram": ["T5TokenizerFast"],
+             "bpe": ["GPT2TokenizerFast", "RobertaTokenizerFast"]}[tok.kind]
+    if model_type in ("roberta", "bart") and tok.kind == "bpe":
+        order = [f"{model_type.capitalize()}TokenizerFast", "GPT2TokenizerFast"]
+    j = json.loads(tok.backend.to_str())
+    for name in order:
+        init = _HF_CLASSES[name](tok, j)
+        if init is not None:
+            return name, init
+    return "TokenizersBackend", {}
+
+
+def _model_facts(config: Path) -> dict[str, Any]:
+    """What a tokenizer saved beside a model should know of it: ``max_positions``, whether it reads
+    ``token_type_ids``, and the transformers ``model_type`` (from our config.json or theirs)."""
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    facts: dict[str, Any] = {}
+    if "transferlab_version" in raw:
+        if isinstance(raw.get("max_positions"), int):
+            facts["max_positions"] = raw["max_positions"]  # usable positions (an offset is not counted)
+        tv = raw.get("type_vocab_size")
+        facts["token_type_ids"] = bool(raw.get("family", "encoder") == "encoder" and isinstance(tv, int) and tv > 0)
+        return facts
+    mt = raw.get("model_type")
+    if isinstance(mt, str):
+        facts["model_type"] = mt
+    n = raw.get("max_position_embeddings", raw.get("n_positions"))
+    if isinstance(n, int):
+        facts["max_positions"] = n - (int(raw.get("pad_token_id") or 1) + 1 if mt == "roberta" else 0)
+    tv = raw.get("type_vocab_size")
+    if mt in ("bert", "roformer", "electra", "distilbert", "roberta"):
+        facts["token_type_ids"] = isinstance(tv, int) and tv > 1
+    return facts
 
 
 # ---------------------------------------------------------------------------------- pipelines

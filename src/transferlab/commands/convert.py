@@ -14,7 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "transformers directories (BERT, RoBERTa, GPT-2, BART, T5, LLaMA, RoFormer, ELECTRA, DistilBERT and Mistral "
         "(import); see docs/models.md for the key maps). "
         "Weights are read from safetensors only; pickled pytorch_model.bin files are refused. Standard "
-        "tokenizer files (tokenizer.json, vocab.txt, merges.txt, ...) found beside the weights are copied.",
+        "tokenizer files (tokenizer.json, vocab.txt, merges.txt, ...) found beside the weights are carried "
+        "along (on --to-hf re-saved so that transformers' AutoTokenizer encodes as transferlab does), so are "
+        "label names (id2label/label2id, or task.json's labels) and sentence-transformers files "
+        "(modules.json, 1_Pooling/, sentence_bert_config.json); plain encoders exported without them get a "
+        "mean-pooling sentence-transformers config.",
         epilog="examples:\n  transferlab convert --from-hf builtin:minilm --out runs/minilm\n"
         "  transferlab convert --to-hf runs/pretrain/final --out runs/hf-export",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -54,6 +58,7 @@ def _copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from .. import interop
     from ..errors import ConfigError
     from ..hf import export_hf, from_hf, resolve_builtin
     from ..models.model import from_pretrained, read_config
@@ -67,9 +72,13 @@ def _convert(args: argparse.Namespace) -> int:
             raise ConfigError(f"{src}: not a transformers directory (config.json has no model_type); "
                               "use --to-hf for our directories")
         model = from_hf(src)
+        # label names stay with the weights (transformers' LABEL_0 ... placeholders add nothing)
+        labels = interop.labels_of(src) if any(k in interop.LABEL_HEADS for k in _head_kinds(model)) else None
+        extra = interop.label_config(labels) if labels and not all(
+            lab == f"LABEL_{i}" for i, lab in enumerate(labels)) else {}
         with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp)
-            copied = _copy_tokenizer_files(src, tmp)
+            model.save_pretrained(tmp, extra_config=extra)
+            copied = _copy_tokenizer_files(src, tmp) + interop.copy_sentence_transformers(src, tmp)
         what = f"{model.hf_source['model_type']} {model.hf_source['architecture']}"
     else:
         src = resolve_builtin(args.to_hf)
@@ -79,7 +88,9 @@ def _convert(args: argparse.Namespace) -> int:
                               "config.json); use --from-hf for transformers directories")
         model = from_pretrained(src)
         export_hf(model, out, tokenizer_from=src)
-        copied = [n for n in _tokenizer_names() if (out / n).is_file()]
+        copied = [n for n in (*_tokenizer_names(), *interop.ST_FILES) if (out / n).is_file()]
+        if (out / "config.json").is_file() and "id2label" in json.loads((out / "config.json").read_text()):
+            copied.append("labels " + ", ".join(json.loads((out / "config.json").read_text())["id2label"].values()))
         hf_cfg = json.loads((out / "config.json").read_text())
         what = f"-> {hf_cfg['model_type']} {hf_cfg['architectures'][0]}"
     heads = ", ".join(model.config.heads) or "none"
@@ -87,6 +98,10 @@ def _convert(args: argparse.Namespace) -> int:
           f"{model.num_parameters():,} parameters -> {out}"
           + (f" (+ {', '.join(copied)})" if copied else ""))
     return 0
+
+
+def _head_kinds(model) -> list[str]:
+    return [(settings or {}).get("type", name) for name, settings in model.config.heads.items()]
 
 
 def _tokenizer_names() -> tuple[str, ...]:

@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  transferlab features --model builtin:minilm --task rotten-tomatoes --split validation --layer 4 "
         "--pooling mean --output rt_val.npy\n"
+        "  transferlab features --model builtin:minilm --input texts.txt --normalize --output emb.npy\n"
         "  transferlab features probe --model builtin:minilm --task rotten-tomatoes --train-size 1000\n"
         "  transferlab features neighbours --model builtin:minilm --word play --corpus builtin:reviews+news",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -40,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="cls: first token; mean: over real tokens; last: last real token; none: per-token vectors, "
                    "zero-padded, with an attention mask (default: %(default)s)")
     p.add_argument("--mix-weights", metavar="JSON", help="a scalar mix saved by `features probe --save-mix`")
+    p.add_argument("--normalize", action="store_true",
+                   help="L2-normalise each pooled vector (unit length, as sentence-transformers' Normalize: "
+                   "dot products are then cosine similarities); needs a pooling other than none")
     p.add_argument("--output", metavar="FILE", help="where to write: NAME.npy or NAME.safetensors")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="encode only the first N texts")
     _common(p)
@@ -114,6 +118,8 @@ def _extract(args: argparse.Namespace) -> int:
         raise ConfigError(f"--output {args.output}: expected a .npy or .safetensors file name")
     if args.mix_weights and args.layer != "mix":
         raise ConfigError("--mix-weights goes with --layer mix")
+    if args.normalize and args.pooling == "none":
+        raise ConfigError("--normalize works on pooled vectors: use --pooling cls, mean or last")
     if args.task:
         from ..finetune.tasks import load_builtin
 
@@ -135,11 +141,23 @@ def _extract(args: argparse.Namespace) -> int:
     feats = extract_features(model, tok, texts, args.layer, args.pooling, pairs, mix, args.batch_size,
                              args.max_length, args.dtype, progress=True)
     feats.meta["model"] = str(args.model)
+    if args.normalize:
+        feats.values = l2_normalize(feats.values)
+        feats.meta["normalized"] = True
     files = save_features(feats, Path(args.output))
     print(f"{len(texts)} texts -> features {tuple(feats.values.shape)} ({feats.meta['layer']}, {args.pooling} pooling)")
     for f in files:
         print(f"wrote {f}")
     return 0
+
+
+def l2_normalize(values):
+    """Unit-length vectors along the last axis (``(..., C)``), in float32 like the input; a zero
+    vector stays zero (sentence-transformers clamps the norm the same way)."""
+    import numpy as np
+
+    norms = np.linalg.norm(values.astype(np.float64), axis=-1, keepdims=True)
+    return (values / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def _probe(args: argparse.Namespace) -> int:

@@ -507,8 +507,11 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, res: FinetuneResult,
           data: TaskData) -> None:
     """Write the fine-tuned folder in one atomic step (a complete old or new folder, never half)."""
+    from ..interop import label_config
+
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
+        # id2label/label2id: transformers clients name the classes (convert --to-hf carries them)
+        model.save_pretrained(tmp, extra_config=label_config(spec.labels))
         tok.save(tmp)
         spec.save(tmp)
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
