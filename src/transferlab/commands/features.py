@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "zero-padded, with an attention mask (default: %(default)s)")
     p.add_argument("--mix-weights", metavar="JSON", help="a scalar mix saved by `features probe --save-mix`")
     p.add_argument("--output", metavar="FILE", help="where to write: NAME.npy or NAME.safetensors")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite --output (and its NAME.json/.mask.npy/.ids.npy sidecars) even if they are not "
+                   "earlier features")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="encode only the first N texts")
     _common(p)
     p.set_defaults(func=_extract)
@@ -60,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--no-test", action="store_true", help="do not score the test split")
     pr.add_argument("--save-mix", metavar="JSON", help="save the learned scalar mix (for `features --layer mix`)")
     pr.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    pr.add_argument("--force", action="store_true", help="overwrite --json/--save-mix files that are not earlier probe output")
     _common(pr, max_length=128)
     pr.set_defaults(func=_probe)
 
@@ -114,6 +118,8 @@ def _extract(args: argparse.Namespace) -> int:
         raise ConfigError(f"--output {args.output}: expected a .npy or .safetensors file name")
     if args.mix_weights and args.layer != "mix":
         raise ConfigError("--mix-weights goes with --layer mix")
+    out = _features_output(args)
+    out.check()  # before the (long) extraction: a foreign file or sidecar (NAME.json) is refused
     if args.task:
         from ..finetune.tasks import load_builtin
 
@@ -135,19 +141,59 @@ def _extract(args: argparse.Namespace) -> int:
     feats = extract_features(model, tok, texts, args.layer, args.pooling, pairs, mix, args.batch_size,
                              args.max_length, args.dtype, progress=True)
     feats.meta["model"] = str(args.model)
-    files = save_features(feats, Path(args.output))
+    with out:
+        files = save_features(feats, Path(args.output))
     print(f"{len(texts)} texts -> features {tuple(feats.values.shape)} ({feats.meta['layer']}, {args.pooling} pooling)")
     for f in files:
         print(f"wrote {f}")
     return 0
 
 
+def _features_output(args: argparse.Namespace):
+    """The claim on ``--output`` and the sidecars ``save_features`` writes beside a ``.npy``."""
+    from pathlib import Path
+
+    from ..outputs import Output, is_json_with
+
+    p = Path(args.output)
+    side = p.with_suffix(".json")
+    extra = [] if p.suffix == ".safetensors" else [side, p.with_name(p.stem + ".mask.npy"),
+                                                    p.with_name(p.stem + ".ids.npy")]
+    sidecar = is_json_with("shape", "layer", "pooling")
+
+    def owned(q: Path) -> bool:
+        if q == side:
+            return sidecar(q)
+        if q.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(q), framework="numpy") as f:
+                    return "layer" in (f.metadata() or {}) and "features" in f.keys()
+            except Exception:  # not a safetensors file
+                return False
+        return side.is_file() and sidecar(side)  # the arrays are ours when their sidecar is
+
+    return Output(p, file=True, owned=owned, force=args.force, flag="--output", extra=extra,
+                  inputs=[args.model, args.input, args.mix_weights])
+
+
 def _probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..features import load_model_and_tokenizer, probe
+    from ..outputs import Output, is_json_with
     from ..utils import atomic_write_text
 
+    outs = []
+    if args.save_mix:
+        outs.append(Output(args.save_mix, file=True, owned=is_json_with("n_layers", "weights", "gamma"),
+                           force=args.force, flag="--save-mix", inputs=[args.model]))
+    if args.json:
+        outs.append(Output(args.json, file=True, owned=is_json_with("task", "rows"), force=args.force,
+                           flag="--json", inputs=[args.model]))
+    for o in outs:
+        o.check()  # before the probes run
     _positive(args, "train_size", "max_length", "batch_size")
     model, tok = load_model_and_tokenizer(args.model, args.device)
     res = probe(model, tok, args.task, args.train_size, args.seed, args.pooling, args.max_length, args.batch_size,
@@ -156,10 +202,12 @@ def _probe(args: argparse.Namespace) -> int:
           f"{res.n_train} training examples (seed {args.seed})")
     print(res.table())
     if args.save_mix and res.mix is not None:
-        res.mix.save(args.save_mix, {"model": str(args.model), "task": res.task, "pooling": args.pooling})
+        with outs[0]:
+            res.mix.save(args.save_mix, {"model": str(args.model), "task": res.task, "pooling": args.pooling})
         print(f"wrote {args.save_mix}")
     if args.json:
-        atomic_write_text(Path(args.json), json.dumps({"model": str(args.model), **res.to_dict()}, indent=2) + "\n")
+        with outs[-1]:
+            atomic_write_text(Path(args.json), json.dumps({"model": str(args.model), **res.to_dict()}, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 
