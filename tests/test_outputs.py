@@ -407,3 +407,21 @@ def test_output_claim_api(tmp_path):
     with pytest.raises(OutputError, match="already exists"):
         Output(tmp_path / "x.json", file=True).check()
     Output(tmp_path / "x.json", file=True, force=True).check()
+
+
+def test_sigterm_before_the_first_checkpoint_exits_143_and_leaves_nothing(world, tmp_path, monkeypatch, capsys):
+    from transferlab.training import loop
+
+    real = loop.Trainer.__init__
+
+    def term_while_starting(self, *a, **k):  # config.json is written by now
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(loop.Trainer, "__init__", term_while_starting)
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(_pretrain(world["data"], out)) == 143
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not out.exists() and os.listdir(tmp_path) == []  # no config.json left to refuse the rerun
+    assert signal.getsignal(signal.SIGTERM) == before  # the command's handler is put back

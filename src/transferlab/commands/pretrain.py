@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 _EPILOG = """\
@@ -139,17 +143,12 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import Output
     from ..training.checkpoint import latest_checkpoint
 
-    import os
-    from pathlib import Path
-
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 holds the lock for the job
     out = Path(args.out)
     # the run folder is written in place (checkpoints accumulate); a start that fails before the
     # first checkpoint removes what it created, so the corrected command is not refused
     claim = Output(out, "pretrain", force=args.force, inputs=[args.data, init], locked=main, cleanup=main,
                    keep_if=lambda: latest_checkpoint(out / "checkpoints") is not None)
-    import sys
-
     try:
         with claim, _terminate_as_exception():
             summary = pretrain(preset, objective, obj_settings, train, args.data, args.out, resume=args.resume,
@@ -157,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                                force=args.force)
     except Terminated:
         ck = latest_checkpoint(out / "checkpoints")
-        print(f"error: stopped by SIGTERM; " + (f"last checkpoint {ck}; continue with the same command plus --resume"
+        print("error: stopped by SIGTERM; " + (f"last checkpoint {ck}; continue with the same command plus --resume"
                                                  if ck else "nothing to resume (no checkpoint yet)"), file=sys.stderr)
         return 143
     if summary.get("interrupted"):
@@ -177,8 +176,6 @@ def run(args: argparse.Namespace) -> int:
 class Terminated(BaseException):
     """SIGTERM outside the training loop (which handles it itself: checkpoint, then stop)."""
 
-
-import contextlib  # noqa: E402
 
 
 @contextlib.contextmanager
