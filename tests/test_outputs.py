@@ -164,6 +164,18 @@ def test_out_equal_to_an_input_is_refused(cmd, world, capsys):
     assert (world["data"] / "meta.json").is_file() and world["corpus"].stat().st_size > 0
 
 
+@pytest.mark.parametrize("cmd", ["tokenizer", "prepare"])
+def test_an_output_inside_the_corpus_folder_is_refused(cmd, world, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(world["corpus"].read_text())
+    argv = _argv(cmd, world, corpus / "out")
+    argv[argv.index(str(world["corpus"]))] = str(corpus)
+    assert main(argv) == 2
+    _one_line_error(capsys, "inside the input folder")
+    assert os.listdir(corpus) == ["a.txt"]
+
+
 # ----------------------------------------------------------------------------- file outputs
 @pytest.mark.parametrize("cmd", ["predict", "evaluate", "features", "features-sidecar", "curves", "icl"])
 def test_an_existing_file_that_is_not_the_commands_own_is_not_overwritten(cmd, world, tmp_path, capsys):

@@ -354,13 +354,16 @@ def _real(p: str | Path) -> Path:
     return Path(os.path.realpath(os.path.abspath(os.fspath(p))))
 
 
-def check_not_input(target: str | Path, inputs: Iterable[str | Path | None], flag: str = "--out") -> None:
+def check_not_input(target: str | Path, inputs: Iterable[str | Path | None], flag: str = "--out",
+                    inside_ok: bool = True) -> None:
     """Refuse an output that is one of the inputs or a folder holding one.
 
     Args:
         target: the output path.
         inputs: input files/folders (``None`` and ``builtin:`` names are skipped).
         flag: how the error names the output option.
+        inside_ok: False also refuses an output inside an input folder (a corpus folder: the
+            output's files would be read as input by the next run).
 
     Raises:
         OutputError: ``--out X is also an input (--data X)``-style one-liner.
@@ -375,6 +378,9 @@ def check_not_input(target: str | Path, inputs: Iterable[str | Path | None], fla
         if t in i.parents:
             raise OutputError(f"{flag} {target}: holds the input {inp}; writing there would replace it; "
                               "choose another output")
+        if not inside_ok and i.is_dir() and i in t.parents:
+            raise OutputError(f"{flag} {target}: is inside the input folder {inp}; its files would be read as "
+                              "input next time; choose an output outside it")
 
 
 # ----------------------------------------------------------------------------- the claim
@@ -405,6 +411,7 @@ class Output:
             resumable exists, e.g. a checkpoint).
         locked: take the lock (False on non-main torchrun ranks: rank 0 holds it for the job).
         extra: further files the command writes beside ``path`` (sidecars); checked like ``path``.
+        inside_ok: False refuses an output inside an input folder (corpus folders).
     """
 
     path: str | Path
@@ -418,6 +425,7 @@ class Output:
     keep_if: Callable[[], bool] | None = None
     locked: bool = True
     extra: Sequence[str | Path] = ()
+    inside_ok: bool = True
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
     _before: set[str] | None = field(default=None, repr=False)
     _existed: bool = field(default=False, repr=False)
@@ -429,9 +437,8 @@ class Output:
     def check(self) -> None:
         """Everything but the lock: inputs, type of the path, foreign contents."""
         p = Path(self.path)
-        check_not_input(p, self.inputs, self.flag)
         for q in (p, *map(Path, self.extra)):
-            check_not_input(q, self.inputs, self.flag)
+            check_not_input(q, self.inputs, self.flag, self.inside_ok)
         if self.file:
             for q in (p, *map(Path, self.extra)):
                 if q.is_dir():
@@ -460,7 +467,7 @@ class Output:
     # .................................................................. context
     def __enter__(self) -> "Output":
         p = Path(self.path)
-        check_not_input(p, self.inputs, self.flag)  # before touching anything
+        check_not_input(p, self.inputs, self.flag, self.inside_ok)  # before touching anything
         if self.locked:
             self._stack.enter_context(lock(p, str(p)))
         try:

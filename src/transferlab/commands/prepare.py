@@ -40,7 +40,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from ..data.prepare import prepare_corpus
     from ..outputs import Output
 
-    with Output(args.out, "prepare", force=args.force, inputs=[args.tokenizer, *args.input]):
+    with Output(args.out, "prepare", force=args.force, inputs=[args.tokenizer, *args.input], inside_ok=False):
         s = prepare_corpus(
             args.input, args.tokenizer, args.out, val_fraction=args.val_fraction, seed=args.seed,
             workers=args.workers, format=args.format, text_column=args.text_column, doc_sep=args.doc_sep,

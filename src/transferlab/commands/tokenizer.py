@@ -61,7 +61,7 @@ def _train(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     # a model folder (or anything else) is refused: replacing its tokenizer would silently break it
-    with Output(args.out, "tokenizer", force=args.force, inputs=args.input):
+    with Output(args.out, "tokenizer", force=args.force, inputs=args.input, inside_ok=False):
         tok = Tokenizer.train(
             args.input, kind=args.kind, vocab_size=args.vocab_size, lowercase=args.lowercase,
             min_frequency=args.min_frequency, n_sentinels=args.sentinels,
