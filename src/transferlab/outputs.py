@@ -202,9 +202,9 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "vocab.json", "merges.txt", "spiece.model", "added_tokens.json")
 _MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
                 "generation_config.json", *_TOKENIZER_FILES,
-                # sentence-transformers layout and model cards, kept by convert
-                "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-                "[0-9]_*", "README.md")
+                # sentence-transformers layout, kept by convert
+                "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "[0-9]_*")
+_CARD = ("README.md",)  # a model card copied by convert (in a fine-tune folder a README is the user's)
 
 
 @dataclass(frozen=True)
@@ -236,9 +236,9 @@ KINDS: dict[str, Kind] = {
                      (*_MODEL_FILES, "task.json", "finetune_config.json", "metrics.json", "history.jsonl",
                       "report.json", "checkpoints"),
                      lambda d: (d / "task.json").is_file()),
-    "convert-from-hf": Kind("a model folder written by `transferlab convert --from-hf`", _MODEL_FILES,
+    "convert-from-hf": Kind("a model folder written by `transferlab convert --from-hf`", _MODEL_FILES + _CARD,
                             _has_keys("config.json", "transferlab_version")),
-    "convert-to-hf": Kind("a transformers folder written by `transferlab convert --to-hf`", _MODEL_FILES,
+    "convert-to-hf": Kind("a transformers folder written by `transferlab convert --to-hf`", _MODEL_FILES + _CARD,
                           lambda d: (isinstance(c := _json(d / "config.json"), dict) and "model_type" in c
                                      and "transferlab_version" not in c)),
     "compare": Kind("a comparison folder (`transferlab compare`)",
