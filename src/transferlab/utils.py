@@ -46,14 +46,14 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
     An existing ``final`` is replaced only after the new folder is complete, so an interrupted
     write leaves either the old folder or nothing that looks complete (temp names start with '.'
-    and carry the writer's pid: the next write of ``final`` removes those of dead writers).
-    Whether ``final`` may be replaced at all is the caller's policy: :class:`transferlab.outputs.Output`.
+    and carry the writer's pid: :class:`transferlab.outputs.Output`, which holds the output's
+    lock, removes those of dead writers). Whether ``final`` may be replaced at all is that
+    class's policy too.
     """
-    from .outputs import clean_stale_siblings, fix_mode
+    from .outputs import fix_mode
 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_siblings(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
     try:
         fix_mode(tmp, is_dir=True)  # mkdtemp makes 0700: give it the mode mkdir would (umask)
