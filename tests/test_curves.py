@@ -51,9 +51,12 @@ def test_bad_input(tmp_path, capsys):
     assert main(["curves", str(a), "--label", "x", "--label", "y"]) == 2
     assert "2 label(s) for 1 run(s)" in capsys.readouterr().err
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "metrics.jsonl").write_text('{"split": "train", "loss": 1.0, "step": 1}\n{oops\n')
-    with pytest.raises(DataError, match=r"metrics.jsonl:2: not a JSON object"):
-        read_run(tmp_path / "b")
+    # a row torn by a kill is skipped (outputs.read_jsonl), not fatal: the valid rows still read
+    (tmp_path / "b" / "metrics.jsonl").write_text(
+        '{"split": "train", "loss": 1.0, "step": 1}\n{oops\n'
+        '{"split": "validation", "val_loss": 2.0, "step": 2, "tokens": 10}\n{"split": "valid')
+    assert read_run(tmp_path / "b").val_loss == [2.0]
+    assert "torn" in capsys.readouterr().err
     (tmp_path / "b" / "metrics.jsonl").write_text('{"split": "train", "loss": 1.0, "step": 1}\n')
     with pytest.raises(DataError, match="no validation rows"):
         read_run(tmp_path / "b")

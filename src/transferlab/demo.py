@@ -112,7 +112,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
     else:
         t0 = time.perf_counter()
         tok = Tokenizer.train(inputs, kind="wordpiece", vocab_size=cfg.vocab_size, lowercase=True)
-        tok.save(tok_dir)
+        from .utils import atomic_dir
+
+        with atomic_dir(tok_dir) as tmp:  # tokenizer.json and its config together, or neither
+            tok.save(tmp)
         _log(f"1/5 tokenizer: WordPiece, {tok.vocab_size} tokens, {time.perf_counter() - t0:.0f}s -> {tok_dir}")
 
     # 2. shards -----------------------------------------------------------------------------

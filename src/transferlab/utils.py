@@ -19,12 +19,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from .outputs import fix_mode
+
+    # the pid in the name lets a later run remove it if this process dies (outputs.clean_stale_siblings)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        fix_mode(tmp, is_dir=False)  # mkstemp makes 0600: give it the mode open() would (umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -41,12 +45,18 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``final``; on success it is renamed to ``final``.
 
     An existing ``final`` is replaced only after the new folder is complete, so an interrupted
-    write leaves either the old folder or nothing that looks complete (temp names start with '.').
+    write leaves either the old folder or nothing that looks complete (temp names start with '.'
+    and carry the writer's pid: :class:`transferlab.outputs.Output`, which holds the output's
+    lock, removes those of dead writers). Whether ``final`` may be replaced at all is that
+    class's policy too.
     """
+    from .outputs import fix_mode
+
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
     try:
+        fix_mode(tmp, is_dir=True)  # mkdtemp makes 0700: give it the mode mkdir would (umask)
         yield tmp
         _fsync_dir(tmp)
         if final.exists():

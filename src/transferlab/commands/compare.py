@@ -24,13 +24,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the cells and which are finished; run nothing")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="write into out_dir even if it holds files that are not an earlier comparison's")
     p.set_defaults(func=_compare)
 
 
 def _compare(args: argparse.Namespace) -> int:
     from ..evaluation.compare import load_compare_config, plan_cells, read_results, run_compare
 
+    from ..outputs import Output
+
     cfg = load_compare_config(args.config, args.out_dir)
+    if args.dry_run:
+        return _report(args, cfg, run_compare, plan_cells, read_results)
+    # one writer per out_dir (two would run the same cells and append the same rows twice)
+    with Output(cfg.out_dir, "compare", force=args.force, flag="out_dir", inputs=[args.config]):
+        return _report(args, cfg, run_compare, plan_cells, read_results)
+
+
+def _report(args: argparse.Namespace, cfg, run_compare, plan_cells, read_results) -> int:
     if args.dry_run:
         rows = read_results(cfg.out_dir / "results.jsonl")
         done = {(r["method"], r["task"], str(r["train_size"]), int(r["seed"]), r["spec"]) for r in rows}

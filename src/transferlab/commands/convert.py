@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--from-hf", metavar="DIR",
                      help="a directory written by transformers save_pretrained, or builtin:minilm")
     src.add_argument("--to-hf", metavar="DIR", help="one of our model directories (save_pretrained output)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory (replaced whole; an existing one must be an earlier convert output)")
+    p.add_argument("--force", action="store_true", help="replace --out even if it holds something else")
     p.set_defaults(func=_convert)
 
     q = subparsers.add_parser(
@@ -58,6 +60,16 @@ def _copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from ..hf import resolve_builtin
+    from ..outputs import Output
+
+    src = resolve_builtin(args.from_hf or args.to_hf)
+    # never replace the source, a folder holding it, or anything that is not an earlier export
+    with Output(args.out, "convert-from-hf" if args.from_hf else "convert-to-hf", force=args.force, inputs=[src]):
+        return _convert_locked(args)
+
+
+def _convert_locked(args: argparse.Namespace) -> int:
     from .. import interop
     from ..errors import ConfigError
     from ..hf import export_hf, from_hf, resolve_builtin

@@ -24,11 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--x", choices=["tokens", "step", "minutes"], default="tokens", help="x axis (default: %(default)s)")
     p.add_argument("--title", default="", help="plot title")
     p.add_argument("--out", metavar="PNG", help="where to write the plot (default: no plot, table only)")
+    p.add_argument("--force", action="store_true", help="overwrite --out even if it is not an earlier plot")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..outputs import Output, is_matplotlib_png
     from ..training.curves import plot_runs, read_run, summary_table
+
+    out = Output(args.out, file=True, owned=is_matplotlib_png, force=args.force, inputs=args.runs) if args.out else None
+    if out is not None:
+        out.check()
 
     if args.label and len(args.label) != len(args.runs):
         raise ConfigError(f"--label: got {len(args.label)} label(s) for {len(args.runs)} run(s); give one per run or none")
@@ -43,6 +49,8 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--reference {r!r}: expected NAME=LOSS, e.g. unigram=6.739")
     curves = [read_run(run, label) for run, label in zip(args.runs, args.label or [None] * len(args.runs))]
     print(summary_table(curves, refs))
-    if args.out:
-        print(f"plot: {plot_runs(curves, args.out, x=args.x, references=refs, title=args.title)}")
+    if out is not None:
+        with out:
+            png = plot_runs(curves, args.out, x=args.x, references=refs, title=args.title)
+        print(f"plot: {png}")
     return 0

@@ -23,6 +23,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--no-minilm", action="store_true", help="leave out the all-MiniLM-L6-v2 checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true", help="use --out even if it holds files that are not a demo's")
     p.set_defaults(func=_run)
 
 
@@ -49,5 +50,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg.seeds = _ints(args.seeds, "--seeds")
     if args.no_minilm:
         cfg.minilm = False
-    run_demo(cfg, progress=not args.no_progress)
+    from ..outputs import Output
+
+    with Output(cfg.out_dir, "demo", force=args.force):
+        run_demo(cfg, progress=not args.no_progress)
     return 0

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="L2-normalise each pooled vector (unit length, as sentence-transformers' Normalize: "
                    "dot products are then cosine similarities); needs a pooling other than none")
     p.add_argument("--output", metavar="FILE", help="where to write: NAME.npy or NAME.safetensors")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite --output (and its NAME.json/.mask.npy/.ids.npy sidecars) even if they are not "
+                   "earlier features")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="encode only the first N texts")
     _common(p)
     p.set_defaults(func=_extract)
@@ -64,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--no-test", action="store_true", help="do not score the test split")
     pr.add_argument("--save-mix", metavar="JSON", help="save the learned scalar mix (for `features --layer mix`)")
     pr.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    pr.add_argument("--force", action="store_true", help="overwrite --json/--save-mix files that are not earlier probe output")
     _common(pr, max_length=128)
     pr.set_defaults(func=_probe)
 
@@ -120,6 +124,8 @@ def _extract(args: argparse.Namespace) -> int:
         raise ConfigError("--mix-weights goes with --layer mix")
     if args.normalize and args.pooling == "none":
         raise ConfigError("--normalize works on pooled vectors: use --pooling cls, mean or last")
+    out = _features_output(args)
+    out.check()  # before the (long) extraction: a foreign file or sidecar (NAME.json) is refused
     if args.task:
         from ..finetune.tasks import load_builtin
 
@@ -144,7 +150,8 @@ def _extract(args: argparse.Namespace) -> int:
     if args.normalize:
         feats.values = l2_normalize(feats.values)
         feats.meta["normalized"] = True
-    files = save_features(feats, Path(args.output))
+    with out:
+        files = save_features(feats, Path(args.output))
     print(f"{len(texts)} texts -> features {tuple(feats.values.shape)} ({feats.meta['layer']}, {args.pooling} pooling)")
     for f in files:
         print(f"wrote {f}")
@@ -160,12 +167,51 @@ def l2_normalize(values):
     return (values / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def _features_output(args: argparse.Namespace):
+    """The claim on ``--output`` and the sidecars ``save_features`` writes beside a ``.npy``."""
+    from pathlib import Path
+
+    from ..outputs import Output, is_json_with
+
+    p = Path(args.output)
+    side = p.with_suffix(".json")
+    extra = [] if p.suffix == ".safetensors" else [side, p.with_name(p.stem + ".mask.npy"),
+                                                    p.with_name(p.stem + ".ids.npy")]
+    sidecar = is_json_with("shape", "layer", "pooling")
+
+    def owned(q: Path) -> bool:
+        if q == side:
+            return sidecar(q)
+        if q.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(q), framework="numpy") as f:
+                    return "layer" in (f.metadata() or {}) and "features" in f.keys()
+            except Exception:  # not a safetensors file
+                return False
+        return side.is_file() and sidecar(side)  # the arrays are ours when their sidecar is
+
+    return Output(p, file=True, owned=owned, force=args.force, flag="--output", extra=extra,
+                  inputs=[args.model, args.input, args.mix_weights])
+
+
 def _probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..features import load_model_and_tokenizer, probe
+    from ..outputs import Output, is_json_with
     from ..utils import atomic_write_text
 
+    outs = []
+    if args.save_mix:
+        outs.append(Output(args.save_mix, file=True, owned=is_json_with("n_layers", "weights", "gamma"),
+                           force=args.force, flag="--save-mix", inputs=[args.model]))
+    if args.json:
+        outs.append(Output(args.json, file=True, owned=is_json_with("task", "rows"), force=args.force,
+                           flag="--json", inputs=[args.model]))
+    for o in outs:
+        o.check()  # before the probes run
     _positive(args, "train_size", "max_length", "batch_size")
     model, tok = load_model_and_tokenizer(args.model, args.device)
     res = probe(model, tok, args.task, args.train_size, args.seed, args.pooling, args.max_length, args.batch_size,
@@ -174,10 +220,12 @@ def _probe(args: argparse.Namespace) -> int:
           f"{res.n_train} training examples (seed {args.seed})")
     print(res.table())
     if args.save_mix and res.mix is not None:
-        res.mix.save(args.save_mix, {"model": str(args.model), "task": res.task, "pooling": args.pooling})
+        with outs[0]:
+            res.mix.save(args.save_mix, {"model": str(args.model), "task": res.task, "pooling": args.pooling})
         print(f"wrote {args.save_mix}")
     if args.json:
-        atomic_write_text(Path(args.json), json.dumps({"model": str(args.model), **res.to_dict()}, indent=2) + "\n")
+        with outs[-1]:
+            atomic_write_text(Path(args.json), json.dumps({"model": str(args.model), **res.to_dict()}, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 

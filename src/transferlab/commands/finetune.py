@@ -57,7 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task-type", choices=TASK_TYPES,
                    help="task type (default: inferred: string labels -> classification, floats -> regression, "
                         "tokens/tags -> tagging, context/question/answer -> qa, source/target -> seq2seq)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder for the best checkpoint (replaced atomically)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder for the best checkpoint (replaced whole; an existing one must be an "
+                        "earlier fine-tune with nothing else in it)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if it holds something else (evaluation files, notes, another model)")
     g = p.add_argument_group("model and data")
     g.add_argument("--from-scratch", action="store_true",
                    help="re-initialise all weights (the no-pre-training control, same architecture)")
@@ -137,6 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--split", default="test", choices=("test", "validation", "train"), help="split of the task")
     _columns(e)
     e.add_argument("--out", metavar="FILE", help="JSON file for the metrics (default: DIR/eval-<task>-<split>.json)")
+    e.add_argument("--force", action="store_true", help="overwrite --out even if it is not an earlier metrics file")
     e.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     e.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
     e.add_argument("--device", default="auto")
@@ -161,6 +166,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--question", metavar="TEXT", help="qa: the question for every --text context")
     _columns(r, label=False)
     r.add_argument("--out", metavar="FILE", help="write predictions as JSONL")
+    r.add_argument("--force", action="store_true", help="overwrite --out even if it is not an earlier predictions file")
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
     r.add_argument("--device", default="auto")
@@ -192,10 +198,14 @@ def _finetune(args: argparse.Namespace) -> int:
         dropout=args.dropout, attention_dropout=args.attention_dropout,
         prompt_suffix=args.prompt_suffix, num_beams=args.num_beams, bio_decoding=args.bio_decoding,
         patience=args.patience, eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed,
-        dtype=args.dtype, device=args.device, attn_impl=args.attn_impl, out_dir=args.out,
+        dtype=args.dtype, device=args.device, attn_impl=args.attn_impl, out_dir=args.out, force=args.force,
         eval_on_test=not args.no_test, quiet=args.quiet, cost=cost,
     )
-    res = finetune(cfg)
+    from ..outputs import Output
+
+    with Output(args.out, "finetune", force=args.force,
+                inputs=[args.model, args.tokenizer, args.train, args.validation, args.test]):
+        res = finetune(cfg)
     print(f"trained {res.steps} steps on {res.n_train} examples in {res.train_seconds:.1f}s "
           f"({res.train_tokens / max(res.train_seconds, 1e-9):,.0f} tokens/s); best epoch {res.best_epoch}; "
           f"stopped: {res.stopped}")
@@ -209,8 +219,11 @@ def _finetune(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..finetune import evaluate
     from ..finetune.config import TaskSpec
+    from ..outputs import Output, is_metrics_json
     from ..utils import atomic_write_text
 
+    if args.out:  # check before the (long) evaluation, not after
+        Output(args.out, file=True, owned=is_metrics_json, force=args.force, inputs=[args.test]).check()
     metrics = evaluate(args.model, task=args.task, test_file=args.test, split=args.split,
                        text_column=args.text_column, pair_column=args.pair_column, label_column=args.label_column,
                        batch_size=args.batch_size, dtype=args.dtype, device=args.device, quiet=args.quiet)
@@ -221,7 +234,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         name = Path(args.test).stem if args.test else (args.task or TaskSpec.load(args.model).name or "task")
         out = Path(args.model) / f"eval-{name}-{args.split}.json"
-    atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
+    with Output(out, file=True, owned=is_metrics_json, force=args.force, inputs=[args.test]):
+        atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
@@ -230,8 +244,12 @@ def _predict(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..finetune import predict
     from ..finetune.config import TaskSpec
+    from ..outputs import Output, is_predictions_jsonl
     from ..utils import atomic_write_text
 
+    if args.out:  # refuse before predicting, not after
+        Output(args.out, file=True, owned=is_predictions_jsonl, force=args.force,
+               inputs=[args.input, args.model]).check()
     spec = TaskSpec.load(args.model)
     if args.input:
         inputs: object = args.input
@@ -252,7 +270,9 @@ def _predict(args: argparse.Namespace) -> int:
     for p in preds:
         print(_line(spec.task_type, p))
     if args.out:
-        atomic_write_text(Path(args.out), "".join(json.dumps(p) + "\n" for p in preds))
+        with Output(args.out, file=True, owned=is_predictions_jsonl, force=args.force,
+                    inputs=[args.input, args.model]):
+            atomic_write_text(Path(args.out), "".join(json.dumps(p) + "\n" for p in preds))
         print(f"wrote {len(preds)} predictions to {args.out}")
     return 0
 

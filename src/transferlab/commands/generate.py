@@ -85,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype")
     q.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     q.add_argument("--output", metavar="FILE", help="write the results as JSON (atomically)")
+    q.add_argument("--force", action="store_true", help="overwrite --output even if it is not an earlier icl result")
     q.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     q.add_argument("--no-progress", action="store_true", help="hide progress bars")
     q.set_defaults(func=_icl)
@@ -227,12 +228,17 @@ def _generate(args: argparse.Namespace) -> int:
 def _icl(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..evaluation.icl import evaluate_icl, trained_context
+    from ..outputs import Output, is_json_with
     from ..utils import atomic_write_text
 
     try:
         shots = [int(s) for s in args.shots.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--shots: expected comma-separated integers like 0,1,4,8, got {args.shots!r}") from None
+    out = (Output(args.output, file=True, owned=is_json_with("model", "task"), force=args.force, flag="--output",
+                  inputs=[args.model]) if args.output else None)
+    if out is not None:
+        out.check()  # before the evaluation, not after
     model, tok = load_model_and_tokenizer(args.model, args.dtype, args.device)
     max_length = args.max_length
     if max_length is None:
@@ -247,8 +253,9 @@ def _icl(args: argparse.Namespace) -> int:
                        progress=not args.no_progress)
     data = res.to_dict()
     data["model"] = str(args.model)
-    if args.output:
-        atomic_write_text(Path(args.output), json.dumps(data, indent=2) + "\n")
+    if out is not None:
+        with out:
+            atomic_write_text(Path(args.output), json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2) if args.json else res.table())
     if args.output and not args.json:
         print(f"-> {args.output}")

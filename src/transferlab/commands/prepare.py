@@ -29,19 +29,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text-column", default="text", help="JSONL field / CSV column with the text (default: %(default)s)")
     p.add_argument("--doc-sep", choices=DOC_SEPS, default="blank",
                    help="text files: documents separated by blank lines, one per line, or one per file")
-    p.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even if the output is up to date, and replace --out even if it is not a "
+                   "prepared dataset (its files are lost)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_prepare)
 
 
 def _prepare(args: argparse.Namespace) -> int:
     from ..data.prepare import prepare_corpus
+    from ..outputs import Output
 
-    s = prepare_corpus(
-        args.input, args.tokenizer, args.out, val_fraction=args.val_fraction, seed=args.seed,
-        workers=args.workers, format=args.format, text_column=args.text_column, doc_sep=args.doc_sep,
-        force=args.force, progress=not args.no_progress,
-    )
+    with Output(args.out, "prepare", force=args.force, inputs=[args.tokenizer, *args.input], inside_ok=False):
+        s = prepare_corpus(
+            args.input, args.tokenizer, args.out, val_fraction=args.val_fraction, seed=args.seed,
+            workers=args.workers, format=args.format, text_column=args.text_column, doc_sep=args.doc_sep,
+            force=args.force, progress=not args.no_progress,
+        )
     if s["skipped"]:
         print(f"{args.out} is up to date (same inputs, tokenizer and options): nothing to do; --force rebuilds")
     splits = ", ".join(f"{k} {v['tokens']:,} tokens / {v['documents']:,} docs" for k, v in s["splits"].items())

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 _EPILOG = """\
@@ -22,7 +26,9 @@ examples:
 
 A run folder holds config.json (the resolved config), metrics.jsonl, tensorboard/, checkpoints/,
 loss_curve.png, summary.json and model/ (weights + tokenizer, loadable by finetune). A killed run
-continues with the same command plus --resume, ending bit-identical to an uninterrupted one.
+continues with the same command plus --resume, ending bit-identical to an uninterrupted one. A run
+stopped by SIGTERM saves a checkpoint, writes no model/ and exits 143; a start that fails (bad data,
+bad settings) leaves nothing behind. --out must not hold anything but an earlier run (docs/outputs.md).
 """
 
 # flag -> TrainConfig field
@@ -51,6 +57,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="folder written by `transferlab prepare`")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="start over in --out even if it holds an earlier run (deleted) or other files (kept)")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON with optional preset/init/objective and "
                                                    "model/train/objective sections (flags and key=value win)")
     p.add_argument("--max-steps", type=int, help=docs["max_steps"])
@@ -132,12 +140,60 @@ def run(args: argparse.Namespace) -> int:
     obj_settings.update(obj_o)
 
     from ..cost import cost_config_from_args
+    from ..outputs import Output
+    from ..training.checkpoint import latest_checkpoint
 
-    summary = pretrain(preset, objective, obj_settings, train, args.data, args.out, resume=args.resume,
-                       init=init, model_overrides=model_o, cost=cost_config_from_args(args))
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 holds the lock for the job
+    out = Path(args.out)
+    # the run folder is written in place (checkpoints accumulate); a start that fails before the
+    # first checkpoint removes what it created, so the corrected command is not refused
+    claim = Output(out, "pretrain", force=args.force, inputs=[args.data, init], locked=main, cleanup=main,
+                   keep_if=lambda: latest_checkpoint(out / "checkpoints") is not None)
+    try:
+        with claim, _terminate_as_exception():
+            summary = pretrain(preset, objective, obj_settings, train, args.data, args.out, resume=args.resume,
+                               init=init, model_overrides=model_o, cost=cost_config_from_args(args),
+                               force=args.force)
+    except Terminated:
+        ck = latest_checkpoint(out / "checkpoints")
+        print("error: stopped by SIGTERM; " + (f"last checkpoint {ck}; continue with the same command plus --resume"
+                                                 if ck else "nothing to resume (no checkpoint yet)"), file=sys.stderr)
+        return 143
+    if summary.get("interrupted"):
+        if main:
+            ck = summary.get("checkpoint") or "none"
+            print(f"error: stopped by SIGTERM after step {summary['steps']}: not finished, no model/ written; "
+                  f"last checkpoint {ck}; continue with the same command plus --resume", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as if the signal had ended the process
     if summary.get("model_dir"):  # main process
         val = f", validation loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f})" if summary.get("val_loss") is not None else ""
         print(f"trained {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['train_seconds']:.1f}s "
               f"({summary['tokens_per_s']:,.0f} tokens/s, {summary['dtype']}), stopped by {summary['stopped_by']}{val}")
         print(f"model: {summary['model_dir']}")
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (which handles it itself: checkpoint, then stop)."""
+
+
+
+@contextlib.contextmanager
+def _terminate_as_exception():
+    """Turn SIGTERM while the run starts or saves into an exception, so the output claim removes
+    a half-started run; the CLI then exits 143. The trainer installs its own handler while it trains."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

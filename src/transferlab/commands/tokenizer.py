@@ -30,7 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size incl. special tokens (default: %(default)s)")
     t.add_argument("--input", action="append", required=True, metavar="PATH",
                    help="a file, a folder or builtin:NAME (builtin:reviews+news, builtin:ptb); repeatable")
-    t.add_argument("--out", required=True, metavar="DIR", help="folder to save the tokenizer in")
+    t.add_argument("--out", required=True, metavar="DIR",
+                   help="folder to save the tokenizer in (replaced whole; an existing folder must be an earlier "
+                   "tokenizer, see docs/outputs.md)")
+    t.add_argument("--force", action="store_true",
+                   help="replace --out even if it holds something else (a model folder, other files)")
     t.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
                    help="lower-case text (default: yes for wordpiece, no for bpe/unigram)")
     t.add_argument("--min-frequency", type=int, default=2, help="minimum merge frequency (default: %(default)s)")
@@ -51,16 +55,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..outputs import Output
     from ..tokenizer import Tokenizer
+    from ..utils import atomic_dir
 
     t0 = time.perf_counter()
-    tok = Tokenizer.train(
-        args.input, kind=args.kind, vocab_size=args.vocab_size, lowercase=args.lowercase,
-        min_frequency=args.min_frequency, n_sentinels=args.sentinels,
-        show_progress=sys.stderr.isatty(),  # the Rust bars print blank lines when not on a terminal
-        format=args.format, text_column=args.text_column, doc_sep=args.doc_sep,
-    )
-    tok.save(args.out)
+    # a model folder (or anything else) is refused: replacing its tokenizer would silently break it
+    with Output(args.out, "tokenizer", force=args.force, inputs=args.input, inside_ok=False):
+        tok = Tokenizer.train(
+            args.input, kind=args.kind, vocab_size=args.vocab_size, lowercase=args.lowercase,
+            min_frequency=args.min_frequency, n_sentinels=args.sentinels,
+            show_progress=sys.stderr.isatty(),  # the Rust bars print blank lines when not on a terminal
+            format=args.format, text_column=args.text_column, doc_sep=args.doc_sep,
+        )
+        with atomic_dir(args.out) as tmp:  # tokenizer.json and its config land together or not at all
+            tok.save(tmp)
     specials = " ".join(t for t in tok.special_tokens.values() if t)
     extra = f", {len(tok.sentinel_tokens)} sentinels" if tok.sentinel_tokens else ""
     print(f"trained {tok.kind} tokenizer: vocab {tok.vocab_size}{extra}, special tokens {specials}, "

@@ -408,7 +408,8 @@ def prepare_corpus(
         seed: key of the split hash: another seed gives another validation set.
         workers: tokenizer processes; 0 tokenizes in this process.
         format, text_column, doc_sep: how to read the inputs (see ``read_documents``).
-        force: rebuild even when ``out_dir`` is up to date.
+        force: rebuild even when ``out_dir`` is up to date, and replace an ``out_dir`` that is
+            not a preparation.
         batch_chars: characters per batch sent to a worker (each batch costs the parent a few
             ms; the last few batches are 8x smaller, see ``_batches``).
         progress: show a tqdm bar (on stderr).
@@ -445,8 +446,12 @@ def prepare_corpus(
     if out.exists():
         if not out.is_dir():
             raise DataError(f"{out}: exists and is not a folder")
-        if not (out / "meta.json").is_file() and any(out.iterdir()):
-            raise DataError(f"{out}: folder is not empty and is not a prepared dataset; refusing to overwrite it")
+        from ..outputs import foreign_entries
+
+        bad = [] if force else foreign_entries(out, "prepare")  # the one output rule: docs/outputs.md
+        if bad:
+            raise DataError(f"{out}: is not a prepared dataset (it holds {', '.join(bad[:4])}); refusing to "
+                            "overwrite it: pass --force, or choose a new or empty folder")
         if not force:
             meta = _is_up_to_date(out, plan)
             if meta is not None:

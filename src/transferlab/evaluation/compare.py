@@ -334,35 +334,27 @@ def plan_cells(cfg: CompareConfig) -> list[Cell]:
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``results.jsonl``; a truncated last line (a run killed mid-write) is skipped."""
+    """Rows of a ``results.jsonl``.
+
+    A torn row (an append cut by ``kill -9`` or a full disk: not JSON) is skipped with a warning
+    wherever it is, so its cell simply reruns; rows are appended on a fresh line
+    (:func:`transferlab.outputs.append_jsonl`), so a torn row never swallows the next one.
+    """
+    from ..outputs import read_jsonl
+
     p = Path(path)
-    if not p.exists():
-        return []
-    rows = []
-    lines = p.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):  # interrupted append: the cell simply reruns
-                continue
-            raise DataError(f"{p}:{n}: not a JSON row; fix or delete the line") from None
-        if not isinstance(row, dict) or not {"method", "task", "train_size", "seed", "spec"} <= set(row):
-            raise DataError(f"{p}:{n}: not a comparison result row (needs method, task, train_size, seed, spec)")
-        rows.append(row)
+    rows = read_jsonl(p)
+    for n, row in enumerate(rows, 1):
+        if not {"method", "task", "train_size", "seed", "spec"} <= set(row):
+            raise DataError(f"{p}: row {n}: not a comparison result row (needs method, task, train_size, seed, spec)")
     return rows
 
 
 def _append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row and fsync: a row is either fully there or (last line) cut and ignored."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(row, default=_json_default) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one row on a fresh line and fsync: a row is either fully there or cut and ignored."""
+    from ..outputs import append_jsonl
+
+    append_jsonl(path, row, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:

@@ -160,6 +160,9 @@ class FinetuneConfig:
     out_dir: str | None = None
     """Where the best checkpoint goes (model + tokenizer + task.json + metrics); None = keep in
     memory only."""
+    force: bool = False
+    """Replace ``out_dir`` even if it holds something other than an earlier fine-tune (another
+    model, evaluation files, notes): see docs/outputs.md."""
     eval_on_test: bool = True
     """Score the test split with the best checkpoint at the end."""
     cost: dict[str, Any] = field(default_factory=dict)

@@ -238,14 +238,14 @@ def _make_spec(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, An
 def _check_out_dir(cfg: FinetuneConfig) -> Path | None:
     if cfg.out_dir is None:
         return None
+    from ..outputs import Output
+
     out = Path(cfg.out_dir)
     if Path(cfg.model).exists() and out.resolve() == Path(cfg.model).resolve():
         raise ConfigError(f"--out {out} is the model folder itself; write the fine-tuned model somewhere else")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "task.json").is_file():
-        raise ConfigError(f"--out {out} exists and is not a fine-tuned model folder (no task.json); "
-                          "choose a new or empty folder")
+    # the one output rule (docs/outputs.md): not an input, only an earlier fine-tune unless force
+    Output(out, "finetune", force=cfg.force, inputs=[cfg.model, cfg.tokenizer, cfg.train_file,
+                                                      cfg.validation_file, cfg.test_file]).check()
     return out
 
 

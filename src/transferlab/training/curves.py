@@ -69,14 +69,9 @@ def read_run(run: str | Path, label: str | None = None) -> RunCurve:
     metrics = path if path.is_file() else path / "metrics.jsonl"
     if not metrics.is_file():
         raise DataError(f"{path}: no metrics.jsonl (expected a folder written by `transferlab pretrain --out`)")
-    rows = []
-    for i, line in enumerate(metrics.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise DataError(f"{metrics}:{i}: not a JSON object") from None
+    from ..outputs import read_jsonl
+
+    rows = read_jsonl(metrics)  # a row torn by a kill (or a full disk) is skipped with a warning
     val = [r for r in rows if r.get("split") == "validation" and "val_loss" in r]
     if not val:
         raise DataError(f"{metrics}: no validation rows (was the run evaluated? see --eval-every)")

@@ -336,7 +336,9 @@ class Trainer:
                 self.maybe_log(record)
                 self.maybe_eval()
                 self.maybe_save()
-            if not self.last_val or self.last_val.get("step") != self.step:
+            # stopped by SIGTERM: no extra validation row (the resumed run would keep it, and an
+            # uninterrupted run never wrote it: metrics.jsonl must read the same either way)
+            if not self._stop_signal and (not self.last_val or self.last_val.get("step") != self.step):
                 self.maybe_eval(force=True)
             self.maybe_save(force=True)
         finally:
@@ -589,7 +591,9 @@ def plot_loss_curve(metrics_file: Path, png: Path, title: str = "") -> Path | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(l) for l in Path(metrics_file).read_text(encoding="utf-8").splitlines() if l.strip()]
+    from ..outputs import read_jsonl
+
+    recs = read_jsonl(metrics_file, warn=False)  # a row torn by a kill is skipped
     tr = [(r["step"], r["loss"]) for r in recs if r.get("split") == "train" and "loss" in r]
     va = [(r["step"], r["val_loss"]) for r in recs if r.get("split") == "validation"]
     if not tr and not va:

@@ -175,7 +175,7 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective_settings: dict[str, Any] | None,
              train_cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
              init: str | None = None, model_overrides: list[str] | dict[str, str] | None = None,
-             cost: Any = None) -> dict[str, Any]:
+             cost: Any = None, force: bool = False) -> dict[str, Any]:
     """Pre-train a model on prepared shards; see the module docstring.
 
     Args:
@@ -192,10 +192,14 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
         model_overrides: dotted ``model.*`` overrides (applied to the preset or the init model).
         cost: a :class:`~transferlab.cost.CostConfig` (price, grid intensity, energy tracking);
             the run's cost report lands in ``<out>/report.json`` and ``summary["cost"]``.
+        force: without ``resume``: start over in a folder that holds an earlier run (its
+            config, logs, checkpoints and model are deleted; other files are left alone).
 
     Returns:
         The run summary (also written to ``<out>/summary.json``): steps, tokens, time, tokens/s,
-        final train/validation loss and perplexity, why it stopped, paths.
+        final train/validation loss and perplexity, why it stopped, paths. A run stopped by
+        SIGTERM returns ``interrupted=True`` with its last ``checkpoint`` and writes neither
+        ``model/`` nor ``summary.json`` (it is not finished: continue it with ``resume=True``).
 
     Raises:
         ConfigError / DataError / CheckpointError: user mistakes, each with a one-line message.
@@ -251,7 +255,14 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
         resolved = resolved_config(model.config, objective, objective_name, train_cfg, data_dir, shards, init,
                                    info.world_size)
         cfg_file = out / "config.json"
-        has_run = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+        from .checkpoint import latest_checkpoint
+
+        has_run = latest_checkpoint(out / "checkpoints") is not None
+        if resume and not cfg_file.is_file() and not has_run:
+            raise CheckpointError(f"--resume {out}: holds no run to resume (no config.json, no checkpoint); "
+                                  "drop --resume to start one")
+        if resume and not has_run and info.is_main:
+            print(f"note: {out} has no checkpoint yet: the run starts again from step 0", file=sys.stderr)
         if resume and cfg_file.is_file():
             try:
                 old = json.loads(cfg_file.read_text(encoding="utf-8"))
@@ -262,8 +273,14 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
                 raise ConfigError(f"--resume {out}: this command differs from the run's config.json: "
                                   + "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""))
         elif not resume and (has_run or cfg_file.is_file()):
-            raise ConfigError(f"{out}: already holds a run (config.json/checkpoints); pass --resume to continue it "
-                              "or choose a new --out")
+            if not force:
+                raise ConfigError(f"{out}: already holds a run (config.json/checkpoints); pass --resume to continue "
+                                  "it, --force to start over (deleting it), or choose a new --out")
+            if info.is_main:
+                from ..outputs import remove_own
+
+                gone = remove_own(out, "pretrain")
+                print(f"note: --force: deleted the earlier run in {out} ({', '.join(gone)})", file=sys.stderr)
         barrier(info)  # every rank has checked the folder before rank 0 writes into it
         if info.is_main:
             atomic_write_text(cfg_file, json.dumps(resolved, indent=2) + "\n")
@@ -286,6 +303,11 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
         trainer = Trainer(model, objective, train_ds, train_cfg, out, val_data=val_ds, info=info)
         tracker = _cost_tracker(trainer, model, objective, train_cfg, out, cost, info) if info.is_main else None
         summary = trainer.fit(resume=resume)
+        if summary.get("stopped_by") == "signal":  # SIGTERM: not finished; keep the checkpoint, write no model
+            if tracker is not None:
+                summary["cost"] = tracker.stop()
+            summary.update(interrupted=True, out_dir=str(out))
+            return summary
         final = trainer.export_model()
         if tracker is not None:
             from ..cost import format_report
@@ -293,10 +315,14 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
             summary["cost"] = tracker.stop()
             print(format_report(summary["cost"]))
         if info.is_main:
+            from ..utils import atomic_dir
+
             if saved_settings:  # e.g. the preset's dropout, for fine-tuning (pre-training ran without)
                 final.config = dataclasses.replace(final.config, **saved_settings)
-            model_dir = final.save_pretrained(out / "model")
-            tok.save(model_dir)
+            model_dir = out / "model"
+            with atomic_dir(model_dir) as tmp:  # weights, config and tokenizer together, or none of them
+                final.save_pretrained(tmp)
+                tok.save(tmp)
             png = plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png",
                                   f"{objective_name} · {model_cfg if isinstance(model_cfg, str) else init or 'model'}")
             summary.update(out_dir=str(out), model_dir=str(model_dir), loss_curve=str(png) if png else None,
