@@ -766,6 +766,10 @@ def test_converting_a_config_with_special_ids_outside_the_vocabulary_warns(gpt2_
     assert m.config.eos_token_id == 50256  # kept: the round trip to transformers stays exact
     ids = torch.tensor([[7, 8, 9]])
     assert torch.equal(m.generate(ids, max_new_tokens=10), _hf_gen(gpt2_173, ids, max_new_tokens=10))
+    m.export_hf(tmp_path / "back")  # and back to transformers unchanged
+    back = T.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert back.config.eos_token_id == 50256 and torch.equal(_hf_gen(back, ids, max_new_tokens=10),
+                                                             _hf_gen(gpt2_173, ids, max_new_tokens=10))
     # a pad id that cannot be fed back is refused once sequences can finish
     with pytest.raises(ConfigError, match="pad_token_id 50256 is outside the vocabulary"):
         m.generate(ids, eos_token_id=5)

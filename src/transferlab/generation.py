@@ -10,7 +10,12 @@ follows ``transformers``' ``generate``:
 * a sequence that produced ``eos_token_id`` (or a stop string) is finished: later columns hold
   ``pad_token_id``; the loop ends when every sequence is finished or after ``max_new_tokens``;
 * beam search is a port of ``transformers``' vectorised beam search (length penalty, early stopping
-  ``True``/``False``/``"never"``) and returns identical token ids for the same weights.
+  ``True``/``False``/``"never"``) and returns identical token ids for the same weights;
+* ``transformers``' own arguments mean what they mean there: ``max_length``/``min_length`` count
+  the prompt (decoders) or the decoder start token (encoder-decoders), ``no_repeat_ngram_size``,
+  ``bad_words_ids``, a ``transformers.GenerationConfig`` as ``generation_config=``, and a saved
+  ``generation_config.json`` (``model.generation_config``) under the caller's settings; an eos
+  the vocabulary cannot hold never ends a sequence (it runs to the length limit).
 
 Speed. A decode step reads every weight once per token, and at small sizes neither the weights
 (they do not stay in cache between tokens) nor Python/dispatch overhead can be ignored. The
