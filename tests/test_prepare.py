@@ -404,3 +404,74 @@ def test_cli_bad_inputs(tok, tmp_path, capsys, setup, message):
     assert rc == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------- long documents
+# byte-level BPE needs more than its 256-byte alphabet to learn any merge
+_LONG_VOCAB = {"wordpiece": 200, "bpe": 400, "unigram": 200}
+
+
+def _long_docs():
+    """Documents far longer than the test's pieces: the tricky ones joined by every kind of gap
+    (one space, several, a line break, none), plus one without any whitespace."""
+    body = [t for t in TRICKY if t.strip()]
+    return [
+        " ".join(body * 3),
+        "   ".join(body) + "\n" + "\n\n".join(body),
+        "".join(body),
+        "x" * 3000,
+        "Caf\u00e9 \u4e2d\u6587\u53e5\u5b50\u3002 " * 120,
+    ]
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_long_documents_in_pieces_equal_the_whole_encoding(tmp_path, kind, workers):
+    tok = Tokenizer.train(DOCS + TRICKY, kind=kind, vocab_size=_LONG_VOCAB[kind])
+    texts = _long_docs() + TRICKY[:6]
+    docs = [Document(t, "x", i + 1) for i, t in enumerate(texts)]
+    src = tmp_path / "dummy.txt"
+    src.write_text("unused")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(prep_mod, "iter_documents", lambda *a, **k: iter(docs))
+    calls = []
+    real = prep_mod._encode_long
+    mp.setattr(prep_mod, "_encode_long", lambda *a: calls.append(len(a[1])) or real(*a))
+    try:
+        _prep(src, tok, tmp_path / "out", workers=workers, piece_chars=64, val_fraction=0.3)
+    finally:
+        mp.undo()
+    if workers == 0:
+        assert len(calls) == 5  # every long document went the piece path (> 4 pieces of 64)
+    ref = _reference(tok, texts, val_fraction=0.3)
+    for split, (ids, docs_, sents) in ref.items():
+        sh = TokenShards(tmp_path / "out", split)
+        assert sh.tokens.tolist() == ids, split
+        assert sh.doc_offsets.tolist() == docs_ and sh.sent_offsets.tolist() == sents, split
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+def test_pieces_cut_cleanly_and_cover_the_text(kind):
+    tok = Tokenizer.train(DOCS + TRICKY, kind=kind, vocab_size=_LONG_VOCAB[kind])
+    text = _long_docs()[0]
+    spans = list(prep_mod._pieces(tok.backend, text, 64))
+    assert spans[0][0] == 0 and spans[-1][1] == len(text) and len(spans) > 20
+    assert all(a < b == c for (a, b), (c, _) in zip(spans, spans[1:]))
+    assert max(b - a for a, b in spans) <= 96 + 32  # about a piece each: no cut needed a longer search
+    enc = tok.backend.encode_batch([text[a:b] for a, b in spans], add_special_tokens=False)
+    assert sum((e.ids for e in enc), []) == tok.backend.encode(text, add_special_tokens=False).ids
+    # one word without whitespace has no place to cut: one piece, tokenized whole
+    assert list(prep_mod._pieces(tok.backend, "x" * 1000, 64)) == [(0, 1000)]
+    # a cut inside a word changes its tokens: the check refuses it
+    word = text.index(" epsilon") + 1
+    assert prep_mod._cut_is_clean(tok.backend, text, word - 1)  # before the space: clean for all three
+    assert not any(prep_mod._cut_is_clean(tok.backend, text, i) for i in range(word + 1, word + 4))
+
+
+def test_char_to_token_vectorised_equals_the_encoding():
+    tok = Tokenizer.train(DOCS + TRICKY, kind="bpe", vocab_size=_LONG_VOCAB["bpe"])
+    text = " ".join(TRICKY)
+    enc = tok.backend.encode(text, add_special_tokens=False)
+    chars = np.arange(len(text))
+    want = [-1 if t is None else t for t in map(enc.char_to_token, chars.tolist())]
+    assert prep_mod._char_to_token(enc, chars).tolist() == want
