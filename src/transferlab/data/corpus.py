@@ -95,12 +95,16 @@ def _check_options(format: str | None, doc_sep: str) -> None:
         raise DataError(f"unknown doc_sep {doc_sep!r}; expected one of: {', '.join(DOC_SEPS)}")
 
 
-def resolve_inputs(inputs: str | Path | Iterable[str | Path], format: str | None = None) -> list[Source]:
+def resolve_inputs(
+    inputs: str | Path | Iterable[str | Path], format: str | None = None, flag: str | None = None
+) -> list[Source]:
     """Expand inputs (files, folders, ``builtin:`` names) into a list of :class:`Source`.
 
     Args:
         inputs: one input or several.
         format: force this format for every file (folders then include files of any suffix).
+        flag: the command-line option the inputs came from (``"--input"``); errors then start
+            with it, so ``--input corpus_typo`` reads as a typo rather than as a corpus.
 
     Returns:
         Sources in a stable order, with sizes and modification times (used to decide whether a
@@ -124,9 +128,10 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path], format: str | None
         try:
             st = p.stat()
         except FileNotFoundError:
-            raise DataError(f"{p}: no such file or folder") from None
+            hint = " (inputs are files, folders or builtin:NAME)" if flag else ""
+            raise DataError(f"{flag + ' ' if flag else ''}{p}: no such file or folder{hint}") from None
         except OSError as e:
-            raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
+            raise DataError(f"{flag + ' ' if flag else ''}{p}: cannot read ({e.strerror or e})") from None
         if p.is_dir():
             files = []
             for f in sorted(p.rglob("*")):
