@@ -435,6 +435,44 @@ def infer_task_type(fields: Sequence[str], columns: Columns, label_values: Seque
     )
 
 
+def _number(v: Any) -> float | None:
+    """``v`` as a finite number (a JSON number or a numeric string), else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return None
+    try:
+        x = float(v)
+    except (ValueError, OverflowError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+#: a label column where at least this fraction of values are numbers is numeric: its other
+#: values are mistakes, not extra classes (a regression column with one "n/a" used to become a
+#: classification task with that string as one more class, silently)
+_NUMERIC_SHARE = 0.9
+
+
+def _refuse_stray_non_numbers(path: Path, given: Sequence[tuple[int, Any]], label: str) -> None:
+    """Raise when a label column inferred as classes is mostly numbers with a few non-numbers.
+
+    Raises:
+        DataError: ``path:line: label 'n/a' in column 'label' is not a number, but 97 of the
+            98 labels are ...``, naming the first stray value.
+    """
+    if len(given) < 3:
+        return
+    stray = [(n, v) for n, v in given if _number(v) is None]
+    if not stray or len(given) - len(stray) < _NUMERIC_SHARE * len(given):
+        return
+    n, v = stray[0]
+    more = f" ({len(stray) - 1} more after it)" if len(stray) > 1 else ""
+    raise DataError(
+        f"{path}:{n}: label {v!r} in column {label!r} is not a number, but {len(given) - len(stray)} of the "
+        f"{len(given)} labels are{more}; fix the value, or pass the task type (--task-type regression, or "
+        "--task-type classification to treat every label as a class name)"
+    )
+
+
 def _is_regression(values: Sequence[Any]) -> bool:
     if any(isinstance(v, bool) for v in values):
         return False
@@ -442,7 +480,7 @@ def _is_regression(values: Sequence[Any]) -> bool:
         return any(isinstance(v, float) for v in values)
     try:
         nums = [float(v) for v in values]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
     return any(not math.isfinite(x) or x != int(x) for x in nums)
 
@@ -484,11 +522,14 @@ def read_examples(path: str | Path, task_type: str | None = None, columns: Colum
     if task_type is None:
         first_fields = list(rows[0][1])
         label = columns.label or "label"
-        values = [r.get(label) for _, r in rows[:2000] if r.get(label) not in (None, "")]
+        given = [(n, r.get(label)) for n, r in rows if r.get(label) not in (None, "")]
+        values = [v for _, v in given]
         try:
             task_type = infer_task_type(first_fields, columns, values)
         except DataError as e:
             raise DataError(f"{p}:{rows[0][0]}: {e}") from None
+        if task_type in LABELLED:
+            _refuse_stray_non_numbers(p, given, label)
     cols = columns.resolve(task_type)
     conv = _CONVERTERS[task_type]
     if not labelled and cols["label"] not in rows[0][1]:
@@ -550,7 +591,7 @@ def _conv_regression(row: dict[str, Any], cols: dict[str, str | None], where: st
         y = float(lab)
         if isinstance(lab, bool) or not math.isfinite(y):
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(f"{where}: regression label {lab!r} in column {cols['label']!r} is not a finite number") from None
     ex["label"] = y
     return ex
