@@ -22,6 +22,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -180,8 +181,25 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
                 if lineno == 1 and line.startswith("\ufeff"):
                     line = line[1:]
                 yield lineno, line
-        except (OSError, EOFError) as e:  # e.g. a truncated .gz, a vanished file
+        except (OSError, EOFError, zlib.error) as e:  # e.g. a truncated or damaged .gz, a vanished file
             raise DataError(f"{path}:{lineno + 1}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+
+
+def parse_json_line(line: str, where: str) -> object:
+    """``json.loads(line)``, every failure a :class:`DataError` starting with ``where``.
+
+    Besides malformed JSON, the standard library raises a plain ``ValueError`` for an integer of
+    more than 4,300 digits and ``RecursionError`` for arrays nested some thousand levels deep;
+    both are malformed input here, not crashes.
+    """
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except ValueError as e:  # int_max_str_digits
+        raise DataError(f"{where}: invalid JSON ({str(e).split(':')[0].strip()})") from None
+    except RecursionError:
+        raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
 
 
 def _read_text(path: str, doc_sep: str) -> Iterator[Document]:
@@ -214,10 +232,7 @@ def _read_jsonl(path: str, field: str) -> Iterator[Document]:
     for n, line in _lines(path):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        obj = parse_json_line(line, f"{path}:{n}")
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{n}: expected a JSON object with a {field!r} field, got {type(obj).__name__}")
         if field not in obj:

@@ -52,10 +52,12 @@ import json
 import math
 import re
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ..data.corpus import parse_json_line
 from ..errors import ConfigError, DataError
 
 __all__ = [
@@ -319,14 +321,18 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     with f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{n}: invalid UTF-8 at column {e.start + 1}; re-encode the file as UTF-8") from None
-            if n == 1:
-                line = line.lstrip("\ufeff")
-            yield n, line
+        n = 0
+        try:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{n}: invalid UTF-8 at column {e.start + 1}; re-encode the file as UTF-8") from None
+                if n == 1:
+                    line = line.lstrip("\ufeff")
+                yield n, line
+        except (OSError, EOFError, zlib.error) as e:  # a damaged or truncated .gz, a vanished file
+            raise DataError(f"{path}:{n + 1}: cannot read ({getattr(e, 'strerror', None) or e})") from None
 
 
 def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -335,10 +341,7 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
         for n, line in _lines(path):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+            obj = parse_json_line(line, f"{path}:{n}")
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}")
             yield n, obj
