@@ -226,3 +226,21 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# one example of each failure class the fuzzer found (each was a raw traceback before)
+@pytest.mark.parametrize("name, data, message", [
+    ("deep.jsonl", b"[" * 100_000 + b"\n", r"deep\.jsonl:1: invalid JSON \(nested too deeply\)"),
+    ("big.jsonl", b'{"text": "a", "label": ' + b"1" * 5000 + b"}\n", r"big\.jsonl:1: invalid JSON \(Exceeds the limit"),
+    ("t.csv.gz", gzip.compress(b"text,label\n" + b"a,b\n" * 50, mtime=0)[:-12], r"t\.csv\.gz:\d+: cannot read"),
+    ("t.jsonl.gz", b"\x1f\x8b\x08\x00" + b"\x00" * 40, r"t\.jsonl\.gz:1: cannot read"),
+    ("qa.jsonl", _jsonl([{"context": "c", "question": "q", "answers": {"text": 5, "answer_start": 0}}]),
+     r"qa\.jsonl:1: empty answer"),
+    ("qa2.jsonl", _jsonl([{"context": "c", "question": "q", "answers": [{"text": "c", "answer_start": 0}, 3]}]),
+     r"qa2\.jsonl:1: answers in column 'answers' must all be objects"),
+])
+def test_fuzz_found_classes_are_one_line_errors(tmp_path, name, data, message):
+    f = tmp_path / name
+    f.write_bytes(data)
+    with pytest.raises(TransferlabError, match=message):
+        read_examples(f, "qa" if name.startswith("qa") else None)

@@ -636,8 +636,12 @@ def _conv_qa(row: dict[str, Any], cols: dict[str, str | None], where: str) -> di
     raw = _field(row, name, where, "answer")
     starts: list[Any]
     if isinstance(raw, dict):  # SQuAD / HF datasets: {"text": [...], "answer_start": [...]}
-        texts, starts = list(raw.get("text", [])), list(raw.get("answer_start", []))
+        t, s0 = raw.get("text", []), raw.get("answer_start", [])
+        texts = t if isinstance(t, list) else [t]
+        starts = s0 if isinstance(s0, list) else [s0]
     elif isinstance(raw, list) and raw and isinstance(raw[0], dict):  # [{"text", "answer_start"}]
+        if not all(isinstance(a, dict) for a in raw):
+            raise DataError(f"{where}: answers in column {name!r} must all be objects with 'text' and 'answer_start'")
         texts = [a.get("text") for a in raw]
         starts = [a.get("answer_start") for a in raw]
     else:
