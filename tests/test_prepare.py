@@ -475,3 +475,81 @@ def test_char_to_token_vectorised_equals_the_encoding():
     chars = np.arange(len(text))
     want = [-1 if t is None else t for t in map(enc.char_to_token, chars.tolist())]
     assert prep_mod._char_to_token(enc, chars).tolist() == want
+
+
+def _one_line(n_chars: int, seed: int = 0) -> str:
+    """A deterministic single line of about ``n_chars`` characters: words, sentences, no newline."""
+    rng = np.random.default_rng(seed)
+    n_words = n_chars // 6
+    words = np.array(WORDS + ["Mr.", "e.g.", "caf\u00e9", "42"])[rng.integers(0, len(WORDS) + 4, n_words)]
+    ends = np.where(rng.random(n_words) < 0.08, np.array(list(".!?"))[rng.integers(0, 3, n_words)], "")
+    return " ".join(np.char.add(words, ends).tolist())
+
+
+_MEASURE = r"""
+import sys
+from transferlab.data import prepare_corpus
+from transferlab.tokenizer import Tokenizer
+
+def status(key):  # kB -> bytes; VmHWM is this process's own peak (ru_maxrss would include the
+    with open("/proc/self/status") as f:  # forking parent's resident set, pytest's, copied before exec)
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+tok = Tokenizer.from_pretrained(sys.argv[1])
+prepare_corpus(sys.argv[2], tok, sys.argv[3] + "-warm", workers=0, progress=False)  # imports, first allocations
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident set (Linux >= 4.0)
+except OSError:
+    pass
+base = status("VmRSS")
+prepare_corpus(sys.argv[4], tok, sys.argv[3], workers=0, progress=False)
+print(status("VmHWM") - base)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident set from /proc (Linux)")
+def test_one_huge_line_needs_bounded_memory(tmp_path, tok):
+    # Peak resident set over the one before the run (one process, workers=0), for a 2.6 MB
+    # single-line document, per input byte. Measured with this harness: 172 when the line was
+    # tokenized whole (its Encoding: ids, offsets, token strings, masks), 10.5-11 in pieces (the
+    # text, its UTF-8 copy for the split hash, the ids, a few pieces' Encodings) over 4 runs. The
+    # bound of 40 leaves ~4x room for allocator noise and fails ~4x short of the old behaviour.
+    import subprocess
+    import sys
+
+    text = _one_line(3_000_000)
+    big, small = tmp_path / "big.txt", tmp_path / "small.txt"
+    big.write_text(text, encoding="utf-8")
+    small.write_text("\n\n".join(DOCS), encoding="utf-8")
+    tok.save(tmp_path / "tok")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    run = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path / "tok"), str(small), str(tmp_path / "out"), str(big)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    delta = int(run.stdout.split()[-1])
+    assert delta < 40 * len(text.encode()), f"peak RSS grew by {delta / 1e6:.0f} MB for a {len(text) / 1e6:.1f} MB line"
+    sh = TokenShards(tmp_path / "out", "train")
+    assert sh.n_docs == 1 and sh.n_tokens > len(text) // 8 and sh.n_sents > 1000
+
+
+def test_long_document_with_default_pieces_equals_the_reference(tmp_path, tok):
+    # over the long-document threshold (4 pieces of 64K): the default piece path, checked
+    # against one whole-document encoding with char_to_token for every sentence start
+    text = _one_line(6 * prep_mod.PIECE_CHARS, seed=1)
+    assert len(text) > prep_mod.LONG_DOC_PIECES * prep_mod.PIECE_CHARS
+    f = tmp_path / "one.txt"
+    f.write_text(text, encoding="utf-8")
+    calls = []
+    real = prep_mod._encode_long
+    mp = pytest.MonkeyPatch()
+    mp.setattr(prep_mod, "_encode_long", lambda *a: calls.append(1) or real(*a))
+    try:
+        _prep(f, tok, tmp_path / "out", val_fraction=0.0)
+    finally:
+        mp.undo()
+    assert calls == [1]
+    ids, docs, sents = _reference(tok, [text])["train"]
+    sh = TokenShards(tmp_path / "out", "train")
+    assert sh.tokens.tolist() == ids and sh.doc_offsets.tolist() == docs and sh.sent_offsets.tolist() == sents
+    assert len(sents) > 300
