@@ -169,6 +169,8 @@ def _check(path: Path, label: str, read: Callable[[], object]) -> tuple[str, str
             return f"multi-line message: {msg.split(':', 3)[-1][:40]!r}", f"{label}: {msg[:160]!r}"
         if path.name not in msg:
             return f"message does not name the file: {msg[:40]!r}", f"{label}: {msg[:160]!r}"
+        if len(msg) > 1000:  # a huge field quoted whole is one line, but nobody can read it
+            return f"message of over 1,000 characters: {msg.split(': ', 2)[-1][:30]!r}", f"{label}: {msg[:160]!r}"
     except Exception as e:  # noqa: BLE001 - the point of the test
         tb = traceback.extract_tb(e.__traceback__)
         ours = [f for f in tb if "transferlab" in f.filename] or tb
@@ -236,6 +238,7 @@ if __name__ == "__main__":
     ("t.jsonl.gz", b"\x1f\x8b\x08\x00" + b"\x00" * 40, r"t\.jsonl\.gz:1: cannot read"),
     ("qa.jsonl", _jsonl([{"context": "c", "question": "q", "answers": {"text": 5, "answer_start": 0}}]),
      r"qa\.jsonl:1: empty answer"),
+    ("hdr.csv", b'"te\rxt",label\na,b\n', r"hdr\.csv:1: no label column|hdr\.csv:2: no text column 'text' \(columns: 'te\\rxt', label\)"),
     ("qa2.jsonl", _jsonl([{"context": "c", "question": "q", "answers": [{"text": "c", "answer_start": 0}, 3]}]),
      r"qa2\.jsonl:1: answers in column 'answers' must all be objects"),
 ])

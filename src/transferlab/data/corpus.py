@@ -38,6 +38,9 @@ __all__ = [
     "infer_format",
     "FORMATS",
     "DOC_SEPS",
+    "names",
+    "quote",
+    "parse_json_line",
 ]
 
 FORMATS = ("text", "jsonl", "csv", "tsv")
@@ -185,6 +188,27 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
             raise DataError(f"{path}:{lineno + 1}: cannot read ({getattr(e, 'strerror', None) or e})") from None
 
 
+def quote(value: object, width: int = 60) -> str:
+    """``repr(value)`` for a message, cut to about ``width`` characters: a 100K-character field
+    quoted whole is one line, but not one anybody can read."""
+    r = repr(value)
+    return r if len(r) <= width else f"{r[: width - 4]}...{r[-1] if r[-1] in chr(39) + chr(34) + ']}' else ''}"
+
+
+def names(items: Iterable[object], limit: int = 20, width: int = 40) -> str:
+    """Column, field or label names for a one-line message: comma-separated, a name with a line
+    break or another control character shown as its repr, long names and long lists cut."""
+    out = []
+    items = list(items)
+    for x in items[:limit]:
+        t = str(x)
+        t = t if t.isprintable() else repr(t)
+        out.append(t if len(t) <= width else t[: width - 3] + "...")
+    if len(items) > limit:
+        out.append(f"... {len(items) - limit} more")
+    return ", ".join(out) or "none"
+
+
 def parse_json_line(line: str, where: str) -> object:
     """``json.loads(line)``, every failure a :class:`DataError` starting with ``where``.
 
@@ -236,7 +260,7 @@ def _read_jsonl(path: str, field: str) -> Iterator[Document]:
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{n}: expected a JSON object with a {field!r} field, got {type(obj).__name__}")
         if field not in obj:
-            raise DataError(f"{path}:{n}: no field {field!r} (fields: {', '.join(map(str, obj)) or 'none'}); pass --text-column")
+            raise DataError(f"{path}:{n}: no field {field!r} (fields: {names(obj)}); pass --text-column")
         text = obj[field]
         if text is None:
             continue
@@ -256,7 +280,7 @@ def _read_csv(path: str, column: str, delimiter: str) -> Iterator[Document]:
             return
         if column not in header:
             raise DataError(
-                f"{path}:1: no column {column!r} in the header (columns: {', '.join(header)}); pass --text-column"
+                f"{path}:1: no column {column!r} in the header (columns: {names(header)}); pass --text-column"
             )
         idx = header.index(column)
         start = reader.line_num + 1
