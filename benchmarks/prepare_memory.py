@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tokenizer", default="builtin:minilm")
     ap.add_argument("--keep", metavar="DIR", help="write the corpus and output here (kept)")
+    ap.add_argument("--timeout", type=float, default=0, help="stop the run after this many seconds (0: never); "
+                    "the peaks so far are still printed (for a slow baseline)")
     args = ap.parse_args()
     import psutil
 
@@ -92,11 +94,21 @@ def main() -> None:
 
         th = threading.Thread(target=sample, daemon=True)
         th.start()
-        rc = proc.wait()
+        try:
+            rc = proc.wait(args.timeout or None)
+        except subprocess.TimeoutExpired:
+            for c in psutil.Process(proc.pid).children(recursive=True):
+                c.kill()
+            proc.kill()
+            rc = f"killed after {args.timeout:g}s"
+            proc.wait()
         th.join()
         secs = time.perf_counter() - t0
-        one = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
-        print(f"input {size / 1e6:.1f} MB, workers {args.workers}, tokenizer {args.tokenizer}, rc {rc}, {secs:.1f}s")
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        one = kids.ru_maxrss * 1024  # KiB on Linux
+        cpu = kids.ru_utime + kids.ru_stime
+        print(f"input {size / 1e6:.1f} MB, workers {args.workers}, tokenizer {args.tokenizer}, rc {rc}, {secs:.1f}s wall, "
+              f"{cpu:.1f} CPU-s (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
         print(f"max_rss_one {one / 1e6:.0f} MB ({one / size:.1f}x input)  "
               f"peak_tree {peak[0] / 1e6:.0f} MB ({peak[0] / size:.1f}x input)")
 
