@@ -7,7 +7,9 @@ tokens with ``Encoding.char_to_token`` at the boundaries only) and pick each doc
 a keyed hash of its bytes, returning flat numpy arrays; the parent appends them to the split files
 in corpus order. At most ``2 * workers + 2`` batches are in flight, so memory stays bounded
 whatever the corpus size. Everything beyond ``encode_batch`` costs about 15% more CPU than the
-tokenizer call alone (see ``benchmarks/prepare_throughput.py``).
+tokenizer call alone (see ``benchmarks/prepare_throughput.py``). A document longer than
+``LONG_DOC_PIECES * PIECE_CHARS`` characters goes to a worker alone and is tokenized there in
+pieces cut where no token changes (``_encode_long``), so one huge line needs bounded memory too.
 
 Output folder (written as a hidden temp folder, renamed into place when complete, so an
 interrupted run never leaves a folder that looks complete)::
@@ -194,8 +196,9 @@ def _split_codes(raws: list[bytes], hints: list[str | None], seed: int, val_frac
 #: A document is tokenized in pieces of about this many characters when it is longer than
 #: ``LONG_DOC_PIECES`` pieces. The tokenizer's ``Encoding`` costs ~150-200 bytes per input
 #: character (ids, offsets, token strings, masks), and ``char_to_token`` scans it linearly, so one
-#: 50 MB line tokenized whole needed 6.3 GB and hours of sentence mapping; in 64K pieces a worker
-#: holds a few pieces' Encodings at a time (~50 MB) whatever the document's length.
+#: 50 MB line tokenized whole took 7.6 GB (process tree) and was still mapping sentence starts
+#: after 8 minutes; in 64K pieces a worker holds a few pieces' Encodings at a time (~50 MB)
+#: whatever the document's length (benchmarks/prepare_memory.py).
 PIECE_CHARS = 1 << 16
 LONG_DOC_PIECES = 4
 _GROUP_PIECES = 4  # pieces per encode_batch call: amortises the call, bounds the Encodings alive
