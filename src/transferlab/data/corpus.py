@@ -192,7 +192,10 @@ def quote(value: object, width: int = 60) -> str:
     """``repr(value)`` for a message, cut to about ``width`` characters: a 100K-character field
     quoted whole is one line, but not one anybody can read."""
     r = repr(value)
-    return r if len(r) <= width else f"{r[: width - 4]}...{r[-1] if r[-1] in chr(39) + chr(34) + ']}' else ''}"
+    if len(r) <= width:
+        return r
+    close = r[-1] if r[-1] in "'\"]})" else ""  # keep the closing quote or bracket
+    return f"{r[: width - 4]}...{close}"
 
 
 def names(items: Iterable[object], limit: int = 20, width: int = 40) -> str:
