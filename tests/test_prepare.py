@@ -421,6 +421,7 @@ def _long_docs():
         "".join(body),
         "x" * 3000,
         "Caf\u00e9 \u4e2d\u6587\u53e5\u5b50\u3002 " * 120,
+        "Alpha beta. " * 30 + "y" * 700 + " gamma delta." * 40,  # no cut for 700 characters: pieces grow
     ]
 
 
@@ -442,7 +443,7 @@ def test_long_documents_in_pieces_equal_the_whole_encoding(tmp_path, kind, worke
     finally:
         mp.undo()
     if workers == 0:
-        assert len(calls) == 5  # every long document went the piece path (> 4 pieces of 64)
+        assert len(calls) == 6  # every long document went the piece path (> 4 pieces of 64)
     ref = _reference(tok, texts, val_fraction=0.3)
     for split, (ids, docs_, sents) in ref.items():
         sh = TokenShards(tmp_path / "out", split)
@@ -460,6 +461,12 @@ def test_pieces_cut_cleanly_and_cover_the_text(kind):
     assert max(b - a for a, b in spans) <= 96 + 32  # about a piece each: no cut needed a longer search
     enc = tok.backend.encode_batch([text[a:b] for a, b in spans], add_special_tokens=False)
     assert sum((e.ids for e in enc), []) == tok.backend.encode(text, add_special_tokens=False).ids
+    # 700 characters without a place to cut: the piece grows past them, the rest is cut as usual
+    text2 = _long_docs()[-1]
+    spans2 = list(prep_mod._pieces(tok.backend, text2, 64))
+    assert max(b - a for a, b in spans2) > 700 and len(spans2) > 10
+    enc2 = tok.backend.encode_batch([text2[a:b] for a, b in spans2], add_special_tokens=False)
+    assert sum((e.ids for e in enc2), []) == tok.backend.encode(text2, add_special_tokens=False).ids
     # one word without whitespace has no place to cut: one piece, tokenized whole
     assert list(prep_mod._pieces(tok.backend, "x" * 1000, 64)) == [(0, 1000)]
     # a cut inside a word changes its tokens: the check refuses it
