@@ -166,3 +166,23 @@ def test_sentence_starts_match_spans():
     text = "First one. Second one! Third?\nFourth"
     spans = split_sentences(text)
     assert sentence_starts(text) == [a for a, _ in spans[1:]]
+
+
+# ---------------------------------------------------------------------------------- --input typos
+@pytest.mark.parametrize("argv", [
+    ["tokenizer", "train", "--vocab-size", "50", "--out", "{tmp}/tok", "--input"],
+    ["tokenizer", "train", "--vocab-size", "50", "--out", "{tmp}/tok", "--input", "builtin:ptb", "--input"],
+    ["prepare", "--tokenizer", "builtin:minilm", "--out", "{tmp}/data", "--input"],
+    ["features", "--model", "builtin:minilm", "--output", "{tmp}/f.npy", "--input"],
+])
+@pytest.mark.parametrize("typo", ["corpus_typo", "data/corpus.txt", "corpus.jsonl"])
+def test_missing_input_path_is_an_error_not_training_text(tmp_path, capsys, monkeypatch, argv, typo):
+    # `tokenizer train --input corpus_typo` used to train a 20-token vocabulary on the string itself
+    from transferlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main([a.replace("{tmp}", str(tmp_path)) for a in argv] + [typo])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "\n" not in err, err
+    assert f"{typo}: no such file or folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written

@@ -404,3 +404,159 @@ def test_cli_bad_inputs(tok, tmp_path, capsys, setup, message):
     assert rc == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------- long documents
+# byte-level BPE needs more than its 256-byte alphabet to learn any merge
+_LONG_VOCAB = {"wordpiece": 200, "bpe": 400, "unigram": 200}
+
+
+def _long_docs():
+    """Documents far longer than the test's pieces: the tricky ones joined by every kind of gap
+    (one space, several, a line break, none), plus one without any whitespace."""
+    body = [t for t in TRICKY if t.strip()]
+    return [
+        " ".join(body * 3),
+        "   ".join(body) + "\n" + "\n\n".join(body),
+        "".join(body),
+        "x" * 3000,
+        "Caf\u00e9 \u4e2d\u6587\u53e5\u5b50\u3002 " * 120,
+        "Alpha beta. " * 30 + "y" * 700 + " gamma delta." * 40,  # no cut for 700 characters: pieces grow
+    ]
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_long_documents_in_pieces_equal_the_whole_encoding(tmp_path, kind, workers):
+    tok = Tokenizer.train(DOCS + TRICKY, kind=kind, vocab_size=_LONG_VOCAB[kind])
+    texts = _long_docs() + TRICKY[:6]
+    docs = [Document(t, "x", i + 1) for i, t in enumerate(texts)]
+    src = tmp_path / "dummy.txt"
+    src.write_text("unused")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(prep_mod, "iter_documents", lambda *a, **k: iter(docs))
+    calls = []
+    real = prep_mod._encode_long
+    mp.setattr(prep_mod, "_encode_long", lambda *a: calls.append(len(a[1])) or real(*a))
+    try:
+        _prep(src, tok, tmp_path / "out", workers=workers, piece_chars=64, val_fraction=0.3)
+    finally:
+        mp.undo()
+    if workers == 0:
+        assert len(calls) == 6  # every long document went the piece path (> 4 pieces of 64)
+    ref = _reference(tok, texts, val_fraction=0.3)
+    for split, (ids, docs_, sents) in ref.items():
+        sh = TokenShards(tmp_path / "out", split)
+        assert sh.tokens.tolist() == ids, split
+        assert sh.doc_offsets.tolist() == docs_ and sh.sent_offsets.tolist() == sents, split
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+def test_pieces_cut_cleanly_and_cover_the_text(kind):
+    tok = Tokenizer.train(DOCS + TRICKY, kind=kind, vocab_size=_LONG_VOCAB[kind])
+    text = _long_docs()[0]
+    spans = list(prep_mod._pieces(tok.backend, text, 64))
+    assert spans[0][0] == 0 and spans[-1][1] == len(text) and len(spans) > 20
+    assert all(a < b == c for (a, b), (c, _) in zip(spans, spans[1:]))
+    assert max(b - a for a, b in spans) <= 96 + 32  # about a piece each: no cut needed a longer search
+    enc = tok.backend.encode_batch([text[a:b] for a, b in spans], add_special_tokens=False)
+    assert sum((e.ids for e in enc), []) == tok.backend.encode(text, add_special_tokens=False).ids
+    # 700 characters without a place to cut: the piece grows past them, the rest is cut as usual
+    text2 = _long_docs()[-1]
+    spans2 = list(prep_mod._pieces(tok.backend, text2, 64))
+    assert max(b - a for a, b in spans2) > 700 and len(spans2) > 10
+    enc2 = tok.backend.encode_batch([text2[a:b] for a, b in spans2], add_special_tokens=False)
+    assert sum((e.ids for e in enc2), []) == tok.backend.encode(text2, add_special_tokens=False).ids
+    # one word without whitespace has no place to cut: one piece, tokenized whole
+    assert list(prep_mod._pieces(tok.backend, "x" * 1000, 64)) == [(0, 1000)]
+    # a cut inside a word changes its tokens: the check refuses it
+    word = text.index(" epsilon") + 1
+    assert prep_mod._cut_is_clean(tok.backend, text, word - 1)  # before the space: clean for all three
+    assert not any(prep_mod._cut_is_clean(tok.backend, text, i) for i in range(word + 1, word + 4))
+
+
+def test_char_to_token_vectorised_equals_the_encoding():
+    tok = Tokenizer.train(DOCS + TRICKY, kind="bpe", vocab_size=_LONG_VOCAB["bpe"])
+    text = " ".join(TRICKY)
+    enc = tok.backend.encode(text, add_special_tokens=False)
+    chars = np.arange(len(text))
+    want = [-1 if t is None else t for t in map(enc.char_to_token, chars.tolist())]
+    assert prep_mod._char_to_token(enc, chars).tolist() == want
+
+
+def _one_line(n_chars: int, seed: int = 0) -> str:
+    """A deterministic single line of about ``n_chars`` characters: words, sentences, no newline."""
+    rng = np.random.default_rng(seed)
+    n_words = n_chars // 6
+    words = np.array(WORDS + ["Mr.", "e.g.", "caf\u00e9", "42"])[rng.integers(0, len(WORDS) + 4, n_words)]
+    ends = np.where(rng.random(n_words) < 0.08, np.array(list(".!?"))[rng.integers(0, 3, n_words)], "")
+    return " ".join(np.char.add(words, ends).tolist())
+
+
+_MEASURE = r"""
+import sys
+from transferlab.data import prepare_corpus
+from transferlab.tokenizer import Tokenizer
+
+def status(key):  # kB -> bytes; VmHWM is this process's own peak (ru_maxrss would include the
+    with open("/proc/self/status") as f:  # forking parent's resident set, pytest's, copied before exec)
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+tok = Tokenizer.from_pretrained(sys.argv[1])
+prepare_corpus(sys.argv[2], tok, sys.argv[3] + "-warm", workers=0, progress=False)  # imports, first allocations
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident set (Linux >= 4.0)
+except OSError:
+    pass
+base = status("VmRSS")
+prepare_corpus(sys.argv[4], tok, sys.argv[3], workers=0, progress=False)
+print(status("VmHWM") - base)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident set from /proc (Linux)")
+def test_one_huge_line_needs_bounded_memory(tmp_path, tok):
+    # Peak resident set over the one before the run (one process, workers=0), for a 2.6 MB
+    # single-line document, per input byte. Measured with this harness: 172 when the line was
+    # tokenized whole (its Encoding: ids, offsets, token strings, masks), 10.5-11 in pieces (the
+    # text, its UTF-8 copy for the split hash, the ids, a few pieces' Encodings) over 4 runs. The
+    # bound of 40 leaves ~4x room for allocator noise and fails ~4x short of the old behaviour.
+    import subprocess
+    import sys
+
+    text = _one_line(3_000_000)
+    big, small = tmp_path / "big.txt", tmp_path / "small.txt"
+    big.write_text(text, encoding="utf-8")
+    small.write_text("\n\n".join(DOCS), encoding="utf-8")
+    tok.save(tmp_path / "tok")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    run = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path / "tok"), str(small), str(tmp_path / "out"), str(big)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    delta = int(run.stdout.split()[-1])
+    assert delta < 40 * len(text.encode()), f"peak RSS grew by {delta / 1e6:.0f} MB for a {len(text) / 1e6:.1f} MB line"
+    sh = TokenShards(tmp_path / "out", "train")
+    assert sh.n_docs == 1 and sh.n_tokens > len(text) // 8 and sh.n_sents > 1000
+
+
+def test_long_document_with_default_pieces_equals_the_reference(tmp_path, tok):
+    # over the long-document threshold (4 pieces of 64K): the default piece path, checked
+    # against one whole-document encoding with char_to_token for every sentence start
+    text = _one_line(6 * prep_mod.PIECE_CHARS, seed=1)
+    assert len(text) > prep_mod.LONG_DOC_PIECES * prep_mod.PIECE_CHARS
+    f = tmp_path / "one.txt"
+    f.write_text(text, encoding="utf-8")
+    calls = []
+    real = prep_mod._encode_long
+    mp = pytest.MonkeyPatch()
+    mp.setattr(prep_mod, "_encode_long", lambda *a: calls.append(1) or real(*a))
+    try:
+        _prep(f, tok, tmp_path / "out", val_fraction=0.0)
+    finally:
+        mp.undo()
+    assert calls == [1]
+    ids, docs, sents = _reference(tok, [text])["train"]
+    sh = TokenShards(tmp_path / "out", "train")
+    assert sh.tokens.tolist() == ids and sh.doc_offsets.tolist() == docs and sh.sent_offsets.tolist() == sents
+    assert len(sents) > 300

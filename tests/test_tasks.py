@@ -242,3 +242,36 @@ def test_derived_bbc_qa():
 def test_unknown_task():
     with pytest.raises(DataError, match="unknown task 'nope'; known tasks: imdb.*bbc-pairs, bbc-qa"):
         load_builtin("nope")
+
+
+# ------------------------------------------------------------------------------ stray non-numbers
+@pytest.mark.parametrize("values", [
+    [f"{0.25 * i}" for i in range(1, 20)],  # fractional: a regression column
+    [str(1 + i % 5) for i in range(19)],  # star ratings: integer-like
+])
+def test_numeric_label_column_with_a_stray_value_is_an_error(tmp_path, values):
+    # one "n/a" in a regression column used to make a classification task with "n/a" as a class
+    rows = [f"t{i},{v}" for i, v in enumerate(values)]
+    rows.insert(10, "oops,n/a")
+    f = write(tmp_path / "scores.csv", "text,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"scores\.csv:12: label 'n/a' in column 'label' is not a number, but 19 of the "
+                                        r"20 labels are; .*--task-type regression"):
+        read_examples(f)
+    with pytest.raises(DataError, match=r"scores\.csv:12: regression label 'n/a' in column 'label' is not a finite number"):
+        read_examples(f, "regression")
+    with pytest.raises(DataError, match=r"scores\.csv:12: "):
+        load_files(f)
+    ex, kind = read_examples(f, "classification")  # asked for: every label is a class name
+    assert kind == "classification" and "n/a" in {e["label"] for e in ex}
+    j = write(tmp_path / "s.jsonl", "".join(json.dumps({"text": f"t{i}", "label": float(v) if i != 3 else "?"}) + "\n"
+                                            for i, v in enumerate(values)))
+    with pytest.raises(DataError, match=r"s\.jsonl:4: label '\?' in column 'label' is not a number"):
+        read_examples(j)
+
+
+def test_class_names_with_a_few_numbers_stay_classes(tmp_path):
+    rows = "".join(f"t{i},{['pos', 'neg', 'neutral'][i % 3]}\n" for i in range(18)) + "u,1\nv,2\n"
+    ex, kind = read_examples(write(tmp_path / "a.csv", "text,label\n" + rows))
+    assert kind == "classification" and {e["label"] for e in ex} == {"pos", "neg", "neutral", "1", "2"}
+    ex, kind = read_examples(write(tmp_path / "b.csv", "text,label\na,1.5\nb,x\n"))  # too few to call it numeric
+    assert kind == "classification"

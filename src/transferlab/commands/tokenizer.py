@@ -55,15 +55,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..data.corpus import BUILTIN_PREFIX, resolve_inputs
     from ..outputs import Output
     from ..tokenizer import Tokenizer
     from ..utils import atomic_dir
 
+    # --input names corpora only: a missing path is an error here, never training text (the
+    # Python API also takes literal strings, and took `--input corpus_typo` for one)
+    resolve_inputs(args.input, args.format, flag="--input")
+    inputs = [s if s.startswith(BUILTIN_PREFIX) else Path(s) for s in args.input]
     t0 = time.perf_counter()
     # a model folder (or anything else) is refused: replacing its tokenizer would silently break it
     with Output(args.out, "tokenizer", force=args.force, inputs=args.input, inside_ok=False):
         tok = Tokenizer.train(
-            args.input, kind=args.kind, vocab_size=args.vocab_size, lowercase=args.lowercase,
+            inputs, kind=args.kind, vocab_size=args.vocab_size, lowercase=args.lowercase,
             min_frequency=args.min_frequency, n_sentinels=args.sentinels,
             show_progress=sys.stderr.isatty(),  # the Rust bars print blank lines when not on a terminal
             format=args.format, text_column=args.text_column, doc_sep=args.doc_sep,

@@ -22,6 +22,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -37,6 +38,9 @@ __all__ = [
     "infer_format",
     "FORMATS",
     "DOC_SEPS",
+    "names",
+    "quote",
+    "parse_json_line",
 ]
 
 FORMATS = ("text", "jsonl", "csv", "tsv")
@@ -95,12 +99,16 @@ def _check_options(format: str | None, doc_sep: str) -> None:
         raise DataError(f"unknown doc_sep {doc_sep!r}; expected one of: {', '.join(DOC_SEPS)}")
 
 
-def resolve_inputs(inputs: str | Path | Iterable[str | Path], format: str | None = None) -> list[Source]:
+def resolve_inputs(
+    inputs: str | Path | Iterable[str | Path], format: str | None = None, flag: str | None = None
+) -> list[Source]:
     """Expand inputs (files, folders, ``builtin:`` names) into a list of :class:`Source`.
 
     Args:
         inputs: one input or several.
         format: force this format for every file (folders then include files of any suffix).
+        flag: the command-line option the inputs came from (``"--input"``); errors then start
+            with it, so ``--input corpus_typo`` reads as a typo rather than as a corpus.
 
     Returns:
         Sources in a stable order, with sizes and modification times (used to decide whether a
@@ -124,9 +132,10 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path], format: str | None
         try:
             st = p.stat()
         except FileNotFoundError:
-            raise DataError(f"{p}: no such file or folder") from None
+            hint = " (inputs are files, folders or builtin:NAME)" if flag else ""
+            raise DataError(f"{flag + ' ' if flag else ''}{p}: no such file or folder{hint}") from None
         except OSError as e:
-            raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
+            raise DataError(f"{flag + ' ' if flag else ''}{p}: cannot read ({e.strerror or e})") from None
         if p.is_dir():
             files = []
             for f in sorted(p.rglob("*")):
@@ -175,8 +184,49 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
                 if lineno == 1 and line.startswith("\ufeff"):
                     line = line[1:]
                 yield lineno, line
-        except (OSError, EOFError) as e:  # e.g. a truncated .gz, a vanished file
+        except (OSError, EOFError, zlib.error) as e:  # e.g. a truncated or damaged .gz, a vanished file
             raise DataError(f"{path}:{lineno + 1}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+
+
+def quote(value: object, width: int = 60) -> str:
+    """``repr(value)`` for a message, cut to about ``width`` characters: a 100K-character field
+    quoted whole is one line, but not one anybody can read."""
+    r = repr(value)
+    if len(r) <= width:
+        return r
+    close = r[-1] if r[-1] in "'\"]})" else ""  # keep the closing quote or bracket
+    return f"{r[: width - 4]}...{close}"
+
+
+def names(items: Iterable[object], limit: int = 20, width: int = 40) -> str:
+    """Column, field or label names for a one-line message: comma-separated, a name with a line
+    break or another control character shown as its repr, long names and long lists cut."""
+    out = []
+    items = list(items)
+    for x in items[:limit]:
+        t = str(x)
+        t = t if t.isprintable() else repr(t)
+        out.append(t if len(t) <= width else t[: width - 3] + "...")
+    if len(items) > limit:
+        out.append(f"... {len(items) - limit} more")
+    return ", ".join(out) or "none"
+
+
+def parse_json_line(line: str, where: str) -> object:
+    """``json.loads(line)``, every failure a :class:`DataError` starting with ``where``.
+
+    Besides malformed JSON, the standard library raises a plain ``ValueError`` for an integer of
+    more than 4,300 digits and ``RecursionError`` for arrays nested some thousand levels deep;
+    both are malformed input here, not crashes.
+    """
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except ValueError as e:  # int_max_str_digits
+        raise DataError(f"{where}: invalid JSON ({str(e).split(':')[0].strip()})") from None
+    except RecursionError:
+        raise DataError(f"{where}: invalid JSON (nested too deeply)") from None
 
 
 def _read_text(path: str, doc_sep: str) -> Iterator[Document]:
@@ -209,14 +259,11 @@ def _read_jsonl(path: str, field: str) -> Iterator[Document]:
     for n, line in _lines(path):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        obj = parse_json_line(line, f"{path}:{n}")
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{n}: expected a JSON object with a {field!r} field, got {type(obj).__name__}")
         if field not in obj:
-            raise DataError(f"{path}:{n}: no field {field!r} (fields: {', '.join(map(str, obj)) or 'none'}); pass --text-column")
+            raise DataError(f"{path}:{n}: no field {field!r} (fields: {names(obj)}); pass --text-column")
         text = obj[field]
         if text is None:
             continue
@@ -236,7 +283,7 @@ def _read_csv(path: str, column: str, delimiter: str) -> Iterator[Document]:
             return
         if column not in header:
             raise DataError(
-                f"{path}:1: no column {column!r} in the header (columns: {', '.join(header)}); pass --text-column"
+                f"{path}:1: no column {column!r} in the header (columns: {names(header)}); pass --text-column"
             )
         idx = header.index(column)
         start = reader.line_num + 1

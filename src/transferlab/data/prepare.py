@@ -7,7 +7,9 @@ tokens with ``Encoding.char_to_token`` at the boundaries only) and pick each doc
 a keyed hash of its bytes, returning flat numpy arrays; the parent appends them to the split files
 in corpus order. At most ``2 * workers + 2`` batches are in flight, so memory stays bounded
 whatever the corpus size. Everything beyond ``encode_batch`` costs about 15% more CPU than the
-tokenizer call alone (see ``benchmarks/prepare_throughput.py``).
+tokenizer call alone (see ``benchmarks/prepare_throughput.py``). A document longer than
+``LONG_DOC_PIECES * PIECE_CHARS`` characters goes to a worker alone and is tokenized there in
+pieces cut where no token changes (``_encode_long``), so one huge line needs bounded memory too.
 
 Output folder (written as a hidden temp folder, renamed into place when complete, so an
 interrupted run never leaves a folder that looks complete)::
@@ -35,6 +37,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import threading
@@ -82,7 +85,7 @@ def _stop_pool(pool: Any, timeout: float = 10.0) -> None:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer_json: str, dtype: str, seed: int, val_fraction: float) -> None:
+def _init_worker(tokenizer_json: str, dtype: str, seed: int, val_fraction: float, piece_chars: int = 0) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from tokenizers import Tokenizer as Backend
@@ -102,20 +105,26 @@ def _init_worker(tokenizer_json: str, dtype: str, seed: int, val_fraction: float
     # thread allocates from another arena.
     pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
     backend = pool.submit(Backend.from_str, tokenizer_json).result()  # the vocabulary in that arena too
-    _WORKER.update(pool=pool, backend=backend, dtype=np.dtype(dtype), seed=seed, val_fraction=val_fraction)
+    _WORKER.update(pool=pool, backend=backend, dtype=np.dtype(dtype), seed=seed, val_fraction=val_fraction,
+                   piece_chars=piece_chars or PIECE_CHARS)
 
 
 def _worker_encode(batch: tuple[list[str], list[str | None]]) -> tuple:
     w = _WORKER
     return w["pool"].submit(
-        _encode_docs, w["backend"], batch[0], batch[1], w["dtype"], w["seed"], w["val_fraction"]
+        _encode_docs, w["backend"], batch[0], batch[1], w["dtype"], w["seed"], w["val_fraction"], w["piece_chars"]
     ).result()
 
 
 def _encode_docs(
-    backend: Any, texts: list[str], hints: list[str | None], dtype: np.dtype, seed: int, val_fraction: float
+    backend: Any, texts: list[str], hints: list[str | None], dtype: np.dtype, seed: int, val_fraction: float,
+    piece_chars: int = 0,
 ) -> tuple:
     """Tokenize a batch of documents.
+
+    A batch that is one document longer than ``LONG_DOC_PIECES * piece_chars`` characters (the
+    parent sends those alone, see ``_batches``) goes to :func:`_encode_long` instead, which
+    tokenizes it in pieces so memory stays bounded.
 
     Everything after the one ``encode_batch`` call is the overhead of ``prepare`` over the bare
     tokenizer, so it is vectorised over the batch; the per-document Python work left is what the
@@ -129,6 +138,9 @@ def _encode_docs(
         (0 train, 1 validation, 2 test), the UTF-8 size of each kept document, the UTF-8 size of
         the whole batch and the number of documents dropped because they had no tokens.
     """
+    piece_chars = piece_chars or PIECE_CHARS
+    if len(texts) == 1 and len(texts[0]) > LONG_DOC_PIECES * piece_chars:
+        return _encode_long(backend, texts[0], hints[0], dtype, seed, val_fraction, piece_chars)
     encs = backend.encode_batch(texts, add_special_tokens=False)
     n_docs = len(texts)
     lens = np.fromiter(map(len, encs), np.int64, n_docs)  # (n_docs,) tokens per document
@@ -178,6 +190,127 @@ def _split_codes(raws: list[bytes], hints: list[str | None], seed: int, val_frac
             if hint is not None:
                 codes[i] = _SPLIT_CODE[hint]
     return codes
+
+
+# ---------------------------------------------------------------------------------- long documents
+#: A document is tokenized in pieces of about this many characters when it is longer than
+#: ``LONG_DOC_PIECES`` pieces. The tokenizer's ``Encoding`` costs ~150-200 bytes per input
+#: character (ids, offsets, token strings, masks), and ``char_to_token`` scans it linearly, so one
+#: 50 MB line tokenized whole took 7.6 GB (process tree) and was still mapping sentence starts
+#: after 8 minutes; in 64K pieces a worker holds a few pieces' Encodings at a time (~50 MB)
+#: whatever the document's length (benchmarks/prepare_memory.py).
+PIECE_CHARS = 1 << 16
+LONG_DOC_PIECES = 4
+_GROUP_PIECES = 4  # pieces per encode_batch call: amortises the call, bounds the Encodings alive
+_CHECK_CHARS = 200  # characters each side of a cut that the cut check re-tokenizes
+_CUT_TRIES = 8  # candidate cuts tried per piece before the piece is extended
+#: characters at the end of a piece searched for a cut: pre-tokenizing is half as costly as
+#: tokenizing, so searching half a piece cost ~25% more CPU; a cut is nearly always near the end
+_SEARCH_CHARS = 2048
+
+
+def _cut_candidates(backend: Any, text: str, lo: int, hi: int) -> list[int]:
+    """Positions in ``(lo, hi)`` where the tokenizer's pre-tokenizer starts a new piece, last
+    first (whitespace runs when there is no pre-tokenizer). The model (WordPiece, BPE, Unigram)
+    works within pre-tokens, so a cut there can only change what the normaliser or the
+    pre-tokenizer sees near it, which :func:`_cut_is_clean` checks."""
+    window = text[lo:hi]
+    pre = getattr(backend, "pre_tokenizer", None)
+    if pre is not None:
+        starts = [s for _, (s, _e) in pre.pre_tokenize_str(window)]
+    else:
+        starts = [m.start() for m in re.finditer(r"(?<=\S)\s", window)]
+    return [lo + s for s in reversed(starts) if s > 0]
+
+
+def _cut_is_clean(backend: Any, text: str, i: int) -> bool:
+    """True when tokenizing ``text`` cut at ``i`` gives the same ids around the cut as uncut: the
+    ``2 * _CHECK_CHARS`` characters around ``i`` whole equal its two halves apart."""
+    a, b = max(0, i - _CHECK_CHARS), min(len(text), i + _CHECK_CHARS)
+    whole, left, right = backend.encode_batch([text[a:b], text[a:i], text[i:b]], add_special_tokens=False)
+    return whole.ids == left.ids + right.ids
+
+
+def _pieces(backend: Any, text: str, piece_chars: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` character spans covering ``text``, each about ``piece_chars`` long, cut
+    only where :func:`_cut_is_clean` holds (so the pieces' tokens, concatenated, are the
+    document's). The cut is searched in the last ``_SEARCH_CHARS`` (at most half) of each piece,
+    last candidates first; a text without a clean cut there (no whitespace, say) grows the piece
+    by half a piece and looks again, so a document with no clean cut at all is tokenized whole,
+    as before."""
+    n, start = len(text), 0
+    hi = start + piece_chars
+    search = min(piece_chars // 2, _SEARCH_CHARS)
+    while n - start > piece_chars + piece_chars // 2:
+        lo = max(start + 1, hi - search)
+        cut = next((i for i in _cut_candidates(backend, text, lo, hi)[:_CUT_TRIES]
+                    if _cut_is_clean(backend, text, i)), None)
+        if cut is None:
+            hi += piece_chars // 2
+            if hi >= n:
+                break
+            continue
+        yield start, cut
+        start, hi = cut, cut + piece_chars
+    yield start, n
+
+
+def _char_to_token(enc: Any, chars: np.ndarray) -> np.ndarray:
+    """``enc.char_to_token(c)`` for each ``c`` (``-1`` where it is None), vectorised.
+
+    ``char_to_token`` returns the first token whose offsets hold the character, scanning the
+    tokens, so on a long piece a per-boundary call is quadratic. With token starts and ends both
+    non-decreasing (every tokenizer here) the first token ending after ``c`` is the only
+    candidate; otherwise each character is asked the slow way."""
+    if not len(chars):
+        return np.zeros(0, np.int64)
+    offs = np.array(enc.offsets, np.int64).reshape(-1, 2)  # (n_tokens, 2)
+    if not len(offs):
+        return np.full(len(chars), -1, np.int64)
+    starts, ends = offs[:, 0], offs[:, 1]
+    if (np.diff(starts) < 0).any() or (np.diff(ends) < 0).any():
+        found = [enc.char_to_token(c) for c in chars.tolist()]
+        return np.array([-1 if t is None else t for t in found], np.int64)
+    j = np.searchsorted(ends, chars, side="right")  # (k,) first token with end > c
+    jj = np.minimum(j, len(offs) - 1)
+    return np.where((j < len(offs)) & (starts[jj] <= chars), j, -1)
+
+
+def _encode_long(
+    backend: Any, text: str, hint: str | None, dtype: np.dtype, seed: int, val_fraction: float, piece_chars: int
+) -> tuple:
+    """:func:`_encode_docs` of one long document, tokenized in pieces (see :func:`_pieces`).
+
+    Sentence starts come from one regex pass over the whole text (its result is small) and are
+    mapped to tokens piece by piece; the rule that keeps a start only when its token lies after
+    the last kept one is applied over the whole document, as for a short one."""
+    chars = sentence_starts_batch([text])[1]  # (k,) character offsets of sentence starts
+    ids_parts: list[np.ndarray] = []
+    toks = np.full(len(chars), -1, np.int64)  # (k,) document-level token of each start, -1: none
+    n_tokens = 0
+    spans = list(_pieces(backend, text, piece_chars))
+    for g in range(0, len(spans), _GROUP_PIECES):
+        group = spans[g : g + _GROUP_PIECES]
+        encs = backend.encode_batch([text[a:b] for a, b in group], add_special_tokens=False)
+        for (a, b), enc in zip(group, encs):
+            lo, hi = np.searchsorted(chars, [a, b])
+            local = _char_to_token(enc, chars[lo:hi] - a)
+            toks[lo:hi] = np.where(local >= 0, local + n_tokens, -1)
+            ids_parts.append(np.array(enc.ids, dtype))
+            n_tokens += len(enc.ids)
+        del encs
+    ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype)
+    pos = np.maximum(toks, 0)
+    before = np.maximum.accumulate(np.concatenate(([0], pos[:-1]))) if len(pos) else pos
+    kept = toks[pos > before]  # tok > 0 and after every earlier start
+    raw = text.encode("utf-8")
+    codes = _split_codes([raw], [hint], seed, val_fraction)
+    if n_tokens == 0:
+        z = np.zeros(0, np.int64)
+        return ids, z, z, z, codes[:0], z, len(raw), 1
+    sent_rel = np.concatenate(([0], kept)).astype(np.int64)
+    one = np.ones(1, np.int64)
+    return ids, one * n_tokens, sent_rel, one * len(sent_rel), codes, one * len(raw), len(raw), 0
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -252,9 +385,12 @@ class _SplitWriter:
 
 
 def _batches(
-    docs: Iterable[Document], batch_chars: int, total_bytes: int = 0, max_docs: int = 8192
+    docs: Iterable[Document], batch_chars: int, total_bytes: int = 0, max_docs: int = 8192, long_chars: int = 0,
 ) -> Iterator[tuple[list[str], list[str | None]]]:
     """Group documents into batches of about ``batch_chars`` characters.
+
+    A document longer than ``long_chars`` (when > 0) travels in a batch of its own, which the
+    worker tokenizes in pieces (``_encode_long``).
 
     Within the last ``4 * batch_chars`` bytes of ``total_bytes`` (the inputs' sizes: exact for
     text files, an overestimate for CSV/JSONL, where this then never triggers) the batches shrink
@@ -266,11 +402,15 @@ def _batches(
     size = seen = 0
     limit = batch_chars
     for d in docs:
+        long = 0 < long_chars < len(d.text)
+        if long and texts:
+            yield texts, hints
+            texts, hints, size = [], [], 0
         texts.append(d.text)
         hints.append(d.split)
         size += len(d.text)
         seen += len(d.text) if d.text.isascii() else len(d.text.encode("utf-8"))  # isascii() is O(1)
-        if size >= limit or len(texts) >= max_docs:
+        if long or size >= limit or len(texts) >= max_docs:
             yield texts, hints
             texts, hints, size = [], [], 0
             if total_bytes - seen < 4 * batch_chars:
@@ -335,6 +475,7 @@ def _summary(meta: dict[str, Any], out: Path, skipped: bool) -> dict[str, Any]:
 def _tokenize_into(
     writers: dict[str, _SplitWriter], batches: Iterator[tuple[list[str], list[str | None]]], tok: Any,
     workers: int, dtype: np.dtype, seed: int, val_fraction: float, total_size: int, progress: bool,
+    piece_chars: int = 0,
 ) -> int:
     """Tokenize every batch (in ``workers`` processes, or here when 0) and write the results in
     corpus order. Returns the number of documents dropped for having no tokens."""
@@ -356,13 +497,13 @@ def _tokenize_into(
     try:
         if workers == 0:
             for texts, hints in batches:
-                consume(_encode_docs(tok.backend, texts, hints, dtype, seed, val_fraction))
+                consume(_encode_docs(tok.backend, texts, hints, dtype, seed, val_fraction, piece_chars))
             return dropped
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         # children must not inherit a used Rust thread pool (tokenizers would warn and disable it);
         # each worker is single-threaded by design: the processes are the parallelism
         with _env("TOKENIZERS_PARALLELISM", "false"):
-            pool = ctx.Pool(workers, _init_worker, (tok.backend.to_str(), dtype.str, seed, val_fraction))
+            pool = ctx.Pool(workers, _init_worker, (tok.backend.to_str(), dtype.str, seed, val_fraction, piece_chars))
         try:
             pending: deque = deque()  # results in submission order = corpus order
             for batch in batches:
@@ -396,6 +537,7 @@ def prepare_corpus(
     force: bool = False,
     batch_chars: int = 1 << 20,
     progress: bool = True,
+    piece_chars: int = PIECE_CHARS,
 ) -> dict[str, Any]:
     """Tokenize a corpus once into memory-mapped shards (see the module docstring).
 
@@ -413,6 +555,10 @@ def prepare_corpus(
         batch_chars: characters per batch sent to a worker (each batch costs the parent a few
             ms; the last few batches are 8x smaller, see ``_batches``).
         progress: show a tqdm bar (on stderr).
+        piece_chars: a document longer than ``LONG_DOC_PIECES * piece_chars`` characters is
+            tokenized in pieces of about this many characters, cut where the cut provably
+            changes no token (see ``_pieces``), so one huge document needs bounded memory; the
+            output is the same as tokenizing it whole.
 
     Returns:
         A summary: ``tokens``, ``documents``, ``sentences``, ``bytes`` (UTF-8 text), ``splits``
@@ -430,6 +576,8 @@ def prepare_corpus(
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if workers < 0:
         raise DataError(f"workers must be >= 0, got {workers}")
+    if piece_chars < 16 or batch_chars < 1:
+        raise DataError(f"piece_chars must be >= 16 and batch_chars >= 1, got {piece_chars} and {batch_chars}")
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_pretrained(tokenizer)
     out = Path(out_dir)
     sources = resolve_inputs(inputs, format)
@@ -463,8 +611,10 @@ def prepare_corpus(
         writers = {s: _SplitWriter(tmp, s, dtype) for s in SPLITS}
         try:
             total = sum(s.size for s in sources)
-            batches = _batches(iter_documents(sources, text_column=text_column, doc_sep=doc_sep), batch_chars, total)
-            dropped = _tokenize_into(writers, batches, tok, workers, dtype, seed, val_fraction, total, progress)
+            docs = iter_documents(sources, text_column=text_column, doc_sep=doc_sep)
+            batches = _batches(docs, batch_chars, total, long_chars=LONG_DOC_PIECES * piece_chars)
+            dropped = _tokenize_into(writers, batches, tok, workers, dtype, seed, val_fraction, total, progress,
+                                     piece_chars)
             train, val = writers["train"], writers["validation"]
             if val_fraction > 0 and val.n_docs == 0 and train.n_docs >= 2 and train._last is not None:
                 ids, sents, nb = train.pop_last()

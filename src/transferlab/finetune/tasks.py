@@ -52,10 +52,12 @@ import json
 import math
 import re
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ..data.corpus import names, parse_json_line, quote
 from ..errors import ConfigError, DataError
 
 __all__ = [
@@ -319,14 +321,18 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     with f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{n}: invalid UTF-8 at column {e.start + 1}; re-encode the file as UTF-8") from None
-            if n == 1:
-                line = line.lstrip("\ufeff")
-            yield n, line
+        n = 0
+        try:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{n}: invalid UTF-8 at column {e.start + 1}; re-encode the file as UTF-8") from None
+                if n == 1:
+                    line = line.lstrip("\ufeff")
+                yield n, line
+        except (OSError, EOFError, zlib.error) as e:  # a damaged or truncated .gz, a vanished file
+            raise DataError(f"{path}:{n + 1}: cannot read ({getattr(e, 'strerror', None) or e})") from None
 
 
 def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -335,10 +341,7 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
         for n, line in _lines(path):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+            obj = parse_json_line(line, f"{path}:{n}")
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}")
             yield n, obj
@@ -386,10 +389,10 @@ def _read_conll(path: Path, labelled: bool = True) -> list[dict[str, Any]]:
         if not labelled and len(parts) == 1 and parts[0].strip():
             parts = [parts[0], "O"]  # prediction input: tokens only
         if len(parts) < 2 or not parts[0].strip() or not parts[-1].strip():
-            raise DataError(f"{path}:{n}: expected 'token<TAB>tag', got {s!r}")
+            raise DataError(f"{path}:{n}: expected 'token<TAB>tag', got {quote(s)}")
         tag = parts[-1].strip()
         if not _BIO.match(tag):
-            raise DataError(f"{path}:{n}: tag {tag!r} is not a BIO tag (expected O, B-TYPE or I-TYPE)")
+            raise DataError(f"{path}:{n}: tag {quote(tag)} is not a BIO tag (expected O, B-TYPE or I-TYPE)")
         if not tokens:
             first = n
         tokens.append(parts[0].strip())
@@ -427,11 +430,49 @@ def infer_task_type(fields: Sequence[str], columns: Columns, label_values: Seque
             return "regression"
         return "pair-classification" if columns.pair else "classification"
     if (columns.text or "text") in f:
-        raise DataError(f"no label column {label!r} (columns: {', '.join(fields)}); pass --label-column")
+        raise DataError(f"no label column {quote(label)} (columns: {names(fields)}); pass --label-column")
     raise DataError(
-        f"cannot tell the task type from the fields ({', '.join(sorted(f)) or 'none'}): expected a "
-        f"{label!r} column, tokens+tags, context+question+answer or source+target; pass --task-type "
+        f"cannot tell the task type from the fields ({names(sorted(f))}): expected a "
+        f"{quote(label)} column, tokens+tags, context+question+answer or source+target; pass --task-type "
         "and the column flags"
+    )
+
+
+def _number(v: Any) -> float | None:
+    """``v`` as a finite number (a JSON number or a numeric string), else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return None
+    try:
+        x = float(v)
+    except (ValueError, OverflowError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+#: a label column where at least this fraction of values are numbers is numeric: its other
+#: values are mistakes, not extra classes (a regression column with one "n/a" used to become a
+#: classification task with that string as one more class, silently)
+_NUMERIC_SHARE = 0.9
+
+
+def _refuse_stray_non_numbers(path: Path, given: Sequence[tuple[int, Any]], label: str) -> None:
+    """Raise when a label column inferred as classes is mostly numbers with a few non-numbers.
+
+    Raises:
+        DataError: ``path:line: label 'n/a' in column 'label' is not a number, but 97 of the
+            98 labels are ...``, naming the first stray value.
+    """
+    if len(given) < 3:
+        return
+    stray = [(n, v) for n, v in given if _number(v) is None]
+    if not stray or len(given) - len(stray) < _NUMERIC_SHARE * len(given):
+        return
+    n, v = stray[0]
+    more = f" ({len(stray) - 1} more after it)" if len(stray) > 1 else ""
+    raise DataError(
+        f"{path}:{n}: label {quote(v)} in column {quote(label)} is not a number, but {len(given) - len(stray)} of the "
+        f"{len(given)} labels are{more}; fix the value, or pass the task type (--task-type regression, or "
+        "--task-type classification to treat every label as a class name)"
     )
 
 
@@ -442,7 +483,7 @@ def _is_regression(values: Sequence[Any]) -> bool:
         return any(isinstance(v, float) for v in values)
     try:
         nums = [float(v) for v in values]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
     return any(not math.isfinite(x) or x != int(x) for x in nums)
 
@@ -470,7 +511,7 @@ def read_examples(path: str | Path, task_type: str | None = None, columns: Colum
         raise DataError(f"{p}: no such file")
     columns = columns or Columns()
     if task_type is not None and task_type not in TASK_TYPES:
-        raise ConfigError(f"unknown task type {task_type!r}; expected one of: {', '.join(TASK_TYPES)}")
+        raise ConfigError(f"unknown task type {quote(task_type)}; expected one of: {', '.join(TASK_TYPES)}")
     fmt = _format_of(p)
     if fmt == "conll":
         if task_type not in (None, "tagging"):
@@ -484,11 +525,14 @@ def read_examples(path: str | Path, task_type: str | None = None, columns: Colum
     if task_type is None:
         first_fields = list(rows[0][1])
         label = columns.label or "label"
-        values = [r.get(label) for _, r in rows[:2000] if r.get(label) not in (None, "")]
+        given = [(n, r.get(label)) for n, r in rows if r.get(label) not in (None, "")]
+        values = [v for _, v in given]
         try:
             task_type = infer_task_type(first_fields, columns, values)
         except DataError as e:
             raise DataError(f"{p}:{rows[0][0]}: {e}") from None
+        if task_type in LABELLED:
+            _refuse_stray_non_numbers(p, given, label)
     cols = columns.resolve(task_type)
     conv = _CONVERTERS[task_type]
     if not labelled and cols["label"] not in rows[0][1]:
@@ -499,7 +543,7 @@ def read_examples(path: str | Path, task_type: str | None = None, columns: Colum
 def _field(row: dict[str, Any], name: str, where: str, what: str) -> Any:
     if name not in row:
         raise DataError(
-            f"{where}: no {what} column {name!r} (columns: {', '.join(map(str, row)) or 'none'}); "
+            f"{where}: no {what} column {quote(name)} (columns: {names(row)}); "
             f"pass --{'label' if what in ('label', 'target', 'answer', 'tags') else 'text' if what in ('text', 'source', 'context', 'tokens') else 'pair'}-column"
         )
     return row[name]
@@ -508,9 +552,9 @@ def _field(row: dict[str, Any], name: str, where: str, what: str) -> Any:
 def _text(row: dict[str, Any], name: str, where: str, what: str) -> str:
     v = _field(row, name, where, what)
     if v is None or (isinstance(v, str) and not v.strip()):
-        raise DataError(f"{where}: empty {what} in column {name!r}")
+        raise DataError(f"{where}: empty {what} in column {quote(name)}")
     if not isinstance(v, str):
-        raise DataError(f"{where}: {what} in column {name!r} must be a string, got {type(v).__name__}")
+        raise DataError(f"{where}: {what} in column {quote(name)} must be a string, got {type(v).__name__}")
     return v
 
 
@@ -523,9 +567,9 @@ def _conv_classification(row: dict[str, Any], cols: dict[str, str | None], where
         return ex
     lab = _field(row, cols["label"], where, "label")
     if lab is None or (isinstance(lab, str) and not lab.strip()):
-        raise DataError(f"{where}: empty label in column {cols['label']!r}")
+        raise DataError(f"{where}: empty label in column {quote(cols['label'])}")
     if isinstance(lab, (dict, list)):
-        raise DataError(f"{where}: label in column {cols['label']!r} must be a string or number, got {type(lab).__name__}")
+        raise DataError(f"{where}: label in column {quote(cols['label'])} must be a string or number, got {type(lab).__name__}")
     ex["label"] = _label_str(lab)
     return ex
 
@@ -550,8 +594,8 @@ def _conv_regression(row: dict[str, Any], cols: dict[str, str | None], where: st
         y = float(lab)
         if isinstance(lab, bool) or not math.isfinite(y):
             raise ValueError
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: regression label {lab!r} in column {cols['label']!r} is not a finite number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{where}: regression label {quote(lab)} in column {quote(cols['label'])} is not a finite number") from None
     ex["label"] = y
     return ex
 
@@ -570,14 +614,14 @@ def _conv_tagging(row: dict[str, Any], cols: dict[str, str | None], where: str) 
     if not isinstance(toks, list) or not isinstance(tags, list) or not all(isinstance(t, str) for t in toks + tags):
         raise DataError(f"{where}: tokens and tags must be lists of strings (or space-separated strings)")
     if not toks:
-        raise DataError(f"{where}: empty token list in column {cols['text']!r}")
+        raise DataError(f"{where}: empty token list in column {quote(cols['text'])}")
     if len(toks) != len(tags):
         raise DataError(f"{where}: {len(toks)} tokens but {len(tags)} tags")
     if any(not t.strip() for t in toks):
-        raise DataError(f"{where}: an empty token in column {cols['text']!r}")
+        raise DataError(f"{where}: an empty token in column {quote(cols['text'])}")
     for t in tags:
         if not _BIO.match(t):
-            raise DataError(f"{where}: tag {t!r} is not a BIO tag (expected O, B-TYPE or I-TYPE)")
+            raise DataError(f"{where}: tag {quote(t)} is not a BIO tag (expected O, B-TYPE or I-TYPE)")
     return {"tokens": toks, "tags": tags, "_where": where}
 
 
@@ -592,8 +636,12 @@ def _conv_qa(row: dict[str, Any], cols: dict[str, str | None], where: str) -> di
     raw = _field(row, name, where, "answer")
     starts: list[Any]
     if isinstance(raw, dict):  # SQuAD / HF datasets: {"text": [...], "answer_start": [...]}
-        texts, starts = list(raw.get("text", [])), list(raw.get("answer_start", []))
+        t, s0 = raw.get("text", []), raw.get("answer_start", [])
+        texts = t if isinstance(t, list) else [t]
+        starts = s0 if isinstance(s0, list) else [s0]
     elif isinstance(raw, list) and raw and isinstance(raw[0], dict):  # [{"text", "answer_start"}]
+        if not all(isinstance(a, dict) for a in raw):
+            raise DataError(f"{where}: answers in column {quote(name)} must all be objects with 'text' and 'answer_start'")
         texts = [a.get("text") for a in raw]
         starts = [a.get("answer_start") for a in raw]
     else:
@@ -605,16 +653,16 @@ def _conv_qa(row: dict[str, Any], cols: dict[str, str | None], where: str) -> di
     answers, offsets = [], []
     for text, start in zip(texts, starts):
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{where}: empty answer in column {name!r}")
+            raise DataError(f"{where}: empty answer in column {quote(name)}")
         if start is None:
             start = context.find(text)  # no offset given: the first occurrence
             if start < 0:
-                raise DataError(f"{where}: answer {text!r} does not occur in the context")
+                raise DataError(f"{where}: answer {quote(text)} does not occur in the context")
         if not isinstance(start, int) or isinstance(start, bool):
-            raise DataError(f"{where}: answer_start must be an integer character offset, got {start!r}")
+            raise DataError(f"{where}: answer_start must be an integer character offset, got {quote(start)}")
         if context[start : start + len(text)] != text:
             found = context[start : start + len(text)]
-            raise DataError(f"{where}: answer {text!r} is not at answer_start {start} of the context (found {found!r})")
+            raise DataError(f"{where}: answer {quote(text)} is not at answer_start {start} of the context (found {quote(found)})")
         answers.append(text)
         offsets.append(start)
     ex = {"context": context, "question": question, "answers": answers, "answer_starts": offsets, "_where": where}
@@ -714,16 +762,16 @@ def check_labels(examples: Sequence[dict[str, Any]], task_type: str, labels: Seq
         for k, e in enumerate(examples):
             if e["label"] not in known:
                 raise DataError(
-                    f"{e.get('_where', f'example {k}')}: label {e['label']!r} never appears in the training data "
-                    f"({train_name}); known labels: {', '.join(sorted(known))}"
+                    f"{e.get('_where', f'example {k}')}: label {quote(e['label'])} never appears in the training data "
+                    f"({train_name}); known labels: {names(sorted(known))}"
                 )
     elif task_type == "tagging":
         for k, e in enumerate(examples):
             for t in e["tags"]:
                 if t not in known:
                     raise DataError(
-                        f"{e.get('_where', f'sentence {k}')}: tag {t!r} never appears in the training data "
-                        f"({train_name}); known tags: {', '.join(sorted(known))}"
+                        f"{e.get('_where', f'sentence {k}')}: tag {quote(t)} never appears in the training data "
+                        f"({train_name}); known tags: {names(sorted(known))}"
                     )
 
 
