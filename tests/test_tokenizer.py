@@ -466,3 +466,12 @@ def test_t5_roberta_and_bart_classes_where_they_fit(trained, tmp_path, style, mo
     assert hf.eos_token_id == tok.eos_token_id and hf.pad_token_id == tok.pad_token_id
     if style == "t5":
         assert hf.convert_tokens_to_ids(tok.sentinel_tokens) == tok.sentinel_token_ids
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"transferlab_version": "0", "max_positions": "many"}'])
+def test_save_beside_an_unreadable_config_falls_back_to_the_tokenizer(trained, tmp_path, content):
+    (tmp_path / "config.json").write_text(content)
+    tok = Tokenizer.train(CORPUS, kind="wordpiece", vocab_size=300, model_max_length=77)
+    tok.save(tmp_path)
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert cfg["model_max_length"] == 77 and cfg["tokenizer_class"] == "BertTokenizerFast"
