@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT/results.jsonl, OUT/report.md and the self-contained OUT/report.html. Studies and their budgets are "
         "in docs/studies.md.",
         epilog="examples:\n  transferlab study --list\n  transferlab study nsp --quick --out runs/study-nsp-quick\n"
-        "  transferlab study objectives --budget-minutes 4 --seeds 1 --out runs/study-objectives",
+        "  transferlab study objectives --out runs/study-objectives   # ~1 hour on 2 cores",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="the study (see --list)")
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="results folder (a rerun resumes it)")
     p.add_argument("--budget-minutes", type=float, metavar="M",
                    help="pre-training minutes per row and seed (default: the study's; --quick: a few steps)")
-    p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (default 3; --quick: 1)")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (default: the study's, see --list; --quick: 1)")
     p.add_argument("--tasks", nargs="+", metavar="TASK", help="task columns instead of the study's")
     p.add_argument("--quick", action="store_true", help="tiny models, few steps, tiny data (minutes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -36,7 +36,8 @@ def _study(args: argparse.Namespace) -> int:
 
     if args.list:
         for s in STUDIES.values():
-            print(f"{s.name:<14} {s.title} ({s.paper}); {len(s.rows)} rows, tasks {', '.join(s.tasks)}")
+            print(f"{s.name:<14} {s.title} ({s.paper}); {len(s.rows)} rows, tasks {', '.join(s.tasks)}; "
+                  f"{s.budget_minutes:g} min pre-training per row and seed, {s.seeds} seed(s)")
         return 0
     if not args.name:
         raise ConfigError("study: name a study (see `transferlab study --list`)")

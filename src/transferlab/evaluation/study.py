@@ -97,6 +97,7 @@ class Study:
     vanilla: str | None = None  #: the row every other row is compared against (helps beyond noise)
     quick_rows: list[Row] | None = None  #: smaller rows for --quick (bert-size shrinks its grid)
     budget_minutes: float = 4.0  #: minutes of pre-training per row and seed at full scale
+    seeds: int = 3  #: seeds at full scale (a 13-row table with 3 seeds does not fit an hour on 2 cores)
     notes: str = ""
 
     def rows_for(self, quick: bool) -> list[Row]:
@@ -118,7 +119,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
           [_bert(2, 128, 2), _bert(4, 128, 2), _bert(2, 256, 4), _bert(4, 256, 4), _bert(6, 256, 4),
            _bert(4, 512, 8)],
           ["rotten-tomatoes", "bbc-topic", "twitter-ner"],
-          quick_rows=[_bert(1, 32, 2), _bert(2, 32, 2), _bert(1, 64, 4)], budget_minutes=8.0,
+          quick_rows=[_bert(1, 32, 2), _bert(2, 32, 2), _bert(1, 64, 4)], budget_minutes=6.0, seeds=1,
           notes="BERT's columns are LM ppl (held-out MLM perplexity) and three GLUE dev sets; here the "
                 "MLM validation perplexity of the shared corpus and three built-in dev sets."),
     Study("objectives", "Comparison of pre-training objectives", "Lewis et al. (2020, BART), Table 1",
@@ -135,14 +136,14 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
            Row("BART w/ Text Infilling + Sentence Shuffling", _S2S, "denoise", {"noise": ["infill", "permute"]}),
            Row("ELECTRA (replaced token detection)", _ENC, "electra"),
            Row("T5 span corruption", "t5-mini", "span-corruption", tokenizer="unigram")],
-          [_CLS, _TAG, _GEN], budget_minutes=4.0,
+          [_CLS, _TAG, _GEN], budget_minutes=2.0, seeds=1,
           notes="Each objective on the family it needs (encoder, decoder or encoder-decoder of the same width "
                 "and depth); an encoder cannot generate, so its headline cell is n/a. LM ppl is each "
                 "objective's own validation perplexity (of its own targets), so it compares rows of one "
                 "objective, not objectives; BART's PPL column is measured after fine-tuning on ELI5."),
     Study("nsp", "Effect of the next-sentence-prediction task", "Devlin et al. (2019), Table 5",
           [Row("No NSP (MLM)", **_MLM), Row("BERT (MLM + NSP)", _ENC, "nsp")],
-          [PAIR_TASK, _CLS], budget_minutes=8.0,
+          [PAIR_TASK, _CLS], budget_minutes=5.0,
           notes=f"{PAIR_TASK}: does sentence B follow sentence A in the same BBC article (a pair task built "
                 "from bbc-topic's splits); rotten-tomatoes is the single-sentence task."),
     Study("modifications", "Do transformer modifications transfer?", "Narang et al. (2021), Table 1",
@@ -190,7 +191,7 @@ class Setting:
     pretrain_steps: int = 0
     base_model: dict[str, Any] = field(default_factory=dict)  #: model.* overrides before each row's own
     finetune: dict[str, Any] = field(default_factory=dict)
-    train_size: int = 2000  #: labelled examples per task (table layout)
+    train_size: int = 1000  #: labelled examples per task (table layout)
     train_sizes: list[int] = field(default_factory=list)  #: curve layout
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     tasks: list[str] = field(default_factory=list)
@@ -239,8 +240,9 @@ def make_setting(study: Study, quick: bool = False, budget_minutes: float | None
                     cost={"track_energy": False, "peak_flops": 1e10})
     else:
         s = Setting(pretrain_minutes=study.budget_minutes, train_sizes=list(study.train_sizes or []),
-                    finetune={"epochs": 3.0, "batch_size": 16, "lr": 1e-4, "max_length": 128, "max_target_length": 32,
-                              "validation_size": 500, "test_size": 500})
+                    train_size=1000, seeds=list(range(study.seeds)),
+                    finetune={"epochs": 2.0, "batch_size": 16, "lr": 1e-4, "max_length": 96, "max_target_length": 24,
+                              "validation_size": 300, "test_size": 300})
     if budget_minutes is not None:
         s.pretrain_minutes, s.pretrain_steps = float(budget_minutes), 0
     if seeds is not None:
