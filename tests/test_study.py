@@ -59,12 +59,12 @@ class Fakes:
         return {"task_type": tt, "validation": m, "test": m, "train_seconds": 1.5, "n_train": 64, "cost": dict(COST)}
 
 
-def _run(study_name: str, out: Path, fakes: Fakes | None = None, seeds: int = 2, **kw):
+def _run(study_name: str, out: Path, fakes: Fakes | None = None, seeds: int = 2, report: bool = True, **kw):
     study = get_study(study_name)
     fakes = fakes or Fakes(study)
     setting = make_setting(study, quick=True, seeds=seeds, **kw)
     res = run_study(study, setting, out, progress=False, command=f"transferlab study {study_name} --quick",
-                    runner=fakes.finetune, pretrainer=fakes.pretrain)
+                    runner=fakes.finetune, pretrainer=fakes.pretrain, report=report)
     return res, fakes
 
 
@@ -114,8 +114,8 @@ def test_task_that_does_not_fit_a_family_is_refused(capsys, tmp_path):
 
 def test_folder_of_another_study_or_a_comparison_is_refused(tmp_path):
     out = tmp_path / "o"
-    _run("modifications", out, seeds=1, tasks=["rotten-tomatoes"])
-    with pytest.raises(TransferlabError, match="holds the results of study 'modifications', not 'bert-size'"):
+    _run("nsp", out, seeds=1, tasks=["rotten-tomatoes"], report=False)
+    with pytest.raises(TransferlabError, match="holds the results of study 'nsp', not 'bert-size'"):
         _run("bert-size", out, seeds=1, tasks=["rotten-tomatoes"])
     cmp_dir = tmp_path / "cmp"
     cmp_dir.mkdir()
@@ -130,10 +130,10 @@ def test_killed_study_resumes_and_never_reruns_a_finished_cell(tmp_path):
     study = get_study("bert-size")
     first = Fakes(study, fail_at=4)
     with pytest.raises(KeyboardInterrupt):
-        _run("bert-size", out, first, seeds=2, tasks=["rotten-tomatoes", "twitter-ner"])
+        _run("bert-size", out, first, seeds=2, tasks=["rotten-tomatoes", "twitter-ner"], report=False)
     assert len(first.finetuned) == 4
     second = Fakes(study)
-    res, _ = _run("bert-size", out, second, seeds=2, tasks=["rotten-tomatoes", "twitter-ner"])
+    res, _ = _run("bert-size", out, second, seeds=2, tasks=["rotten-tomatoes", "twitter-ner"], report=False)
     n_cells = len(study.rows_for(True)) * 2 * 2
     assert res.n_cells == n_cells and res.n_skipped == 4 and res.n_run == n_cells - 4
     assert not set(first.finetuned) & set(second.finetuned)  # nothing finished ran twice
@@ -144,7 +144,7 @@ def test_killed_study_resumes_and_never_reruns_a_finished_cell(tmp_path):
     keys = [(r["method"], r["task"], r["train_size"], r["seed"]) for r in rows]
     assert len(keys) == len(set(keys)) == n_cells + len(study.rows_for(True)) * 2
     third = Fakes(study)
-    res, _ = _run("bert-size", out, third, seeds=2, tasks=["rotten-tomatoes", "twitter-ner"])
+    res, _ = _run("bert-size", out, third, seeds=2, tasks=["rotten-tomatoes", "twitter-ner"], report=False)
     assert res.n_run == 0 and third.finetuned == [] and third.pretrained == []
 
 

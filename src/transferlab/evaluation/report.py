@@ -274,7 +274,7 @@ def study_plots(plan: Any, summaries: dict[str, list[dict[str, Any]]], totals: d
 # ------------------------------------------------------------------------------ documents
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
-text-align:right}th:first-child,td:first-child{text-align:left}thead{background:#f3f3f3}img{max-width:100%;
+text-align:right;white-space:nowrap}th:first-child,td:first-child{text-align:left}thead{background:#f3f3f3}img{max-width:100%;
 border:1px solid #eee;margin:.5em 0}pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:12px}
 .note{font-size:12px;color:#555}"""
 
