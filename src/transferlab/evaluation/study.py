@@ -231,12 +231,12 @@ def make_setting(study: Study, quick: bool = False, budget_minutes: float | None
                                   "row can be fine-tuned on, or leave --tasks out (unfit cells are then n/a)")
     if quick:
         s = Setting(quick=True, vocab_size=800, corpus_docs=300, seq_len=64, batch_size=8, lr=1e-3,
-                    pretrain_minutes=0.0, pretrain_steps=15,
+                    pretrain_minutes=0.0, pretrain_steps=10,
                     base_model={"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "n_decoder_layers": 1,
                                 "d_head": 0, "max_positions": 128},
-                    finetune={"epochs": 1.0, "batch_size": 16, "lr": 1e-3, "max_length": 48, "max_target_length": 16,
-                              "validation_size": 32, "test_size": 32},
-                    train_size=64, train_sizes=list(study.quick_train_sizes or []), seeds=[0],
+                    finetune={"epochs": 1.0, "batch_size": 16, "lr": 1e-3, "max_length": 40, "max_target_length": 12,
+                              "validation_size": 24, "test_size": 24},
+                    train_size=48, train_sizes=list(study.quick_train_sizes or []), seeds=[0],
                     cost={"track_energy": False, "peak_flops": 1e10})
     else:
         s = Setting(pretrain_minutes=study.budget_minutes, train_sizes=list(study.train_sizes or []),
@@ -455,7 +455,7 @@ def _pretrain_row(row: Row, seed: int, shared: _Shared, run_dir: Path) -> dict[s
     data = shared.data(row.tokenizer)
     tcfg = TrainConfig(max_minutes=s.pretrain_minutes, max_steps=s.pretrain_steps, batch_size=s.batch_size,
                        seq_len=s.seq_len, lr=s.lr, seed=seed, eval_every=0 if s.quick else 200,
-                       eval_batches=2 if s.quick else 20, save_every=0 if s.quick else 500, log_every=5,
+                       eval_batches=1 if s.quick else 20, save_every=0 if s.quick else 500, log_every=5,
                        progress=shared.progress, tensorboard=False)
     resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
     return pretrain(row.preset, row.objective or "mlm", dict(row.settings), tcfg, data, run_dir, resume=resume,
