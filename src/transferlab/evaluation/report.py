@@ -238,7 +238,8 @@ def loss_curves(plan: Any, path: Path) -> Path | None:
         plt.close(fig)
         return None
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (log scale: objectives' losses differ in scale, e.g. ELECTRA's weighted sum)")
+    ax.set_yscale("log")
     ax.set_title("pre-training loss curves (solid: train, dashed: validation)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
