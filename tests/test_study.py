@@ -148,6 +148,25 @@ def test_killed_study_resumes_and_never_reruns_a_finished_cell(tmp_path):
     assert res.n_run == 0 and third.finetuned == [] and third.pretrained == []
 
 
+def test_pretraining_killed_before_its_summary_runs_again(tmp_path):
+    out = tmp_path / "o"
+    study = get_study("nsp")
+    first = Fakes(study)
+    real = first.pretrain
+
+    def killed(row, seed, shared, run_dir):
+        real(row, seed, shared, run_dir)
+        (run_dir / "summary.json").unlink()  # killed after the model, before the summary
+        raise KeyboardInterrupt
+
+    first.pretrain = killed
+    with pytest.raises(KeyboardInterrupt):
+        _run("nsp", out, first, seeds=1, tasks=["rotten-tomatoes"], report=False)
+    second = Fakes(study)
+    res, _ = _run("nsp", out, second, seeds=1, tasks=["rotten-tomatoes"], report=False)
+    assert res.n_run == 2 and sorted(second.pretrained) == [("BERT (MLM + NSP)", 0), ("No NSP (MLM)", 0)]
+
+
 # ------------------------------------------------------------------------------ tables
 def test_best_is_marked_only_beyond_the_seed_spread():
     assert rep.best_beyond_spread([(0.9, 0.01, 3), (0.8, 0.01, 3)], True) == 0

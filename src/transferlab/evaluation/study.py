@@ -442,6 +442,11 @@ def _pretrain_row(row: Row, seed: int, shared: _Shared, run_dir: Path) -> dict[s
 
     s = shared.s
     overrides = _overrides(row, s)
+    resume = not row.scratch and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    if not resume and run_dir.exists():  # killed before its first checkpoint: nothing finished to keep
+        import shutil
+
+        shutil.rmtree(run_dir)
     if row.scratch:  # the architecture only: fine-tuning re-initialises it (from_scratch)
         tok = shared.tokenizer(row.tokenizer)
         cfg = get_preset(row.preset)
@@ -457,7 +462,6 @@ def _pretrain_row(row: Row, seed: int, shared: _Shared, run_dir: Path) -> dict[s
                        seq_len=s.seq_len, lr=s.lr, seed=seed, eval_every=0 if s.quick else 200,
                        eval_batches=1 if s.quick else 20, save_every=0 if s.quick else 500, log_every=5,
                        progress=shared.progress, tensorboard=False)
-    resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
     return pretrain(row.preset, row.objective or "mlm", dict(row.settings), tcfg, data, run_dir, resume=resume,
                     model_overrides=overrides, cost=CostConfig(**s.cost))
 
@@ -511,7 +515,7 @@ def run_study(study: Study, setting: Setting, out: str | Path, progress: bool = 
     def model_for(row: Row, seed: int) -> Path:
         run_dir = plan.row_dir(row) / f"seed{seed}"
         spec = plan.row_dir(row).name
-        if not (run_dir / "model" / "model.safetensors").exists() and not (run_dir / "summary.json").exists():
+        if not (run_dir / "summary.json").exists():  # written last: a run without it is unfinished
             summary = pre(row, seed, shared, run_dir)
         else:
             summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
