@@ -97,6 +97,11 @@ def test_unknown_study_is_a_one_line_error(capsys, tmp_path):
     assert err.count("\n") == 0 and "unknown study 'bart-size'" in err and "objectives" in err
 
 
+def test_study_needs_a_name_and_an_out_folder(capsys):
+    assert main(["study"]) == 2 and "name a study" in capsys.readouterr().err
+    assert main(["study", "nsp"]) == 2 and "--out DIR is required" in capsys.readouterr().err
+
+
 def test_budget_of_zero_is_refused(capsys, tmp_path):
     assert main(["study", "nsp", "--budget-minutes", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--budget-minutes must be positive" in capsys.readouterr().err
