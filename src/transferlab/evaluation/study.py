@@ -1,0 +1,572 @@
+"""``transferlab study NAME``: the lecture's tables, one command each, in one shared setting.
+
+A *study* is a declarative entry of :data:`STUDIES`: its rows (what is pre-trained, with which
+objective and which model change), its columns (fine-tuning tasks, LM perplexity) and, for a
+learning curve, its train sizes. Adding a study is adding one entry.
+
+Every row of a study shares one :class:`Setting`: the same corpus sample, the same tokenizer
+(per tokenizer kind: byte-level BPE for every row, a unigram vocabulary of the same size for T5
+span corruption, which needs sentinels), the same pre-training budget (steps with ``--quick``,
+minutes otherwise), the same fine-tuning recipe, train size and seeds. Each row is pre-trained
+once per seed, so the seed spread covers pre-training and fine-tuning.
+
+The grid runs on :func:`transferlab.evaluation.compare.run_compare` (one comparison per task
+column, all writing the same ``DIR/results.jsonl``), so a study resumes like a comparison: a
+finished cell is never re-run, a killed run continues at the next unfinished cell, and a
+pre-training run already saved under ``DIR/pretrain/`` is reused. Pre-training runs add one
+``task: "lm"`` row each (validation perplexity and the pre-training cost) to the same log.
+
+``DIR/study.json`` names the study a folder belongs to (a folder of another study, or of a
+comparison, is refused); :func:`write_study_report` turns the log into ``report.md`` and the
+self-contained ``report.html`` (see :mod:`transferlab.evaluation.report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError
+from ..utils import atomic_write_text
+
+STUDY_FILE = "study.json"
+LM_TASK = "lm"  #: the task name of pre-training rows in results.jsonl
+PAIR_TASK = "bbc-pairs"  #: the pair task the study builds from BBC articles (no built-in task has pairs)
+#: task -> fine-tuning task type (built-in tasks and the study-made pair task)
+TASK_TYPES = {"imdb": "classification", "rotten-tomatoes": "classification", "bbc-topic": "classification",
+              "bbc-headlines": "seq2seq", "twitter-ner": "tagging", PAIR_TASK: "pair-classification"}
+
+
+# ------------------------------------------------------------------------------ definitions
+@dataclass
+class Row:
+    """One row of a study's table."""
+
+    name: str  #: the row label, as the paper writes it
+    preset: str | None = None  #: the architecture (a model preset); None for a baseline
+    objective: str | None = None  #: pre-training objective; None: not pre-trained
+    settings: dict[str, Any] = field(default_factory=dict)  #: objective settings
+    model: dict[str, Any] = field(default_factory=dict)  #: model.* overrides: the ablated change
+    baseline: str | None = None  #: tfidf-logreg, ... (no model)
+    scratch: bool = False  #: the same architecture fine-tuned from random weights
+    tokenizer: str = "bpe"  #: tokenizer kind of the shared vocabulary this row uses
+    cols: dict[str, str] = field(default_factory=dict)  #: descriptive columns (#L, #H, #A)
+
+    @property
+    def family(self) -> str:
+        from ..config import get_preset
+
+        return "" if self.preset is None else str(get_preset(self.preset).family)
+
+    @property
+    def group(self) -> str:
+        if self.baseline:
+            return "tf-idf" if self.baseline.startswith("tfidf") else self.baseline
+        return "from scratch" if self.scratch else "pre-trained"
+
+    def fits(self, task_type: str) -> bool:
+        """Whether this row's model family (or baseline) can be fine-tuned on ``task_type``."""
+        if self.baseline:
+            return task_type in ("classification", "pair-classification")
+        if task_type == "seq2seq":
+            return self.family != "encoder"
+        return True
+
+
+@dataclass
+class Study:
+    """One table (or curve) of the lecture as a declarative entry."""
+
+    name: str
+    title: str
+    paper: str  #: whose table this is
+    rows: list[Row]
+    tasks: list[str]  #: task columns
+    lm_ppl: bool = True  #: a validation-perplexity column from pre-training
+    layout: str = "table"  #: table: rows x tasks; curve: rows x train sizes
+    train_sizes: list[int] | None = None  #: curve layout: labelled examples per column
+    quick_train_sizes: list[int] | None = None
+    vanilla: str | None = None  #: the row every other row is compared against (helps beyond noise)
+    quick_rows: list[Row] | None = None  #: smaller rows for --quick (bert-size shrinks its grid)
+    budget_minutes: float = 4.0  #: minutes of pre-training per row and seed at full scale
+    seeds: int = 3  #: seeds at full scale (a 13-row table with 3 seeds does not fit an hour on 2 cores)
+    notes: str = ""
+
+    def rows_for(self, quick: bool) -> list[Row]:
+        return list(self.quick_rows if quick and self.quick_rows else self.rows)
+
+
+def _bert(L: int, H: int, A: int) -> Row:
+    return Row(f"L={L} H={H} A={A}", "bert-tiny", "mlm",
+               model={"n_layers": L, "d_model": H, "n_heads": A, "d_ff": 4 * H},
+               cols={"#L": str(L), "#H": str(H), "#A": str(A)})
+
+
+_CLS, _TAG, _GEN = "rotten-tomatoes", "twitter-ner", "bbc-headlines"
+_ENC, _DEC, _S2S = "bert-tiny", "gpt-mini", "bart-mini"
+_MLM = dict(preset=_ENC, objective="mlm")
+
+STUDIES: dict[str, Study] = {s.name: s for s in [
+    Study("bert-size", "Ablation over BERT model size", "Devlin et al. (2019), Table 6",
+          [_bert(2, 128, 2), _bert(4, 128, 2), _bert(2, 256, 4), _bert(4, 256, 4), _bert(6, 256, 4),
+           _bert(4, 512, 8)],
+          ["rotten-tomatoes", "bbc-topic", "twitter-ner"],
+          quick_rows=[_bert(1, 32, 2), _bert(2, 32, 2), _bert(1, 64, 4)], budget_minutes=6.0, seeds=1,
+          notes="BERT's columns are LM ppl (held-out MLM perplexity) and three GLUE dev sets; here the "
+                "MLM validation perplexity of the shared corpus and three built-in dev sets."),
+    Study("objectives", "Comparison of pre-training objectives", "Lewis et al. (2020, BART), Table 1",
+          [Row("Language Model", _DEC, "clm"),
+           Row("Permuted Language Model", _ENC, "plm"),
+           Row("Masked Language Model", _ENC, "mlm"),
+           Row("Multitask Masked Language Model", _ENC, "mtlm"),
+           Row("Masked Seq2seq", _S2S, "mass"),
+           Row("BART w/ Token Masking", _S2S, "denoise", {"noise": ["mask"]}),
+           Row("BART w/ Token Deletion", _S2S, "denoise", {"noise": ["delete"]}),
+           Row("BART w/ Text Infilling", _S2S, "denoise", {"noise": ["infill"]}),
+           Row("BART w/ Document Rotation", _S2S, "denoise", {"noise": ["rotate"]}),
+           Row("BART w/ Sentence Shuffling", _S2S, "denoise", {"noise": ["permute"]}),
+           Row("BART w/ Text Infilling + Sentence Shuffling", _S2S, "denoise", {"noise": ["infill", "permute"]}),
+           Row("ELECTRA (replaced token detection)", _ENC, "electra"),
+           Row("T5 span corruption", "t5-mini", "span-corruption", tokenizer="unigram")],
+          [_CLS, _TAG, _GEN], budget_minutes=2.0, seeds=1,
+          notes="Each objective on the family it needs (encoder, decoder or encoder-decoder of the same width "
+                "and depth); an encoder cannot generate, so its headline cell is n/a. LM ppl is each "
+                "objective's own validation perplexity (of its own targets), so it compares rows of one "
+                "objective, not objectives; BART's PPL column is measured after fine-tuning on ELI5."),
+    Study("nsp", "Effect of the next-sentence-prediction task", "Devlin et al. (2019), Table 5",
+          [Row("No NSP (MLM)", **_MLM), Row("BERT (MLM + NSP)", _ENC, "nsp")],
+          [PAIR_TASK, _CLS], budget_minutes=5.0,
+          notes=f"{PAIR_TASK}: does sentence B follow sentence A in the same BBC article (a pair task built "
+                "from bbc-topic's splits); rotten-tomatoes is the single-sentence task."),
+    Study("modifications", "Do transformer modifications transfer?", "Narang et al. (2021), Table 1",
+          [Row("Vanilla Transformer", **_MLM),
+           Row("GeLU -> ReLU", **_MLM, model={"activation": "relu"}),
+           Row("SwiGLU", **_MLM, model={"activation": "swiglu"}),
+           Row("GeGLU", **_MLM, model={"activation": "geglu"}),
+           Row("RMS Norm", **_MLM, model={"norm": "rmsnorm"}),
+           Row("Pre-norm (norm position)", **_MLM, model={"prenorm": True, "final_norm": True}),
+           Row("Sinusoidal positions", **_MLM, model={"position": "sinusoidal"}),
+           Row("Rotary positions", **_MLM, model={"position": "rotary"}),
+           Row("Untied embeddings", **_MLM, model={"tie_embeddings": False}),
+           Row("Dropout 0.1 in pre-training", **_MLM, model={"dropout": 0.1, "attention_dropout": 0.1})],
+          [_CLS, "bbc-topic", _TAG], vanilla="Vanilla Transformer", budget_minutes=3.0,
+          notes="A modification *helps* on a task when its mean is ahead of the vanilla row's by more than "
+                "the sum of both seed standard deviations; Narang et al. found most do not transfer."),
+    Study("ulmfit-curve", "Accuracy vs number of labelled examples", "Howard & Ruder (2018), Figure 3",
+          [Row("pre-trained", **_MLM), Row("from scratch", _ENC, scratch=True),
+           Row("TF-IDF + logistic regression", baseline="tfidf-logreg")],
+          ["imdb"], lm_ppl=False, layout="curve", train_sizes=[100, 300, 1000, 3000],
+          quick_train_sizes=[32, 96], budget_minutes=8.0,
+          notes="ULMFiT's figure plots validation error against training examples for IMDb; here test "
+                "accuracy against labels for the same pre-trained and scratch architecture and TF-IDF."),
+]}
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise ConfigError(f"unknown study {name!r}; known studies: {', '.join(STUDIES)} (see `transferlab study --list`)")
+    return STUDIES[name]
+
+
+# ------------------------------------------------------------------------------ the shared setting
+@dataclass
+class Setting:
+    """What every row of a study shares (written to study.json; part of every cell's fingerprint)."""
+
+    quick: bool = False
+    vocab_size: int = 8000
+    corpus_docs: int = 20000  #: the first N documents of builtin:reviews+news
+    seq_len: int = 128
+    batch_size: int = 32
+    lr: float = 5e-4
+    pretrain_minutes: float = 4.0  #: per row and seed (0: use pretrain_steps)
+    pretrain_steps: int = 0
+    base_model: dict[str, Any] = field(default_factory=dict)  #: model.* overrides before each row's own
+    finetune: dict[str, Any] = field(default_factory=dict)
+    train_size: int = 1000  #: labelled examples per task (table layout)
+    train_sizes: list[int] = field(default_factory=list)  #: curve layout
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    tasks: list[str] = field(default_factory=list)
+    cost: dict[str, Any] = field(default_factory=dict)  #: CostConfig fields of every run
+
+    def fingerprint(self) -> str:
+        """Everything that changes a row's numbers except the seed and the task list."""
+        d = dataclasses.asdict(self)
+        for k in ("seeds", "tasks", "train_sizes", "train_size"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def make_setting(study: Study, quick: bool = False, budget_minutes: float | None = None, seeds: int | None = None,
+                 tasks: Sequence[str] | None = None) -> Setting:
+    """The shared setting of ``study`` (``--quick``: tiny models, a few steps, tiny data).
+
+    Raises:
+        ConfigError: a budget or seed count that is not positive; an unknown task; a task that a
+            row's model family cannot be fine-tuned on.
+    """
+    if budget_minutes is not None and not budget_minutes > 0:
+        raise ConfigError(f"--budget-minutes must be positive (minutes of pre-training per row and seed), got {budget_minutes:g}")
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    chosen = list(tasks) if tasks else list(study.tasks)
+    for t in chosen:
+        if t not in TASK_TYPES:
+            raise ConfigError(f"--tasks: unknown task {t!r}; studies use {', '.join(TASK_TYPES)}")
+    if tasks:  # an explicit task must fit every row; default columns mark unfit cells n/a
+        for t in chosen:
+            bad = [r for r in study.rows_for(quick) if not r.fits(TASK_TYPES[t])]
+            if bad:
+                r = bad[0]
+                raise ConfigError(f"--tasks {t}: a {TASK_TYPES[t]} task does not fit row {r.name!r} "
+                                  f"({r.objective or r.baseline} on {r.family or 'a baseline'}); choose tasks every "
+                                  "row can be fine-tuned on, or leave --tasks out (unfit cells are then n/a)")
+    if quick:
+        s = Setting(quick=True, vocab_size=800, corpus_docs=300, seq_len=64, batch_size=8, lr=1e-3,
+                    pretrain_minutes=0.0, pretrain_steps=10,
+                    base_model={"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "n_decoder_layers": 1,
+                                "d_head": 0, "max_positions": 128},
+                    finetune={"epochs": 1.0, "batch_size": 16, "lr": 1e-3, "max_length": 40, "max_target_length": 12,
+                              "validation_size": 24, "test_size": 24},
+                    train_size=48, train_sizes=list(study.quick_train_sizes or []), seeds=[0],
+                    cost={"track_energy": False, "peak_flops": 1e10})
+    else:
+        s = Setting(pretrain_minutes=study.budget_minutes, train_sizes=list(study.train_sizes or []),
+                    train_size=1000, seeds=list(range(study.seeds)),
+                    finetune={"epochs": 2.0, "batch_size": 16, "lr": 1e-4, "max_length": 96, "max_target_length": 24,
+                              "validation_size": 300, "test_size": 300})
+    if budget_minutes is not None:
+        s.pretrain_minutes, s.pretrain_steps = float(budget_minutes), 0
+    if seeds is not None:
+        s.seeds = list(range(seeds))
+    s.tasks = chosen
+    return s
+
+
+# ------------------------------------------------------------------------------ folder identity
+def check_folder(out: Path, study: Study) -> dict[str, Any] | None:
+    """The folder's study.json, after checking it belongs to ``study``.
+
+    Raises:
+        ConfigError: the folder holds another study's results, or results without a study.json
+            (a comparison folder, say).
+    """
+    meta_path = out / STUDY_FILE
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{meta_path}:{e.lineno}: invalid JSON ({e.msg}); not a study folder") from None
+        if not isinstance(meta, dict) or "study" not in meta:
+            raise ConfigError(f"{meta_path}: not a study file (no 'study' key)")
+        if meta["study"] != study.name:
+            raise ConfigError(f"{out}: holds the results of study {meta['study']!r}, not {study.name!r}; "
+                              "choose another --out")
+        return meta
+    if (out / "results.jsonl").exists():
+        raise ConfigError(f"{out}: holds results.jsonl but no {STUDY_FILE} (a comparison folder?); choose another --out")
+    return None
+
+
+def versions() -> dict[str, str]:
+    """The versions a report prints (python, transferlab, torch, numpy, platform)."""
+    import platform
+
+    from .. import __version__
+
+    out = {"python": platform.python_version(), "transferlab": __version__, "platform": platform.platform()}
+    for mod in ("torch", "numpy", "tokenizers", "sklearn", "matplotlib"):
+        try:
+            out[mod] = str(__import__(mod).__version__)
+        except Exception:  # noqa: BLE001 - a missing optional module is simply not listed
+            pass
+    return out
+
+
+# ------------------------------------------------------------------------------ data
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:48] or "row"
+
+
+class _Shared:
+    """The study's corpus sample, tokenizers, prepared shards and study-made task files (made once)."""
+
+    def __init__(self, out: Path, setting: Setting, progress: bool) -> None:
+        self.out, self.s, self.progress = out, setting, progress
+
+    def corpus(self) -> Path:
+        path = self.out / "shared" / "corpus.jsonl"
+        if not path.exists():
+            from ..data import read_documents
+
+            docs = itertools.islice(read_documents("builtin:reviews+news"), self.s.corpus_docs)
+            atomic_write_text(path, "".join(json.dumps({"text": d.text}) + "\n" for d in docs))
+        return path
+
+    def tokenizer(self, kind: str) -> Any:
+        from ..tokenizer import Tokenizer
+
+        d = self.out / "shared" / f"tokenizer-{kind}"
+        if (d / "tokenizer.json").exists():
+            return Tokenizer.from_pretrained(d)
+        tok = Tokenizer.train([str(self.corpus())], kind=kind, vocab_size=self.s.vocab_size)
+        tok.save(d)
+        return tok
+
+    def data(self, kind: str) -> Path:
+        from ..data import prepare_corpus
+
+        d = self.out / "shared" / f"data-{kind}"
+        prepare_corpus([str(self.corpus())], self.tokenizer(kind), d, val_fraction=0.05, workers=1, progress=False)
+        return d
+
+    def task_entry(self, name: str) -> Any:
+        """A built-in task's name, or the file mapping of the study-made pair task (written once)."""
+        if name != PAIR_TASK:
+            return name
+        d = self.out / "shared" / PAIR_TASK
+        if not (d / "test.jsonl").exists():
+            write_pair_task(d)
+        return _pair_entry(d)
+
+
+def _pair_entry(d: Path) -> dict[str, Any]:
+    return {"name": PAIR_TASK, "train_file": str(d / "train.jsonl"), "validation_file": str(d / "validation.jsonl"),
+            "test_file": str(d / "test.jsonl"), "task_type": "pair-classification", "text_column": "text",
+            "pair_column": "pair", "label_column": "label"}
+
+
+def write_pair_task(folder: Path) -> None:
+    """``bbc-pairs``: (a sentence, the next sentence of its article) -> ``next``, or (a sentence,
+    a sentence of another article) -> ``random``, half each, from bbc-topic's fixed splits (so the
+    test articles stay held out). Deterministic: the choices hash the article text."""
+    from ..data import split_sentences
+    from ..data.builtin import load_task
+
+    task = load_task("bbc-topic")
+    for split in ("train", "validation", "test"):
+        exs = getattr(task, split)
+        sents = []
+        for ex in exs:
+            ss = [ex["text"][a:b].strip() for a, b in split_sentences(ex["text"])]
+            sents.append([s for s in ss if len(s.split()) >= 4])
+        lines = []
+        for i, ss in enumerate(sents):
+            if len(ss) < 3:
+                continue
+            h = int(hashlib.sha256(exs[i]["text"].encode()).hexdigest()[:8], 16)
+            k = h % (len(ss) - 1)
+            if h % 2:
+                other = sents[(i + 1 + h % max(1, len(sents) - 1)) % len(sents)] or ss
+                pair, label = other[h % len(other)], "random"
+            else:
+                pair, label = ss[k + 1], "next"
+            lines.append(json.dumps({"text": ss[k], "pair": pair, "label": label}) + "\n")
+        atomic_write_text(folder / f"{split}.jsonl", "".join(lines))
+
+
+# ------------------------------------------------------------------------------ running
+#: (row, seed, shared, out_dir of the run) -> pre-training summary; tests pass a stand-in
+Pretrainer = Callable[[Row, int, Any, Path], dict[str, Any]]
+
+
+@dataclass
+class StudyRun:
+    """What :func:`run_study` did."""
+
+    out_dir: Path
+    n_cells: int
+    n_run: int
+    n_skipped: int
+    failures: list[dict[str, str]]
+    files: list[Path]
+
+
+class StudyPlan:
+    """The comparisons (one per task column) a study and its setting amount to."""
+
+    def __init__(self, study: Study, setting: Setting, out: Path) -> None:
+        self.study, self.setting, self.out = study, setting, out
+        self.rows = study.rows_for(setting.quick)
+        self.fp = setting.fingerprint()
+
+    def row_dir(self, row: Row) -> Path:
+        spec = json.dumps(dataclasses.asdict(row), sort_keys=True, default=str)
+        h = hashlib.sha256((self.fp + spec).encode()).hexdigest()[:8]
+        return self.out / "pretrain" / f"{_slug(row.name)}-{h}"
+
+    def sizes(self) -> list[int]:
+        if self.study.layout == "curve":
+            return list(self.setting.train_sizes)
+        return [self.setting.train_size]
+
+    def compare_config(self, task: str, shared: _Shared | None = None) -> Any:
+        """The comparison of the rows that fit ``task`` (``shared`` None: planning only)."""
+        from .compare import parse_compare_config
+
+        models: list[Any] = []
+        for r in self.rows:
+            if not r.fits(TASK_TYPES[task]):
+                continue
+            if r.baseline:
+                models.append({"name": r.name, "baseline": r.baseline})
+            else:
+                self.row_dir(r).mkdir(parents=True, exist_ok=True)
+                models.append({"name": r.name, "model": str(self.row_dir(r)), "from_scratch": r.scratch})
+        entry: Any = task
+        if task == PAIR_TASK:
+            entry = shared.task_entry(task) if shared else _pair_entry(self.out / "shared" / PAIR_TASK)
+        ft = dict(self.setting.finetune)
+        if self.setting.cost:
+            ft["cost"] = dict(self.setting.cost)
+        raw = {"out_dir": str(self.out), "tasks": [entry], "train_sizes": self.sizes(), "seeds": list(self.setting.seeds),
+               "models": models, "eval_on_test": True, "finetune": ft}
+        return parse_compare_config(raw, source=f"study {self.study.name}")
+
+
+def _pretrain_row(row: Row, seed: int, shared: _Shared, run_dir: Path) -> dict[str, Any]:
+    """Pre-train ``row`` (or save its untrained architecture for a scratch row) into ``run_dir``."""
+    from ..config import apply_overrides, get_preset
+    from ..cost import CostConfig
+    from ..models.model import TransferModel
+    from ..training.config import TrainConfig
+    from ..training.pretrain import fit_config_to_tokenizer, pretrain
+
+    s = shared.s
+    overrides = _overrides(row, s)
+    resume = not row.scratch and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    if not resume and run_dir.exists():  # killed before its first checkpoint: nothing finished to keep
+        import shutil
+
+        shutil.rmtree(run_dir)
+    if row.scratch:  # the architecture only: fine-tuning re-initialises it (from_scratch)
+        tok = shared.tokenizer(row.tokenizer)
+        cfg = get_preset(row.preset)
+        apply_overrides(cfg, overrides, prefix="model")
+        fit_config_to_tokenizer(cfg, tok)
+        TransferModel(cfg).save_pretrained(run_dir / "model")
+        tok.save(run_dir / "model")
+        summary = {"scratch": True}
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary) + "\n")
+        return summary
+    data = shared.data(row.tokenizer)
+    tcfg = TrainConfig(max_minutes=s.pretrain_minutes, max_steps=s.pretrain_steps, batch_size=s.batch_size,
+                       seq_len=s.seq_len, lr=s.lr, seed=seed, eval_every=0 if s.quick else 200,
+                       eval_batches=1 if s.quick else 20, save_every=0 if s.quick else 500, log_every=5,
+                       progress=shared.progress, tensorboard=False)
+    return pretrain(row.preset, row.objective or "mlm", dict(row.settings), tcfg, data, run_dir, resume=resume,
+                    model_overrides=overrides, cost=CostConfig(**s.cost))
+
+
+def _overrides(row: Row, s: Setting) -> dict[str, str]:
+    base = dict(s.base_model)
+    if row.family != "encoder-decoder":
+        base.pop("n_decoder_layers", None)
+    out = {**base, **row.model}
+    return {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v).lower() if isinstance(v, bool) else str(v))
+            for k, v in out.items()}
+
+
+_COST_KEYS = ("flops", "energy_kwh", "co2e_kg", "price_usd")
+
+
+def run_study(study: Study, setting: Setting, out: str | Path, progress: bool = True, command: str | None = None,
+              runner: Any = None, pretrainer: Pretrainer | None = None, report: bool = True) -> StudyRun:
+    """Run every unfinished cell of ``study`` into ``out``, then write the report.
+
+    Args:
+        study, setting: what to run (see :func:`make_setting`).
+        out: the results folder (created; refused if it holds another study or a comparison).
+        progress: progress bars.
+        command: the command line recorded in study.json and the report.
+        runner: fine-tuning stand-in for tests (see :func:`transferlab.evaluation.compare.run_compare`).
+        pretrainer: pre-training stand-in for tests (see :data:`Pretrainer`).
+        report: write report.md / report.html.
+
+    Returns:
+        :class:`StudyRun`.
+    """
+    from . import compare as cmp
+
+    out = Path(out).resolve()
+    meta = check_folder(out, study) or {"study": study.name, "created": _now(), "commands": []}
+    out.mkdir(parents=True, exist_ok=True)
+    meta.update(setting=dataclasses.asdict(setting), versions=versions(), title=study.title)
+    meta["commands"] = [*meta.get("commands", []), {"at": _now(), "command": command or " ".join(sys.argv)}]
+    atomic_write_text(out / STUDY_FILE, json.dumps(meta, indent=2) + "\n")
+
+    plan = StudyPlan(study, setting, out)
+    shared = _Shared(out, setting, progress)
+    pre = pretrainer or _pretrain_row
+    results = out / cmp.RESULTS
+    by_name = {r.name: r for r in plan.rows}
+
+    def lm_done() -> set[tuple[str, int, str]]:
+        return {(r["method"], int(r["seed"]), r["spec"]) for r in cmp.read_results(results) if r["task"] == LM_TASK}
+
+    def model_for(row: Row, seed: int) -> Path:
+        run_dir = plan.row_dir(row) / f"seed{seed}"
+        spec = plan.row_dir(row).name
+        if not (run_dir / "summary.json").exists():  # written last: a run without it is unfinished
+            summary = pre(row, seed, shared, run_dir)
+        else:
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        if not row.scratch and (row.name, seed, spec) not in lm_done():
+            cost = summary.get("cost") or {}
+            cmp._append_row(results, {
+                "method": row.name, "group": row.group, "task": LM_TASK, "task_type": "pretrain",
+                "train_size": "-", "seed": seed, "spec": spec, "objective": row.objective, "metric": "ppl",
+                "val_ppl": summary.get("val_ppl"), "val_loss": summary.get("val_loss"),
+                "steps": summary.get("steps"), "tokens": summary.get("tokens"),
+                "train_seconds": float(summary.get("train_seconds") or cost.get("wall_seconds") or 0.0),
+                "cost": {k: cost[k] for k in _COST_KEYS if isinstance(cost.get(k), (int, float))},
+                "finished_at": _now()})
+        return run_dir / "model"
+
+    def run_cell(cell: Any, ck: Path | None) -> dict[str, Any]:
+        row = by_name[cell.method.name]
+        model = model_for(row, cell.seed)
+        cell = dataclasses.replace(cell, method=dataclasses.replace(cell.method, model=str(model)))
+        return (runner or cmp._run_finetune_cell)(cell, ck)
+
+    n_cells = n_run = n_skipped = 0
+    failures: list[dict[str, str]] = []
+    for task in setting.tasks:
+        cfg = plan.compare_config(task, shared)
+        rep = cmp.run_compare(cfg, progress=progress, runner=run_cell, plots=False)
+        n_cells += rep.n_cells
+        n_run += rep.n_run
+        n_skipped += rep.n_skipped
+        failures += rep.failures
+    for row in plan.rows:  # an LM row lost to a kill between pre-training and its log line
+        if row.objective and not row.scratch:
+            for seed in setting.seeds:
+                if (plan.row_dir(row) / f"seed{seed}" / "summary.json").exists():
+                    model_for(row, seed)
+    files = [results]
+    if report:
+        from .report import write_study_report
+
+        files += write_study_report(out)
+    return StudyRun(out, n_cells, n_run, n_skipped, failures, files)
+
+
+def load_plan(out: Path) -> StudyPlan:
+    """The plan recorded in ``out/study.json`` (for ``transferlab report``)."""
+    meta = json.loads((out / STUDY_FILE).read_text(encoding="utf-8"))
+    study = get_study(meta["study"])
+    fields = {f.name for f in dataclasses.fields(Setting)}
+    setting = Setting(**{k: v for k, v in meta.get("setting", {}).items() if k in fields})
+    return StudyPlan(study, setting, out)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
