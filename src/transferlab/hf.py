@@ -557,11 +557,13 @@ def _read_weights(d: Path, meta: bool = False) -> dict[str, torch.Tensor]:
     if single.is_file():
         files = [single]
     elif index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
-        files = [d / f for f in dict.fromkeys(weight_map.values())]
+        from .config import read_json
+
+        weight_map = read_json(index, dict, "safetensors index", CheckpointError).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map: expected an object of tensor name -> file name, "
+                                  f"got {type(weight_map).__name__}")
+        files = [_inside(d, f, index) for f in dict.fromkeys(weight_map.values())]
     elif any((d / n).is_file() for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
         raise CheckpointError(
             f"{d}: only pickled/TF/Flax weights found; transferlab reads safetensors only. Convert with "
@@ -585,6 +587,18 @@ def _read_weights(d: Path, meta: bool = False) -> dict[str, torch.Tensor]:
         except Exception as e:  # safetensors raises on truncated / corrupt headers
             raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
     return state
+
+
+def _inside(d: Path, name: str, index: Path) -> Path:
+    """``d / name`` when it names a file inside the model folder ``d``; refuse ``../x``, absolute
+    paths and links that lead out of it: a model folder may only make us read its own files."""
+    p = Path(name)
+    root = d.resolve()
+    full = (d / p).resolve()
+    if p.is_absolute() or ".." in p.parts or (full != root and root not in full.parents):
+        raise CheckpointError(f"{index}: weight_map names {name!r}, outside the model folder {d}; "
+                              "only files inside it are read")
+    return d / p
 
 
 def _st_dtype(name: str) -> torch.dtype:

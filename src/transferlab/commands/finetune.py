@@ -112,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget; the schedule is stretched over it")
     o.add_argument("--seed", type=int, default=0, help="seed for new weights, shuffling, dropout and --train-size")
     o.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"), help="bf16 autocast or fp32")
-    o.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    o.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     o.add_argument("--attn-impl", choices=("sdpa", "math"), help="attention kernel override (math is faster for short bf16 CPU sequences)")
     o.add_argument("--no-test", action="store_true", help="do not score the test split")
     o.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
@@ -138,7 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--out", metavar="FILE", help="JSON file for the metrics (default: DIR/eval-<task>-<split>.json)")
     e.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     e.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_evaluate)
 
@@ -162,7 +162,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", metavar="FILE", help="write predictions as JSONL")
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
-    r.add_argument("--device", default="auto")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     r.set_defaults(func=_predict)
 
 

@@ -52,9 +52,12 @@ def read_run(run: str | Path, label: str | None = None) -> RunCurve:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             raise DataError(f"{metrics}:{i}: not a JSON object") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{metrics}:{i}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     val = [r for r in rows if r.get("split") == "validation" and "val_loss" in r]
     if not val:
         raise DataError(f"{metrics}: no validation rows (was the run evaluated? see --eval-every)")
