@@ -428,7 +428,7 @@ def test_finetune_refuses_a_tokenizer_of_another_kind_even_if_smaller(fx, capsys
     assert len(Tokenizer.from_pretrained(fx["bpe"])) < 320  # fits the embedding table by size
     line = _one_line_error(capsys, ["finetune", "--model", str(fx["enc"]), "--tokenizer", str(fx["bpe"]), "--train",
                                     str(fx["csv"]), "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu"])
-    assert "bpe tokenizer" in line and "wordpiece" in line, line
+    assert "bpe tokenizer" in line and "use the tokenizer the model was trained with" in line, line
     assert not (tmp_path / "o").exists()
 
 
@@ -438,7 +438,7 @@ def test_check_tokenizer_size_and_special_ids(fx):
     with pytest.raises(ConfigError, match="tokens but the model's embedding table only"):
         check_tokenizer(cfg, dec_tok, "x")
     cfg = ModelConfig(family="decoder", vocab_size=1000, d_model=8, n_heads=2, n_layers=1, d_ff=8,
-                      eos_token_id=dec_tok.eos_token_id + 5)
+                      pad_token_id=dec_tok.pad_token_id, eos_token_id=dec_tok.eos_token_id + 5)
     with pytest.raises(ConfigError, match="eos token .* but the model was built with eos_token_id"):
         check_tokenizer(cfg, dec_tok, "x")
 
@@ -447,8 +447,9 @@ def test_check_tokenizer_size_and_special_ids(fx):
 def test_model_folder_with_a_tokenizer_too_big_is_refused(fx, capsys, tmp_path, cmd):
     d = tmp_path / "m"
     shutil.copytree(fx["ft"] if cmd == "predict" else fx["dec"] if cmd == "generate" else fx["enc"], d)
-    big = Tokenizer.train(_corpus() + [" ".join(f"w{i}" for i in range(400))], kind="wordpiece", vocab_size=600,
-                          n_sentinels=0)
+    rng = random.Random(2)
+    text = [" ".join("".join(rng.choice("abcdefghijklmnop") for _ in range(5)) for _ in range(50)) for _ in range(40)]
+    big = Tokenizer.train(text * 3, kind="bpe", vocab_size=600, n_sentinels=0)
     assert len(big) > 320
     big.save(d)
     argv = {

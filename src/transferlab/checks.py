@@ -38,7 +38,7 @@ def resolve_device(name: Any = "auto") -> Any:
         name = str(name)
     name = "auto" if name is None else str(name).strip().lower()
     if not _DEVICE.match(name):
-        raise ConfigError(f"--device {name!r}: expected {DEVICES}")
+        raise ConfigError(f"--device {name}: expected {DEVICES}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
