@@ -333,10 +333,11 @@ def catalogue(fx: dict[str, Path], root: Path) -> list[tuple[str, str, list[str]
                     ("--max-length", "0"), ("--train-size", "-3")):
         num[f"finetune {flag} {v}"] = [*ftb, flag, v, "--out", fresh("f")]
     genb = ["generate", "--model", dec, "--prompt", "the movie", "--device", "cpu", "--no-stream"]
-    for flag, v in (("--max-new-tokens", "-1"), ("--temperature", "nan"), ("--temperature", "0"), ("--top-p", "2"),
+    for flag, v in (("--max-new-tokens", "-1"), ("--temperature", "nan"), ("--top-p", "2"),
                     ("--top-k", "-1"), ("--num-beams", "0"), ("--batch-size", "0"), ("--repetition-penalty", "0"),
                     ("--length-penalty", "nan"), ("--seed", "-1")):
         num[f"generate {flag} {v}"] = [*genb, flag, v]
+    num["generate --do-sample --temperature 0"] = [*genb, "--do-sample", "--temperature", "0"]
     featb = ["features", "--model", enc, "--input", str(fx["corpus"]), "--output", fresh("x") + ".npy"]
     for flag, v in (("--batch-size", "0"), ("--max-length", "0"), ("--limit", "-1"), ("--layer", "99"),
                     ("--layer", "-99")):

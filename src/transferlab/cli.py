@@ -57,19 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_numeric_flags(parser: argparse.ArgumentParser, command: str = "") -> None:
-    """Give every int/float flag of every subcommand a checked type (:class:`~transferlab.config.Range`).
+    """Give every int/float flag of every subcommand a range (:class:`~transferlab.config.Range`).
 
     ``pretrain`` and ``finetune`` flags get their typed config's ranges (TrainConfig.RANGES,
     FinetuneConfig.RANGES), other commands :data:`~transferlab.config.FLAG_RANGES`; a float flag
-    that has no range must still be finite. A bad value is argparse's usage error:
-    ``transferlab generate: error: argument --temperature: expected a finite number > 0, got nan``.
+    that has no range must still be finite. Each parser records its flags' ranges in its defaults
+    (``_ranges``), and :func:`main` checks the parsed values before running anything, so a bad
+    value is one line: ``error: argument --lr: expected a finite number > 0, got nan``.
     """
     from .config import FLAG_RANGES, Range
 
+    ranges: list[tuple[str, str, Range]] = []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 _check_numeric_flags(sub, command or name)
+        elif action.option_strings and isinstance(action.type, Range):  # an alias: already done
+            ranges.append((action.option_strings[-1], action.dest, action.type))
         elif action.option_strings and action.type in (int, float):
             table: dict = FLAG_RANGES
             if command == "pretrain":
@@ -82,6 +86,18 @@ def _check_numeric_flags(parser: argparse.ArgumentParser, command: str = "") -> 
                 table = {**FLAG_RANGES, **FinetuneConfig.RANGES}
             rng = table.get(action.dest)
             action.type = rng if rng is not None and rng.kind is action.type else Range(action.type)
+            ranges.append((action.option_strings[-1], action.dest, action.type))
+    if ranges and command:
+        parser.set_defaults(_ranges=ranges)
+
+
+def _range_error(args: argparse.Namespace) -> str | None:
+    """``argument --flag: expected ..., got ...`` for the first parsed numeric flag out of its range."""
+    for opt, dest, rng in getattr(args, "_ranges", ()):
+        v = getattr(args, dest, None)
+        if v is not None and rng.problem(v):
+            return f"argument {opt}: expected {rng.describe()}, got {v!r}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    bad = _range_error(args)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     try:
         rc = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
