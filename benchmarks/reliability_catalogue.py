@@ -362,6 +362,7 @@ def catalogue(fx: dict[str, Path], root: Path) -> list[tuple[str, str, list[str]
                                                "mask_prob=nan"]
     num["curves --reference x=nan"] = ["curves", str(fx["run"]), "--reference", "x=nan"]
     num["demo --pretrain-minutes -1"] = ["demo", "--quick", "--out", fresh("demo"), "--pretrain-minutes", "-1", "--no-progress"]
+    num["demo --seeds -1"] = ["demo", "--quick", "--out", fresh("demo"), "--seeds", "-1", "--no-progress"]
     num["demo --train-sizes 0"] = ["demo", "--quick", "--out", fresh("demo"), "--train-sizes", "0", "--no-progress"]
     for name, argv in num.items():
         C.append(("numeric", name, argv, "error", None))

@@ -475,3 +475,27 @@ def test_check_fields_on_a_plain_dataclass():
     with pytest.raises(ConfigError, match=r"s.xs: expected a list of numbers"):
         check_fields(S(xs=["a"]), "s")
     assert TaskSpec.RANGES["max_length"].describe() == "an integer >= 1"
+
+
+def test_safetensors_os_errors_are_one_line(fx, capsys, monkeypatch, tmp_path):
+    """safetensors' Rust writer reports a full disk as SafetensorError('... (os error 28)')."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "conv"
+    line = _one_line_error(capsys, ["convert", "--to-hf", str(fx["enc"]), "--out", str(out)])
+    assert line.startswith("error: ") and "No space left on device" in line and str(tmp_path) in line, line
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("cmd", ["tokenizer train", "prepare", "finetune", "convert"])
+def test_folder_output_that_is_a_file_is_refused_and_kept(fx, capsys, tmp_path, cmd):
+    f = tmp_path / "a-file"
+    f.write_text("keep me\n")
+    line = _one_line_error(capsys, _with_out(_writers(fx)[cmd], str(f)))
+    assert str(f) in line and "exists and is not a folder" in line, line
+    assert f.read_text() == "keep me\n"

@@ -161,7 +161,10 @@ def os_error_message(e: OSError, tb: TracebackType | None = None) -> str:
         name = _path_from_frames(tb if tb is not None else e.__traceback__)
     if name is None:
         return reason
-    return f"{_user_path(os.fsdecode(name))}: {reason}"
+    path = _user_path(os.fsdecode(name))
+    if e.errno in (_errno.EEXIST, _errno.ENOTDIR) and os.path.exists(path) and not os.path.isdir(path):
+        reason = "exists and is not a folder"  # mkdir over a file: 'File exists' says too little
+    return f"{path}: {reason}"
 
 
 def _user_path(name: str) -> str:
