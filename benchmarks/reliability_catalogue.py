@@ -514,8 +514,8 @@ def catalogue(fx: dict[str, Path], root: Path) -> list[tuple[str, str, list[str]
               "--pooling", "none", "--output", fresh("x") + ".npy"], "exit0", None))
     C.append(("length", "features probe --max-length 1000", ["features", "probe", "--model", enc, "--train-size", "20",
               "--no-test", "--max-length", "1000"], "exit0", None))
-    C.append(("length", "features neighbours --max-length 1000", ["features", "neighbours", "--model", enc, "--word", "movie",
-              "--corpus", str(fx["corpus"]), "--sample", "3", "--max-length", "1000"], "exit0", None))
+    C.append(("length", "features neighbours --max-length 1000", ["features", "neighbours", "--model", enc, "--word", "the",
+              "--corpus", str(fx["corpus"]), "--sample", "10", "--max-length", "1000"], "exit0", None))
 
     # ---- a tokenizer that does not belong to the model
     swapped = shp / "swapped"
@@ -557,7 +557,10 @@ def main() -> int:
         print(f"fixtures in {time.time() - t0:.0f}s", file=sys.stderr)
         cases = catalogue(fx, root)
         results = []
-        env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+        import transferlab
+
+        # subprocesses run the same transferlab this process imported
+        env = {"PYTHONPATH": os.pathsep.join([str(Path(transferlab.__file__).resolve().parents[1]),
                                              os.environ.get("PYTHONPATH", "")])}
         for cls, name, argv, expected, how in cases:
             if args.only and cls not in args.only:

@@ -589,6 +589,20 @@ def _read_weights(d: Path, meta: bool = False) -> dict[str, torch.Tensor]:
     return state
 
 
+_HF_NUMBER_KEYS = ("d_model", "d_ff", "d_kv", "vocab_size", "max_position_embeddings", "initializer_range",
+                   "rope_theta", "relative_attention_num_buckets", "relative_attention_max_distance")
+
+
+def _check_hf_numbers(raw: dict[str, Any], p: Path) -> None:
+    """Sizes, counts and epsilons of a transformers config.json must be numbers (or null): a
+    list or a string there is a one-line error naming the file and key, not a TypeError later."""
+    for k, v in raw.items():
+        numeric = (k in _HF_NUMBER_KEYS or k.startswith(("num_", "n_"))
+                   or k.endswith(("_size", "_layers", "_heads", "_dim", "_eps", "_epsilon", "_positions")))
+        if numeric and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise CheckpointError(f"{p}: {k}: expected a number, got {v!r}")
+
+
 def _inside(d: Path, name: str, index: Path) -> Path:
     """``d / name`` when it names a file inside the model folder ``d``; refuse ``../x``, absolute
     paths and links that lead out of it: a model folder may only make us read its own files."""
@@ -632,6 +646,7 @@ def _source(src: Any, config: Any = None, meta: bool = False) -> tuple[dict[str,
             raise CheckpointError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
         if not isinstance(raw, dict):
             raise CheckpointError(f"{p}: expected a JSON object")
+        _check_hf_numbers(raw, p)
         return raw, _read_weights(d, meta=meta), str(d / "model.safetensors")
     if hasattr(src, "state_dict") and hasattr(src, "config"):  # a transformers PreTrainedModel
         raw = src.config.to_dict()
