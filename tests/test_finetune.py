@@ -534,7 +534,7 @@ def test_dropout_overrides_reach_the_modules_and_the_saved_config(dirs, data, tm
     assert all(m.p_drop == 0.0 for m in model.modules() if isinstance(m, Attention))
     assert {m.p for m in model.backbone.modules() if isinstance(m, torch.nn.Dropout)} == {0.05}
     assert model.heads["classification"].dropout.p == 0.3 and spec.head_dropout == 0.3
-    with pytest.raises(ConfigError, match="attention_dropout must be in"):
+    with pytest.raises(ConfigError, match="attention_dropout: expected a finite number in \\[0, 1\\)"):
         FinetuneConfig(model="x", task="imdb", attention_dropout=1.0).validate()
 
 
@@ -561,7 +561,7 @@ def test_bad_settings_and_folders(dirs, data, tmp_path):
         finetune(FinetuneConfig(model="no-such-model", train_file=str(data["sent_train"])))
     with pytest.raises(ConfigError, match="give a task .* or a training file"):
         finetune(FinetuneConfig(model="bert-tiny"))
-    with pytest.raises(ConfigError, match="layer_lr_decay must be in"):
+    with pytest.raises(ConfigError, match="layer_lr_decay: expected a finite number in \\(0, 1\\]"):
         FinetuneConfig(model="x", task="imdb", layer_lr_decay=1.5).validate()
     with pytest.raises(ConfigError, match="task 'twitter-ner' is a tagging task, not classification"):
         finetune(FinetuneConfig(model="bert-tiny", from_scratch=True, task="twitter-ner", task_type="classification"))

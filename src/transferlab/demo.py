@@ -65,6 +65,8 @@ class DemoConfig:
             raise ConfigError(f"demo: train_sizes must be positive integers, got {self.train_sizes}")
         if not self.seeds:
             raise ConfigError("demo: at least one seed is needed")
+        if any(s < 0 for s in self.seeds):
+            raise ConfigError(f"demo: seeds must be integers >= 0, got {self.seeds}")
         return self
 
 

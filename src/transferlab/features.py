@@ -162,12 +162,16 @@ def load_model_and_tokenizer(spec: str | Path, device: str | torch.device = "cpu
         path = Path(s)
         if not path.is_dir():
             raise CheckpointError(f"{path}: not a model directory")
+    from .checks import check_tokenizer, resolve_device
+
+    dev = resolve_device(device)  # before loading: a bad --device costs nothing
     model = from_pretrained(path)
     try:
         tok = Tokenizer.from_pretrained(path)
     except DataError as e:
         raise CheckpointError(f"{path}: model has no tokenizer beside it ({e})") from None
-    return model.to(device).eval(), tok
+    check_tokenizer(model.config, tok, str(path))
+    return model.to(dev).eval(), tok
 
 
 # ------------------------------------------------------------------------------ extraction
@@ -294,6 +298,9 @@ def extract_features(
     else:
         raise ConfigError(f"layer {layer!r}: expected an integer, 'all' or 'mix'")
 
+    from .checks import cap_max_length
+
+    max_length = cap_max_length(model, max_length)  # longer inputs would index past the position table
     was_training = model.training
     model.eval()  # no dropout; restored below so a caller mid-training is not surprised
     try:
@@ -641,6 +648,9 @@ def word_vectors(
         ``(vectors (K, C) float32, found (K,) bool)``; ``found`` is False where truncation cut the
         word off (its vector is then zero).
     """
+    from .checks import cap_max_length
+
+    max_length = cap_max_length(model, max_length)
     occ = list(occurrences)
     feats = extract_features(model, tokenizer, [s for s, _, _ in occ], layer, "none",
                              batch_size=batch_size, max_length=max_length)

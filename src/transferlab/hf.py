@@ -262,11 +262,13 @@ def _read_weights(d: Path, meta: bool = False) -> dict[str, torch.Tensor]:
     if single.is_file():
         files = [single]
     elif index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
-        files = [d / f for f in dict.fromkeys(weight_map.values())]
+        from .config import read_json
+
+        weight_map = read_json(index, dict, "safetensors index", CheckpointError).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map: expected an object of tensor name -> file name, "
+                                  f"got {type(weight_map).__name__}")
+        files = [_inside(d, f, index) for f in dict.fromkeys(weight_map.values())]
     elif any((d / n).is_file() for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
         raise CheckpointError(
             f"{d}: only pickled/TF/Flax weights found; transferlab reads safetensors only. Convert with "
@@ -290,6 +292,32 @@ def _read_weights(d: Path, meta: bool = False) -> dict[str, torch.Tensor]:
         except Exception as e:  # safetensors raises on truncated / corrupt headers
             raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
     return state
+
+
+_HF_NUMBER_KEYS = ("d_model", "d_ff", "d_kv", "vocab_size", "max_position_embeddings", "initializer_range",
+                   "rope_theta", "relative_attention_num_buckets", "relative_attention_max_distance")
+
+
+def _check_hf_numbers(raw: dict[str, Any], p: Path) -> None:
+    """Sizes, counts and epsilons of a transformers config.json must be numbers (or null): a
+    list or a string there is a one-line error naming the file and key, not a TypeError later."""
+    for k, v in raw.items():
+        numeric = (k in _HF_NUMBER_KEYS or k.startswith(("num_", "n_"))
+                   or k.endswith(("_size", "_layers", "_heads", "_dim", "_eps", "_epsilon", "_positions")))
+        if numeric and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise CheckpointError(f"{p}: {k}: expected a number, got {v!r}")
+
+
+def _inside(d: Path, name: str, index: Path) -> Path:
+    """``d / name`` when it names a file inside the model folder ``d``; refuse ``../x``, absolute
+    paths and links that lead out of it: a model folder may only make us read its own files."""
+    p = Path(name)
+    root = d.resolve()
+    full = (d / p).resolve()
+    if p.is_absolute() or ".." in p.parts or (full != root and root not in full.parents):
+        raise CheckpointError(f"{index}: weight_map names {name!r}, outside the model folder {d}; "
+                              "only files inside it are read")
+    return d / p
 
 
 def _st_dtype(name: str) -> torch.dtype:
@@ -323,6 +351,7 @@ def _source(src: Any, config: Any = None, meta: bool = False) -> tuple[dict[str,
             raise CheckpointError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
         if not isinstance(raw, dict):
             raise CheckpointError(f"{p}: expected a JSON object")
+        _check_hf_numbers(raw, p)
         return raw, _read_weights(d, meta=meta), str(d / "model.safetensors")
     if hasattr(src, "state_dict") and hasattr(src, "config"):  # a transformers PreTrainedModel
         raw = src.config.to_dict()

@@ -923,7 +923,20 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: cannot read tokenizer config ({e})") from None
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    ours = data.get("transferlab")
+    if isinstance(ours, dict):  # our own section: every field has one shape
+        for key, kinds, want in (("kind", (str,), "a string"), ("special_tokens", (dict,), "an object"),
+                                 ("sentinel_tokens", (list,), "a list"), ("lowercase", (bool, type(None)), "true or false")):
+            if key in ours and not isinstance(ours[key], kinds):
+                raise DataError(f"{path}: transferlab.{key}: expected {want}, got {ours[key]!r}")
+        if isinstance(ours.get("special_tokens"), dict) and not all(
+                v is None or isinstance(v, str) for v in ours["special_tokens"].values()):
+            raise DataError(f"{path}: transferlab.special_tokens: expected role -> token string, got {ours['special_tokens']!r}")
+    elif ours is not None:
+        raise DataError(f"{path}: transferlab: expected an object, got {ours!r}")
+    return data
 
 
 def _guess_specials(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -53,6 +54,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     from .outputs import fix_mode
 
     final = Path(final)
+    if final.exists() and not final.is_dir():  # never replace a user's file by a folder
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(final))
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
     try:

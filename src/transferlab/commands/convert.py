@@ -159,7 +159,10 @@ def describe(name_or_dir: str) -> dict:
             from ..config import ModelConfig
 
             known = set(ModelConfig.__dataclass_fields__)
-            cfg = ModelConfig.from_dict({k: v for k, v in raw.items() if k in known})
+            from ..config import in_file
+
+            with in_file(d / "config.json"):
+                cfg = ModelConfig.from_dict({k: v for k, v in raw.items() if k in known})
             with torch.device("meta"):
                 model = TransferModel(cfg)
             check_state_dict(model, _meta_state(d / WEIGHTS_NAME), str(d / WEIGHTS_NAME))

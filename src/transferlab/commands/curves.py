@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
             refs[name.strip()] = float(value)
         except ValueError:
             raise ConfigError(f"--reference {r!r}: expected NAME=LOSS, e.g. unigram=6.739") from None
-        if not sep or not name.strip():
+        if not sep or not name.strip() or refs[name.strip()] != refs[name.strip()] or abs(refs[name.strip()]) == float("inf"):
             raise ConfigError(f"--reference {r!r}: expected NAME=LOSS, e.g. unigram=6.739")
     curves = [read_run(run, label) for run, label in zip(args.runs, args.label or [None] * len(args.runs))]
     print(summary_table(curves, refs))

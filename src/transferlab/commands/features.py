@@ -93,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser, max_length: int = 256, dtype: bool = True) -> None:
     p.add_argument("--max-length", type=int, default=max_length, help="truncate inputs to N tokens (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     if dtype:
         p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                        help="bf16 autocast is ~4x faster on CPUs with avx512_bf16 (default: %(default)s)")

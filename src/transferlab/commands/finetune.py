@@ -117,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--seed", type=int, default=0, help="seed for new weights, shuffling, dropout and --train-size")
     o.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
                    help="bf16 autocast or fp32; auto: bf16 where the hardware has native bf16 (default: %(default)s)")
-    o.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    o.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     o.add_argument("--attn-impl", choices=("sdpa", "math"), help="attention kernel override (math is faster for short bf16 CPU sequences)")
     o.add_argument("--no-test", action="store_true", help="do not score the test split")
     o.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
@@ -144,7 +144,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--force", action="store_true", help="overwrite --out even if it is not an earlier metrics file")
     e.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     e.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_evaluate)
 
@@ -169,7 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--force", action="store_true", help="overwrite --out even if it is not an earlier predictions file")
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
-    r.add_argument("--device", default="auto")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     r.set_defaults(func=_predict)
 
 

@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "then up to 2x faster tokens at batch 1 (see docs/generation.md)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="weights dtype; bfloat16 speeds up the matmuls on CPUs with avx512_bf16 (default: %(default)s)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s: cuda if available)")
     p.add_argument("--perplexity", action="store_true",
                    help="also report the model's perplexity on its own generated text (per completion and mean)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of text")
@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="(prompt, label) pairs per forward pass (default: %(default)s)")
     q.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype")
-    q.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s: cuda if available)")
     q.add_argument("--output", metavar="FILE", help="write the results as JSON (atomically)")
     q.add_argument("--force", action="store_true", help="overwrite --output even if it is not an earlier icl result")
     q.add_argument("--json", action="store_true", help="print the JSON instead of the table")
@@ -106,11 +106,12 @@ def load_model_and_tokenizer(model_dir: str, dtype: str = "float32", device: str
     if not (d / "tokenizer.json").is_file() and not (d / "vocab.txt").is_file():
         raise CheckpointError(f"{d}: no tokenizer (tokenizer.json) beside the model; directories written by "
                               "pretrain/finetune contain one")
+    from ..checks import check_tokenizer, resolve_device
+
+    dev = resolve_device(device)  # before loading: a bad --device costs nothing
     model = from_pretrained(d)
     tok = Tokenizer.from_pretrained(d)
-    if len(tok) > model.config.vocab_size:
-        raise CheckpointError(f"{d}: the tokenizer has {len(tok)} tokens but the model only {model.config.vocab_size}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_tokenizer(model.config, tok, str(d))
     model = model.to(device=dev, dtype=getattr(torch, dtype)).eval()
     return model, tok
 

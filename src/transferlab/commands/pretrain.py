@@ -104,7 +104,7 @@ def _sections(items: list[str]) -> tuple[list[str], list[str], dict[str, str]]:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..config import apply_overrides, load_config_file
+    from ..config import apply_overrides, in_file, load_config_file
     from ..errors import ConfigError
     from ..training.config import TrainConfig
     from ..training.pretrain import pretrain
@@ -114,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"{args.config}: unknown section(s) {', '.join(sorted(unknown))}; "
                           "expected preset, init, objective, model, train")
+    for key, kinds, want in (("preset", (str,), "a preset name"), ("init", (str,), "a model folder"),
+                             ("objective", (str, dict), "an objective name or a mapping with name and settings"),
+                             ("model", (dict,), "a mapping of model fields"), ("train", (dict,), "a mapping of train fields")):
+        if file_cfg.get(key) is not None and not isinstance(file_cfg[key], kinds):
+            raise ConfigError(f"{args.config}: {key}: expected {want}, got {file_cfg[key]!r}")
     preset = args.preset or file_cfg.get("preset")
     init = args.init or file_cfg.get("init")
     if bool(preset) == bool(init):
@@ -129,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     model_o, train_o, obj_o = _sections(args.overrides)
     model_o = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (file_cfg.get("model") or {}).items()] + model_o
 
-    train = TrainConfig.from_dict(file_cfg["train"]) if file_cfg.get("train") else TrainConfig()
+    with in_file(args.config or ""):
+        train = TrainConfig.from_dict(file_cfg["train"]) if file_cfg.get("train") else TrainConfig()
     for flag, field in _TRAIN_FLAGS.items():
         v = getattr(args, flag, None)
         if v is not None:

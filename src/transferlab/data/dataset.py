@@ -49,6 +49,7 @@ class TokenShards:
             ) from None
         except (OSError, ValueError) as e:
             raise DataError(f"{meta_file}: unreadable ({e})") from None
+        _check_meta(self.meta, meta_file)
         splits = self.meta.get("splits", {})
         if split not in splits:
             raise DataError(f"{self.path}: no split {split!r} (available: {', '.join(splits) or 'none'})")
@@ -212,3 +213,19 @@ class WindowDataset:
         """``(seq_len,)`` int64: the document index of every token of window ``i``."""
         s = self.start(i)
         return np.searchsorted(self.shards.doc_offsets, np.arange(s, s + self.seq_len), "right").astype(np.int64) - 1
+
+
+def _check_meta(meta: Any, where: Path) -> None:
+    """The shape of a prepared dataset's meta.json: a one-line error naming the field, not a TypeError."""
+    if not isinstance(meta, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(meta).__name__}")
+    splits = meta.get("splits", {})
+    if not isinstance(splits, dict):
+        raise DataError(f"{where}: splits: expected an object of split name -> counts, got {splits!r}")
+    if not isinstance(meta.get("dtype"), str):
+        raise DataError(f"{where}: dtype: expected a numpy dtype name such as 'uint16', got {meta.get('dtype')!r}")
+    for name, c in splits.items():
+        if not isinstance(c, dict) or not all(isinstance(c.get(k), int) and not isinstance(c.get(k), bool) and c[k] >= 0
+                                              for k in ("tokens", "documents", "sentences")):
+            raise DataError(f"{where}: splits.{name}: expected tokens, documents and sentences as counts, got {c!r}")
+

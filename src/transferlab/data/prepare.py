@@ -442,6 +442,8 @@ def _is_up_to_date(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
         meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("splits"), dict):
+        return None
     if meta.get("plan") != plan:
         return None
     itemsize = np.dtype(meta["dtype"]).itemsize

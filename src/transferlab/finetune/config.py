@@ -13,9 +13,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..config import StrEnum, from_dict, to_dict
+from ..config import (COUNT, FRACTION, NONNEG, NONNEG_INT, POSITIVE, Range, StrEnum, check_fields, from_dict,
+                      read_json, to_dict)
 from ..errors import CheckpointError, ConfigError
 
 TASK_FILE = "task.json"
@@ -171,11 +172,22 @@ class FinetuneConfig:
     quiet: bool = False
     """No progress bars or log lines."""
 
+    #: allowed values of the numeric fields; ``finetune``'s flags are checked with the same ranges
+    RANGES: ClassVar[dict[str, Range]] = {
+        "tokenizer_vocab_size": COUNT, "train_size": COUNT, "validation_size": COUNT, "test_size": COUNT,
+        "epochs": POSITIVE, "batch_size": COUNT, "eval_batch_size": COUNT, "lr": POSITIVE, "weight_decay": NONNEG,
+        "warmup": FRACTION, "layer_lr_decay": Range(float, gt=0, le=1), "gradual_unfreeze": FRACTION,
+        "max_grad_norm": NONNEG, "max_length": COUNT, "max_target_length": COUNT, "doc_stride": COUNT,
+        "max_answer_length": COUNT, "head_dropout": FRACTION, "dropout": FRACTION, "attention_dropout": FRACTION,
+        "num_beams": COUNT, "patience": COUNT, "eval_every": NONNEG_INT, "max_minutes": POSITIVE, "seed": NONNEG_INT,
+    }
+
     def validate(self) -> "FinetuneConfig":
         """Check the settings; raise :class:`ConfigError` naming the field."""
         from ..config import _coerce_enums
 
         _coerce_enums(self)
+        check_fields(self, "finetune", self.RANGES)
         if not self.model:
             raise ConfigError("finetune: model is required (a model folder, builtin:minilm, or a preset with from_scratch)")
         if self.task is None and self.train_file is None:
@@ -282,6 +294,13 @@ class TaskSpec:
     format_version: int = TASK_FORMAT_VERSION
     """task.json layout version."""
 
+    #: allowed values of the numeric fields of task.json
+    RANGES: ClassVar[dict[str, Range]] = {
+        "max_length": COUNT, "max_target_length": COUNT, "doc_stride": COUNT, "max_query_length": COUNT,
+        "max_answer_length": COUNT, "head_dropout": FRACTION, "label_std": POSITIVE, "num_beams": COUNT,
+        "format_version": COUNT,
+    }
+
     def save(self, directory: str | Path) -> Path:
         from ..utils import atomic_write_text
 
@@ -302,17 +321,18 @@ class TaskSpec:
                 f"{Path(directory)}: no {TASK_FILE}; evaluate/predict need a folder written by "
                 "`transferlab finetune --out DIR`"
             )
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{p}: expected a JSON object")
+        data = read_json(p, dict, TASK_FILE, CheckpointError)
         known = {f.name for f in fields(cls)}
         try:
             spec = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as e:
             raise CheckpointError(f"{p}: {e}") from None
+        try:
+            check_fields(spec, "task", cls.RANGES)
+        except ConfigError as e:
+            raise CheckpointError(f"{p}: {e}") from None
+        if not all(isinstance(v, str) or v is None for v in spec.columns.values()):
+            raise CheckpointError(f"{p}: task.columns: expected field names (strings), got {spec.columns!r}")
         if spec.task_type not in [t.value for t in TaskType]:
             raise CheckpointError(f"{p}: unknown task_type {spec.task_type!r}")
         if spec.format_version > TASK_FORMAT_VERSION:

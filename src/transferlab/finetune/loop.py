@@ -48,15 +48,9 @@ HISTORY_FILE = "history.jsonl"
 
 # ------------------------------------------------------------------------------ helpers
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
-    return dev
+    from ..checks import resolve_device
+
+    return resolve_device(name)
 
 
 def _autocast(device: torch.device, dtype: str) -> Callable[[], Any]:
@@ -208,9 +202,11 @@ def _load_model(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, A
         mcfg = copy.deepcopy(model.config)
         mcfg.heads = {}
         model = TransferModel(mcfg)
-    if tok.vocab_size > model.config.vocab_size:
-        raise CheckpointError(f"tokenizer {tok_src} has {tok.vocab_size} tokens but the model's embedding has "
-                              f"{model.config.vocab_size}; use the tokenizer the model was trained with")
+    from ..checks import check_tokenizer, check_same_tokenizer
+
+    check_tokenizer(model.config, tok, f"tokenizer {tok_src}")
+    if cfg.tokenizer and str(cfg.tokenizer) != str(name):
+        check_same_tokenizer(path, tok, f"--tokenizer {cfg.tokenizer}")
     return model, tok, str(tok_src)
 
 
@@ -540,6 +536,9 @@ def load_finetuned(model_dir: str | Path, device: str = "auto") -> tuple[Any, An
         tok = Tokenizer.from_pretrained(d)
     except DataError as e:
         raise CheckpointError(f"{d}: no usable tokenizer ({e})") from None
+    from ..checks import check_tokenizer
+
+    check_tokenizer(model.config, tok, str(d))
     wiring = build_wiring(spec, tok, model.config)
     if wiring.head not in model.heads:
         raise CheckpointError(f"{d}: the model has no {wiring.head!r} head, which task.json ({spec.task_type}) needs")

@@ -339,10 +339,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     p = Path(path) / CONFIG_NAME
     if not p.is_file():
         raise CheckpointError(f"{Path(path)}: no {CONFIG_NAME} (not a model directory)")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+    from ..config import read_json
+
+    return read_json(p, dict, CONFIG_NAME, CheckpointError)
 
 
 def from_pretrained(path: str | Path, device: str | torch.device | None = None,
@@ -377,7 +376,10 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None,
         if unknown:
             raise ConfigError(f"unknown model field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         # overrides (dropout, attn_impl, ...) go into the config *before* the modules are built
-        cfg = ModelConfig.from_dict({**{k: v for k, v in raw.items() if k in known}, **overrides})
+        from ..config import in_file
+
+        with in_file(Path(path) / CONFIG_NAME):
+            cfg = ModelConfig.from_dict({**{k: v for k, v in raw.items() if k in known}, **overrides})
         model = TransferModel(cfg)
         load_weights(model, Path(path) / WEIGHTS_NAME)
         from ..generation import load_generation_config

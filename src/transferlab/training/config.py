@@ -9,9 +9,10 @@ first-class (Cramming): a run stops at whichever of ``max_steps``, ``max_tokens`
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
-from ..config import StrEnum, _coerce_enums, from_dict, to_dict
+from ..config import (COUNT, FRACTION, NONNEG, NONNEG_INT, POSITIVE, UNIT, Range, StrEnum, _coerce_enums,
+                      check_fields, from_dict, to_dict)
 from ..errors import ConfigError
 
 
@@ -92,9 +93,19 @@ class TrainConfig:
     RESUME_SAFE = ("eval_every", "eval_batches", "save_every", "keep_last", "log_every", "num_workers",
                    "progress", "tensorboard")
 
+    #: allowed values of the numeric fields; ``pretrain``'s flags are checked with the same ranges
+    RANGES: ClassVar[dict[str, Range]] = {
+        "batch_size": COUNT, "seq_len": COUNT, "grad_accum": COUNT, "lr": POSITIVE, "weight_decay": NONNEG,
+        "eps": POSITIVE, "warmup": FRACTION, "min_lr_ratio": UNIT, "clip": NONNEG, "max_steps": NONNEG_INT,
+        "max_tokens": NONNEG_INT, "max_minutes": NONNEG, "eval_every": NONNEG_INT, "eval_batches": NONNEG_INT,
+        "save_every": NONNEG_INT, "keep_last": COUNT, "log_every": NONNEG_INT, "seed": NONNEG_INT,
+        "num_workers": Range(int, ge=0, le=1), "num_threads": NONNEG_INT,
+    }
+
     def validate(self) -> "TrainConfig":
-        """Check ranges and choices; raise :class:`ConfigError` naming the field."""
+        """Check types, ranges and choices; raise :class:`ConfigError` naming the field."""
         _coerce_enums(self)
+        check_fields(self, "train", self.RANGES)
         for name in ("batch_size", "seq_len", "grad_accum"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")

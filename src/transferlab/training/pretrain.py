@@ -264,10 +264,9 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
         if resume and not has_run and info.is_main:
             print(f"note: {out} has no checkpoint yet: the run starts again from step 0", file=sys.stderr)
         if resume and cfg_file.is_file():
-            try:
-                old = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"{cfg_file}:{e.lineno}: invalid JSON ({e.msg})") from None
+            from ..config import read_json
+
+            old = read_json(cfg_file, dict, "run config", CheckpointError)
             diffs = _config_diff(old, resolved)
             if diffs:
                 raise ConfigError(f"--resume {out}: this command differs from the run's config.json: "

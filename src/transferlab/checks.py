@@ -1,0 +1,139 @@
+"""Checks every command shares: the device, the input length, the tokenizer that goes with a model.
+
+* :func:`resolve_device` — one spelling everywhere (``auto | cpu | cuda | cuda:N | mps``) and a
+  one-line :class:`ConfigError` for a device this torch cannot use, instead of torch's
+  ``AssertionError: Torch not compiled with CUDA enabled`` deep inside ``.to()``.
+* :func:`cap_max_length` — inputs longer than the model's position table are cut to it (as
+  ``finetune`` does) with one note, instead of an ``IndexError`` in the embedding lookup.
+* :func:`check_tokenizer` — a tokenizer must fit the model it is used with: no id beyond the
+  embedding table, and the special tokens the model was built with (pad/bos/eos recorded in its
+  config) must be the tokenizer's own.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+from .errors import ConfigError
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def resolve_device(name: Any = "auto") -> Any:
+    """A ``torch.device`` for ``name`` that this machine has.
+
+    Args:
+        name: ``auto`` (or None: cuda when available, else cpu), ``cpu``, ``cuda``, ``cuda:N``,
+            ``mps``, or a ``torch.device``.
+
+    Raises:
+        ConfigError: an unknown spelling, or a device this torch build / machine does not have.
+    """
+    import torch
+
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = "auto" if name is None else str(name).strip().lower()
+    if not _DEVICE.match(name):
+        raise ConfigError(f"--device {name}: expected {DEVICES}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available (this torch {torch.__version__} "
+                              f"{'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'}); "
+                              "use --device cpu or auto")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--device {name}: only {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
+    return dev
+
+
+def position_limit(config: Any) -> int | None:
+    """Longest input the model's position table covers (None: rotary/relative/none: no limit)."""
+    from .finetune.heads import position_limit as _limit
+
+    return _limit(config)
+
+
+_NOTED: set[tuple[int, int]] = set()
+
+
+def cap_max_length(model: Any, max_length: int, what: str = "--max-length", quiet: bool = False) -> int:
+    """``max_length`` cut to the model's positions, with one note on stderr per (limit, request)."""
+    cfg = getattr(model, "config", None)
+    limit = position_limit(cfg) if cfg is not None else None
+    if limit is None or max_length <= limit:
+        return max_length
+    if not quiet and (limit, max_length) not in _NOTED:
+        _NOTED.add((limit, max_length))
+        print(f"note: {what} {max_length} is longer than the model's {limit} positions; inputs are cut to "
+              f"{limit} tokens", file=sys.stderr)
+    return limit
+
+
+def check_tokenizer(model_config: Any, tok: Any, where: str = "the tokenizer") -> None:
+    """Refuse a tokenizer that does not belong to a model.
+
+    Two checks, both on what the model records: its ``vocab_size`` (no token id may fall outside
+    the embedding table) and its special ids (``pad_token_id``, ``bos_token_id``,
+    ``eos_token_id``: a tokenizer that has such a token must give it the model's id; a model
+    pre-trained with a WordPiece tokenizer has pad 0 = ``[PAD]``, a byte-level BPE one has
+    ``<|endoftext|>`` where the model's eos is). A tokenizer of another kind with a smaller
+    vocabulary passes the size check but not this one.
+
+    Raises:
+        ConfigError: naming ``where``, the model's and the tokenizer's values.
+    """
+    n = len(tok) if hasattr(tok, "__len__") else int(getattr(tok, "vocab_size"))
+    vocab = int(model_config.vocab_size)
+    if n > vocab:
+        raise ConfigError(f"{where}: the tokenizer has {n} tokens but the model's embedding table only {vocab}; "
+                          "use the tokenizer the model was trained with")
+    kind = getattr(tok, "kind", "")
+    for role in ("pad", "bos", "eos"):
+        want = getattr(model_config, f"{role}_token_id", -1)
+        have = getattr(tok, f"{role}_token_id", None)
+        if want is None or want < 0 or have is None or have == want:
+            continue
+        # a model whose recorded id is a different token of this tokenizer: not its tokenizer
+        raise ConfigError(
+            f"{where}: {kind + ' ' if kind else ''}tokenizer's {role} token "
+            f"{getattr(tok, f'{role}_token', None)!r} has id {have}, but the model was built with "
+            f"{role}_token_id={want}; use the tokenizer the model was trained with")
+
+
+def check_same_tokenizer(model_dir: Any, tok: Any, where: str) -> None:
+    """A tokenizer given for a model folder that has its own must be of the same kind, with the same
+    special tokens at the same ids (the folder's own tokenizer is the model's record of it).
+
+    A folder without a tokenizer of its own (a bare converted checkpoint) passes.
+    """
+    from pathlib import Path
+
+    from .errors import DataError
+    from .tokenizer import Tokenizer
+
+    d = Path(str(model_dir))
+    if not d.is_dir() or not ((d / "tokenizer.json").is_file() or (d / "vocab.txt").is_file()):
+        return
+    try:
+        own = Tokenizer.from_pretrained(d)
+    except (DataError, ConfigError):
+        return
+    if own.kind != tok.kind:
+        raise ConfigError(f"{where}: a {tok.kind} tokenizer, but the model in {d} was trained with a {own.kind} one "
+                          f"(its tokenizer.json); drop --tokenizer or give that one")
+    mine = {r: (t, own.convert_tokens_to_ids(t)) for r, t in own.special_tokens.items() if t}
+    theirs = {r: (t, tok.convert_tokens_to_ids(t)) for r, t in tok.special_tokens.items() if t}
+    if mine != theirs:
+        diff = sorted(r for r in set(mine) | set(theirs) if mine.get(r) != theirs.get(r))
+        raise ConfigError(f"{where}: its special tokens differ from those of the model's own tokenizer in {d} "
+                          f"({', '.join(f'{r}: {theirs.get(r)} vs {mine.get(r)}' for r in diff[:3])}); "
+                          "drop --tokenizer or give the model's tokenizer")
