@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 TASK_TYPES = ("classification", "pair-classification", "regression", "tagging", "qa", "seq2seq")
@@ -94,7 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="tagging: best valid BIO path, or the best tag per word")
     o = p.add_argument_group("optimisation (ULMFiT-style options included)")
     o.add_argument("--epochs", type=float, default=3.0, help="passes over the training set")
-    o.add_argument("--batch-size", type=int, default=16, help="examples per step")
+    o.add_argument("--batch-size", type=int, default=16,
+                   help="examples per micro-batch and process (a step sees batch-size x grad-accum x processes)")
+    o.add_argument("--grad-accum", type=int, default=1, metavar="N",
+                   help="micro-batches per optimiser step; the loss is normalised over the whole accumulated "
+                        "batch, so 4 x 8 is the same step as 32 (exact up to float rounding; dropout masks are "
+                        "drawn per micro-batch)")
     o.add_argument("--eval-batch-size", type=int, default=32, help="batch size for evaluation")
     o.add_argument("--lr", type=float, default=5e-5, help="peak learning rate")
     o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices")
@@ -111,7 +117,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="evaluate every N steps (0 = each epoch)")
     o.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget; the schedule is stretched over it")
     o.add_argument("--seed", type=int, default=0, help="seed for new weights, shuffling, dropout and --train-size")
-    o.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"), help="bf16 autocast or fp32")
+    o.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"),
+                   help="bf16 autocast, fp16 autocast with loss scaling (GPUs without bf16), or fp32")
+    o.add_argument("--gradient-checkpointing", action="store_true",
+                   help="activation checkpointing: recompute each block in backward (less memory, ~1 more "
+                        "forward per step)")
+    o.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model (FSDP2) instead of DDP")
+    c = p.add_argument_group("checkpoints and resume")
+    c.add_argument("--save-every", type=int, default=0, metavar="STEPS",
+                   help="checkpoint every N steps as well as after each evaluation (0 = only then)")
+    c.add_argument("--keep-last", type=int, default=2, metavar="K", help="checkpoints kept under OUT/checkpoints")
+    c.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep OUT/checkpoints in the finished folder (default: dropped at the end)")
+    c.add_argument("--resume", action="store_true",
+                   help="continue a killed run from the latest checkpoint in OUT/checkpoints (same command)")
     o.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     o.add_argument("--attn-impl", choices=("sdpa", "math"), help="attention kernel override (math is faster for short bf16 CPU sequences)")
     o.add_argument("--no-test", action="store_true", help="do not score the test split")
@@ -192,9 +211,24 @@ def _finetune(args: argparse.Namespace) -> int:
         prompt_suffix=args.prompt_suffix, num_beams=args.num_beams, bio_decoding=args.bio_decoding,
         patience=args.patience, eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed,
         dtype=args.dtype, device=args.device, attn_impl=args.attn_impl, out_dir=args.out,
-        eval_on_test=not args.no_test, quiet=args.quiet, cost=cost,
+        eval_on_test=not args.no_test, quiet=args.quiet, cost=cost, grad_accum=args.grad_accum,
+        gradient_checkpointing=args.gradient_checkpointing, fsdp=args.fsdp, save_every=args.save_every,
+        keep_last=args.keep_last, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
     )
-    res = finetune(cfg)
+    from ..training.distributed import cleanup_distributed, init_distributed
+
+    info = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: join the group (gloo on CPUs)
+        device = None if args.device == "auto" else args.device
+        info = init_distributed(device)
+    try:
+        res = finetune(cfg, info=info)
+    except BaseException:
+        cleanup_distributed(wait=False)  # peers may never arrive at a barrier
+        raise
+    cleanup_distributed()
+    if info is not None and not info.is_main:
+        return 0
     print(f"trained {res.steps} steps on {res.n_train} examples in {res.train_seconds:.1f}s "
           f"({res.train_tokens / max(res.train_seconds, 1e-9):,.0f} tokens/s); best epoch {res.best_epoch}; "
           f"stopped: {res.stopped}")

@@ -143,6 +143,67 @@ class _LossModule(nn.Module):
         return out.loss_sum, out.metrics
 
 
+def autocast_dtype(dtype: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved training dtype (``bf16``/``fp16``), None for fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(dtype))
+
+
+def accumulate_gradients(engine: nn.Module, batches: Sequence[dict[str, Any]], n_total: float, info: DistInfo,
+                         dtype: str, weights: Sequence[float] | None = None,
+                         scaler: Any = None) -> list[tuple[torch.Tensor, dict[str, float]]]:
+    """Forward and backward over one optimizer step's micro-batches: the trainer core shared by
+    pre-training (:class:`Trainer`) and fine-tuning (:func:`transferlab.finetune.loop.finetune`).
+
+    Each micro-batch's summed loss is divided by ``n_total``, the number of targets of the whole
+    accumulated batch over all ranks (counted before any forward), and multiplied by the world size
+    because DDP/FSDP average gradients over ranks. So the gradient is that of the mean loss over
+    the large batch, whatever the split into micro-batches and processes. Gradients are all-reduced
+    only on the last micro-batch (``no_sync``).
+
+    Args:
+        engine: the (possibly DDP/FSDP-wrapped) module whose forward returns ``(loss_sum, metrics)``.
+        batches: this rank's micro-batches, on the device.
+        n_total: targets in the whole accumulated, distributed batch.
+        info: this process's :class:`DistInfo`.
+        dtype: resolved dtype: ``bf16``/``fp16`` autocast or ``fp32``.
+        weights: per micro-batch factor (default 1); 0 runs a placeholder micro-batch that adds
+            nothing (a rank with no examples left in a ragged last batch must still take part in
+            the gradient all-reduce).
+        scaler: a ``torch.amp.GradScaler`` for fp16 (the loss is scaled before backward).
+
+    Returns:
+        ``(detached loss_sum * weight, metrics)`` per micro-batch.
+    """
+    amp = autocast_dtype(dtype)
+    scale = info.world_size / max(n_total, 1.0)  # DDP/FSDP average over ranks: undo it
+    out = []
+    for i, batch in enumerate(batches):
+        w = 1.0 if weights is None else float(weights[i])
+        with grad_sync(engine, enabled=i == len(batches) - 1):
+            with torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                part, part_metrics = engine(batch)
+            loss = part.float() * (scale * w)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        out.append((part.detach() * w, part_metrics))
+    return out
+
+
+def clip_gradients(model: nn.Module, max_norm: float, measure: bool = False) -> float:
+    """Clip the gradient norm to ``max_norm`` (0: off); return the norm before clipping.
+
+    Args:
+        measure: with ``max_norm`` 0, still compute the norm (the clip coefficient is clamped to
+            exactly 1.0 then, so the gradients are unchanged); otherwise return 0.0 without work.
+    """
+    if not max_norm and not measure:
+        return 0.0
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf"))
+    if hasattr(norm, "full_tensor"):  # FSDP2 DTensor
+        norm = norm.full_tensor()
+    return float(norm)
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
@@ -362,15 +423,11 @@ class Trainer:
                                sum(_count_tokens(b) for b in batches)], dtype=torch.float64, device=info.device)
         n_total, step_tokens = (float(x) for x in all_reduce(counts, info))
         lr = set_lr(self.optimizer, cfg.lr, lr_multiplier(self.progress(), cfg.warmup, cfg.schedule, cfg.min_lr_ratio))
-        scale = info.world_size / max(n_total, 1.0)  # DDP/FSDP average over ranks: undo it
+        parts = accumulate_gradients(self.engine, batches, n_total, info, self.dtype)
         loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
         metrics: dict[str, float] = {}
-        for i, batch in enumerate(batches):
-            with grad_sync(self.engine, enabled=i == len(batches) - 1):
-                with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
-                    part, part_metrics = self.engine(batch)
-                (part.float() * scale).backward()
-            loss_sum += part.detach().double()
+        for batch, (part, part_metrics) in zip(batches, parts):
+            loss_sum += part.double()
             w = float(batch["n_targets"]) / max(sum(float(b["n_targets"]) for b in batches), 1.0)
             for k, v in part_metrics.items():  # this rank's target-weighted means
                 metrics[k] = metrics.get(k, 0.0) + float(v) * w
@@ -481,12 +538,7 @@ class Trainer:
         return self.objective.collate([self.train_data[i] for i in self.sampler.indices(micro_batch)], self.rng)
 
     def _clip(self) -> float:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        # max_norm=inf measures without clipping (the clip coefficient is clamped to exactly 1.0)
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip or float("inf"))
-        if hasattr(norm, "full_tensor"):  # FSDP2 DTensor
-            norm = norm.full_tensor()
-        return float(norm)
+        return clip_gradients(self.model, self.cfg.clip, measure=True)
 
     def _agree(self, seconds: float) -> float:
         """Step time every rank agrees on (the slowest), so a time budget stops all ranks together."""
