@@ -217,16 +217,20 @@ def _finetune(args: argparse.Namespace) -> int:
     )
     from ..training.distributed import cleanup_distributed, init_distributed
 
-    info = None
+    import torch.distributed as dist
+
+    info, owner = None, False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: join the group (gloo on CPUs)
-        device = None if args.device == "auto" else args.device
-        info = init_distributed(device)
+        owner = not dist.is_initialized()  # leave it at the end only if this command joined it
+        info = init_distributed(None if args.device == "auto" else args.device)
     try:
         res = finetune(cfg, info=info)
     except BaseException:
-        cleanup_distributed(wait=False)  # peers may never arrive at a barrier
+        if owner:
+            cleanup_distributed(wait=False)  # peers may never arrive at a barrier
         raise
-    cleanup_distributed()
+    if owner:
+        cleanup_distributed()
     if info is not None and not info.is_main:
         return 0
     print(f"trained {res.steps} steps on {res.n_train} examples in {res.train_seconds:.1f}s "
