@@ -353,6 +353,10 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
     if info.world_size > 1 and cfg.gradual_unfreeze > 0:
         raise ConfigError("finetune.gradual_unfreeze cannot run under torchrun (DDP/FSDP fix the trainable "
                           "parameters when they wrap the model); run it in one process")
+    if cfg.fsdp and info.world_size > 1:
+        # evaluation, best-weight copies and the final save read whole parameters; under FSDP2
+        # they are shards. Not wired up yet: refuse rather than train and then fail at the end.
+        raise ConfigError("finetune --fsdp is not supported yet; under torchrun fine-tuning uses DDP (drop --fsdp)")
     out_dir = _check_out_dir(cfg)
     quiet = cfg.quiet or not info.is_main  # one process logs
     log = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))

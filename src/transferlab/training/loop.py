@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import TransferlabError
+from ..objectives.example_rng import example_rng
 from .checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_checkpoints, load_checkpoint,
                          restore_rng, save_checkpoint)
 from .config import DType, TrainConfig
@@ -290,6 +291,10 @@ class Trainer:
         # (ELECTRA's generator + discriminator pair); unwrap_model gives back what is saved.
         wrap = getattr(objective, "wrap_model", None)
         self.model = (wrap(model) if wrap is not None else model).to(self.info.device)
+        if cfg.gradient_checkpointing:
+            from ..models.blocks import set_gradient_checkpointing
+
+            set_gradient_checkpointing(self.model, True)
         if self.info.device.type == "cpu":
             tune_cpu_allocator()
         self.compile_seconds: float | None = None  # the first (compiling) step's wall time
@@ -422,6 +427,16 @@ class Trainer:
         counts = torch.tensor([sum(float(b["n_targets"]) for b in batches),
                                sum(_count_tokens(b) for b in batches)], dtype=torch.float64, device=info.device)
         n_total, step_tokens = (float(x) for x in all_reduce(counts, info))
+        # objectives whose loss mixes two normalisations (ELECTRA: generator per masked token,
+        # discriminator per token) see both totals of the whole batch, so the split stays exact
+        counts_of = getattr(self.objective, "global_counts", None)
+        if counts_of is not None:
+            per = [counts_of(b) for b in batches]
+            keys = sorted(per[0])
+            tot = all_reduce(torch.tensor([sum(float(c[k]) for c in per) for k in keys], dtype=torch.float64,
+                                          device=info.device), info)
+            for b in batches:
+                b["global_counts"] = dict(zip(keys, tot.tolist()))
         lr = set_lr(self.optimizer, cfg.lr, lr_multiplier(self.progress(), cfg.warmup, cfg.schedule, cfg.min_lr_ratio))
         parts = accumulate_gradients(self.engine, batches, n_total, info, self.dtype)
         loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
@@ -511,7 +526,9 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(EVAL_SEED)
             for b in range(n_batches):
-                batch = _to_device(self.objective.collate([self.val_data[i] for i in sampler.indices(b)], rng),
+                idx = sampler.indices(b)
+                batch = _to_device(self.objective.collate([self.val_data[i] for i in idx],
+                                                          example_rng(self.objective, EVAL_SEED, idx, rng)),
                                    info.device)
                 with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
                     part, part_metrics = self.engine(batch)
@@ -535,7 +552,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ internals
     def _collate(self, micro_batch: int) -> dict[str, torch.Tensor]:
-        return self.objective.collate([self.train_data[i] for i in self.sampler.indices(micro_batch)], self.rng)
+        # per-example streams keyed by the global stream position (fixes step and example), for
+        # objectives that support them: accumulation and ranks then see the large batch's masks
+        rng = example_rng(self.objective, self.cfg.seed, self.sampler.positions(micro_batch), self.rng)
+        return self.objective.collate([self.train_data[i] for i in self.sampler.indices(micro_batch)], rng)
 
     def _clip(self) -> float:
         return clip_gradients(self.model, self.cfg.clip, measure=True)
