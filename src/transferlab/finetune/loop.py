@@ -353,10 +353,6 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
     if info.world_size > 1 and cfg.gradual_unfreeze > 0:
         raise ConfigError("finetune.gradual_unfreeze cannot run under torchrun (DDP/FSDP fix the trainable "
                           "parameters when they wrap the model); run it in one process")
-    if cfg.fsdp and info.world_size > 1:
-        # evaluation, best-weight copies and the final save read whole parameters; under FSDP2
-        # they are shards. Not wired up yet: refuse rather than train and then fail at the end.
-        raise ConfigError("finetune --fsdp is not supported yet; under torchrun fine-tuning uses DDP (drop --fsdp)")
     out_dir = _check_out_dir(cfg)
     quiet = cfg.quiet or not info.is_main  # one process logs
     log = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
@@ -401,6 +397,9 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
     for note in data.notes:
         log(f"note: {note}")
 
+    # DDP/FSDP wrap the loss module (the wiring's summed loss as its forward), as pre-training does;
+    # before the optimizer: FSDP2 replaces the parameters by sharded ones in place
+    engine = wrap_model(_LossModule(model, _WiringObjective(wiring)), info, fsdp=cfg.fsdp)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, layer_lr_decay=cfg.layer_lr_decay)
     unfreeze = _Unfreezer(model, cfg.gradual_unfreeze)
     min_ratio = 1.0 / 32 if str(cfg.schedule) == "slanted" else 0.0  # ULMFiT's ratio
@@ -410,8 +409,6 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
     budget = cfg.max_minutes * 60.0 if cfg.max_minutes else None
     rng = np.random.default_rng(cfg.seed)
     tracker = _cost_tracker(cfg, model, device)
-    # DDP/FSDP wrap the loss module (the wiring's summed loss as its forward), as pre-training does
-    engine = wrap_model(_LossModule(model, _WiringObjective(wiring)), info, fsdp=cfg.fsdp)
     ckpt_root = out_dir / CHECKPOINTS if out_dir is not None else None
     fingerprint = _fingerprint(cfg, data)
 
@@ -431,6 +428,25 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
         if total_steps <= run["step"]:
             stopped = run.get("stopped", stopped)
     t0 = time.perf_counter() - run["elapsed"]
+    sharded = cfg.fsdp and info.world_size > 1
+    plain: list[Any] = []  # under FSDP: one unsharded copy per rank for evaluation and saving
+
+    def full_state() -> dict[str, torch.Tensor]:
+        """A CPU copy of the whole weights (gathered from the shards under FSDP, on every rank)."""
+        return _full_state(model, sharded)
+
+    def scoring_model(state: dict[str, torch.Tensor] | None = None) -> Any:
+        """The model to evaluate / save: the model itself, loaded with ``state`` if given; under
+        FSDP a plain copy holding the gathered weights (evaluation reads whole parameters)."""
+        if not sharded:
+            if state is not None:
+                model.load_state_dict(state)
+            return model
+        if not plain:
+            with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the streams
+                plain.append(type(model)(copy.deepcopy(model.config)).to(device))
+        plain[0].load_state_dict(state if state is not None else full_state())
+        return plain[0]
 
     def elapsed() -> float:
         return time.perf_counter() - t0
@@ -443,10 +459,10 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
         run["loss_sum"], run["loss_n"] = 0.0, 0
         if not val:
             history.append(row)
-            best.update(state=_cpu_state(model), epoch=epoch, step=run["step"])
+            best.update(state=full_state(), epoch=epoch, step=run["step"])
             return False
         with tracker.pause():  # evaluation counts for wall time and energy, not throughput / MFU
-            metrics, _ = _score(wiring, model, val, cfg.eval_batch_size, ctx, cfg.quiet or not info.is_main,
+            metrics, _ = _score(wiring, scoring_model(), val, cfg.eval_batch_size, ctx, cfg.quiet or not info.is_main,
                                 "validation", info=info)
         row.update({f"validation_{k}": v for k, v in metrics.items()})
         history.append(row)
@@ -455,7 +471,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
         log(f"epoch {epoch} step {run['step']}: train loss {row['train_loss']:.4f} | validation "
             + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + (" (best)" if improved else ""))
         if improved:
-            best.update(score=score, metrics=metrics, state=_cpu_state(model), epoch=epoch, step=run["step"])
+            best.update(score=score, metrics=metrics, state=full_state(), epoch=epoch, step=run["step"])
             run["bad_evals"] = 0
         else:
             run["bad_evals"] += 1
@@ -520,10 +536,12 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
 
     # restore the best weights (a CPU copy) for the test split and the saved checkpoint
     if best["state"] is not None:
-        model.load_state_dict(best["state"])
+        final = scoring_model(best["state"])
+    else:
+        final = scoring_model()
     test_metrics: dict[str, float] = {}
     if cfg.eval_on_test and test:
-        test_metrics, _ = _score(wiring, model, test, cfg.eval_batch_size, ctx, quiet, "test", info=info)
+        test_metrics, _ = _score(wiring, final, test, cfg.eval_batch_size, ctx, quiet, "test", info=info)
         log("test: " + " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
 
     result = FinetuneResult(
@@ -532,7 +550,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
         task_type=spec.task_type, metric=metric, steps=step, stopped=stopped, cost=cost,
     )
     if out_dir is not None and info.is_main:  # one process writes the outputs
-        _save(out_dir, model, tok, spec, cfg, result, data)
+        _save(out_dir, final, tok, spec, cfg, result, data)
         log(f"saved the best checkpoint (epoch {best['epoch']}, step {best['step']}) to {out_dir}")
     if info.world_size > 1:
         from ..training.distributed import barrier
@@ -576,6 +594,16 @@ def _batch_flops(w: Wiring, batch: dict[str, torch.Tensor]) -> float:
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _full_state(model: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
+    """:func:`_cpu_state`, or under FSDP the full weights all-gathered on every rank (a collective)."""
+    if not sharded:
+        return _cpu_state(model)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return {k: v.detach().to("cpu", copy=True) for k, v in full.items()}
 
 
 # ------------------------------------------------------------------------------ the shared trainer core
@@ -724,7 +752,7 @@ def _resume(path: Path, cfg: FinetuneConfig, fingerprint: dict[str, Any], model:
     history[:] = state["history"]
     best.update(state["best"])
     if state["best_weights"] == "current":
-        best["state"] = _cpu_state(model)
+        best["state"] = _full_state(model, cfg.fsdp and info.world_size > 1)
     elif state["best_weights"]:
         best["state"] = load_extra(path, state["best_weights"])
     if scaler is not None and state.get("scaler"):
