@@ -122,6 +122,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--gradient-checkpointing", action="store_true",
                    help="activation checkpointing: recompute each block in backward (less memory, ~1 more "
                         "forward per step)")
+    lo = p.add_argument_group("LoRA (low-rank adapters; the output holds the merged model and the adapter)")
+    lo.add_argument("--lora-r", type=int, metavar="R", help="train rank-R adapters instead of every weight (e.g. 8)")
+    lo.add_argument("--lora-alpha", type=float, default=16.0, metavar="A", help="adapter scale numerator (x A / R)")
+    lo.add_argument("--lora-dropout", type=float, default=0.0, metavar="P", help="dropout on the adapters' input")
+    lo.add_argument("--lora-targets", default="qkv,q,kv,out,fc1,fc2", metavar="NAMES",
+                    help="comma-separated block linears to adapt")
     o.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model (FSDP2) instead of DDP")
     c = p.add_argument_group("checkpoints and resume")
     c.add_argument("--save-every", type=int, default=0, metavar="STEPS",
@@ -214,6 +220,8 @@ def _finetune(args: argparse.Namespace) -> int:
         eval_on_test=not args.no_test, quiet=args.quiet, cost=cost, grad_accum=args.grad_accum,
         gradient_checkpointing=args.gradient_checkpointing, fsdp=args.fsdp, save_every=args.save_every,
         keep_last=args.keep_last, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()],
     )
     from ..training.distributed import cleanup_distributed, init_distributed
 

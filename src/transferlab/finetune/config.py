@@ -174,6 +174,15 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False
     """Activation checkpointing: recompute each block in backward instead of keeping its
     activations (less memory, about one more forward per step)."""
+    lora_r: int | None = None
+    """LoRA: train rank-r updates of the block projections (and the head) instead of every
+    weight; None = full fine-tuning. The saved folder holds the merged model and the adapter."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator (the update is multiplied by alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA adapters' input."""
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "q", "kv", "out", "fc1", "fc2"])
+    """Block linears that get an adapter: qkv (self-attention), q and kv (cross-attention), out, fc1, fc2."""
     fsdp: bool = False
     """Under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP."""
     out_dir: str | None = None
@@ -232,6 +241,8 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.attn_impl must be sdpa or math, got {self.attn_impl!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"finetune.max_minutes must be positive, got {self.max_minutes}")
+        if self.lora_r is not None:
+            self.lora_config()
         if self.save_every < 0:
             raise ConfigError(f"finetune.save_every must be >= 0, got {self.save_every}")
         if self.eval_every < 0:
@@ -239,6 +250,13 @@ class FinetuneConfig:
         if not isinstance(self.cost, dict):
             raise ConfigError(f"finetune.cost must be a mapping of CostConfig settings, got {self.cost!r}")
         return self
+
+    def lora_config(self) -> Any:
+        """The :class:`~transferlab.finetune.lora.LoRAConfig` of the lora_* fields (validated)."""
+        from .lora import LoRAConfig
+
+        return LoRAConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                          target_modules=list(self.lora_targets)).validate()
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -374,6 +374,12 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
     wiring.setup_model(model, fresh=True)
     spec.head = wiring.head
     _set_attn_impl(model, cfg.attn_impl)
+    lora_info = None
+    if cfg.lora_r is not None:
+        from .lora import apply_lora, base_hash
+
+        lora_info = {"base_sha256": base_hash(model)}  # of the pre-trained weights, head excluded
+        lora_info.update(apply_lora(model, cfg.lora_config(), seed=cfg.seed))
     if cfg.gradient_checkpointing:
         from ..models.blocks import set_gradient_checkpointing
 
@@ -396,6 +402,10 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
            if G != cfg.batch_size else ""))
     for note in data.notes:
         log(f"note: {note}")
+    if lora_info is not None:
+        log(f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} on {lora_info['adapted_layers']} layers: "
+            f"{lora_info['trainable']:,} trainable parameters of {lora_info['total']:,} "
+            f"({100 * lora_info['trainable'] / lora_info['total']:.2f}%)")
 
     # DDP/FSDP wrap the loss module (the wiring's summed loss as its forward), as pre-training does;
     # before the optimizer: FSDP2 replaces the parameters by sharded ones in place
@@ -550,7 +560,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
         task_type=spec.task_type, metric=metric, steps=step, stopped=stopped, cost=cost,
     )
     if out_dir is not None and info.is_main:  # one process writes the outputs
-        _save(out_dir, final, tok, spec, cfg, result, data)
+        _save(out_dir, final, tok, spec, cfg, result, data, lora_info)
         log(f"saved the best checkpoint (epoch {best['epoch']}, step {best['step']}) to {out_dir}")
     if info.world_size > 1:
         from ..training.distributed import barrier
@@ -763,9 +773,18 @@ def _resume(path: Path, cfg: FinetuneConfig, fingerprint: dict[str, Any], model:
 
 
 def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, res: FinetuneResult,
-          data: TaskData) -> None:
-    """Write the fine-tuned folder in one atomic step (a complete old or new folder, never half)."""
+          data: TaskData, lora_info: dict[str, Any] | None = None) -> None:
+    """Write the fine-tuned folder in one atomic step (a complete old or new folder, never half).
+
+    With LoRA the folder holds the adapter alone (``adapter.safetensors`` + ``adapter_config.json``
+    naming the base model and its weights' hash) and the merged model in the plain layout, so
+    ``evaluate``, ``predict`` and ``convert --to-hf`` read it like a full fine-tune."""
     with atomic_dir(out) as tmp:
+        if lora_info is not None:
+            from .lora import merge_lora, save_adapter
+
+            save_adapter(tmp, model, cfg.lora_config(), cfg.model, lora_info["base_sha256"])
+            merge_lora(model)
         ckpts = out / CHECKPOINTS
         if cfg.keep_checkpoints and ckpts.is_dir():
             # hard links: the old folder's checkpoints stay intact until the rename below
