@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -320,3 +321,23 @@ def test_two_processes_equal_one_process_with_twice_the_batch(env, tmp_path):
         assert max(abs(a["train_loss"] - b["train_loss"]) for a, b in zip(hg, hr)) < 1e-6, (hg, hr)
         a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("ref", name))
         assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+# ------------------------------------------------------------------------------ fp16
+def test_fp16_runs_with_a_grad_scaler(env, tmp_path, monkeypatch):
+    """fp16 autocast with loss scaling (a GPU feature; on CPU the path runs): every step goes
+    through GradScaler.step/update, the scale is checkpointed, and the run learns something."""
+    calls = []
+    real = torch.amp.GradScaler.step
+
+    def step(self, optimizer, *a, **k):
+        calls.append(float(self.get_scale()))
+        return real(self, optimizer, *a, **k)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "step", step)
+    res = finetune(_cfg(env, dtype="fp16", batch_size=16, epochs=1, out_dir=str(tmp_path / "o"), save_every=2,
+                        keep_checkpoints=True))
+    assert len(calls) == res.steps >= 4 and all(c > 1 for c in calls)
+    state = json.loads((list_checkpoints(tmp_path / "o" / "checkpoints")[-1][1] / "trainer.json").read_text())
+    assert state["scaler"]["scale"] > 1
+    assert all(np.isfinite(r["train_loss"]) for r in res.history)
