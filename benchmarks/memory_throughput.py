@@ -19,6 +19,7 @@ recomputed activations live during one block's backward only). On a GPU (``--dev
 peak is ``torch.cuda.max_memory_allocated`` instead.
 
     .venv/bin/python benchmarks/memory_throughput.py [--batch-size 16] [--seq-len 128] [--steps 3] [--threads 2]
+        [--variants 0,1]
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--variants", default="", help="comma-separated row numbers to run (default: all)")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker is not None:
@@ -162,7 +164,10 @@ def main() -> None:
           f"median of {args.steps} steps")
     print("| workload | variant | trainable params | step (s) | peak memory growth (MB) | saved for backward (MB) |")
     print("|---|---|---:|---:|---:|---:|")
+    only = {int(x) for x in args.variants.split(",") if x.strip()}
     for i, (workload, name, _) in enumerate(VARIANTS):
+        if only and i not in only:
+            continue
         cmd = [sys.executable, __file__, "--worker", str(i), "--batch-size", str(args.batch_size), "--seq-len",
                str(args.seq_len), "--steps", str(args.steps), "--threads", str(args.threads), "--device", args.device]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
