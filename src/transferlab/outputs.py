@@ -235,7 +235,8 @@ KINDS: dict[str, Kind] = {
     "finetune": Kind("a fine-tuned model folder (`transferlab finetune`)",
                      (*_MODEL_FILES, "task.json", "finetune_config.json", "metrics.json", "history.jsonl",
                       "report.json", "checkpoints"),
-                     lambda d: (d / "task.json").is_file()),
+                     # a finished fine-tune, or a killed one that left its checkpoints (--resume)
+                     lambda d: (d / "task.json").is_file() or (d / "checkpoints").is_dir()),
     "convert-from-hf": Kind("a model folder written by `transferlab convert --from-hf`", _MODEL_FILES + _CARD,
                             _has_keys("config.json", "transferlab_version")),
     "convert-to-hf": Kind("a transformers folder written by `transferlab convert --to-hf`", _MODEL_FILES + _CARD,

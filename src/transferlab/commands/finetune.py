@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 TASK_TYPES = ("classification", "pair-classification", "regression", "tagging", "qa", "seq2seq")
@@ -98,7 +99,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="tagging: best valid BIO path, or the best tag per word")
     o = p.add_argument_group("optimisation (ULMFiT-style options included)")
     o.add_argument("--epochs", type=float, default=3.0, help="passes over the training set")
-    o.add_argument("--batch-size", type=int, default=16, help="examples per step")
+    o.add_argument("--batch-size", type=int, default=16,
+                   help="examples per micro-batch and process (a step sees batch-size x grad-accum x processes)")
+    o.add_argument("--grad-accum", type=int, default=1, metavar="N",
+                   help="micro-batches per optimiser step; the loss is normalised over the whole accumulated "
+                        "batch, so 4 x 8 is the same step as 32 (exact up to float rounding; dropout masks are "
+                        "drawn per micro-batch)")
     o.add_argument("--eval-batch-size", type=int, default=32, help="batch size for evaluation")
     o.add_argument("--lr", type=float, default=5e-5, help="peak learning rate")
     o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices")
@@ -115,8 +121,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="evaluate every N steps (0 = each epoch)")
     o.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget; the schedule is stretched over it")
     o.add_argument("--seed", type=int, default=0, help="seed for new weights, shuffling, dropout and --train-size")
-    o.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
-                   help="bf16 autocast or fp32; auto: bf16 where the hardware has native bf16 (default: %(default)s)")
+    o.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="bf16 autocast, fp16 autocast with loss scaling (GPUs without bf16), or fp32; auto: bf16 "
+                   "where the hardware has native bf16, else fp32 (default: %(default)s)")
+    o.add_argument("--gradient-checkpointing", action="store_true",
+                   help="activation checkpointing: recompute each block in backward (less memory, ~1 more "
+                        "forward per step)")
+    lo = p.add_argument_group("LoRA (low-rank adapters; the output holds the merged model and the adapter)")
+    lo.add_argument("--lora-r", type=int, metavar="R", help="train rank-R adapters instead of every weight (e.g. 8)")
+    lo.add_argument("--lora-alpha", type=float, default=16.0, metavar="A", help="adapter scale numerator (x A / R)")
+    lo.add_argument("--lora-dropout", type=float, default=0.0, metavar="P", help="dropout on the adapters' input")
+    lo.add_argument("--lora-targets", default="qkv,q,kv,out,fc1,fc2", metavar="NAMES",
+                    help="comma-separated block linears to adapt")
+    o.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model (FSDP2) instead of DDP")
+    c = p.add_argument_group("checkpoints and resume")
+    c.add_argument("--save-every", type=int, default=0, metavar="STEPS",
+                   help="checkpoint every N steps as well as after each evaluation (0 = only then)")
+    c.add_argument("--keep-last", type=int, default=2, metavar="K", help="checkpoints kept under OUT/checkpoints")
+    c.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep OUT/checkpoints in the finished folder (default: dropped at the end)")
+    c.add_argument("--resume", action="store_true",
+                   help="continue a killed run from the latest checkpoint in OUT/checkpoints (same command)")
     o.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     o.add_argument("--attn-impl", choices=("sdpa", "math"), help="attention kernel override (math is faster for short bf16 CPU sequences)")
     o.add_argument("--no-test", action="store_true", help="do not score the test split")
@@ -199,13 +224,35 @@ def _finetune(args: argparse.Namespace) -> int:
         prompt_suffix=args.prompt_suffix, num_beams=args.num_beams, bio_decoding=args.bio_decoding,
         patience=args.patience, eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed,
         dtype=args.dtype, device=args.device, attn_impl=args.attn_impl, out_dir=args.out, force=args.force,
-        eval_on_test=not args.no_test, quiet=args.quiet, cost=cost,
+        eval_on_test=not args.no_test, quiet=args.quiet, cost=cost, grad_accum=args.grad_accum,
+        gradient_checkpointing=args.gradient_checkpointing, fsdp=args.fsdp, save_every=args.save_every,
+        keep_last=args.keep_last, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()],
     )
+    from ..training.distributed import cleanup_distributed, init_distributed
+
+    import torch.distributed as dist
+
+    info, owner = None, False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: join the group (gloo on CPUs)
+        owner = not dist.is_initialized()  # leave it at the end only if this command joined it
+        info = init_distributed(None if args.device == "auto" else args.device)
     from ..outputs import Output
 
-    with Output(args.out, "finetune", force=args.force,
-                inputs=[args.model, args.tokenizer, args.train, args.validation, args.test]):
-        res = finetune(cfg)
+    try:
+        # the one output rule (docs/outputs.md); under torchrun rank 0 holds the lock for the job
+        with Output(args.out, "finetune", force=args.force, locked=info is None or info.is_main,
+                    inputs=[args.model, args.tokenizer, args.train, args.validation, args.test]):
+            res = finetune(cfg, info=info)
+    except BaseException:
+        if owner:
+            cleanup_distributed(wait=False)  # peers may never arrive at a barrier
+        raise
+    if owner:
+        cleanup_distributed()
+    if info is not None and not info.is_main:
+        return 0
     print(f"trained {res.steps} steps on {res.n_train} examples in {res.train_seconds:.1f}s "
           f"({res.train_tokens / max(res.train_seconds, 1e-9):,.0f} tokens/s); best epoch {res.best_epoch}; "
           f"stopped: {res.stopped}")

@@ -36,6 +36,7 @@ _TRAIN_FLAGS = {
     "max_steps": "max_steps", "max_minutes": "max_minutes", "max_tokens": "max_tokens", "save_every": "save_every",
     "batch_size": "batch_size", "seq_len": "seq_len", "lr": "lr", "grad_accum": "grad_accum", "dtype": "dtype",
     "seed": "seed", "eval_every": "eval_every", "fsdp": "fsdp", "compile": "compile",
+    "gradient_checkpointing": "gradient_checkpointing",
 }
 
 
@@ -74,6 +75,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, help=docs["seed"])
     p.add_argument("--fsdp", action="store_true", default=None, help=docs["fsdp"])
     p.add_argument("--compile", action="store_true", default=None, help=docs["compile"])
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None, help=docs["gradient_checkpointing"])
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides: model.n_layers=2 train.lr=1e-3 objective.mask_prob=0.2")
     from ..cost import add_cost_arguments

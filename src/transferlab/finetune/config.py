@@ -43,6 +43,7 @@ class Schedule(StrEnum):
 class DType(StrEnum):
     AUTO = "auto"  #: bf16 where the hardware has native bf16 matmuls (avx512_bf16/AMX, Ampere+), else fp32
     BF16 = "bf16"  #: bf16 autocast, fp32 master weights (4.5x the fp32 matmul rate on AVX-512 bf16 CPUs)
+    FP16 = "fp16"  #: fp16 autocast with loss scaling (GradScaler), for GPUs without bf16
     FP32 = "fp32"  #: plain fp32
 
 
@@ -91,7 +92,12 @@ class FinetuneConfig:
     epochs: float = 3.0
     """Passes over the training set (a fraction stops part-way through the last one)."""
     batch_size: int = 16
-    """Training examples (QA: windows) per optimiser step."""
+    """Training examples (QA: windows) per micro-batch and process; an optimiser step sees
+    batch_size x grad_accum x processes of them."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimiser step. The loss is normalised over the whole
+    accumulated (and distributed) batch, so 4 x 8 is the same step as one batch of 32 (exactly,
+    up to float rounding, without dropout: dropout masks are drawn per micro-batch)."""
     eval_batch_size: int = 32
     """Batch size for evaluation and prediction."""
     lr: float = 5e-5
@@ -151,13 +157,38 @@ class FinetuneConfig:
     seed: int = 0
     """Seed for initialisation of new weights, shuffling, dropout and subsampling."""
     dtype: DType = DType.AUTO
-    """auto, bf16 (autocast) or fp32. ``auto`` is bf16 only where bf16 matmuls are native: on a CPU
-    without avx512_bf16/AMX, bf16 is emulated and runs ~40x slower than fp32."""
+    """auto, bf16 (autocast), fp16 (autocast + GradScaler loss scaling) or fp32. ``auto`` is bf16 only
+    where bf16 matmuls are native: on a CPU without avx512_bf16/AMX, bf16 is emulated and runs ~40x
+    slower than fp32."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto (cuda when available)."""
     attn_impl: str | None = None
     """Override the attention kernel: sdpa or math (plain matmuls, faster for short bf16 CPU
     sequences); None keeps the model's."""
+    save_every: int = 0
+    """Also checkpoint every N optimiser steps (checkpoints are always written after each
+    evaluation when ``out_dir`` is set); 0 = only then."""
+    keep_last: int = 2
+    """How many checkpoints to keep under ``out_dir/checkpoints``."""
+    keep_checkpoints: bool = False
+    """Keep ``out_dir/checkpoints`` in the finished folder (default: dropped with the final write)."""
+    resume: bool = False
+    """Continue from the latest checkpoint under ``out_dir/checkpoints`` (bit-identical to an
+    uninterrupted run); a fresh start when there is none."""
+    gradient_checkpointing: bool = False
+    """Activation checkpointing: recompute each block in backward instead of keeping its
+    activations (less memory, about one more forward per step)."""
+    lora_r: int | None = None
+    """LoRA: train rank-r updates of the block projections (and the head) instead of every
+    weight; None = full fine-tuning. The saved folder holds the merged model and the adapter."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator (the update is multiplied by alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA adapters' input."""
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "q", "kv", "out", "fc1", "fc2"])
+    """Block linears that get an adapter: qkv (self-attention), q and kv (cross-attention), out, fc1, fc2."""
+    fsdp: bool = False
+    """Under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP."""
     out_dir: str | None = None
     """Where the best checkpoint goes (model + tokenizer + task.json + metrics); None = keep in
     memory only."""
@@ -196,7 +227,7 @@ class FinetuneConfig:
             raise ConfigError("finetune: give either a task (--task) or a training file (--train), not both")
         if self.task is not None and (self.validation_file or self.test_file):
             raise ConfigError("finetune: --validation/--test files go with --train, not with a built-in --task")
-        positive = ("batch_size", "eval_batch_size", "tokenizer_vocab_size", "doc_stride", "max_answer_length", "num_beams")
+        positive = ("batch_size", "grad_accum", "keep_last", "eval_batch_size", "tokenizer_vocab_size", "doc_stride", "max_answer_length", "num_beams")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"finetune.{name} must be positive, got {getattr(self, name)}")
@@ -228,11 +259,22 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.attn_impl must be sdpa or math, got {self.attn_impl!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"finetune.max_minutes must be positive, got {self.max_minutes}")
+        if self.lora_r is not None:
+            self.lora_config()
+        if self.save_every < 0:
+            raise ConfigError(f"finetune.save_every must be >= 0, got {self.save_every}")
         if self.eval_every < 0:
             raise ConfigError(f"finetune.eval_every must be >= 0, got {self.eval_every}")
         if not isinstance(self.cost, dict):
             raise ConfigError(f"finetune.cost must be a mapping of CostConfig settings, got {self.cost!r}")
         return self
+
+    def lora_config(self) -> Any:
+        """The :class:`~transferlab.finetune.lora.LoRAConfig` of the lora_* fields (validated)."""
+        from .lora import LoRAConfig
+
+        return LoRAConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                          target_modules=list(self.lora_targets)).validate()
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -267,7 +267,17 @@ class Wiring:
         return model(**kw).logits
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean training loss of the batch: :meth:`loss_sum` over :meth:`loss_count`."""
+        return self.loss_sum(model, batch) / max(self.loss_count(batch), 1)
+
+    def loss_sum(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """0-d sum of the per-unit losses (examples, scored tokens), so a large batch split into
+        micro-batches (accumulation, ranks) is normalised once, by the whole batch's count."""
         raise NotImplementedError
+
+    def loss_count(self, batch: dict[str, torch.Tensor]) -> int:
+        """Units :meth:`loss_sum` adds up, known without a forward: examples by default."""
+        return int(batch["input_ids"].shape[0])
 
     # -- prediction
     def predict(self, model: Any, examples: Sequence[dict[str, Any]], feats: list[dict[str, Any]],
@@ -343,8 +353,8 @@ class ClassificationWiring(Wiring):
             batch["labels"] = torch.tensor([f["label"] for f in feats])
         return batch
 
-    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.cross_entropy(self.logits(model, batch).float(), batch["labels"])
+    def loss_sum(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(self.logits(model, batch).float(), batch["labels"], reduction="sum")
 
     def predict(self, model, examples, feats, batch_size, ctx, progress=None):
         probs: list[Any] = [None] * len(feats)
@@ -385,8 +395,8 @@ class RegressionWiring(ClassificationWiring):
             batch["labels"] = torch.tensor([f["label"] for f in feats], dtype=torch.float32)
         return batch
 
-    def loss(self, model, batch):
-        return F.mse_loss(self.logits(model, batch).float().squeeze(-1), batch["labels"])
+    def loss_sum(self, model, batch):
+        return F.mse_loss(self.logits(model, batch).float().squeeze(-1), batch["labels"], reduction="sum")
 
     def predict(self, model, examples, feats, batch_size, ctx, progress=None):
         out: list[Any] = [None] * len(feats)
@@ -473,9 +483,13 @@ class TaggingWiring(Wiring):
             batch["labels"] = pad_to([f["labels"] for f in feats], IGNORE)
         return batch
 
-    def loss(self, model, batch):
+    def loss_sum(self, model, batch):
         logits = self.logits(model, batch).float()  # (B, T, K)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=IGNORE)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=IGNORE,
+                               reduction="sum")
+
+    def loss_count(self, batch):
+        return int((batch["labels"] != IGNORE).sum())  # labelled first sub-words
 
     def predict(self, model, examples, feats, batch_size, ctx, progress=None):
         out: list[Any] = [None] * len(feats)
@@ -575,12 +589,13 @@ class QAWiring(Wiring):
             batch["end"] = torch.tensor([f["end"] for f in feats])
         return batch
 
-    def loss(self, model, batch):
+    def loss_sum(self, model, batch):
         logits = self.logits(model, batch).float()  # (B, T, 2)
         s, e = logits.unbind(-1)
         s = s.masked_fill(batch["attention_mask"] == 0, -1e4)
         e = e.masked_fill(batch["attention_mask"] == 0, -1e4)
-        return 0.5 * (F.cross_entropy(s, batch["start"]) + F.cross_entropy(e, batch["end"]))
+        # per window: the mean of the start and end cross-entropies
+        return 0.5 * (F.cross_entropy(s, batch["start"], reduction="sum") + F.cross_entropy(e, batch["end"], reduction="sum"))
 
     def predict(self, model, examples, feats, batch_size, ctx, progress=None, n_best: int = 20):
         best: list[tuple[float, str]] = [(-math.inf, "")] * len(examples)
@@ -690,7 +705,12 @@ class Seq2SeqWiring(Wiring):
             n += int((batch["labels"] != IGNORE).sum())
         return n
 
-    def loss(self, model, batch):
+    def loss_count(self, batch):
+        labels = batch["labels"]
+        tgt = labels if self.family == Family.ENCODER_DECODER else labels[:, 1:]  # as in loss_sum
+        return int((tgt != IGNORE).sum())
+
+    def loss_sum(self, model, batch):
         labels = batch["labels"]
         if self.family == Family.ENCODER_DECODER:
             from ..models.families import shift_tokens_right
@@ -705,7 +725,7 @@ class Seq2SeqWiring(Wiring):
         sel = tgt != IGNORE
         # sparse prediction: only scored positions reach the (large) vocabulary projection
         logits = model.heads["lm"](h[sel])  # (N, V)
-        return F.cross_entropy(logits.float(), tgt[sel])
+        return F.cross_entropy(logits.float(), tgt[sel], reduction="sum")
 
     def predict(self, model, examples, feats, batch_size, ctx, progress=None):
         device = next(model.parameters()).device

@@ -27,6 +27,8 @@ import contextlib
 import copy
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,6 +37,9 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError, DataError
+from ..training.checkpoint import clean_stale, latest_checkpoint, list_checkpoints
+from ..training.distributed import DistInfo, wrap_model
+from ..training.loop import _LossModule
 from ..utils import atomic_dir, atomic_write_text, set_seed
 from .config import CONFIG_FILE, FinetuneConfig, FinetuneResult, TaskSpec
 from .heads import Wiring, build_wiring, length_grouped_batches, plain_predictions, position_limit
@@ -44,6 +49,7 @@ __all__ = ["finetune", "evaluate", "predict", "load_task_data", "load_finetuned"
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.jsonl"
+CHECKPOINTS = "checkpoints"  #: resumable checkpoints of an unfinished run, under the output folder
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -54,20 +60,20 @@ def _device(name: str) -> torch.device:
 
 
 def _autocast(device: torch.device, dtype: str) -> Callable[[], Any]:
-    """A factory of the forward context: bf16 autocast (fp32 master weights) or nothing.
-
-    ``auto`` resolves as in pre-training (:func:`~transferlab.training.loop.resolve_dtype`)."""
-    from ..training.loop import resolve_dtype
-
-    if resolve_dtype(str(dtype), device) == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    """A factory of the forward context: bf16/fp16 autocast (fp32 master weights) or nothing."""
+    dtype = _resolved(dtype, device)
+    if dtype in ("bf16", "fp16"):
+        half = torch.bfloat16 if dtype == "bf16" else torch.float16
+        return lambda: torch.autocast(device.type, dtype=half)
     return contextlib.nullcontext
 
 
 def _resolved(dtype: str, device: torch.device) -> str:
+    """``auto`` as in pre-training (:func:`~transferlab.training.loop.resolve_dtype`: bf16 where it
+    is native, else fp32); ``bf16``, ``fp16`` and ``fp32`` as they are."""
     from ..training.loop import resolve_dtype
 
-    return resolve_dtype(str(dtype), device)
+    return "fp16" if str(dtype) == "fp16" else resolve_dtype(str(dtype), device)
 
 
 def _inference(ctx: Callable[[], Any]) -> Callable[[], Any]:
@@ -242,6 +248,10 @@ def _check_out_dir(cfg: FinetuneConfig) -> Path | None:
     # the one output rule (docs/outputs.md): not an input, only an earlier fine-tune unless force
     Output(out, "finetune", force=cfg.force, inputs=[cfg.model, cfg.tokenizer, cfg.train_file,
                                                       cfg.validation_file, cfg.test_file]).check()
+    ckpts = list_checkpoints(out / CHECKPOINTS)
+    if ckpts and not cfg.resume:
+        raise ConfigError(f"--out {out} holds checkpoints of a run (last: step {ckpts[-1][0]}); pass --resume to "
+                          f"continue it, or choose another folder")
     return out
 
 
@@ -280,29 +290,52 @@ class _Unfreezer:
 
 # ------------------------------------------------------------------------------ evaluation core
 def _score(w: Wiring, model: Any, examples: Sequence[dict[str, Any]], batch_size: int,
-           ctx: Callable[[], Any], quiet: bool, desc: str) -> tuple[dict[str, float], list[Any]]:
+           ctx: Callable[[], Any], quiet: bool, desc: str,
+           info: DistInfo | None = None) -> tuple[dict[str, float], list[Any]]:
+    """Metrics and predictions over ``examples``. Under torchrun rank ``r`` predicts examples
+    ``r, r + W, ...`` and the predictions are gathered back into their order, so every example
+    is scored exactly once and every rank gets the same metrics (and the same early-stopping
+    decisions)."""
     from ..evaluation.metrics import compute_metrics
 
-    feats = w.encode(examples, train=False)
+    world = info.world_size if info is not None and info.enabled else 1
+    mine = examples[info.rank::world] if world > 1 else examples
+    feats = w.encode(mine, train=False)
     was_training = model.training
     model.eval()
     bar = _bar(len(feats), desc, quiet, leave=False)
     try:
-        preds = w.predict(model, examples, feats, batch_size, _inference(ctx), bar)
+        preds = w.predict(model, mine, feats, batch_size, _inference(ctx), bar) if mine else []
     finally:
         bar.close()
         model.train(was_training)
+    if world > 1:
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * world
+        dist.all_gather_object(parts, preds)
+        preds = [None] * len(examples)
+        for r, part in enumerate(parts):
+            preds[r::world] = part
     labels = w.spec.labels if w.spec.task_type in ("classification", "pair-classification") else None
     metrics = compute_metrics(w.spec.task_type, plain_predictions(w, preds), [w.reference(e) for e in examples], labels)
     return {k: float(v) for k, v in metrics.items()}, preds
 
 
 # ------------------------------------------------------------------------------ finetune
-def finetune(cfg: FinetuneConfig) -> FinetuneResult:
+def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResult:
     """Fine-tune a model on a task; keep the best checkpoint by validation score.
+
+    Every ``save_every`` steps and after every evaluation a checkpoint (the pre-training format:
+    :mod:`transferlab.training.checkpoint`) goes to ``out_dir/checkpoints``; a run killed at any
+    point continues from the latest one when ``resume`` (bit-identically in fp32/bf16). Under
+    ``torchrun`` (``info`` from :func:`~transferlab.training.distributed.init_distributed`) every
+    rank trains on its slice of each global batch (DDP, or FSDP2 with ``fsdp``), evaluation is
+    split over the ranks and gathered, and rank 0 writes the outputs.
 
     Args:
         cfg: the run's settings (see :class:`FinetuneConfig`).
+        info: this process's place in a torchrun job (default: one process on ``cfg.device``).
 
     Returns:
         :class:`FinetuneResult` with validation and test metrics of the best checkpoint, timing,
@@ -315,12 +348,18 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         CheckpointError: an unreadable model folder.
     """
     from ..evaluation.metrics import higher_is_better, primary_metric
-    from ..training.optim import build_optimizer, clip_grad_norm, lr_multiplier, set_lr
+    from ..training.optim import build_optimizer, lr_multiplier, set_lr
 
     cfg.validate()
+    if info is None:
+        info = DistInfo(device=_device(cfg.device))
+    device = info.device
+    if info.world_size > 1 and cfg.gradual_unfreeze > 0:
+        raise ConfigError("finetune.gradual_unfreeze cannot run under torchrun (DDP/FSDP fix the trainable "
+                          "parameters when they wrap the model); run it in one process")
     out_dir = _check_out_dir(cfg)
-    device = _device(cfg.device)
-    log = (lambda *_: None) if cfg.quiet else (lambda msg: print(msg, flush=True))
+    quiet = cfg.quiet or not info.is_main  # one process logs
+    log = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
 
     data = load_task_data(cfg)
     train = subsample(data.train, cfg.train_size, cfg.seed, data.task_type)
@@ -339,117 +378,184 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     wiring.setup_model(model, fresh=True)
     spec.head = wiring.head
     _set_attn_impl(model, cfg.attn_impl)
+    lora_info = None
+    if cfg.lora_r is not None:
+        from .lora import apply_lora, base_hash
+
+        lora_info = {"base_sha256": base_hash(model)}  # of the pre-trained weights, head excluded
+        lora_info.update(apply_lora(model, cfg.lora_config(), seed=cfg.seed))
+    if cfg.gradient_checkpointing:
+        from ..models.blocks import set_gradient_checkpointing
+
+        set_gradient_checkpointing(model, True)
     model.to(device)
 
     feats = wiring.encode(train, train=True)
     lengths = [len(f["input_ids"]) for f in feats]
-    steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
+    # batch_size examples per micro-batch and rank: an optimizer step sees G examples
+    G = cfg.batch_size * cfg.grad_accum * info.world_size
+    steps_per_epoch = math.ceil(len(feats) / G)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     metric = primary_metric(spec.task_type)
     better = higher_is_better(metric)
     log(f"finetune: {data.name} ({spec.task_type}{', derived' if data.derived else ''}) | train {len(train)}"
         f" ({len(feats)} sequences) | validation {len(val)} | test {len(test)} | model {cfg.model}"
         f"{' from scratch' if cfg.from_scratch else ''} ({model.num_parameters() / 1e6:.1f}M params) | tokenizer "
-        f"{tok_src} | max_length {wiring.max_length} | {total_steps} steps")
+        f"{tok_src} | max_length {wiring.max_length} | {total_steps} steps of {G} examples"
+        + (f" ({cfg.batch_size} x {cfg.grad_accum} micro-batches x {info.world_size} processes)"
+           if G != cfg.batch_size else ""))
     for note in data.notes:
         log(f"note: {note}")
+    if lora_info is not None:
+        log(f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} on {lora_info['adapted_layers']} layers: "
+            f"{lora_info['trainable']:,} trainable parameters of {lora_info['total']:,} "
+            f"({100 * lora_info['trainable'] / lora_info['total']:.2f}%)")
 
+    # DDP/FSDP wrap the loss module (the wiring's summed loss as its forward), as pre-training does;
+    # before the optimizer: FSDP2 replaces the parameters by sharded ones in place
+    engine = wrap_model(_LossModule(model, _WiringObjective(wiring)), info, fsdp=cfg.fsdp)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, layer_lr_decay=cfg.layer_lr_decay)
     unfreeze = _Unfreezer(model, cfg.gradual_unfreeze)
     min_ratio = 1.0 / 32 if str(cfg.schedule) == "slanted" else 0.0  # ULMFiT's ratio
-    ctx = _autocast(device, cfg.dtype)
+    dtype = _resolved(cfg.dtype, device)
+    ctx = _autocast(device, dtype)
+    scaler = torch.amp.GradScaler(device.type) if dtype == "fp16" else None
     budget = cfg.max_minutes * 60.0 if cfg.max_minutes else None
     rng = np.random.default_rng(cfg.seed)
     tracker = _cost_tracker(cfg, model, device)
+    ckpt_root = out_dir / CHECKPOINTS if out_dir is not None else None
+    fingerprint = _fingerprint(cfg, data)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"score": None, "metrics": {}, "state": None, "epoch": 0, "step": 0}
-    bad_evals = 0
-    step, tokens, loss_sum, loss_n = 0, 0, 0.0, 0
+    run: dict[str, Any] = {"step": 0, "tokens": 0, "epoch": 0, "pos": 0, "bad_evals": 0, "loss_sum": 0.0,
+                           "loss_n": 0, "elapsed": 0.0, "epoch_rng": rng.bit_generator.state}
+    batches: list[list[int]] | None = None
     stopped = "epochs"
-    t0 = time.perf_counter()
+    if ckpt_root is not None and info.is_main:
+        clean_stale(ckpt_root)
+    last = latest_checkpoint(ckpt_root) if ckpt_root is not None and cfg.resume else None
+    if last is not None:
+        batches = _resume(last, cfg, fingerprint, model, optimizer, info, rng, run, best, history, lengths, G, scaler)
+        if info.is_main:  # printed even when quiet, as pre-training does: the run did not start over
+            print(f"resumed from {last} (step {run['step']}, epoch {run['epoch']})", flush=True)
+        if total_steps <= run["step"]:
+            stopped = run.get("stopped", stopped)
+    t0 = time.perf_counter() - run["elapsed"]
+    sharded = cfg.fsdp and info.world_size > 1
+    plain: list[Any] = []  # under FSDP: one unsharded copy per rank for evaluation and saving
+
+    def full_state() -> dict[str, torch.Tensor]:
+        """A CPU copy of the whole weights (gathered from the shards under FSDP, on every rank)."""
+        return _full_state(model, sharded)
+
+    def scoring_model(state: dict[str, torch.Tensor] | None = None) -> Any:
+        """The model to evaluate / save: the model itself, loaded with ``state`` if given; under
+        FSDP a plain copy holding the gathered weights (evaluation reads whole parameters)."""
+        if not sharded:
+            if state is not None:
+                model.load_state_dict(state)
+            return model
+        if not plain:
+            with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the streams
+                plain.append(type(model)(copy.deepcopy(model.config)).to(device))
+        plain[0].load_state_dict(state if state is not None else full_state())
+        return plain[0]
+
+    def elapsed() -> float:
+        return time.perf_counter() - t0
 
     def maybe_eval(epoch: int) -> bool:
         """Score the validation split, keep the best weights; True when patience ran out."""
-        nonlocal bad_evals, loss_sum, loss_n
-        row: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(1, loss_n),
-                               "lr": optimizer.param_groups[0]["lr"], "tokens": tokens,
-                               "seconds": round(time.perf_counter() - t0, 3)}
-        loss_sum, loss_n = 0.0, 0
+        row: dict[str, Any] = {"epoch": epoch, "step": run["step"], "train_loss": run["loss_sum"] / max(1, run["loss_n"]),
+                               "lr": optimizer.param_groups[0]["lr"], "tokens": run["tokens"],
+                               "seconds": round(elapsed(), 3)}
+        run["loss_sum"], run["loss_n"] = 0.0, 0
         if not val:
             history.append(row)
-            best.update(state=_cpu_state(model), epoch=epoch, step=step)
+            best.update(state=full_state(), epoch=epoch, step=run["step"])
             return False
         with tracker.pause():  # evaluation counts for wall time and energy, not throughput / MFU
-            metrics, _ = _score(wiring, model, val, cfg.eval_batch_size, ctx, cfg.quiet, "validation")
+            metrics, _ = _score(wiring, scoring_model(), val, cfg.eval_batch_size, ctx, cfg.quiet or not info.is_main,
+                                "validation", info=info)
         row.update({f"validation_{k}": v for k, v in metrics.items()})
         history.append(row)
         score = metrics[metric]
         improved = best["score"] is None or (score > best["score"] if better else score < best["score"])
-        log(f"epoch {epoch} step {step}: train loss {row['train_loss']:.4f} | validation "
+        log(f"epoch {epoch} step {run['step']}: train loss {row['train_loss']:.4f} | validation "
             + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + (" (best)" if improved else ""))
         if improved:
-            best.update(score=score, metrics=metrics, state=_cpu_state(model), epoch=epoch, step=step)
-            bad_evals = 0
+            best.update(score=score, metrics=metrics, state=full_state(), epoch=epoch, step=run["step"])
+            run["bad_evals"] = 0
         else:
-            bad_evals += 1
-        return cfg.patience is not None and bad_evals >= cfg.patience
+            run["bad_evals"] += 1
+        return cfg.patience is not None and run["bad_evals"] >= cfg.patience
+
+    def save(done: bool) -> None:
+        if ckpt_root is None:
+            return
+        run["elapsed"] = elapsed()
+        _save_checkpoint(ckpt_root, cfg, fingerprint, model, optimizer, info, run, best, history, stopped, done,
+                         scaler)
 
     try:
         model.train()
-        bar = _bar(total_steps, "finetune", cfg.quiet)
-        done = False
-        epoch = 0
-        while not done and step < total_steps:
-            epoch += 1
-            for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
-                progress = step / total_steps
-                if budget is not None:
-                    progress = max(progress, (time.perf_counter() - t0) / budget)
-                set_lr(optimizer, cfg.lr, lr_multiplier(progress, cfg.warmup, str(cfg.schedule), min_ratio))
-                unfreeze(progress)
-                batch = {k: v.to(device, non_blocking=True) for k, v in wiring.collate([feats[i] for i in idx]).items()}
-                with ctx():
-                    loss = wiring.loss(model, batch)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"the loss became {loss.item()} at step {step}; lower --lr (now {cfg.lr})")
-                loss.backward()
-                clip_grad_norm([p for p in model.parameters() if p.grad is not None], cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                n = wiring.n_tokens(batch)
-                tokens += n
-                tracker.add(tokens=n, flops=_batch_flops(wiring, batch))
-                loss_sum += float(loss.detach())
-                loss_n += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", refresh=False)
-                if budget is not None and time.perf_counter() - t0 >= budget:
-                    stopped, done = "time", True
-                elif step >= total_steps:
-                    done = True
-                if cfg.eval_every and step % cfg.eval_every == 0 and not done:
-                    if maybe_eval(epoch):
-                        stopped, done = "patience", True
-                if done:
-                    break
-            if not history or history[-1]["step"] != step:
+        bar = _bar(total_steps, "finetune", cfg.quiet or not info.is_main)
+        bar.update(run["step"])
+        done = run["step"] >= total_steps
+        while not done:
+            if batches is None or run["pos"] >= len(batches):  # a new epoch: its batch order
+                run["epoch"] += 1
+                run["epoch_rng"] = rng.bit_generator.state
+                batches, run["pos"] = length_grouped_batches(lengths, G, rng), 0
+            epoch, idx = run["epoch"], batches[run["pos"]]
+            run["pos"] += 1
+            progress = run["step"] / total_steps
+            if budget is not None:
+                progress = max(progress, elapsed() / budget)
+            set_lr(optimizer, cfg.lr, lr_multiplier(progress, cfg.warmup, str(cfg.schedule), min_ratio))
+            unfreeze(progress)
+            loss, n = _train_step(engine, wiring, feats, idx, cfg, info, dtype, device, optimizer, model, scaler,
+                                  run["step"])
+            run["step"] += 1
+            step = run["step"]
+            run["tokens"] += int(n[1])
+            tracker.add(tokens=int(n[1]), flops=float(n[2]))
+            run["loss_sum"] += loss
+            run["loss_n"] += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{run['loss_sum'] / run['loss_n']:.4f}", refresh=False)
+            evaluated = False
+            if budget is not None and _agree(elapsed(), info) >= budget:
+                stopped, done = "time", True
+            elif step >= total_steps:
+                done = True
+            if cfg.eval_every and step % cfg.eval_every == 0 and not done:
+                evaluated = True
+                if maybe_eval(epoch):
+                    stopped, done = "patience", True
+            if (done or run["pos"] >= len(batches)) and (not history or history[-1]["step"] != step):
+                evaluated = True
                 if maybe_eval(epoch) and not done:
                     stopped, done = "patience", True
+            if evaluated or (cfg.save_every and step % cfg.save_every == 0) or done:
+                save(done)
         bar.close()
     except BaseException:  # an error or Ctrl-C mid-run: stop codecarbon's thread, then re-raise
         tracker.stop(interrupted=True)
         raise
-    train_seconds = time.perf_counter() - t0
+    step, tokens = run["step"], run["tokens"]
+    train_seconds = elapsed()
     cost = tracker.stop()
 
     # restore the best weights (a CPU copy) for the test split and the saved checkpoint
     if best["state"] is not None:
-        model.load_state_dict(best["state"])
+        final = scoring_model(best["state"])
+    else:
+        final = scoring_model()
     test_metrics: dict[str, float] = {}
     if cfg.eval_on_test and test:
-        test_metrics, _ = _score(wiring, model, test, cfg.eval_batch_size, ctx, cfg.quiet, "test")
+        test_metrics, _ = _score(wiring, final, test, cfg.eval_batch_size, ctx, quiet, "test", info=info)
         log("test: " + " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
 
     result = FinetuneResult(
@@ -457,10 +563,14 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         train_tokens=tokens, n_train=len(train), best_epoch=best["epoch"], history=history,
         task_type=spec.task_type, metric=metric, steps=step, stopped=stopped, cost=cost,
     )
-    if out_dir is not None:
-        _save(out_dir, model, tok, spec, cfg, result, data)
+    if out_dir is not None and info.is_main:  # one process writes the outputs
+        _save(out_dir, final, tok, spec, cfg, result, data, lora_info)
         log(f"saved the best checkpoint (epoch {best['epoch']}, step {best['step']}) to {out_dir}")
-    if not cfg.quiet:
+    if info.world_size > 1:
+        from ..training.distributed import barrier
+
+        barrier(info)
+    if not quiet:
         from ..cost import format_report
 
         print(format_report(cost), flush=True)
@@ -500,6 +610,172 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def _full_state(model: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
+    """:func:`_cpu_state`, or under FSDP the full weights all-gathered on every rank (a collective)."""
+    if not sharded:
+        return _cpu_state(model)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return {k: v.detach().to("cpu", copy=True) for k, v in full.items()}
+
+
+# ------------------------------------------------------------------------------ the shared trainer core
+class _WiringObjective:
+    """A task wiring seen as a pre-training objective (``loss(model, batch) -> LossOutput``), so
+    fine-tuning runs through the same loss module, DDP/FSDP wrapping and accumulation core as
+    :class:`~transferlab.training.loop.Trainer`."""
+
+    def __init__(self, wiring: Wiring):
+        self.wiring = wiring
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> Any:
+        from ..objectives.base import LossOutput
+
+        return LossOutput(loss_sum=self.wiring.loss_sum(model, batch))
+
+
+def _micro_batches(idx: list[int], cfg: FinetuneConfig, info: DistInfo) -> list[tuple[list[int], float]]:
+    """This rank's micro-batches of global batch ``idx`` as ``(indices, weight)``.
+
+    Micro-batch ``m`` of rank ``r`` holds positions ``[(m * W + r) * B, ... + B)`` of the global
+    batch (the pre-training sampler's layout), so the union over ranks and micro-batches is the
+    global batch whatever the split. A ragged last batch can leave a slot empty: it then runs the
+    batch's first example with weight 0 (no contribution), because under DDP every rank must
+    take part in the gradient all-reduce.
+    """
+    B, W = cfg.batch_size, info.world_size
+    out = []
+    for m in range(cfg.grad_accum):
+        start = (m * W + info.rank) * B
+        part = idx[start:start + B]
+        out.append((part, 1.0) if part else (idx[:1], 0.0))
+    return out
+
+
+def _train_step(engine: Any, wiring: Wiring, feats: list[dict[str, Any]], idx: list[int], cfg: FinetuneConfig,
+                info: DistInfo, dtype: str, device: torch.device, optimizer: Any, model: Any, scaler: Any,
+                step: int) -> tuple[float, list[float]]:
+    """One optimizer step over global batch ``idx``; ``(mean loss, [targets, tokens, flops])``."""
+    from ..training.distributed import all_reduce
+    from ..training.loop import accumulate_gradients, clip_gradients
+
+    micro = _micro_batches(idx, cfg, info)
+    batches, weights = [], []
+    local = torch.zeros(4, dtype=torch.float64)  # targets, tokens, flops, loss_sum
+    for part, w in micro:
+        b = wiring.collate([feats[i] for i in part])
+        b["n_targets"] = wiring.loss_count(b)
+        if w:
+            local[0] += b["n_targets"]
+            local[1] += wiring.n_tokens(b)
+            local[2] += _batch_flops(wiring, b)
+        batches.append({k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in b.items()})
+        weights.append(w)
+    counts = all_reduce(local[:3].clone().to(device), info).cpu()
+    n_total = float(counts[0])
+    parts = accumulate_gradients(engine, batches, n_total, info, dtype, weights, scaler)
+    loss_sum = torch.stack([p.double() for p, _ in parts]).sum().reshape(1)
+    loss = float(all_reduce(loss_sum, info)[0]) / max(n_total, 1.0)
+    if not math.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        raise ConfigError(f"the loss became {loss} at step {step}; lower --lr (now {cfg.lr})"
+                          + (" or try --dtype fp32" if dtype != "fp32" else ""))
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients
+    clip_gradients(model, cfg.max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, counts.tolist()
+
+
+def _agree(seconds: float, info: DistInfo) -> float:
+    """The slowest rank's elapsed time, so a time budget stops every rank at the same step."""
+    if info.world_size == 1 or not info.enabled:
+        return seconds
+    from ..training.distributed import all_reduce
+
+    return float(all_reduce(torch.tensor([seconds], dtype=torch.float64, device=info.device), info, op="max")[0])
+
+
+# ------------------------------------------------------------------------------ checkpoints
+#: settings a resumed run may change (they do not decide the trained weights)
+RESUME_SAFE = ("out_dir", "resume", "force", "quiet", "device", "eval_on_test", "cost", "save_every", "keep_last",
+               "keep_checkpoints", "eval_batch_size", "test_size")
+
+
+def _fingerprint(cfg: FinetuneConfig, data: TaskData) -> dict[str, Any]:
+    d = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_SAFE}
+    d["task_name"] = data.name
+    return json.loads(json.dumps(d, default=str))
+
+
+def _describe_run(fp: dict[str, Any]) -> str:
+    return f"task {fp.get('task_name')!r} ({fp.get('task_type') or 'inferred'}) with model {fp.get('model')!r}"
+
+
+def _save_checkpoint(root: Path, cfg: FinetuneConfig, fingerprint: dict[str, Any], model: Any, optimizer: Any,
+                     info: DistInfo, run: dict[str, Any], best: dict[str, Any], history: list[dict[str, Any]],
+                     stopped: str, done: bool, scaler: Any) -> None:
+    """A pre-training-format checkpoint plus the fine-tuning state: data position (epoch, batches
+    done in it, the batch-order generator as it was when the epoch's order was drawn),
+    early-stopping state and the best weights so far (``best.safetensors``)."""
+    from ..training.checkpoint import capture_rng, save_checkpoint
+
+    best_is_current = best["state"] is not None and best["step"] == run["step"]
+    state = {"kind": "finetune", "fingerprint": fingerprint, "world_size": info.world_size,
+             "step": run["step"], "tokens": run["tokens"], "epoch": run["epoch"], "pos": run["pos"],
+             "elapsed_s": run["elapsed"], "loss_sum": run["loss_sum"], "loss_n": run["loss_n"],
+             "bad_evals": run["bad_evals"], "history": history, "stopped": stopped, "done": done,
+             "best": {k: best[k] for k in ("score", "metrics", "epoch", "step")},
+             "best_weights": None if best["state"] is None else ("current" if best_is_current else "best.safetensors"),
+             "scaler": scaler.state_dict() if scaler is not None else None}
+    extra = {"best.safetensors": best["state"]} if best["state"] is not None and not best_is_current else None
+    save_checkpoint(root, run["step"], model, optimizer, state, capture_rng(run["epoch_rng"]), info,
+                    cfg.keep_last, extra=extra)
+
+
+def _resume(path: Path, cfg: FinetuneConfig, fingerprint: dict[str, Any], model: Any, optimizer: Any,
+            info: DistInfo, rng: np.random.Generator, run: dict[str, Any], best: dict[str, Any],
+            history: list[dict[str, Any]], lengths: list[int], G: int, scaler: Any) -> list[list[int]] | None:
+    """Load checkpoint ``path`` into the model, optimizer and loop state; return the current
+    epoch's batch order (re-drawn from the saved generator state) or None at an epoch boundary."""
+    from ..training.checkpoint import load_checkpoint, load_extra, read_trainer_state, restore_rng
+
+    state = read_trainer_state(path)
+    saved = state.get("fingerprint")
+    if state.get("kind") != "finetune" or not isinstance(saved, dict):
+        raise CheckpointError(f"--resume {cfg.out_dir}: {path} is not a fine-tuning checkpoint "
+                              f"(this run: {_describe_run(fingerprint)})")
+    if (saved.get("task_name"), saved.get("model")) != (fingerprint["task_name"], fingerprint["model"]):
+        raise CheckpointError(f"--resume {cfg.out_dir}: its checkpoints are of {_describe_run(saved)}, "
+                              f"not {_describe_run(fingerprint)}")
+    diff = [k for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
+    if diff:
+        raise ConfigError(f"--resume {cfg.out_dir}: this command differs from the run's settings: "
+                          + ", ".join(f"finetune.{k} {fingerprint.get(k)!r} (was {saved.get(k)!r})" for k in diff[:4]))
+    state, rng_state = load_checkpoint(path, model, optimizer, info)
+    restore_rng(rng_state, rng)  # the batch-order generator as it was when this epoch's order was drawn
+    run.update(step=state["step"], tokens=state["tokens"], epoch=state["epoch"], pos=state["pos"],
+               elapsed=state["elapsed_s"], loss_sum=state["loss_sum"], loss_n=state["loss_n"],
+               bad_evals=state["bad_evals"], epoch_rng=rng_state.get("numpy"), stopped=state.get("stopped"))
+    history[:] = state["history"]
+    best.update(state["best"])
+    if state["best_weights"] == "current":
+        best["state"] = _full_state(model, cfg.fsdp and info.world_size > 1)
+    elif state["best_weights"]:
+        best["state"] = load_extra(path, state["best_weights"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if run["epoch"] == 0:
+        return None
+    return length_grouped_batches(lengths, G, rng)
+
+
 def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, res: FinetuneResult,
           data: TaskData) -> None:
     """Write the fine-tuned folder in one atomic step (a complete old or new folder, never half)."""
@@ -508,6 +784,24 @@ def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, 
     with atomic_dir(out) as tmp:
         # id2label/label2id: transformers clients name the classes (convert --to-hf carries them)
         model.save_pretrained(tmp, extra_config=label_config(spec.labels))
+          data: TaskData, lora_info: dict[str, Any] | None = None) -> None:
+    """Write the fine-tuned folder in one atomic step (a complete old or new folder, never half).
+
+    With LoRA the folder holds the adapter alone (``adapter.safetensors`` + ``adapter_config.json``
+    naming the base model and its weights' hash) and the merged model in the plain layout, so
+    ``evaluate``, ``predict`` and ``convert --to-hf`` read it like a full fine-tune."""
+    with atomic_dir(out) as tmp:
+        if lora_info is not None:
+            from .lora import merge_lora, save_adapter
+
+            save_adapter(tmp, model, cfg.lora_config(), cfg.model, lora_info["base_sha256"])
+            merge_lora(model)
+        ckpts = out / CHECKPOINTS
+        if cfg.keep_checkpoints and ckpts.is_dir():
+            # hard links: the old folder's checkpoints stay intact until the rename below
+            shutil.copytree(ckpts, tmp / CHECKPOINTS, copy_function=os.link,
+                            ignore=shutil.ignore_patterns(".*"))
+        model.save_pretrained(tmp)
         tok.save(tmp)
         spec.save(tmp)
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ..config import Activation, ModelConfig, Norm as NormKind, Position
 
@@ -325,6 +326,9 @@ class Stack(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
         self.final_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps) if cfg.final_norm else None
         self.emb_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        #: activation checkpointing in training: keep only each block's input and recompute the
+        #: block in backward (a run setting, not part of the saved config); see set_gradient_checkpointing
+        self.gradient_checkpointing = False
 
     def positions(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, past: int,
                   shape: tuple[int, int] | None = None, device: torch.device | None = None) -> torch.Tensor:
@@ -426,9 +430,33 @@ class Stack(nn.Module):
         for i, block in enumerate(self.blocks):
             if hidden is not None:
                 hidden.append(x)
-            x = block(x, bias, is_causal, rope, cache.layers[i] if cache is not None else None, memory, mem_bias)
+            if self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+                # recomputed in backward with the same dropout masks (the RNG state is replayed)
+                x = torch.utils.checkpoint.checkpoint(block, x, bias, is_causal, rope, None, memory, mem_bias,
+                                                      use_reentrant=False)
+            else:
+                x = block(x, bias, is_causal, rope, cache.layers[i] if cache is not None else None, memory, mem_bias)
         if self.final_norm is not None:
             x = self.drop(self.final_norm(x))
         if hidden is not None:
             hidden.append(x)
         return x, tuple(hidden) if hidden is not None else None
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> int:
+    """Switch activation (gradient) checkpointing on every :class:`Stack` inside ``model``.
+
+    In training each block then keeps only its input; its activations (attention scores, the
+    MLP's hidden layer) are recomputed during backward (``torch.utils.checkpoint``, non-reentrant).
+    That trades about one more forward per step for activation memory that no longer grows with
+    the number of layers. Gradients are the same as without it (dropout masks are replayed).
+
+    Returns:
+        The number of stacks switched (0: nothing to checkpoint in this model).
+    """
+    n = 0
+    for m in model.modules():
+        if isinstance(m, Stack):
+            m.gradient_checkpointing = bool(enabled)
+            n += 1
+    return n

@@ -43,6 +43,7 @@ from ..errors import ConfigError
 from . import masking
 from .base import ObjectiveBase, SpecialIds, as_special_ids, make_config, pad_stack, ratio, sparse_ce
 from .datasets import SentenceChunks
+from .example_rng import row_generators
 
 NOISES = ("permute", "mask", "delete", "infill", "rotate")
 
@@ -109,12 +110,14 @@ class Noiser:
         ws = ~self.sp.continuation[ids] if self.cfg.whole_word else None
         return masking.units(cand, ws)
 
-    def _replacement(self, k: int, rng: np.random.Generator) -> np.ndarray:
-        """k mask ids, a ``random_ratio`` share of them random normal tokens."""
-        out = np.full(k, self.mask_id if self.mask_id is not None else 0, dtype=np.int64)
-        rnd = rng.random(k) < self.cfg.random_ratio
-        if rnd.any():
-            out[rnd] = self.sp.normal_ids[rng.integers(0, len(self.sp.normal_ids), int(rnd.sum()))]
+    def _replacement(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        """A (B, K) grid of mask ids, a ``random_ratio`` share of them random normal tokens; the
+        caller takes the cells it needs (drawn per row, so each example's are its own)."""
+        out = np.full(shape, self.mask_id if self.mask_id is not None else 0, dtype=np.int64)
+        rnd = rng.random(shape) < self.cfg.random_ratio
+        if self.cfg.random_ratio > 0:
+            tok = self.sp.normal_ids[rng.integers(0, len(self.sp.normal_ids), shape)]
+            out = np.where(rnd, tok, out)
         return out
 
     @staticmethod
@@ -145,12 +148,13 @@ class Noiser:
         B, W = ids.shape
         S = max(len(st) for st in sent_starts)
         rank = np.zeros((B, S), dtype=np.int64)  # new position of every sentence
+        gens = row_generators(rng, B)
         for b, st in enumerate(sent_starts):  # a few draws per row; the gather below is batched
             n = len(st)
             k = int(np.ceil(n * self.cfg.permute_ratio))
-            chosen = rng.permutation(n)[:k]
+            chosen = gens[b].permutation(n)[:k]
             order = np.arange(n)
-            order[chosen] = chosen[rng.permutation(k)]
+            order[chosen] = chosen[gens[b].permutation(k)]
             rank[b, order] = np.arange(n)
         marks = np.zeros((B, W + 1), dtype=np.int64)
         for b, st in enumerate(sent_starts):
@@ -163,7 +167,7 @@ class Noiser:
     def mask(self, ids: np.ndarray, lens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         picked = self._pick(ids, lens, self.cfg.mask_prob, rng)
         out = ids.copy()
-        out[picked] = self._replacement(int(picked.sum()), rng)
+        out[picked] = self._replacement(ids.shape, rng)[picked]
         return out, lens
 
     def delete(self, ids: np.ndarray, lens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -195,7 +199,7 @@ class Noiser:
         rk, ck = np.nonzero(self._valid(ids, lens) & ~drop)
         # sort keys: the [MASK] of a span at token t (2t) precedes the kept token t (2t + 1)
         return self._assemble(np.concatenate([rk, ri]), np.concatenate([2 * ck + 1, 2 * ti]),
-                              np.concatenate([ids[rk, ck], self._replacement(len(ri), rng)]), B, 0)
+                              np.concatenate([ids[rk, ck], self._replacement(starts.shape, rng)[ok]]), B, 0)
 
     def rotate(self, ids: np.ndarray, lens: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Rotate each row (with probability ``rotate_prob``) to start at a uniform token."""
@@ -233,6 +237,8 @@ class Denoise(ObjectiveBase):
     name = "denoise"
     family = Family.ENCODER_DECODER
     heads = {"lm": {}}
+    #: masks/noise drawn per example (objectives.example_rng): the same whatever the batch split
+    per_example_rng = True
 
     def __init__(self, tokenizer: Any, config: DenoiseConfig | None = None, **settings: Any):
         """Args:

@@ -193,6 +193,20 @@ class Electra(MLM):
         self.check_model(core.config)
         return ElectraPair(self, core)
 
+    @staticmethod
+    def global_counts(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Masked and real tokens of a micro-batch; the trainer sums them over the whole step."""
+        am = batch.get("attention_mask")
+        n_tok = float(am.sum()) if am is not None else float(batch["input_ids"].numel())
+        return {"n_mlm": float((batch["labels"] != -100).sum()), "n_tok": n_tok}
+
+    def collate(self, examples: list[Any], rng: Any) -> dict[str, torch.Tensor]:
+        """MLM's batch plus ``sample_u`` (B, T): one uniform per position for sampling the
+        generator's replacement tokens, drawn with the masks (per example)."""
+        batch = super().collate(examples, rng)
+        batch["sample_u"] = torch.from_numpy(rng.random(tuple(batch["input_ids"].shape)))
+        return batch
+
     def compute(self, module: nn.Module, batch: dict[str, torch.Tensor]):
         if not isinstance(module, ElectraPair):
             raise TypeError("electra: train objective.wrap_model(model) (an ElectraPair that owns the generator), not the bare model")
@@ -215,7 +229,15 @@ class Electra(MLM):
         # sample replacements from the generator's softmax; no gradient through sampling
         with torch.no_grad():
             probs = torch.softmax(g_logits.float() / cfg.temperature, dim=-1)
-            sampled = torch.multinomial(probs, 1).squeeze(-1) if probs.shape[0] else tgt
+            if "sample_u" in batch and probs.shape[0]:
+                # inverse-CDF sampling with the collator's per-example uniforms, so a token's
+                # replacement does not depend on the batch split (accumulation, ranks)
+                u = batch["sample_u"][sel].to(probs.dtype)  # (N,)
+                cdf = probs.cumsum(-1)  # (N, V)
+                sampled = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+                sampled = sampled.clamp(max=probs.shape[-1] - 1)
+            else:
+                sampled = torch.multinomial(probs, 1).squeeze(-1) if probs.shape[0] else tgt
             original = torch.where(sel, labels, ids)
             fake = ids.clone()
             fake[sel] = sampled
@@ -226,7 +248,13 @@ class Electra(MLM):
         d_logits = disc.heads["rtd"](dh).float()  # (B, T)
         disc_sum = F.binary_cross_entropy_with_logits(d_logits[am_b], replaced[am_b].float(), reduction="sum")
         n_tok = am_b.sum()
-        loss_sum = gen_sum + cfg.disc_weight * disc_sum * (n_mlm.to(disc_sum.dtype) / n_tok.clamp(min=1))
+        g = batch.get("global_counts")
+        if g is not None:  # the whole accumulated/distributed batch's ratio (the trainer's global_counts)
+            share = g["n_mlm"] / max(g["n_tok"], 1.0)
+        else:
+            share = n_mlm.to(disc_sum.dtype) / n_tok.clamp(min=1)
+        # = n_mlm * (gen mean + disc_weight * disc mean) over the batch: a sum normalised by n_targets
+        loss_sum = gen_sum + cfg.disc_weight * disc_sum * share
 
         with torch.no_grad():
             pred = d_logits > 0

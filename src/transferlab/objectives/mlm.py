@@ -127,9 +127,8 @@ class Masker:
         inputs = ids.copy()
         if sp.mask_token_id is not None:
             inputs[to_mask] = sp.mask_token_id
-        n_rand = int(to_rand.sum())
-        if n_rand:
-            inputs[to_rand] = sp.normal_ids[rng.integers(0, len(sp.normal_ids), n_rand)]
+        if to_rand.any():  # drawn per position (B, T): each row's draws are its own (ExampleRNG)
+            inputs[to_rand] = sp.normal_ids[rng.integers(0, len(sp.normal_ids), ids.shape)[to_rand]]
         return inputs, labels
 
 
@@ -160,6 +159,8 @@ class MLM(ObjectiveBase):
     name = "mlm"
     family = Family.ENCODER
     heads = {"lm": {}}
+    #: masks/noise drawn per example (objectives.example_rng): the same whatever the batch split
+    per_example_rng = True
 
     def __init__(self, tokenizer: Any, config: MLMConfig | None = None, **settings: Any):
         """Args:

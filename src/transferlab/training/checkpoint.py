@@ -200,7 +200,7 @@ def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer):
 # ----------------------------------------------------------------------------- save / load
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     trainer_state: dict[str, Any], rng_state: dict[str, Any], info: DistInfo,
-                    keep_last: int = 2) -> Path:
+                    keep_last: int = 2, extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write checkpoint ``step`` atomically (all ranks must call this), then prune old ones.
 
     Args:
@@ -212,6 +212,8 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         rng_state: this rank's :func:`capture_rng` output.
         info: the process's :class:`DistInfo`.
         keep_last: how many complete checkpoints to keep.
+        extra: more tensor files written by the main process, ``{file name: tensors}`` (fine-tuning
+            keeps its best weights so far in ``best.safetensors``); read back with :func:`load_extra`.
 
     Returns:
         The checkpoint folder.
@@ -231,6 +233,8 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         otensors, orest = _split_optimizer(osd)
         _save_tensors(tmp / "optimizer.safetensors", otensors)
         atomic_write_text(tmp / "optimizer.json", json.dumps(orest, indent=1) + "\n")
+        for name, tensors in (extra or {}).items():
+            _save_tensors(tmp / name, tensors)
     barrier(info)
     if info.is_main:
         # trainer.json last: a folder without it is never taken for a complete checkpoint
@@ -250,6 +254,11 @@ def _trash(path: Path) -> None:
     trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
     os.replace(path, trash)  # atomic: the step-* name disappears at once
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def load_extra(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """The tensors of an ``extra`` file of :func:`save_checkpoint` (CheckpointError when unreadable)."""
+    return _load_tensors(Path(path) / name)
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:

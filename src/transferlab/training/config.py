@@ -37,7 +37,11 @@ class TrainConfig:
     seq_len: int = 128
     """Tokens per example window (including special tokens the objective adds)."""
     grad_accum: int = 1
-    """Micro-batches accumulated per optimizer step; exactly equivalent to a batch that much larger."""
+    """Micro-batches accumulated per optimizer step. The loss is normalised over the whole
+    accumulated batch and mlm/electra/denoise draw masks and noise per example (keyed by seed and
+    position in the data stream), so 4 x 8 is the same step as 32, as are 2 processes x 16, up to
+    float rounding; other objectives draw per micro-batch (same distribution, other samples), and
+    dropout masks are always drawn per micro-batch."""
     lr: float = 5e-4
     """Peak learning rate (reached at the end of warmup)."""
     weight_decay: float = 0.01
@@ -82,6 +86,9 @@ class TrainConfig:
     """torch intra-op threads per process (0: torch's default). Results are bit-reproducible for a fixed value."""
     fsdp: bool = False
     """Under torchrun, shard parameters, gradients and optimizer state (FSDP2) instead of replicating (DDP)."""
+    gradient_checkpointing: bool = False
+    """Activation checkpointing: keep only each block's input and recompute the block in backward
+    (torch.utils.checkpoint); less activation memory for about one more forward per step, same gradients."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms(True) (slower on GPU; CPU kernels are deterministic already)."""
     progress: bool = True
@@ -91,6 +98,7 @@ class TrainConfig:
 
     # fields that only affect logging/saving, never the numbers: a resumed run may change them
     RESUME_SAFE = ("eval_every", "eval_batches", "save_every", "keep_last", "log_every", "num_workers",
+                   "gradient_checkpointing",
                    "progress", "tensorboard")
 
     #: allowed values of the numeric fields; ``pretrain``'s flags are checked with the same ranges

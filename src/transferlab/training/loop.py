@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import TransferlabError
+from ..objectives.example_rng import example_rng
 from .checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_checkpoints, load_checkpoint,
                          restore_rng, save_checkpoint)
 from .config import DType, TrainConfig
@@ -143,6 +144,67 @@ class _LossModule(nn.Module):
         return out.loss_sum, out.metrics
 
 
+def autocast_dtype(dtype: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved training dtype (``bf16``/``fp16``), None for fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(dtype))
+
+
+def accumulate_gradients(engine: nn.Module, batches: Sequence[dict[str, Any]], n_total: float, info: DistInfo,
+                         dtype: str, weights: Sequence[float] | None = None,
+                         scaler: Any = None) -> list[tuple[torch.Tensor, dict[str, float]]]:
+    """Forward and backward over one optimizer step's micro-batches: the trainer core shared by
+    pre-training (:class:`Trainer`) and fine-tuning (:func:`transferlab.finetune.loop.finetune`).
+
+    Each micro-batch's summed loss is divided by ``n_total``, the number of targets of the whole
+    accumulated batch over all ranks (counted before any forward), and multiplied by the world size
+    because DDP/FSDP average gradients over ranks. So the gradient is that of the mean loss over
+    the large batch, whatever the split into micro-batches and processes. Gradients are all-reduced
+    only on the last micro-batch (``no_sync``).
+
+    Args:
+        engine: the (possibly DDP/FSDP-wrapped) module whose forward returns ``(loss_sum, metrics)``.
+        batches: this rank's micro-batches, on the device.
+        n_total: targets in the whole accumulated, distributed batch.
+        info: this process's :class:`DistInfo`.
+        dtype: resolved dtype: ``bf16``/``fp16`` autocast or ``fp32``.
+        weights: per micro-batch factor (default 1); 0 runs a placeholder micro-batch that adds
+            nothing (a rank with no examples left in a ragged last batch must still take part in
+            the gradient all-reduce).
+        scaler: a ``torch.amp.GradScaler`` for fp16 (the loss is scaled before backward).
+
+    Returns:
+        ``(detached loss_sum * weight, metrics)`` per micro-batch.
+    """
+    amp = autocast_dtype(dtype)
+    scale = info.world_size / max(n_total, 1.0)  # DDP/FSDP average over ranks: undo it
+    out = []
+    for i, batch in enumerate(batches):
+        w = 1.0 if weights is None else float(weights[i])
+        with grad_sync(engine, enabled=i == len(batches) - 1):
+            with torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                part, part_metrics = engine(batch)
+            loss = part.float() * (scale * w)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        out.append((part.detach() * w, part_metrics))
+    return out
+
+
+def clip_gradients(model: nn.Module, max_norm: float, measure: bool = False) -> float:
+    """Clip the gradient norm to ``max_norm`` (0: off); return the norm before clipping.
+
+    Args:
+        measure: with ``max_norm`` 0, still compute the norm (the clip coefficient is clamped to
+            exactly 1.0 then, so the gradients are unchanged); otherwise return 0.0 without work.
+    """
+    if not max_norm and not measure:
+        return 0.0
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf"))
+    if hasattr(norm, "full_tensor"):  # FSDP2 DTensor
+        norm = norm.full_tensor()
+    return float(norm)
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
@@ -229,6 +291,10 @@ class Trainer:
         # (ELECTRA's generator + discriminator pair); unwrap_model gives back what is saved.
         wrap = getattr(objective, "wrap_model", None)
         self.model = (wrap(model) if wrap is not None else model).to(self.info.device)
+        if cfg.gradient_checkpointing:
+            from ..models.blocks import set_gradient_checkpointing
+
+            set_gradient_checkpointing(self.model, True)
         if self.info.device.type == "cpu":
             tune_cpu_allocator()
         self.compile_seconds: float | None = None  # the first (compiling) step's wall time
@@ -363,16 +429,22 @@ class Trainer:
         counts = torch.tensor([sum(float(b["n_targets"]) for b in batches),
                                sum(_count_tokens(b) for b in batches)], dtype=torch.float64, device=info.device)
         n_total, step_tokens = (float(x) for x in all_reduce(counts, info))
+        # objectives whose loss mixes two normalisations (ELECTRA: generator per masked token,
+        # discriminator per token) see both totals of the whole batch, so the split stays exact
+        counts_of = getattr(self.objective, "global_counts", None)
+        if counts_of is not None:
+            per = [counts_of(b) for b in batches]
+            keys = sorted(per[0])
+            tot = all_reduce(torch.tensor([sum(float(c[k]) for c in per) for k in keys], dtype=torch.float64,
+                                          device=info.device), info)
+            for b in batches:
+                b["global_counts"] = dict(zip(keys, tot.tolist()))
         lr = set_lr(self.optimizer, cfg.lr, lr_multiplier(self.progress(), cfg.warmup, cfg.schedule, cfg.min_lr_ratio))
-        scale = info.world_size / max(n_total, 1.0)  # DDP/FSDP average over ranks: undo it
+        parts = accumulate_gradients(self.engine, batches, n_total, info, self.dtype)
         loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
         metrics: dict[str, float] = {}
-        for i, batch in enumerate(batches):
-            with grad_sync(self.engine, enabled=i == len(batches) - 1):
-                with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
-                    part, part_metrics = self.engine(batch)
-                (part.float() * scale).backward()
-            loss_sum += part.detach().double()
+        for batch, (part, part_metrics) in zip(batches, parts):
+            loss_sum += part.double()
             w = float(batch["n_targets"]) / max(sum(float(b["n_targets"]) for b in batches), 1.0)
             for k, v in part_metrics.items():  # this rank's target-weighted means
                 metrics[k] = metrics.get(k, 0.0) + float(v) * w
@@ -456,7 +528,9 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(EVAL_SEED)
             for b in range(n_batches):
-                batch = _to_device(self.objective.collate([self.val_data[i] for i in sampler.indices(b)], rng),
+                idx = sampler.indices(b)
+                batch = _to_device(self.objective.collate([self.val_data[i] for i in idx],
+                                                          example_rng(self.objective, EVAL_SEED, idx, rng)),
                                    info.device)
                 with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
                     part, part_metrics = self.engine(batch)
@@ -480,15 +554,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ internals
     def _collate(self, micro_batch: int) -> dict[str, torch.Tensor]:
-        return self.objective.collate([self.train_data[i] for i in self.sampler.indices(micro_batch)], self.rng)
+        # per-example streams keyed by the global stream position (fixes step and example), for
+        # objectives that support them: accumulation and ranks then see the large batch's masks
+        rng = example_rng(self.objective, self.cfg.seed, self.sampler.positions(micro_batch), self.rng)
+        return self.objective.collate([self.train_data[i] for i in self.sampler.indices(micro_batch)], rng)
 
     def _clip(self) -> float:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        # max_norm=inf measures without clipping (the clip coefficient is clamped to exactly 1.0)
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip or float("inf"))
-        if hasattr(norm, "full_tensor"):  # FSDP2 DTensor
-            norm = norm.full_tensor()
-        return float(norm)
+        return clip_gradients(self.model, self.cfg.clip, measure=True)
 
     def _agree(self, seconds: float) -> float:
         """Step time every rank agrees on (the slowest), so a time budget stops all ranks together."""
