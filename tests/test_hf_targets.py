@@ -424,6 +424,6 @@ def test_wrong_type_in_a_transformers_config_is_one_line(tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["num_attention_heads"] = "four"
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"config.json: a llama field has the wrong type or value"):
+    with pytest.raises(CheckpointError, match=r"config.json: (a llama field has the wrong type or value|num_attention_heads: expected a number)"):
         transferlab.from_pretrained(d)
     assert cli(["info", str(d)]) == 2

@@ -120,7 +120,10 @@ class MultitaskMLM(MLM):
 
     def draw_mode(self, rng: np.random.Generator) -> int:
         """One mode (an index into :data:`MODES`) with the configured weights: one uniform draw."""
-        return int(min(np.searchsorted(self.cum, rng.random(), side="right"), len(MODES) - 1))
+        # a per-example stream (ExampleRNG, exact accumulation) draws (B,) uniforms: the batch's
+        # mode comes from its first example's stream
+        u = float(rng.random(len(rng))[0]) if hasattr(rng, "rows") else rng.random()
+        return int(min(np.searchsorted(self.cum, u, side="right"), len(MODES) - 1))
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Windows -> mlm's batch + ``attn_mask`` (B, T, T) of one mode drawn for the batch, ``mtlm_mode``."""
