@@ -777,19 +777,14 @@ def _resume(path: Path, cfg: FinetuneConfig, fingerprint: dict[str, Any], model:
 
 
 def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, res: FinetuneResult,
-          data: TaskData) -> None:
-    """Write the fine-tuned folder in one atomic step (a complete old or new folder, never half)."""
-    from ..interop import label_config
-
-    with atomic_dir(out) as tmp:
-        # id2label/label2id: transformers clients name the classes (convert --to-hf carries them)
-        model.save_pretrained(tmp, extra_config=label_config(spec.labels))
           data: TaskData, lora_info: dict[str, Any] | None = None) -> None:
     """Write the fine-tuned folder in one atomic step (a complete old or new folder, never half).
 
     With LoRA the folder holds the adapter alone (``adapter.safetensors`` + ``adapter_config.json``
     naming the base model and its weights' hash) and the merged model in the plain layout, so
     ``evaluate``, ``predict`` and ``convert --to-hf`` read it like a full fine-tune."""
+    from ..interop import label_config
+
     with atomic_dir(out) as tmp:
         if lora_info is not None:
             from .lora import merge_lora, save_adapter
@@ -801,7 +796,8 @@ def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, 
             # hard links: the old folder's checkpoints stay intact until the rename below
             shutil.copytree(ckpts, tmp / CHECKPOINTS, copy_function=os.link,
                             ignore=shutil.ignore_patterns(".*"))
-        model.save_pretrained(tmp)
+        # id2label/label2id: transformers clients name the classes (convert --to-hf carries them)
+        model.save_pretrained(tmp, extra_config=label_config(spec.labels))
         tok.save(tmp)
         spec.save(tmp)
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
