@@ -155,3 +155,47 @@ def test_real_finetune_with_yaml_and_override_saves_the_resolved_config(tmp_path
     assert saved["epochs"] == 1 and saved["batch_size"] == 8 and saved["max_length"] == 16  # file
     assert saved["train_file"] == str(train) and saved["out_dir"] == str(out)
     assert saved["weight_decay"] == FinetuneConfig.weight_decay  # default
+
+
+# ------------------------------------------------------------------------------ compare: the same overrides
+_COMPARE = """\
+out_dir: {out}
+tasks: [rotten-tomatoes]
+finetune: {{epochs: 3, lr: 5.0e-5}}
+models:
+  - majority
+  - {{name: minilm, model: "builtin:minilm", finetune: {{lr: 1.0e-4}}}}
+  - {{name: scratch, model: bert-mini, from_scratch: true}}
+"""
+
+
+def test_compare_overrides_beat_global_and_per_model_finetune_sections(tmp_path):
+    from transferlab.commands.compare import apply_finetune_overrides
+    from transferlab.config import load_config_file
+    from transferlab.evaluation.compare import parse_compare_config
+
+    f = _yaml(tmp_path, _COMPARE.format(out=tmp_path / "cmp"), "cmp.yaml")
+    raw = apply_finetune_overrides(load_config_file(f), ["finetune.lr=3e-4", "finetune.dtype=fp32",
+                                                         "finetune.lora_targets=qkv"])
+    cfg = parse_compare_config(raw, tmp_path, str(f))
+    by_name = {m.name: m for m in cfg.models}
+    for name in ("minilm", "scratch"):
+        ft = by_name[name].finetune
+        assert ft["lr"] == 3e-4 and ft["dtype"] == "fp32" and ft["lora_targets"] == ["qkv"], name
+        assert ft["epochs"] == 3  # the file's global section still applies where not overridden
+    assert by_name["majority"].baseline == "majority"
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    ("finetune.lrr=1", r"override finetune\.lrr: unknown field 'lrr'"),
+    ("finetune.warmup=2", r"finetune\.warmup: expected a finite number in \[0, 1\)"),
+    ("finetune.seed=1", r"override finetune\.seed: set per cell by the comparison"),
+    ("model.n_layers=2", r"expected finetune\.KEY=VALUE"),
+])
+def test_compare_bad_override_is_one_line(tmp_path, capsys, extra, pattern):
+    f = _yaml(tmp_path, _COMPARE.format(out=tmp_path / "cmp"), "cmp.yaml")
+    assert main(["compare", str(f), extra, "--dry-run"]) == 2  # overrides right after CONFIG (argparse)
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(pattern, err), err
+    assert not (tmp_path / "cmp").exists()

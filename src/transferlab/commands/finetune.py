@@ -299,6 +299,25 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def finetune_overrides(items: list[str]) -> dict[str, str]:
+    """``finetune.KEY=VALUE`` items as ``{"finetune.KEY": VALUE}`` (a comma list for ``lora_targets``
+    becomes JSON), refusing any other section: the one grammar of ``finetune`` and ``compare``."""
+    from ..config import _split
+    from ..errors import ConfigError
+
+    out: dict[str, str] = {}
+    for item in items:
+        key, value = _split(item)
+        section, _, rest = key.partition(".")
+        if section != "finetune" or not rest:
+            raise ConfigError(f"override {item!r}: expected finetune.KEY=VALUE (a FinetuneConfig field, "
+                              "e.g. finetune.lr=1e-4)")
+        if rest == "lora_targets" and not value.startswith("["):
+            value = json.dumps([t.strip() for t in value.split(",") if t.strip()])
+        out[key] = value
+    return out
+
+
 def resolve_config(args: argparse.Namespace, cost: dict | None = None) -> "FinetuneConfig":
     """The run's :class:`FinetuneConfig` from the parsed command line, by precedence: the built-in
     defaults, then the ``finetune:`` section of ``--config``, then the flags given on the command
@@ -307,7 +326,7 @@ def resolve_config(args: argparse.Namespace, cost: dict | None = None) -> "Finet
     Raises:
         ConfigError: one line naming the file and/or the key (unknown field, wrong type, out of range).
     """
-    from ..config import _split, apply_overrides, check_fields, from_dict, in_file, load_config_file
+    from ..config import apply_overrides, check_fields, from_dict, in_file, load_config_file
     from ..errors import ConfigError
     from ..finetune import FinetuneConfig
 
@@ -332,20 +351,9 @@ def resolve_config(args: argparse.Namespace, cost: dict | None = None) -> "Finet
         cfg.eval_on_test = False
     if cost:
         cfg.cost = {**(cfg.cost if isinstance(cfg.cost, dict) else {}), **cost}
-    items = []
-    for item in getattr(args, "overrides", None) or []:
-        key, value = _split(item)
-        section, _, rest = key.partition(".")
-        if section != "finetune" or not rest:
-            raise ConfigError(f"override {item!r}: expected finetune.KEY=VALUE (a FinetuneConfig field, "
-                              "e.g. finetune.lr=1e-4)")
-        if rest == "lora_targets" and not value.startswith("["):
-            import json as _json
-
-            value = _json.dumps([t.strip() for t in value.split(",") if t.strip()])
-        items.append((key, value))
+    items = finetune_overrides(getattr(args, "overrides", None) or [])
     if items:
-        apply_overrides(cfg, dict(items), prefix="finetune")  # validates
+        apply_overrides(cfg, items, prefix="finetune")  # validates
     else:
         cfg.validate()
     if not cfg.out_dir:
