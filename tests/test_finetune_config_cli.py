@@ -199,3 +199,10 @@ def test_compare_bad_override_is_one_line(tmp_path, capsys, extra, pattern):
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert __import__("re").search(pattern, err), err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_yaml_bare_exponent_is_a_number(tmp_path):
+    # PyYAML (YAML 1.1) reads `1e-4` without a dot as the string "1e-4"; a float field takes it
+    f = _yaml(tmp_path, "finetune: {model: builtin:minilm, task: imdb, lr: 1e-4}\n")
+    cfg = _resolve(["--config", str(f), "--out", str(tmp_path / "o")])
+    assert cfg.lr == 1e-4 and isinstance(cfg.lr, float)
