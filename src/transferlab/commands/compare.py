@@ -12,7 +12,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "one row per finished cell to OUT/results.jsonl (a rerun skips finished cells), then write OUT/summary.md "
         "and OUT/summary.csv (mean ± std over seeds with training time and cost) and OUT/plots/ (learning curves, "
         "score vs cost with the Pareto front). The config format is in docs/evaluation.md.",
-        epilog="examples:\n  transferlab compare examples/compare_quick.yaml\n"
+        epilog="overrides (right after CONFIG, before the flags; the grammar of `transferlab finetune`):\n"
+        "  finetune.KEY=VALUE  a FinetuneConfig field for every transformer entry, beating the file's finetune:\n"
+        "                      sections (global and per model); changed settings make their cells rerun\n\n"
+        "examples:\n  transferlab compare examples/compare_quick.yaml\n"
+        "  transferlab compare examples/compare_quick.yaml finetune.lr=1e-4 finetune.epochs=2\n"
         "  transferlab compare examples/compare_imdb.yaml --only tfidf-logreg --only majority\n"
         "  transferlab compare examples/compare_imdb.yaml --dry-run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -26,15 +30,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true",
                    help="write into out_dir even if it holds files that are not an earlier comparison's")
+    p.add_argument("overrides", nargs="*", metavar="finetune.KEY=VALUE",
+                   help="finetune settings for every transformer entry, e.g. finetune.lr=1e-4 finetune.epochs=2")
     p.set_defaults(func=_compare)
 
 
+def apply_finetune_overrides(raw: dict, items: list[str]) -> dict:
+    """``raw`` (a comparison file's mapping) with ``finetune.KEY=VALUE`` items set in its global
+    ``finetune:`` section and in every transformer entry's own one (an override beats both).
+    Values are parsed and range-checked as FinetuneConfig fields before anything runs."""
+    from ..config import apply_overrides
+    from ..errors import ConfigError
+    from ..evaluation.compare import _CELL_FIELDS
+    from ..finetune import FinetuneConfig
+    from .finetune import finetune_overrides
+
+    parsed = finetune_overrides(items)
+    if not parsed:
+        return raw
+    names = [k.split(".", 1)[1] for k in parsed]
+    fixed = sorted(set(names) & set(_CELL_FIELDS))
+    if fixed:
+        raise ConfigError(f"override finetune.{fixed[0]}: set per cell by the comparison; use the config's "
+                          "tasks/train_sizes/seeds/models entries instead")
+    probe = apply_overrides(FinetuneConfig(model="builtin:minilm", task="imdb"), parsed, prefix="finetune")
+    values = {n: getattr(probe, n) for n in names}
+    values = {n: (v.value if hasattr(v, "value") else v) for n, v in values.items()}  # enums as plain strings
+    raw = dict(raw)
+    if raw.get("finetune") is not None and not isinstance(raw["finetune"], dict):
+        return raw  # the config's own check names this mistake
+    raw["finetune"] = {**(raw.get("finetune") or {}), **values}
+    models = raw.get("models")
+    if isinstance(models, list):
+        raw["models"] = [({**m, "finetune": {**m["finetune"], **values}}
+                          if isinstance(m, dict) and isinstance(m.get("finetune"), dict) else m) for m in models]
+    return raw
+
+
 def _compare(args: argparse.Namespace) -> int:
-    from ..evaluation.compare import load_compare_config, plan_cells, read_results, run_compare
+    from pathlib import Path
+
+    from ..config import load_config_file
+    from ..evaluation.compare import load_compare_config, parse_compare_config, plan_cells, read_results, run_compare
 
     from ..outputs import Output
 
-    cfg = load_compare_config(args.config, args.out_dir)
+    if args.overrides:
+        raw = apply_finetune_overrides(load_config_file(args.config), args.overrides)
+        cfg = parse_compare_config(raw, Path.cwd(), str(args.config), args.out_dir)
+    else:
+        cfg = load_compare_config(args.config, args.out_dir)
     if args.dry_run:
         return _report(args, cfg, run_compare, plan_cells, read_results)
     # one writer per out_dir (two would run the same cells and append the same rows twice)

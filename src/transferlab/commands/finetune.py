@@ -9,6 +9,26 @@ from pathlib import Path
 
 TASK_TYPES = ("classification", "pair-classification", "regression", "tagging", "qa", "seq2seq")
 
+_EPILOG = """\
+configuration (the same grammar as `transferlab pretrain`):
+  --config FILE.yaml   a YAML/JSON file with a `finetune:` section of FinetuneConfig fields, e.g.
+                         finetune: {model: "builtin:minilm", task: imdb, lr: 1.0e-4, grad_accum: 4}
+  finetune.KEY=VALUE   dotted overrides of any FinetuneConfig field, after the flags, e.g.
+                         finetune.lr=1e-4 finetune.grad_accum=4 finetune.lora_r=8 finetune.lora_targets=qkv,out
+  precedence: built-in defaults < --config file < flags given on the command line < finetune.KEY=VALUE
+
+examples:
+  transferlab finetune --model builtin:minilm --task rotten-tomatoes --out runs/ft --epochs 2
+  transferlab finetune --config ft.yaml --out runs/ft finetune.lr=1e-4 finetune.seed=1
+"""
+
+#: flag dest -> FinetuneConfig field, where the names differ (every other field flag has the field's name)
+_FLAG_FIELDS = {"train": "train_file", "validation": "validation_file", "test": "test_file", "out": "out_dir"}
+#: the defaults the finetune flags show in --help (they are FinetuneConfig's; a test checks they agree)
+FLAG_DEFAULTS: dict[str, object] = {}
+#: dests of the flags that set a FinetuneConfig field
+FIELD_DESTS: list[str] = []
+
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Show defaults, except empty ones and where the help text already states them."""
@@ -18,6 +38,38 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False) or "default" in text:
             return text
         return super()._get_help_string(action)
+
+
+class _HelpWithEpilog(_Help, argparse.RawDescriptionHelpFormatter):
+    """:class:`_Help` that keeps the epilog's line breaks (the config grammar and examples)."""
+
+
+def _field_of(dest: str) -> str:
+    return _FLAG_FIELDS.get(dest, dest)
+
+
+def _defaults_to_help(p: argparse.ArgumentParser) -> None:
+    """Move the defaults of the flags that set FinetuneConfig fields into their help text and
+    make the parsed default None, so that :func:`_finetune` can tell a flag given on the command
+    line (which beats --config) from one left alone (which does not)."""
+    from dataclasses import fields
+
+    from ..finetune import FinetuneConfig
+
+    names = {f.name for f in fields(FinetuneConfig)}
+    FIELD_DESTS.clear()  # build_parser may run more than once in a process
+    FLAG_DEFAULTS.clear()
+    for action in p._actions:
+        if not action.option_strings or _field_of(action.dest) not in names:
+            continue
+        FIELD_DESTS.append(action.dest)
+        d = action.default
+        if d is not None and d is not argparse.SUPPRESS:
+            FLAG_DEFAULTS[action.dest] = d
+            if d is not False:
+                text = (action.help or "").replace("%(default)s", str(d))
+                action.help = text if "default" in text else f"{text} (default: {str(d).replace('%', '%%')})"
+        action.default = None
 
 
 def _columns(p: argparse.ArgumentParser, label: bool = True) -> None:
@@ -42,12 +94,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "The output folder holds the model, its tokenizer and task.json, so `transferlab evaluate` "
             "and `transferlab predict` work from it alone."
         ),
-        formatter_class=_Help,
+        formatter_class=_HelpWithEpilog, epilog=_EPILOG,
     )
-    p.add_argument("--model", required=True, metavar="DIR|builtin:minilm|PRESET",
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML/JSON with a `finetune:` section of FinetuneConfig fields (flags and finetune.KEY=VALUE win)")
+    p.add_argument("--model", metavar="DIR|builtin:minilm|PRESET",
                    help="pre-trained model folder (ours or a converted transformers folder), builtin:minilm, "
                         "or a preset name (bert-mini, gpt-mini, bart-mini, t5-mini, ...) with --from-scratch")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()  # or task/train_file from --config
     src.add_argument("--task", metavar="NAME",
                      help="built-in task: imdb, rotten-tomatoes, bbc-topic, twitter-ner, bbc-headlines, or a "
                           "derived one: bbc-pairs, bbc-qa")
@@ -58,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task-type", choices=TASK_TYPES,
                    help="task type (default: inferred: string labels -> classification, floats -> regression, "
                         "tokens/tags -> tagging, context/question/answer -> qa, source/target -> seq2seq)")
-    p.add_argument("--out", required=True, metavar="DIR",
+    p.add_argument("--out", metavar="DIR",
                    help="output folder for the best checkpoint (replaced whole; an existing one must be an "
                         "earlier fine-tune with nothing else in it)")
     p.add_argument("--force", action="store_true",
@@ -149,6 +203,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from ..cost import add_cost_arguments
 
     add_cost_arguments(p)
+    p.add_argument("overrides", nargs="*", metavar="finetune.KEY=VALUE",
+                   help="dotted overrides of FinetuneConfig fields: finetune.lr=1e-4 finetune.grad_accum=4")
+    _defaults_to_help(p)
     p.set_defaults(func=_finetune)
 
     # ---------------------------------------------------------------- evaluate
@@ -205,31 +262,10 @@ def _finetune(args: argparse.Namespace) -> int:
     from ..finetune import FinetuneConfig, finetune
 
     cost = {k: v for k, v in dataclasses.asdict(cost_config_from_args(args)).items() if v is not None}
+    if not getattr(args, "no_energy", False):
+        cost.pop("track_energy", None)  # the default: leave a --config file's cost.track_energy alone
 
-    cfg = FinetuneConfig(
-        model=args.model, task=args.task, train_file=args.train, validation_file=args.validation,
-        test_file=args.test, text_column=args.text_column, pair_column=args.pair_column,
-        label_column=args.label_column, task_type=args.task_type, tokenizer=args.tokenizer,
-        tokenizer_vocab_size=args.tokenizer_vocab_size, from_scratch=args.from_scratch,
-        train_size=args.train_size, validation_size=args.validation_size,
-        test_size=args.test_size, epochs=args.epochs,
-        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
-        layer_lr_decay=args.layer_lr_decay, gradual_unfreeze=args.gradual_unfreeze,
-        max_grad_norm=args.max_grad_norm, max_length=args.max_length,
-        max_target_length=args.max_target_length, doc_stride=args.doc_stride,
-        max_answer_length=args.max_answer_length, pooling=args.pooling, truncation=args.truncation,
-        head_dropout=args.head_dropout,
-        dropout=args.dropout, attention_dropout=args.attention_dropout,
-        prompt_suffix=args.prompt_suffix, num_beams=args.num_beams, bio_decoding=args.bio_decoding,
-        patience=args.patience, eval_every=args.eval_every, max_minutes=args.max_minutes, seed=args.seed,
-        dtype=args.dtype, device=args.device, attn_impl=args.attn_impl, out_dir=args.out, force=args.force,
-        eval_on_test=not args.no_test, quiet=args.quiet, cost=cost, grad_accum=args.grad_accum,
-        gradient_checkpointing=args.gradient_checkpointing, fsdp=args.fsdp, save_every=args.save_every,
-        keep_last=args.keep_last, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
-        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()],
-    )
+    cfg = resolve_config(args, cost)
     from ..training.distributed import cleanup_distributed, init_distributed
 
     import torch.distributed as dist
@@ -237,13 +273,13 @@ def _finetune(args: argparse.Namespace) -> int:
     info, owner = None, False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: join the group (gloo on CPUs)
         owner = not dist.is_initialized()  # leave it at the end only if this command joined it
-        info = init_distributed(None if args.device == "auto" else args.device)
+        info = init_distributed(None if cfg.device == "auto" else cfg.device)
     from ..outputs import Output
 
     try:
         # the one output rule (docs/outputs.md); under torchrun rank 0 holds the lock for the job
-        with Output(args.out, "finetune", force=args.force, locked=info is None or info.is_main,
-                    inputs=[args.model, args.tokenizer, args.train, args.validation, args.test]):
+        with Output(cfg.out_dir, "finetune", force=cfg.force, locked=info is None or info.is_main,
+                    inputs=[cfg.model, cfg.tokenizer, cfg.train_file, cfg.validation_file, cfg.test_file]):
             res = finetune(cfg, info=info)
     except BaseException:
         if owner:
@@ -261,6 +297,68 @@ def _finetune(args: argparse.Namespace) -> int:
             print(f"{split} {k}: {v:.4f}")
     print(f"saved to {res.out_dir}")
     return 0
+
+
+def finetune_overrides(items: list[str]) -> dict[str, str]:
+    """``finetune.KEY=VALUE`` items as ``{"finetune.KEY": VALUE}`` (a comma list for ``lora_targets``
+    becomes JSON), refusing any other section: the one grammar of ``finetune`` and ``compare``."""
+    from ..config import _split
+    from ..errors import ConfigError
+
+    out: dict[str, str] = {}
+    for item in items:
+        key, value = _split(item)
+        section, _, rest = key.partition(".")
+        if section != "finetune" or not rest:
+            raise ConfigError(f"override {item!r}: expected finetune.KEY=VALUE (a FinetuneConfig field, "
+                              "e.g. finetune.lr=1e-4)")
+        if rest == "lora_targets" and not value.startswith("["):
+            value = json.dumps([t.strip() for t in value.split(",") if t.strip()])
+        out[key] = value
+    return out
+
+
+def resolve_config(args: argparse.Namespace, cost: dict | None = None) -> "FinetuneConfig":
+    """The run's :class:`FinetuneConfig` from the parsed command line, by precedence: the built-in
+    defaults, then the ``finetune:`` section of ``--config``, then the flags given on the command
+    line, then the ``finetune.KEY=VALUE`` overrides (validated once, at the end).
+
+    Raises:
+        ConfigError: one line naming the file and/or the key (unknown field, wrong type, out of range).
+    """
+    from ..config import apply_overrides, check_fields, from_dict, in_file, load_config_file
+    from ..errors import ConfigError
+    from ..finetune import FinetuneConfig
+
+    cfg = FinetuneConfig()
+    if args.config:
+        data = load_config_file(args.config)
+        with in_file(args.config):
+            unknown = sorted(set(data) - {"finetune"})
+            if unknown:
+                raise ConfigError(f"unknown section(s) {', '.join(unknown)}; expected a `finetune:` section "
+                                  "of FinetuneConfig fields")
+            cfg = from_dict(FinetuneConfig, data.get("finetune") or {}, where="finetune")
+            check_fields(cfg, "finetune", FinetuneConfig.RANGES)
+    for dest in FIELD_DESTS:
+        v = getattr(args, dest, None)
+        if v is None:
+            continue  # not given: the file's value or the default stands
+        if dest == "lora_targets":
+            v = [t.strip() for t in v.split(",") if t.strip()]
+        setattr(cfg, _field_of(dest), v)
+    if getattr(args, "no_test", None):
+        cfg.eval_on_test = False
+    if cost:
+        cfg.cost = {**(cfg.cost if isinstance(cfg.cost, dict) else {}), **cost}
+    items = finetune_overrides(getattr(args, "overrides", None) or [])
+    if items:
+        apply_overrides(cfg, items, prefix="finetune")  # validates
+    else:
+        cfg.validate()
+    if not cfg.out_dir:
+        raise ConfigError("finetune: no output folder: pass --out DIR (or out_dir in the --config file)")
+    return cfg
 
 
 def _evaluate(args: argparse.Namespace) -> int:
