@@ -80,6 +80,8 @@ def measured_train_flops(cfg, seq_len: int, decoder_len: int | None = None, n_ma
         ("bart-mini", {}, 64),  # encoder 128 + decoder 64 tokens, cross-attention
         ("t5-mini", {}, 128),  # relative positions, d_head != d_model / n_heads, no biases
         ("gpt-mini", {"activation": "swiglu", "position": "rotary"}, None),  # gated MLP
+        # ELECTRA-Small-style embedding projection (E -> d) and MLM transform (d -> E, tied (V, E))
+        ("bert-mini", {"embedding_size": 64, "pooler": False, "heads": {"lm": {}, "rtd": {}}}, None),
     ],
 )
 def test_train_flops_match_flop_counter(name, kw, dec):

@@ -111,6 +111,10 @@ class ElectraPair(ObjectiveModule):
         self.discriminator = discriminator
         dcfg = discriminator.config
         cfg = objective.config
+        if getattr(dcfg, "embedding_size", None):
+            raise ConfigError(f"electra pre-training with model.embedding_size={dcfg.embedding_size} (an embedding "
+                              "projection) is not supported: the generator shares the discriminator's d_model-wide "
+                              "embeddings; unset embedding_size (import ELECTRA-Small checkpoints to fine-tune)")
         if generator is None:
             generator = TransferModel(generator_config(dcfg, cfg.generator_size, cfg.generator_layers))
         self.generator = generator
