@@ -507,12 +507,3 @@ def test_embedding_projection_exports_only_as_electra():
     assert cfg["model_type"] == "electra" and cfg["embedding_size"] == 16 and cfg["hidden_size"] == 32
     assert state["electra.embeddings_project.weight"].shape == (32, 16)
 
-
-def test_electra_pretraining_refuses_an_embedding_projection():
-    from transferlab.objectives import SpecialIds, build_objective
-
-    model = build_model("bert-tiny", **SMALL, embedding_size=16, pooler=False, heads={"rtd": {}})
-    obj = build_objective("electra", SpecialIds(V, pad_token_id=PAD, unk_token_id=1, cls_token_id=2, sep_token_id=3,
-                                                mask_token_id=4))
-    with pytest.raises(ConfigError, match=r"electra pre-training with model\.embedding_size=16"):
-        obj.wrap_model(model)
