@@ -28,6 +28,7 @@ Loss: ``gen_mlm_sum + disc_weight * disc_mean * n_mlm`` with ``n_targets = n_mlm
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +142,14 @@ class ElectraPair(ObjectiveModule):
         ref = shared.weight  # the new modules follow the discriminator's device and dtype
         for m in (self.generator, self.generator_proj):
             m.to(device=ref.device, dtype=ref.dtype)
+
+    @property
+    def generator_flops_config(self) -> Any:
+        """The generator's config as :func:`~transferlab.cost.estimate_flops` should bill it: it
+        reads the shared embeddings through ``generator_proj`` (E -> C_g) and its MLM head maps
+        back to E (``C_g * E + E * V`` per prediction), which is the embedding projection of a
+        config with ``embedding_size=E`` (E = the discriminator's embedding width)."""
+        return dataclasses.replace(self.generator.config, embedding_size=self.discriminator.config.emb_dim).validate()
 
     @property
     def model(self) -> nn.Module:  # what unwrap_model returns
