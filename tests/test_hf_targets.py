@@ -154,6 +154,8 @@ FROM_HF = {
                             None),
     "electra-small-pretraining": (lambda: T.ElectraForPreTraining(_electra_cfg(**SMALL_EMB)), True, _logits, "rtd"),
     "electra-small-mlm": (lambda: T.ElectraForMaskedLM(_electra_cfg(**SMALL_EMB)), True, _logits, "lm"),
+    "electra-small-mlm-untied": (lambda: T.ElectraForMaskedLM(_electra_cfg(**SMALL_EMB, tie_word_embeddings=False)),
+                                 True, _logits, "lm"),
     "electra-small-seqcls": (lambda: T.ElectraForSequenceClassification(_electra_cfg(**SMALL_EMB, num_labels=3)),
                              True, _logits, "classification"),
     "electra-small-tokcls": (lambda: T.ElectraForTokenClassification(_electra_cfg(**SMALL_EMB, num_labels=5)),
@@ -477,6 +479,10 @@ def test_embedding_projection_saves_and_loads_with_equal_outputs(batch, tmp_path
     assert torch.equal(a.logits, b.logits)
     assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states))
     assert a.hidden_states[0].shape[-1] == 32  # the stack's input: after the projection, as in HF
+    with torch.no_grad():  # inputs_embeds are E wide, as HF's ElectraModel takes them
+        e = ours.get_input_embeddings()(batch["ids"])
+        c = ours(inputs_embeds=e, attention_mask=batch["mask"], token_type_ids=batch["types"])
+    assert e.shape[-1] == 16 and torch.equal(c.logits, a.logits)
 
 
 def test_default_model_has_no_projection_and_same_width_is_no_projection():
