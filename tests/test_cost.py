@@ -80,6 +80,8 @@ def measured_train_flops(cfg, seq_len: int, decoder_len: int | None = None, n_ma
         ("bart-mini", {}, 64),  # encoder 128 + decoder 64 tokens, cross-attention
         ("t5-mini", {}, 128),  # relative positions, d_head != d_model / n_heads, no biases
         ("gpt-mini", {"activation": "swiglu", "position": "rotary"}, None),  # gated MLP
+        # ELECTRA-Small-style embedding projection (E -> d) and MLM transform (d -> E, tied (V, E))
+        ("bert-mini", {"embedding_size": 64, "pooler": False, "heads": {"lm": {}, "rtd": {}}}, None),
     ],
 )
 def test_train_flops_match_flop_counter(name, kw, dec):
@@ -88,6 +90,36 @@ def test_train_flops_match_flop_counter(name, kw, dec):
     estimated = estimate_flops(cfg, T, "train", decoder_len=dec)
     # the issue asks for 10%; both count exactly the matmuls, so they agree far closer
     assert estimated == pytest.approx(measured, rel=0.01), (estimated, measured)
+
+
+@pytest.mark.parametrize("embedding_size", [None, 32])
+def test_electra_pair_flops_match_flop_counter(embedding_size):
+    """What pretrain bills an ELECTRA step (discriminator on every token + the generator's sparse
+    MLM through generator_proj and a head back to the embedding width) is what the step runs."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_objectives import bert_ids, encoder_cfg, windows
+
+    from transferlab.objectives import build_objective
+
+    torch.manual_seed(0)
+    model = build_model(encoder_cfg(heads={"rtd": {}}, type_vocab_size=2, d_model=64, n_heads=4, d_ff=128,
+                                    embedding_size=embedding_size, attn_impl="math", dropout=0.0,
+                                    attention_dropout=0.0))
+    ob = build_objective("electra", bert_ids())
+    pair = ob.wrap_model(model)
+    b = ob.collate(windows(4, 30), np.random.default_rng(0))
+    n_seq, seq = b["input_ids"].shape
+    with FlopCounterMode(display=False) as counter:
+        ob.loss(pair, b).loss_sum.backward()
+    per_seq = int((b["labels"] != -100).sum()) / n_seq
+    estimated = n_seq * (estimate_flops(model.config, seq, "train", None, 0.0)
+                         + estimate_flops(pair.generator_flops_config, seq, "train", None, per_seq))
+    assert estimated == pytest.approx(counter.get_total_flops(), rel=1e-6)
 
 
 def test_sparse_mlm_flops_only_project_predicted_positions():

@@ -99,6 +99,9 @@ def _electra_cfg(**kw):
                                      num_attention_heads=4, intermediate_size=48, max_position_embeddings=64), **kw})
 
 
+SMALL_EMB = dict(embedding_size=16)  # hidden_size stays 32: ELECTRA-Small's 128 / 256 in miniature
+
+
 def _distil_cfg(**kw):
     return T.DistilBertConfig(**{**dict(vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=48,
                                         max_position_embeddings=64), **kw})
@@ -146,6 +149,18 @@ FROM_HF = {
     "electra-tokcls": (lambda: T.ElectraForTokenClassification(_electra_cfg(num_labels=5)), True, _logits,
                        "token_classification"),
     "electra-qa": (lambda: T.ElectraForQuestionAnswering(_electra_cfg()), True, _qa, "span"),
+    # ELECTRA-Small layout: embedding_size != hidden_size, an embeddings_project into the stack
+    "electra-small-model": (lambda: T.ElectraModel(_electra_cfg(**SMALL_EMB)), True, lambda o: o.last_hidden_state,
+                            None),
+    "electra-small-pretraining": (lambda: T.ElectraForPreTraining(_electra_cfg(**SMALL_EMB)), True, _logits, "rtd"),
+    "electra-small-mlm": (lambda: T.ElectraForMaskedLM(_electra_cfg(**SMALL_EMB)), True, _logits, "lm"),
+    "electra-small-mlm-untied": (lambda: T.ElectraForMaskedLM(_electra_cfg(**SMALL_EMB, tie_word_embeddings=False)),
+                                 True, _logits, "lm"),
+    "electra-small-seqcls": (lambda: T.ElectraForSequenceClassification(_electra_cfg(**SMALL_EMB, num_labels=3)),
+                             True, _logits, "classification"),
+    "electra-small-tokcls": (lambda: T.ElectraForTokenClassification(_electra_cfg(**SMALL_EMB, num_labels=5)),
+                             True, _logits, "token_classification"),
+    "electra-small-qa": (lambda: T.ElectraForQuestionAnswering(_electra_cfg(**SMALL_EMB)), True, _qa, "span"),
     "distilbert-model": (lambda: T.DistilBertModel(_distil_cfg()), False, lambda o: o.last_hidden_state, None),
     "distilbert-mlm-sinusoidal": (lambda: T.DistilBertForMaskedLM(_distil_cfg(sinusoidal_pos_embds=True)), False,
                                   _logits, "lm"),
@@ -237,6 +252,21 @@ TO_HF = {
     "electra-seqcls": ("bert-tiny", {"pooler": False, "heads": {"classification": {"num_labels": 3,
                                                                                    "dense_act": "gelu"}}},
                        "AutoModelForSequenceClassification", "ElectraForSequenceClassification", True, _logits),
+    # embedding_size != d_model: ELECTRA-Small's embeddings_project (and, for MLM, a transform to E)
+    "electra-small-discriminator": ("bert-tiny", {"embedding_size": 16, "heads": {"rtd": {}}},
+                                    "AutoModelForPreTraining", "ElectraForPreTraining", True, _logits),
+    "electra-small-mlm": ("bert-tiny", {"embedding_size": 16, "pooler": False}, "AutoModelForMaskedLM",
+                          "ElectraForMaskedLM", True, _logits),
+    "electra-small-seqcls": ("bert-tiny", {"embedding_size": 16, "pooler": False,
+                                           "heads": {"classification": {"num_labels": 3, "dense_act": "gelu"}}},
+                             "AutoModelForSequenceClassification", "ElectraForSequenceClassification", True, _logits),
+    "electra-small-tokcls": ("bert-tiny", {"embedding_size": 16, "pooler": False,
+                                           "heads": {"token_classification": {"num_labels": 5}}},
+                             "AutoModelForTokenClassification", "ElectraForTokenClassification", True, _logits),
+    "electra-small-qa": ("bert-tiny", {"embedding_size": 16, "pooler": False, "heads": {"span": {}}},
+                         "AutoModelForQuestionAnswering", "ElectraForQuestionAnswering", True, _qa),
+    "electra-small-backbone": ("bert-tiny", {"embedding_size": 16, "pooler": False, "heads": {}}, "AutoModel",
+                               "ElectraModel", True, lambda o: o.last_hidden_state),
     "distilbert-seqcls": ("bert-tiny", {"pooler": False, "type_vocab_size": 0,
                                         "heads": {"classification": {"num_labels": 3, "dense_act": "relu"}}},
                           "AutoModelForSequenceClassification", "DistilBertForSequenceClassification", False, _logits),
@@ -318,8 +348,6 @@ def _save(tmp_path, model):
      r"rope_type='linear' \(rope scaling\) is not supported"),
     (lambda: T.LlamaForCausalLM(_llama_cfg(attention_bias=True)), r"attention_bias=True with mlp_bias=False"),
     (lambda: T.MistralForCausalLM(_mistral_cfg(sliding_window=16)), r"sliding_window=16 < max_position_embeddings"),
-    (lambda: T.ElectraForPreTraining(_electra_cfg(embedding_size=16)),
-     r"embedding_size=16 != hidden_size=32 \(an embeddings_project"),
     (lambda: T.RoFormerForMaskedLM(_roformer_cfg(rotary_value=True)), r"rotary_value=true"),
 ])
 def test_unrepresentable_checkpoints_are_refused_in_one_line(build, match, tmp_path):
@@ -427,3 +455,61 @@ def test_wrong_type_in_a_transformers_config_is_one_line(tmp_path):
     with pytest.raises(CheckpointError, match=r"config.json: (a llama field has the wrong type or value|num_attention_heads: expected a number)"):
         transferlab.from_pretrained(d)
     assert cli(["info", str(d)]) == 2
+
+
+# ---------------------------------------------------------------------------- embedding projection
+def test_embedding_projection_saves_and_loads_with_equal_outputs(batch, tmp_path):
+    """Our own model with embedding_size set: (V, E) tables, emb_proj (E -> d), an MLM transform
+    d -> E tied to the (V, E) embedding; save_pretrained/from_pretrained keep config and outputs."""
+    torch.manual_seed(0)
+    ours = _perturb(build_model("bert-tiny", **SMALL, embedding_size=16, pooler=False)).eval()
+    stack = ours.backbone.encoder
+    assert ours.backbone.embed_tokens.weight.shape == (V, 16)
+    assert stack.pos_emb.weight.shape[1] == stack.type_emb.weight.shape[1] == stack.emb_norm.weight.shape[0] == 16
+    assert stack.emb_proj.weight.shape == (32, 16)
+    lm = ours.heads["lm"]
+    assert lm.transform.dense.weight.shape == (16, 32) and lm.output_weight is ours.backbone.embed_tokens.weight
+    ours.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["embedding_size"] == 16
+    again = transferlab.from_pretrained(tmp_path / "m").eval()
+    assert again.config.embedding_size == 16
+    kw = _kw(batch, True)
+    with torch.no_grad():
+        a, b = ours(**kw, output_hidden_states=True), again(**kw, output_hidden_states=True)
+    assert torch.equal(a.logits, b.logits)
+    assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states))
+    assert a.hidden_states[0].shape[-1] == 32  # the stack's input: after the projection, as in HF
+    with torch.no_grad():  # inputs_embeds are E wide, as HF's ElectraModel takes them
+        e = ours.get_input_embeddings()(batch["ids"])
+        c = ours(inputs_embeds=e, attention_mask=batch["mask"], token_type_ids=batch["types"])
+    assert e.shape[-1] == 16 and torch.equal(c.logits, a.logits)
+
+
+def test_default_model_has_no_projection_and_same_width_is_no_projection():
+    plain = build_model("bert-tiny", **SMALL)
+    assert plain.config.embedding_size is None and plain.backbone.encoder.emb_proj is None
+    assert not any("emb_proj" in k for k in plain.state_dict())
+    same = build_model("bert-tiny", **SMALL, embedding_size=32)  # = d_model: nothing to project
+    assert same.config.embedding_size is None and same.backbone.encoder.emb_proj is None
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"embedding_size": 0}, r"model\.embedding_size: "),
+    ({"embedding_size": 16, "family": "decoder", "type_vocab_size": 0},
+     r"model\.embedding_size=16 .* only supported for encoders"),
+    ({"embedding_size": 16, "lm_head_transform": False},
+     r"embedding_size=16 != d_model=32 needs lm_head_transform=true"),
+])
+def test_bad_embedding_size_is_refused_in_one_line(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        build_model("bert-tiny", **{**SMALL, **overrides})
+
+
+def test_embedding_projection_exports_only_as_electra():
+    """BERT and RoFormer have no embeddings_project: such a model is ELECTRA or nothing."""
+    with pytest.raises(ConfigError, match=r"embedding_size=None, got 16"):
+        to_hf_state(build_model("bert-tiny", **SMALL, embedding_size=16, pooler=True, position="rotary"))
+    cfg, state = to_hf_state(build_model("bert-tiny", **SMALL, embedding_size=16, pooler=False))
+    assert cfg["model_type"] == "electra" and cfg["embedding_size"] == 16 and cfg["hidden_size"] == 32
+    assert state["electra.embeddings_project.weight"].shape == (32, 16)
+

@@ -244,6 +244,34 @@ def test_electra_loss_weighting_gradients_and_no_gradient_through_sampling():
         ob.loss(electra_model(), b)
 
 
+def test_electra_pair_with_an_embedding_projection():
+    """ELECTRA-Small's layout: embeddings narrower than the discriminator (E=32, C_d=64, C_g=16);
+    the generator reads the shared E-wide embeddings through generator_proj (E -> C_g) and its MLM
+    head maps back to E, tied to the (V, E) table; every parameter gets a gradient."""
+    torch.manual_seed(0)
+    model = electra_model(embedding_size=32)
+    ob = build_objective("electra", bert_ids())
+    pair = ob.wrap_model(model)
+    assert pair.generator.config.embedding_size is None and pair.generator.config.d_model == 16
+    assert pair.generator_proj.weight.shape == (16, 32)
+    head = pair.generator.heads["lm"]
+    assert head.transform.dense.weight.shape == (32, 16) and head.output_weight is model.backbone.embed_tokens.weight
+    model.eval()
+    b = ob.collate(windows(3, 20), np.random.default_rng(0))
+    tt = torch.randint(0, 2, b["input_ids"].shape)
+    e = pair.shared_embeddings(b["input_ids"], tt, b["attention_mask"])  # (B, T, E) before emb_proj
+    h0 = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=tt,
+               output_hidden_states=True).hidden_states[0]
+    torch.testing.assert_close(model.backbone.encoder.emb_proj(e), h0)
+    pair.train()
+    b = ob.collate(windows(8, 30), np.random.default_rng(0))
+    out = ob.loss(pair, b)
+    assert torch.isfinite(out.loss_sum)
+    out.loss_sum.backward()
+    assert all(p.grad is not None for p in pair.parameters())
+    assert ob.unwrap_model(pair) is model
+
+
 def test_electra_check_model():
     ob = build_objective("electra", bert_ids())
     with pytest.raises(ConfigError, match="needs model head\\(s\\) 'rtd'"):

@@ -301,6 +301,11 @@ class ModelConfig:
     """Number of token embeddings (set from the tokenizer when pre-training)."""
     d_model: int = 256
     """Hidden size."""
+    embedding_size: int | None = None
+    """Width of the token/position/segment embeddings and their norm when it differs from d_model
+    (ELECTRA-Small's ``embedding_size=128, hidden_size=256``): a Linear(embedding_size, d_model)
+    maps them into the stack and a tied MLM head maps back (its transform is d_model ->
+    embedding_size). None (or d_model) = no projection. Encoders only."""
     n_layers: int = 4
     """Number of blocks (encoder blocks for encoder-decoders)."""
     n_decoder_layers: int = 0
@@ -382,6 +387,11 @@ class ModelConfig:
         return self.d_head or self.d_model // self.n_heads
 
     @property
+    def emb_dim(self) -> int:
+        """Width of the embeddings: ``embedding_size`` or, when unset, ``d_model``."""
+        return self.embedding_size or self.d_model
+
+    @property
     def decoder_layers(self) -> int:
         return self.n_decoder_layers or self.n_layers
 
@@ -396,7 +406,7 @@ class ModelConfig:
 
     #: allowed values of the numeric fields (types come from the annotations)
     RANGES: typing.ClassVar[dict[str, Range]] = {
-        "vocab_size": COUNT, "d_model": COUNT, "n_layers": COUNT, "n_decoder_layers": NONNEG_INT, "n_heads": COUNT,
+        "vocab_size": COUNT, "d_model": COUNT, "embedding_size": COUNT, "n_layers": COUNT, "n_decoder_layers": NONNEG_INT, "n_heads": COUNT,
         "d_head": NONNEG_INT, "d_ff": COUNT, "max_positions": COUNT, "position_offset": NONNEG_INT,
         "type_vocab_size": NONNEG_INT, "norm_eps": POSITIVE, "rotary_base": Range(float, gt=1),
         "relative_buckets": COUNT, "relative_max_distance": COUNT, "dropout": FRACTION,
@@ -412,6 +422,11 @@ class ModelConfig:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}"
             )
+        if self.embedding_size == self.d_model:
+            self.embedding_size = None  # same width: no projection, the plain model
+        if self.embedding_size is not None and Family(self.family) != Family.ENCODER:
+            raise ConfigError(f"model.embedding_size={self.embedding_size} (an embedding projection to "
+                              f"d_model={self.d_model}) is only supported for encoders, not {self.family}")
         if self.position == Position.ROTARY and self.head_dim % 2:
             raise ConfigError(f"rotary positions need an even head size, got {self.head_dim}")
         if self.type_vocab_size and self.family != Family.ENCODER:

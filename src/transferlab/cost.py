@@ -127,8 +127,9 @@ def _head_macs(cfg: Any, positions: float, predicted: float) -> float:
     for name, settings in (cfg.heads or {}).items():
         kind = (settings or {}).get("type", name)
         labels = (settings or {}).get("num_labels", 2)
-        if kind == "lm":
-            macs += predicted * ((d * d if cfg.lm_head_transform else 0) + d * cfg.vocab_size)
+        if kind == "lm":  # with embedding_size: transform d -> E, then the (V, E) output matrix
+            e = getattr(cfg, "embedding_size", None) or d
+            macs += predicted * ((d * e if cfg.lm_head_transform else 0) + e * cfg.vocab_size)
         elif kind == "nsp":
             macs += d * 2
         elif kind == "classification":
@@ -210,6 +211,9 @@ def estimate_flops(
     else:
         T = seq_len
         macs = L_enc * (T * block + 2 * inner * T * T)
+        emb = getattr(cfg, "embedding_size", None)
+        if emb and emb != d:  # the embedding projection (E -> d) on every token (encoders only)
+            macs += T * emb * d
         positions = T
     macs += _head_macs(cfg, positions, positions if n_predicted is None else n_predicted)
     flops = 2.0 * macs

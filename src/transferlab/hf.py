@@ -166,7 +166,8 @@ class Layout:
 _NON_GATED = (Activation.GELU, Activation.GELU_TANH, Activation.RELU)
 _BERT_REQ = {"family": Family.ENCODER, "norm": Norm.LAYERNORM, "prenorm": False, "embedding_norm": True,
              "final_norm": False, "position": Position.LEARNED, "bias": True, "attn_scale": True,
-             "scale_embeddings": False, "activation": _NON_GATED, "d_head": (0, "d_model // n_heads"), "scale_logits": False}
+             "scale_embeddings": False, "activation": _NON_GATED, "d_head": (0, "d_model // n_heads"), "scale_logits": False,
+             "embedding_size": None}  # an embedding projection: only ELECTRA has one (hf_encoders)
 
 LAYOUTS: dict[str, Layout] = {}  # filled at the end of this module, one architecture module after another
 

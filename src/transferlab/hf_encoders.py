@@ -28,8 +28,9 @@ All three are BERT's post-norm block under other names; what differs:
   everything else are untouched. RoFormer's frozen sinusoid table is written on export.
 * **ELECTRA**'s discriminator head (``rtd``: dense, activation, one logit) and its generator MLM
   head (``lm`` with BERT's transform) map directly. An ``embedding_size`` other than
-  ``hidden_size`` (an ``embeddings_project`` layer) has no counterpart in our encoder and is
-  refused on import.
+  ``hidden_size`` (ELECTRA-Small: an ``embeddings_project`` layer) is our ``embedding_size``:
+  embeddings of that width, ``emb_proj`` into the stack, and the MLM transform mapping back
+  (``generator_predictions.dense`` is hidden -> embedding_size, tied to the word embeddings).
 * **DistilBERT** has no token types and no pooler; sinusoidal position tables
   (``sinusoidal_pos_embds``) are stored in the checkpoint like learned ones and load as our
   learned table (same values, so same outputs; they become trainable).
@@ -176,7 +177,7 @@ def _encoder_finish_out(mlm_bias: tuple[str, ...], type_table: str | None):
     def finish(model, arch: str, state: dict[str, torch.Tensor], prefix: str) -> None:
         cfg: ModelConfig = model.config
         if type_table is not None and not cfg.type_vocab_size:
-            state[prefix + type_table] = torch.zeros(1, cfg.d_model)
+            state[prefix + type_table] = torch.zeros(1, cfg.emb_dim)
         if "lm" in _canonical_heads(cfg).values() and mlm_bias:
             bias = state.get(mlm_bias[0], torch.zeros(cfg.vocab_size))
             for n in mlm_bias:
@@ -202,6 +203,7 @@ def _archs(cls: str, dense_act: str | None, extra: dict[str, dict] | None = None
 # ---------------------------------------------------------------------------- ELECTRA
 ELECTRA_ROWS: list[Row] = [
     *_BACKBONE,
+    ("backbone.encoder.emb_proj.{p}", "embeddings_project.{p}", COPY),  # only with embedding_size
     ("heads.rtd.dense.{p}", "/discriminator_predictions.dense.{p}", COPY),
     ("heads.rtd.out.{p}", "/discriminator_predictions.dense_prediction.{p}", COPY),
     ("heads.lm.transform.dense.{p}", "/generator_predictions.dense.{p}", COPY),
@@ -215,10 +217,6 @@ ELECTRA_ROWS: list[Row] = [
 def _electra_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
     where = "config.json"
     emb = raw.get("embedding_size") or raw["hidden_size"]
-    if int(emb) != int(raw["hidden_size"]):
-        raise CheckpointError(f"{where}: embedding_size={emb} != hidden_size={raw['hidden_size']} (an embeddings_project "
-                              "layer, as in ELECTRA-Small's generator) is not supported: transferlab's encoder embeds "
-                              "at d_model")
     arch = (raw.get("architectures") or [""])[0]
     act = _act_from_hf(raw.get("hidden_act", "gelu"), where)
     if arch in ("ElectraForPreTraining", "ElectraForMaskedLM") and act != Activation.GELU:
@@ -226,11 +224,13 @@ def _electra_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
                               "discriminator/generator heads use gelu)")
     cfg = _bert_config(raw, keys, roberta=False)
     cfg.pooler = False
-    return cfg
+    # embedding_size != hidden_size (ELECTRA-Small): embeddings of that width + embeddings_project
+    cfg.embedding_size = int(emb) if int(emb) != cfg.d_model else None
+    return cfg.validate()
 
 
 def _electra_config_out(cfg: ModelConfig) -> dict[str, Any]:
-    return {**_bert_config_out(cfg, roberta=False), "embedding_size": cfg.d_model, "summary_type": "first"}
+    return {**_bert_config_out(cfg, roberta=False), "embedding_size": cfg.emb_dim, "summary_type": "first"}
 
 
 # ---------------------------------------------------------------------------- DistilBERT
@@ -302,7 +302,8 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "electra": Layout(
         "electra", "electra.", "ElectraModel", _archs("Electra", "gelu", {"ElectraForPreTraining": {"rtd": {}}}),
-        lambda cfg: ELECTRA_ROWS, _electra_config, _electra_config_out, _NO_POOLER_REQ,
+        lambda cfg: ELECTRA_ROWS, _electra_config, _electra_config_out,
+        {k: v for k, v in _NO_POOLER_REQ.items() if k != "embedding_size"},  # ELECTRA-Small's projection
         no_pooler=frozenset(_archs("Electra", None, {"ElectraForPreTraining": {}})),
         ignore=(r"(.*\.)?position_ids$",),
         signatures=(("discriminator_predictions.dense.weight", "ElectraForPreTraining"),

@@ -314,14 +314,18 @@ class Stack(nn.Module):
         self.cfg, self.causal = cfg, causal
         self.embed_tokens = [embed_tokens]  # a list: registered once, on the family module
         pos = Position(cfg.position)
+        E = cfg.emb_dim  # embedding width: d_model unless embedding_size is set (ELECTRA-Small)
         self.pos_emb = (
-            nn.Embedding(cfg.max_positions + cfg.position_offset, cfg.d_model) if pos == Position.LEARNED else None
+            nn.Embedding(cfg.max_positions + cfg.position_offset, E) if pos == Position.LEARNED else None
         )
         if pos == Position.SINUSOIDAL:
-            self.register_buffer("sin_table", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
-        self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
-        self.emb_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps) if cfg.embedding_norm else None
+            self.register_buffer("sin_table", sinusoidal_table(cfg.max_positions, E), persistent=False)
+        self.type_emb = nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size else None
+        self.emb_norm = Norm(E, cfg.norm, cfg.norm_eps) if cfg.embedding_norm else None
         self.drop = nn.Dropout(cfg.dropout)
+        # HF ElectraModel.embeddings_project: embeddings (after norm and dropout) -> d_model; only
+        # created when the widths differ, so the default model's modules and state dict are unchanged
+        self.emb_proj = nn.Linear(E, cfg.d_model) if E != cfg.d_model else None
         self.rel_bias = RelativePositionBias(cfg, bidirectional=not causal) if pos == Position.RELATIVE else None
         self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
         self.final_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps) if cfg.final_norm else None
@@ -382,6 +386,8 @@ class Stack(nn.Module):
         if self.emb_norm is not None:
             x = self.emb_norm(x)
         x = self.drop(x)
+        if self.emb_proj is not None:
+            x = self.emb_proj(x)  # (B, T, E) -> (B, T, C)
 
         rope = None
         if cfg.position == Position.ROTARY:

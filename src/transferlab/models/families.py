@@ -44,7 +44,7 @@ class Pooler(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.emb_dim)  # (V, E); E = d_model by default
         self.encoder = Stack(cfg, cfg.n_layers, causal=False, cross=False, embed_tokens=self.embed_tokens)
         self.pooler = Pooler(cfg.d_model) if cfg.pooler else None
 

@@ -32,12 +32,19 @@ class LMHead(nn.Module):
         self.tied = cfg.tie_embeddings
         self.embed = [embed_tokens]  # not registered twice
         self.transform = None
+        # With an embedding projection (embedding_size != d_model) the transform maps back to the
+        # embedding width, so the output matrix (tied or not) is (V, E), as in HF's
+        # ElectraGeneratorPredictions (dense hidden -> embedding_size, LayerNorm(embedding_size)).
+        E = cfg.emb_dim
+        if E != cfg.d_model and not cfg.lm_head_transform:
+            raise ConfigError(f"an lm head on a model with embedding_size={E} != d_model={cfg.d_model} needs "
+                              "lm_head_transform=true (its dense maps d_model back to embedding_size)")
         if cfg.lm_head_transform:
             self.transform = nn.Sequential()
-            self.transform.dense = nn.Linear(cfg.d_model, cfg.d_model)
+            self.transform.dense = nn.Linear(cfg.d_model, E)
             self.transform.act = _Act(activation_fn(cfg.activation if cfg.activation in ("gelu", "gelu_tanh", "relu") else "gelu"))
-            self.transform.norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
-        self.weight = None if self.tied else nn.Parameter(torch.empty(cfg.vocab_size, cfg.d_model).normal_(0, cfg.init_std))
+            self.transform.norm = Norm(E, cfg.norm, cfg.norm_eps)
+        self.weight = None if self.tied else nn.Parameter(torch.empty(cfg.vocab_size, E).normal_(0, cfg.init_std))
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.lm_head_bias else None
         self.scale = cfg.d_model**-0.5 if (cfg.scale_logits and cfg.tie_embeddings) else 1.0
 

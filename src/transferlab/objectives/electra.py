@@ -5,9 +5,10 @@
 * The **generator** is a second :class:`~transferlab.models.TransferModel` with an ``lm`` head,
   ``generator_size`` times as wide (ELECTRA-Small: 1/4; d_model, heads and d_ff are scaled, depth
   kept). It shares the discriminator's token, position and segment embeddings and the embedding
-  norm, as ELECTRA does: their output (width ``d_model``) is projected to the generator's width
-  (HF's ``embeddings_project``), and its MLM head maps back to ``d_model`` (dense + act + norm)
-  before the vocabulary projection tied to the shared token embedding.
+  norm, as ELECTRA does: their output (width ``d_model``, or ``embedding_size`` when set, as in
+  ELECTRA-Small: 128 for a 256-wide discriminator) is projected to the generator's width (HF's
+  ``embeddings_project``), and its MLM head maps back to that width (dense + act + norm) before
+  the vocabulary projection tied to the shared token embedding.
 * Both live in an :class:`ElectraPair` built by ``objective.wrap_model(model)``: the trainer
   optimises and checkpoints the pair (one optimiser for both, as in ELECTRA) and saves
   ``objective.unwrap_model(pair)`` — the discriminator.
@@ -27,6 +28,7 @@ Loss: ``gen_mlm_sum + disc_weight * disc_mean * n_mlm`` with ``n_targets = n_mlm
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +84,7 @@ def generator_config(disc_cfg: Any, size: float, layers: int = 0) -> Any:
     pos = Position(disc_cfg.position)
     cfg = copy.deepcopy(disc_cfg)
     cfg.d_model, cfg.n_heads, cfg.d_head = d_model, n_heads, 0
+    cfg.embedding_size = None  # it reads the shared (E-wide) embeddings through ElectraPair.generator_proj
     cfg.d_ff = max(1, round(disc_cfg.d_ff * size))
     cfg.n_layers = layers or disc_cfg.n_layers
     cfg.position = Position.NONE if pos in (Position.LEARNED, Position.SINUSOIDAL) else pos
@@ -115,7 +118,8 @@ class ElectraPair(ObjectiveModule):
             generator = TransferModel(generator_config(dcfg, cfg.generator_size, cfg.generator_layers))
         self.generator = generator
         gcfg = generator.config
-        shared = discriminator.backbone.embed_tokens  # (V, C_d)
+        shared = discriminator.backbone.embed_tokens  # (V, E); E = C_d unless embedding_size is set
+        E = dcfg.emb_dim
         # The generator reads the shared embedding output: drop its own token table (unused
         # parameters would break DDP and waste V * C_g weights) and point its stack at the shared one.
         gb = generator.backbone
@@ -123,11 +127,13 @@ class ElectraPair(ObjectiveModule):
             del gb._modules["embed_tokens"]
         object.__setattr__(gb, "embed_tokens", shared)  # not registered: the discriminator owns it
         gb.encoder.embed_tokens = [shared]
-        self.generator_proj = (nn.Linear(dcfg.d_model, gcfg.d_model) if gcfg.d_model != dcfg.d_model else nn.Identity())
-        # MLM head: dense(C_g -> C_d) + act + norm(C_d), then the tied (V, C_d) output matrix.
+        # The shared embedding output is E wide (ELECTRA-Small: E = 128, C_d = 256, C_g = 64); the
+        # generator's own embeddings_project is this generator_proj (E -> C_g).
+        self.generator_proj = (nn.Linear(E, gcfg.d_model) if gcfg.d_model != E else nn.Identity())
+        # MLM head: dense(C_g -> E) + act + norm(E), then the tied (V, E) output matrix.
         head = generator.heads["lm"]
-        head.transform.dense = nn.Linear(gcfg.d_model, dcfg.d_model)
-        head.transform.norm = Norm(dcfg.d_model, dcfg.norm, dcfg.norm_eps)
+        head.transform.dense = nn.Linear(gcfg.d_model, E)
+        head.transform.norm = Norm(E, dcfg.norm, dcfg.norm_eps)
         head.embed = [shared]
         for m in (self.generator_proj, head.transform.dense):
             if isinstance(m, nn.Linear):
@@ -138,17 +144,26 @@ class ElectraPair(ObjectiveModule):
             m.to(device=ref.device, dtype=ref.dtype)
 
     @property
+    def generator_flops_config(self) -> Any:
+        """The generator's config as :func:`~transferlab.cost.estimate_flops` should bill it: it
+        reads the shared embeddings through ``generator_proj`` (E -> C_g) and its MLM head maps
+        back to E (``C_g * E + E * V`` per prediction), which is the embedding projection of a
+        config with ``embedding_size=E`` (E = the discriminator's embedding width)."""
+        return dataclasses.replace(self.generator.config, embedding_size=self.discriminator.config.emb_dim).validate()
+
+    @property
     def model(self) -> nn.Module:  # what unwrap_model returns
         return self.discriminator
 
     def shared_embeddings(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
                           attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """The discriminator's embedding output before dropout (B, T, C_d): token + position +
+        """The discriminator's embedding output before dropout (B, T, E; E = C_d unless
+        embedding_size is set, and before its emb_proj): token + position +
         segment, times the embedding scale, through the embedding norm, exactly as its Stack
         computes them (checked by a test)."""
         stack = self.discriminator.backbone.encoder
         cfg = stack.cfg
-        x = stack.embed_tokens[0](input_ids)  # (B, T, C_d)
+        x = stack.embed_tokens[0](input_ids)  # (B, T, E)
         if stack.emb_scale != 1.0:
             x = x * stack.emb_scale
         if stack.pos_emb is not None or cfg.position == Position.SINUSOIDAL:

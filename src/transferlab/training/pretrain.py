@@ -361,6 +361,8 @@ def _cost_tracker(trainer: Any, model: Any, objective: Any, train_cfg: TrainConf
                           device=info.device, seq_len=T, decoder_len=T if enc_dec else None)
     sparse = getattr(objective, "name", "") in ("mlm", "nsp", "mlm+nsp", "electra")
     generator = getattr(getattr(trainer, "model", None), "generator", None)
+    # ELECTRA: the generator with its generator_proj and its head back to the embedding width
+    gen_cfg = getattr(trainer.model, "generator_flops_config", None) if generator is not None else None
     # objectives whose shapes the default estimate cannot see (plm's query slots, mass's short
     # decoder, mtlm's sparse targets) bill their own steps
     step_flops = getattr(objective, "step_flops", None)
@@ -376,7 +378,7 @@ def _cost_tracker(trainer: Any, model: Any, objective: Any, train_cfg: TrainConf
             n_seq = tokens / T
             per_seq = (n_pred or 0.0) / max(n_seq, 1e-9)
             flops = n_seq * (estimate_flops(model.config, T, "train", None, 0.0)
-                             + estimate_flops(generator.config, T, "train", None, per_seq))
+                             + estimate_flops(gen_cfg or generator.config, T, "train", None, per_seq))
             n_pred = None
         tracker.add(tokens=tokens, flops=flops, n_predicted=n_pred)
 
