@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn as nn
 
-from ..config import Family, ModelConfig
+from ..config import Family, ModelConfig, Position
 from ..errors import ConfigError
-from .blocks import KVCache, Stack
+from .backbone import Backbone, build_backbone, register_family  # noqa: F401 (build_backbone re-exported)
+from .blocks import Attention, Block, KVCache, LayerCache, Stack
 
 
 @dataclass
@@ -41,9 +44,142 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(h[:, 0]))
 
 
-class Encoder(nn.Module):
+class TransformerBackbone(Backbone):
+    """The :class:`Backbone` contract on :class:`Stack` s (shared by the three transformer families).
+
+    Subclasses set ``main`` (the stack whose states features mix: the encoder, or the decoder of a
+    decoder-only model) and ``causal_stack`` (the one :meth:`decode` runs, None for encoders).
+    """
+
+    cfg: ModelConfig
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.cfg
+
+    def stacks(self) -> list[Stack]:
+        return [m for m in (getattr(self, "encoder", None), getattr(self, "decoder", None)) if isinstance(m, Stack)]
+
+    @property
+    def main_stack(self) -> Stack:
+        return self.stacks()[0]
+
+    @property
+    def causal_stack(self) -> Stack | None:
+        d = getattr(self, "decoder", None)
+        return d if isinstance(d, Stack) else None
+
+    @property
+    def num_hidden_states(self) -> int:
+        return len(self.main_stack.blocks) + 1  # embeddings + one per block
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def share_input_embeddings(self, table: nn.Embedding) -> None:
+        if "embed_tokens" in self._modules:
+            del self._modules["embed_tokens"]
+        object.__setattr__(self, "embed_tokens", table)  # not registered: its owner registers it
+        for s in self.stacks():
+            s.embed_tokens = [table]
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        # depth i+1 = block i of every stack (an encoder-decoder's encoder and decoder block i share
+        # a depth); final norms and the pooler on top; everything else (embeddings) at the bottom
+        n = max(len(s.blocks) for s in self.stacks())
+        groups: list[list[nn.Parameter]] = [[] for _ in range(n + 2)]
+        placed: set[int] = set()
+        for s in self.stacks():
+            for i, blk in enumerate(s.blocks):
+                for p in blk.parameters():
+                    if id(p) not in placed:
+                        groups[i + 1].append(p)
+                        placed.add(id(p))
+            if s.final_norm is not None:
+                for p in s.final_norm.parameters():
+                    if id(p) not in placed:
+                        groups[n + 1].append(p)
+                        placed.add(id(p))
+        pooler = getattr(self, "pooler", None)
+        for p in (pooler.parameters() if pooler is not None else ()):
+            if id(p) not in placed:
+                groups[n + 1].append(p)
+                placed.add(id(p))
+        groups[0] = [p for p in self.parameters() if id(p) not in placed]
+        return groups
+
+    def compile_units(self) -> list[nn.Module]:
+        return [m for m in self.modules() if isinstance(m, Block)]
+
+    def init_weights(self) -> None:
+        # GPT-2 / nanoGPT: scale the residual output projections by 1/sqrt(2 * n_layers) in
+        # pre-norm stacks so the residual stream's variance does not grow with depth.
+        cfg = self.cfg
+        if cfg.prenorm:
+            n = cfg.n_layers + (cfg.decoder_layers if cfg.is_encoder_decoder else 0)
+            for pname, p in self.named_parameters():
+                if pname.endswith(("attn.out.weight", "mlp.fc2.weight")):
+                    nn.init.normal_(p, 0.0, cfg.init_std / math.sqrt(2 * n))
+
+    def set_dropout(self, hidden: float | None = None, attention: float | None = None) -> None:
+        if hidden is not None:
+            self.cfg.dropout = hidden
+            for m in self.modules():
+                if isinstance(m, nn.Dropout):
+                    m.p = hidden
+        if attention is not None:
+            self.cfg.attention_dropout = attention
+            for m in self.modules():
+                if isinstance(m, Attention):
+                    m.p_drop = attention
+
+    def set_attention(self, impl: str) -> None:
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.impl = impl
+        self.cfg.attn_impl = impl
+
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        for s in self.stacks():
+            s.gradient_checkpointing = bool(on)
+
+    @classmethod
+    def estimate_flops(cls, cfg, seq_len, mode="train", decoder_len=None, n_predicted=None) -> float:
+        from ..cost import estimate_flops
+
+        return estimate_flops(cfg, seq_len, mode, decoder_len, n_predicted)
+
+    @property
+    def position_limit(self) -> int | None:
+        # learned / sinusoidal tables end at max_positions; rotary, relative and none do not
+        return self.cfg.max_positions if Position(self.cfg.position) in (Position.LEARNED, Position.SINUSOIDAL) else None
+
+    def new_cache(self, batch: int, capacity: int, dtype: torch.dtype, device: torch.device,
+                  zeros: bool = False) -> KVCache:
+        """A KV cache with room for ``capacity`` positions (no regrowth while decoding). ``zeros``:
+        for readers of the whole cache (the compiled step), whose masking of unused columns would
+        not survive uninitialised keys (a garbage key of 1e30 outweighs any bias)."""
+        stack = self._causal_or_refuse()
+        shape = (batch, self.cfg.n_heads, capacity, self.cfg.head_dim)
+        new = torch.zeros if zeros else torch.empty
+        return KVCache([LayerCache(k=new(shape, dtype=dtype, device=device), v=new(shape, dtype=dtype, device=device))
+                        for _ in range(len(stack.blocks))])
+
+    def decode(self, ids, mask, positions, cache, memory=None, memory_mask=None) -> torch.Tensor:
+        h, _ = self._causal_or_refuse()(ids, mask, positions, cache=cache, memory=memory, memory_mask=memory_mask)
+        return h  # (B, T, C)
+
+    def _causal_or_refuse(self) -> Stack:
+        s = self.causal_stack
+        if s is None or not self.can_generate:
+            raise ConfigError(self._no_generate())
+        return s
+
+
+class Encoder(TransformerBackbone):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.emb_dim)  # (V, E); E = d_model by default
         self.encoder = Stack(cfg, cfg.n_layers, causal=False, cross=False, embed_tokens=self.embed_tokens)
         self.pooler = Pooler(cfg.d_model) if cfg.pooler else None
@@ -57,9 +193,12 @@ class Encoder(nn.Module):
         return BackboneOutput(h, hs, self.pooler(h) if self.pooler is not None else None)
 
 
-class Decoder(nn.Module):
+class Decoder(TransformerBackbone):
+    can_generate = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.cfg = cfg
         self.n_layers = cfg.n_layers
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.decoder = Stack(cfg, cfg.n_layers, causal=True, cross=False, embed_tokens=self.embed_tokens)
@@ -82,7 +221,10 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, start_token_id: 
     return out.masked_fill(out == -100, pad_token_id)
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(TransformerBackbone):
+    can_generate = True
+    is_encoder_decoder = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -91,6 +233,8 @@ class EncoderDecoder(nn.Module):
         self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross=True, embed_tokens=self.embed_tokens)
 
     def encode(self, input_ids, attention_mask=None, output_hidden_states=False, inputs_embeds=None):
+        """(states (B, S, C), hidden states or None) of the encoder; :meth:`Backbone.encode`'s
+        contract is the states alone: ``encode(ids, mask)[0]``."""
         return self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states,
                             inputs_embeds=inputs_embeds)
 
@@ -120,8 +264,8 @@ class EncoderDecoder(nn.Module):
         return BackboneOutput(h, hs, None, enc, enc_hs, cache)
 
 
-FAMILIES = {Family.ENCODER: Encoder, Family.DECODER: Decoder, Family.ENCODER_DECODER: EncoderDecoder}
+register_family(Family.ENCODER.value, Encoder)
+register_family(Family.DECODER.value, Decoder)
+register_family(Family.ENCODER_DECODER.value, EncoderDecoder)
 
 
-def build_backbone(cfg: ModelConfig) -> nn.Module:
-    return FAMILIES[Family(cfg.family)](cfg)

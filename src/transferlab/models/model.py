@@ -128,13 +128,7 @@ class TransferModel(nn.Module):
         for name, settings in config.heads.items():
             self.add_head(name, **(settings or {}))
         self.apply(self._init_weights)
-        # GPT-2 / nanoGPT: scale the residual output projections by 1/sqrt(2 * n_layers) in
-        # pre-norm stacks so the residual stream's variance does not grow with depth.
-        if config.prenorm:
-            n = config.n_layers + (config.decoder_layers if config.is_encoder_decoder else 0)
-            for pname, p in self.named_parameters():
-                if pname.endswith(("attn.out.weight", "mlp.fc2.weight")):
-                    nn.init.normal_(p, 0.0, config.init_std / math.sqrt(2 * n))
+        self.backbone.init_weights()  # the family's own rules (GPT-2's scaled residual projections)
 
     # ------------------------------------------------------------------ construction
     def add_head(self, name: str, **settings: Any) -> nn.Module:
