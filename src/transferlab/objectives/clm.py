@@ -23,7 +23,7 @@ import torch
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import ObjectiveBase, as_special_ids, make_config, pad_stack, ratio, sparse_ce
+from .base import Objective, as_special_ids, make_config, pad_stack, ratio, sparse_ce
 from .datasets import PackedWindows
 
 
@@ -38,12 +38,14 @@ class CLMConfig:
         return self
 
 
-class CLM(ObjectiveBase):
+class CLM(Objective):
     """Next-token prediction; the model needs a decoder with an ``lm`` head."""
 
     name = "clm"
     family = Family.DECODER
     heads = {"lm": {}}
+    metric_names = ("clm_loss", "clm_acc")
+    lm_loss_metric = "clm_loss"
 
     def __init__(self, tokenizer: Any, config: CLMConfig | None = None, **settings: Any):
         """Args:

@@ -41,7 +41,7 @@ import torch
 from ..config import Family
 from ..errors import ConfigError
 from . import masking
-from .base import ObjectiveBase, SpecialIds, as_special_ids, make_config, pad_stack, ratio, sparse_ce
+from .base import Objective, SpecialIds, as_special_ids, make_config, pad_stack, ratio, sparse_ce
 from .datasets import SentenceChunks
 from .example_rng import row_generators
 
@@ -231,10 +231,12 @@ class Noiser:
         return ids, lens
 
 
-class Denoise(ObjectiveBase):
+class Denoise(Objective):
     """BART denoising; the model needs an encoder-decoder with an ``lm`` head."""
 
     name = "denoise"
+    metric_names = ("denoise_loss", "denoise_acc")
+    lm_loss_metric = "denoise_loss"
     family = Family.ENCODER_DECODER
     heads = {"lm": {}}
     #: masks/noise drawn per example (objectives.example_rng): the same whatever the batch split

@@ -39,7 +39,7 @@ import torch
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import ObjectiveBase, as_special_ids, make_config, ratio, sparse_ce
+from .base import Objective, as_special_ids, make_config, ratio, sparse_ce
 from .datasets import PackedWindows
 from .mlm import encoder_rows, wrap_ids
 
@@ -77,10 +77,11 @@ def fragment_length(m: np.ndarray, ratio: float) -> np.ndarray:
     return np.where(m >= 2, np.clip(k, 1, np.maximum(m - 1, 1)), m)
 
 
-class MaskedSeq2Seq(ObjectiveBase):
+class MaskedSeq2Seq(Objective):
     """MASS masked seq2seq; the model needs an encoder-decoder with an ``lm`` head."""
 
     name = "mass"
+    metric_names = ("mass_loss", "mass_acc")
     family = Family.ENCODER_DECODER
     heads = {"lm": {}}
 

@@ -34,7 +34,7 @@ import torch
 from ..config import Family
 from ..errors import ConfigError
 from . import masking
-from .base import ObjectiveBase, SpecialIds, as_special_ids, make_config, pad_stack, ratio, sparse_ce
+from .base import Objective, SpecialIds, as_special_ids, make_config, pad_stack, ratio, sparse_ce
 from .datasets import PackedWindows
 
 
@@ -153,12 +153,15 @@ def encoder_rows(examples: list[Any], first: int | None, last: int | None, pad_i
     return pad_stack([np.concatenate([pre, r, post]).astype(np.int64) for r in rows], pad_id)
 
 
-class MLM(ObjectiveBase):
+class MLM(Objective):
     """Masked language modelling; the model needs an encoder with an ``lm`` head."""
 
     name = "mlm"
     family = Family.ENCODER
     heads = {"lm": {}}
+    metric_names = ("mlm_loss", "mlm_acc")
+    lm_loss_metric = "mlm_loss"
+    sparse_targets = True
     #: masks/noise drawn per example (objectives.example_rng): the same whatever the batch split
     per_example_rng = True
 

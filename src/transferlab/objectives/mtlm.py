@@ -100,6 +100,8 @@ class MultitaskMLM(MLM):
     """UniLM multitask masked LM (BART's variant); the model needs an encoder with an ``lm`` head."""
 
     name = "mtlm"
+    metric_names = ("mtlm_loss", "mtlm_acc")
+    lm_loss_metric = None  # its whole loss is the LM loss
 
     def __init__(self, tokenizer: Any, config: MTLMConfig | None = None, **settings: Any):
         """Args:

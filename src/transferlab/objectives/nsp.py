@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import ObjectiveBase, as_special_ids, make_config, pad_stack, ratio, sparse_ce
+from .base import Objective, as_special_ids, make_config, pad_stack, ratio, sparse_ce
 from .datasets import SentencePairs
 from .mlm import Masker, MLMConfig, wrap_ids
 
@@ -82,13 +82,16 @@ def truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.
     return a[fa : la - (ta - fa)], b[fb : lb - (tb - fb)]
 
 
-class MLMNSP(ObjectiveBase):
+class MLMNSP(Objective):
     """MLM + NSP; the model needs an encoder with ``lm`` and ``nsp`` heads, segment embeddings
     (``type_vocab_size >= 2``) and a pooler."""
 
     name = "nsp"
     family = Family.ENCODER
     heads = {"lm": {}, "nsp": {}}
+    metric_names = ("mlm_loss", "mlm_acc", "nsp_loss", "nsp_acc")
+    lm_loss_metric = "mlm_loss"
+    sparse_targets = True
 
     def __init__(self, tokenizer: Any, config: NSPConfig | None = None, **settings: Any):
         """Args:

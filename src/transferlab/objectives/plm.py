@@ -52,7 +52,7 @@ import torch
 from ..config import Family, Position
 from ..errors import ConfigError
 from . import masking
-from .base import ObjectiveBase, as_special_ids, make_config, ratio, sparse_ce
+from .base import Objective, as_special_ids, make_config, ratio, sparse_ce
 from .datasets import PackedWindows
 from .mlm import encoder_rows, wrap_ids
 
@@ -114,13 +114,14 @@ def permutation_mask(rank: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-class PermutedLM(ObjectiveBase):
+class PermutedLM(Objective):
     """XLNet permuted LM (two-stream, BART's variant); needs an encoder with an ``lm`` head.
 
     The encoder's positions must be absolute or rotary (a query slot carries its target's position).
     """
 
     name = "plm"
+    metric_names = ("plm_loss", "plm_acc")
     family = Family.ENCODER
     heads = {"lm": {}}
 

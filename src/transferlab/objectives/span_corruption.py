@@ -27,7 +27,7 @@ import torch
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import ObjectiveBase, as_special_ids, make_config, pad_stack
+from .base import Objective, as_special_ids, make_config, pad_stack
 from .datasets import PackedWindows
 from .denoise import seq2seq_loss
 
@@ -109,11 +109,13 @@ def _sentinel_fill(ids: np.ndarray, noise: np.ndarray, sentinels: np.ndarray) ->
     return filled[keep].reshape(ids.shape[0], -1)
 
 
-class SpanCorruption(ObjectiveBase):
+class SpanCorruption(Objective):
     """T5 span corruption; the model needs an encoder-decoder with an ``lm`` head and the
     tokenizer needs sentinel tokens (a unigram tokenizer trained with ``n_sentinels``)."""
 
     name = "span-corruption"
+    metric_names = ("span_loss", "span_acc")
+    lm_loss_metric = "span_loss"
     family = Family.ENCODER_DECODER
     heads = {"lm": {}}
 

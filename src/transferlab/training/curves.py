@@ -21,9 +21,9 @@ from ..utils import atomic_write_bytes
 
 X_AXES = {"tokens": "training tokens", "step": "optimizer step", "minutes": "wall-clock minutes"}
 
-#: the language-modelling part of each objective's loss, in the order the trainer looks for them
-#: (a copy of ``training.loop.LM_LOSS_METRICS``, kept here so reading curves does not import torch;
-#: a test checks the two agree). Only used for rows written before the trainer logged ``val_ppl``.
+#: the language-modelling part of each objective's loss (its ``Objective.lm_loss_metric``; listed
+#: here so reading curves does not import torch; a test checks they agree). Only used for rows
+#: written before the trainer logged ``val_ppl``.
 LM_LOSS_METRICS = ("mlm_loss", "clm_loss", "denoise_loss", "span_loss", "gen_loss")
 
 

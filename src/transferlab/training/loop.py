@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import TransferlabError
+from ..objectives.base import Objective, metric_floats
 from ..objectives.example_rng import example_rng
 from .checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_checkpoints, load_checkpoint,
                          restore_rng, save_checkpoint)
@@ -42,8 +43,6 @@ from .config import DType, TrainConfig
 from .distributed import DistInfo, GlobalSampler, all_reduce, grad_sync, wrap_model
 from .optim import build_optimizer, lr_multiplier, set_lr
 
-#: metrics holding the language-modelling loss of an objective, whose exp is the perplexity reported
-LM_LOSS_METRICS = ("mlm_loss", "clm_loss", "denoise_loss", "span_loss", "gen_loss")
 EVAL_SEED = 1234  # validation masks/noise come from this fixed seed, so every evaluation is comparable
 
 
@@ -131,15 +130,19 @@ def compile_model(module: nn.Module, whole: bool = True) -> None:
 
 
 class _LossModule(nn.Module):
-    """model + objective as one module, so DDP sees the whole loss computation as its forward
-    (objectives call ``model.backbone`` and heads separately, which a DDP wrapper would miss)."""
+    """model + a ``loss(model, batch) -> LossOutput`` object as one module whose
+    ``forward(**batch)`` returns the loss, so DDP sees the whole loss computation as its forward.
+
+    Pre-training does not need it (an objective's ``wrap_model`` module already returns the
+    loss); fine-tuning's task wirings still go through it.
+    """
 
     def __init__(self, model: nn.Module, objective: Any):
         super().__init__()
         self.model = model
         self.objective = objective
 
-    def forward(self, batch: dict[str, torch.Tensor]):
+    def forward(self, **batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         out = self.objective.loss(self.model, batch)
         return out.loss_sum, out.metrics
 
@@ -162,7 +165,8 @@ def accumulate_gradients(engine: nn.Module, batches: Sequence[dict[str, Any]], n
     only on the last micro-batch (``no_sync``).
 
     Args:
-        engine: the (possibly DDP/FSDP-wrapped) module whose forward returns ``(loss_sum, metrics)``.
+        engine: the (possibly DDP/FSDP-wrapped) module whose ``forward(**batch)`` returns
+            ``(loss_sum, metrics)``.
         batches: this rank's micro-batches, on the device.
         n_total: targets in the whole accumulated, distributed batch.
         info: this process's :class:`DistInfo`.
@@ -173,7 +177,7 @@ def accumulate_gradients(engine: nn.Module, batches: Sequence[dict[str, Any]], n
         scaler: a ``torch.amp.GradScaler`` for fp16 (the loss is scaled before backward).
 
     Returns:
-        ``(detached loss_sum * weight, metrics)`` per micro-batch.
+        ``(detached loss_sum * weight, metrics)`` per micro-batch (metrics as ``forward`` gave them).
     """
     amp = autocast_dtype(dtype)
     scale = info.world_size / max(n_total, 1.0)  # DDP/FSDP average over ranks: undo it
@@ -182,7 +186,7 @@ def accumulate_gradients(engine: nn.Module, batches: Sequence[dict[str, Any]], n
         w = 1.0 if weights is None else float(weights[i])
         with grad_sync(engine, enabled=i == len(batches) - 1):
             with torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                part, part_metrics = engine(batch)
+                part, part_metrics = engine(**batch)
             loss = part.float() * (scale * w)
             (scaler.scale(loss) if scaler is not None else loss).backward()
         out.append((part.detach() * w, part_metrics))
@@ -260,10 +264,9 @@ class Trainer:
     """Train ``model`` on ``objective`` over ``train_data`` with the settings in ``cfg``.
 
     Args:
-        model: what is optimised and checkpointed (a TransferModel, or an objective's wrapper
-            such as ELECTRA's generator + discriminator pair).
-        objective: follows :mod:`transferlab.objectives.base` (``collate(examples, rng)``,
-            ``loss(model, batch)``).
+        model: the TransferModel to train; ``objective.wrap_model(model)`` is what is optimised
+            and checkpointed (for ELECTRA: the generator + discriminator pair).
+        objective: an :class:`~transferlab.objectives.base.Objective`.
         train_data: index-addressable examples (``objective.dataset(shards, seq_len)``).
         cfg: a :class:`TrainConfig`.
         out_dir: run folder: ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``, ``loss_curve.png``.
@@ -273,7 +276,7 @@ class Trainer:
             (``step``, ``tokens``, ``step_tokens``, ``n_targets``, ``loss``, ``lr``, ...); e.g. cost tracking.
     """
 
-    def __init__(self, model: nn.Module, objective: Any, train_data: Sequence, cfg: TrainConfig,
+    def __init__(self, model: nn.Module, objective: Objective, train_data: Sequence, cfg: TrainConfig,
                  out_dir: str | Path, val_data: Sequence | None = None, info: DistInfo | None = None,
                  on_step: list[Callable[[dict], None]] | None = None):
         self.cfg = cfg.validate()
@@ -287,10 +290,9 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         self.dtype = resolve_dtype(cfg.dtype, self.info.device)
-        # What is optimised and checkpointed: the model, or the objective's wrapper around it
-        # (ELECTRA's generator + discriminator pair); unwrap_model gives back what is saved.
-        wrap = getattr(objective, "wrap_model", None)
-        self.model = (wrap(model) if wrap is not None else model).to(self.info.device)
+        # What is optimised and checkpointed: the objective's wrapper around the model, whose
+        # forward returns the loss (ELECTRA's owns the generator); unwrap_model gives back what is saved.
+        self.model = objective.wrap_model(model).to(self.info.device)
         if cfg.gradient_checkpointing:
             from ..models.blocks import set_gradient_checkpointing
 
@@ -299,13 +301,13 @@ class Trainer:
             tune_cpu_allocator()
         self.compile_seconds: float | None = None  # the first (compiling) step's wall time
         if cfg.compile:
-            compile_model(self.model, whole=self.model is not model and not cfg.fsdp)
+            compile_model(self.model, whole=not cfg.fsdp)
         self.model.train()
-        # DDP / FSDP2 wrap the loss module: its forward is the whole objective, so the wrapper's
+        # DDP / FSDP2 wrap the objective's module: its forward is the whole loss, so the wrapper's
         # hooks (DDP's reducer, FSDP's root all-gather) run even though objectives call the
         # backbone and the heads separately. FSDP2 shards in place: self.model's parameters
         # become DTensors under their usual names.
-        self.engine = wrap_model(_LossModule(self.model, objective), self.info, fsdp=cfg.fsdp)
+        self.engine = wrap_model(self.model, self.info, fsdp=cfg.fsdp)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)
         self.sampler = GlobalSampler(len(train_data), cfg.batch_size, cfg.seed, self.info.rank, self.info.world_size)
         if len(train_data) == 0:
@@ -328,9 +330,8 @@ class Trainer:
         self._bar = None
 
     def final_model(self) -> nn.Module:
-        """The trained model to save for fine-tuning (the objective's ``unwrap_model`` when it has one)."""
-        unwrap = getattr(self.objective, "unwrap_model", None)
-        return unwrap(self.model) if unwrap is not None else self.model
+        """The trained model to save for fine-tuning (the objective's ``unwrap_model``)."""
+        return self.objective.unwrap_model(self.model)
 
     def export_model(self) -> nn.Module | None:
         """A plain CPU copy of :meth:`final_model` with full (unsharded) weights, on the main
@@ -431,9 +432,8 @@ class Trainer:
         n_total, step_tokens = (float(x) for x in all_reduce(counts, info))
         # objectives whose loss mixes two normalisations (ELECTRA: generator per masked token,
         # discriminator per token) see both totals of the whole batch, so the split stays exact
-        counts_of = getattr(self.objective, "global_counts", None)
-        if counts_of is not None:
-            per = [counts_of(b) for b in batches]
+        per = [self.objective.global_counts(b) for b in batches]
+        if per[0]:
             keys = sorted(per[0])
             tot = all_reduce(torch.tensor([sum(float(c[k]) for c in per) for k in keys], dtype=torch.float64,
                                           device=info.device), info)
@@ -446,7 +446,7 @@ class Trainer:
         for batch, (part, part_metrics) in zip(batches, parts):
             loss_sum += part.double()
             w = float(batch["n_targets"]) / max(sum(float(b["n_targets"]) for b in batches), 1.0)
-            for k, v in part_metrics.items():  # this rank's target-weighted means
+            for k, v in metric_floats(part_metrics).items():  # this rank's target-weighted means
                 metrics[k] = metrics.get(k, 0.0) + float(v) * w
         grad_norm = self._clip()
         flags = torch.stack([loss_sum, torch.tensor(float(self._stop_signal), dtype=torch.float64, device=info.device)])
@@ -533,10 +533,10 @@ class Trainer:
                                                           example_rng(self.objective, EVAL_SEED, idx, rng)),
                                    info.device)
                 with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
-                    part, part_metrics = self.engine(batch)
+                    part, part_metrics = self.engine(**batch)
                 n_b = float(batch["n_targets"])
                 sums += torch.stack([part.detach().double(), torch.tensor(n_b, dtype=torch.float64, device=info.device)])
-                for k, v in part_metrics.items():
+                for k, v in metric_floats(part_metrics).items():
                     metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * n_b
         self.model.train()
         keys = sorted(metric_sums)  # same objective on every rank: same keys
@@ -546,9 +546,9 @@ class Trainer:
         loss = float(flat[0]) / n
         out = {"val_loss": loss}
         out.update({f"val_{k}": float(v) / n for k, v in zip(keys, flat[2:])})
-        # perplexity of the language-modelling part (the whole loss for mlm/clm/denoise/span
-        # corruption; the MLM part of mlm+nsp; ELECTRA's generator)
-        lm = next((f"val_{k}" for k in LM_LOSS_METRICS if f"val_{k}" in out), "val_loss")
+        # perplexity of the language-modelling part (the MLM part of mlm+nsp, ELECTRA's generator)
+        lm_metric = self.objective.lm_loss_metric
+        lm = f"val_{lm_metric}" if lm_metric is not None and f"val_{lm_metric}" in out else "val_loss"
         out["val_ppl"] = math.exp(min(out[lm], 50.0))
         return out
 
