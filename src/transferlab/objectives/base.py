@@ -73,7 +73,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, DataError
-from . import fused_ce
+from .losses import lm_cross_entropy, sparse_ce  # noqa: F401  (re-exported: the one LM loss)
 
 
 @dataclass
@@ -421,55 +421,6 @@ def make_config(cls: type, config: Any = None, settings: dict[str, Any] | None =
         setattr(obj, key, v)
     obj.validate()
     return obj
-
-
-def sparse_ce(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, fused: bool | None = None,
-              dense: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cross-entropy on the labelled positions only, gathered *before* the head.
-
-    With an LM head (``transform_hidden`` + ``output_weight``) the projection and the loss run
-    fused and chunked (:func:`~transferlab.objectives.fused_ce.linear_cross_entropy`): the (N, V)
-    logits are never materialised. Other heads get ``F.cross_entropy(head(h).float(), ...)``.
-
-    Args:
-        head: maps (N, C) hidden states to (N, V) logits (an LM head).
-        hidden: (B, T, C) hidden states aligned with ``labels``.
-        labels: (B, T) target ids, -100 where nothing is predicted.
-        fused: use the fused loss for LM heads; None: :data:`fused_ce.ENABLED` (True).
-        dense: most positions are targets (clm, denoise): under ``torch.compile`` feed every row
-            to the fused loss, which masks the ignored ones, so the whole loss stays in the
-            compiled graph. Sparse targets (MLM's ~15%) are gathered eagerly instead: their
-            number changes every batch, and a compiled graph would recompile for each.
-
-    Returns:
-        (sum of per-target losses in fp32, number of correct argmax predictions, number of targets).
-    """
-    use_fused = (fused_ce.ENABLED if fused is None else fused) and hasattr(head, "transform_hidden")
-    if dense and use_fused and torch.compiler.is_compiling():
-        loss_sum, correct = fused_ce.linear_cross_entropy(
-            head.transform_hidden(hidden.reshape(-1, hidden.shape[-1])), head.output_weight, head.bias,
-            labels.reshape(-1))
-        return loss_sum, correct, (labels != -100).sum()
-    return _gathered_ce(head, hidden, labels, use_fused)
-
-
-@torch.compiler.disable
-def _gathered_ce(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                 use_fused: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`sparse_ce` on the gathered target rows, always eager (see there)."""
-    sel = labels != -100  # (B, T)
-    if bool(sel.all()):
-        h, tgt = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)  # every row: no gather
-    else:
-        h, tgt = hidden[sel], labels[sel]  # (N, C), (N,)
-    if use_fused:
-        # only predicted rows reach the vocabulary matmul, chunk by chunk
-        loss_sum, correct = fused_ce.linear_cross_entropy(head.transform_hidden(h), head.output_weight, head.bias, tgt)
-        return loss_sum, correct, sel.sum()
-    logits = head(h)  # (N, V): only predicted rows reach the big vocabulary matmul
-    loss_sum = torch.nn.functional.cross_entropy(logits.float(), tgt, reduction="sum")
-    correct = (logits.detach().argmax(-1) == tgt).sum()
-    return loss_sum, correct, sel.sum()
 
 
 def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

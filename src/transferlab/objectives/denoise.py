@@ -41,7 +41,8 @@ import torch
 from ..config import Family
 from ..errors import ConfigError
 from . import masking
-from .base import Objective, SpecialIds, as_special_ids, make_config, pad_stack, ratio, sparse_ce
+from .base import Objective, SpecialIds, as_special_ids, make_config, pad_stack, ratio
+from .losses import sparse_ce
 from .datasets import SentenceChunks
 from .example_rng import row_generators
 

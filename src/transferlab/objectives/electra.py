@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from ..config import Family, Position
 from ..errors import ConfigError
 from .base import ObjectiveModule, as_special_ids, make_config, ratio, strip_wrappers
+from .losses import lm_cross_entropy
 from .mlm import MLM, MLMConfig
 
 
@@ -255,7 +256,7 @@ class Electra(MLM):
         gh = gen.backbone(input_ids=ids, attention_mask=am, inputs_embeds=e).last_hidden_state
         g_logits = gen.heads["lm"](gh[sel])  # (N, V)
         tgt = labels[sel]
-        gen_sum = F.cross_entropy(g_logits.float(), tgt, reduction="sum")
+        gen_sum = lm_cross_entropy(g_logits, tgt, reduction="sum")  # logits kept: sampling needs them
 
         # sample replacements from the generator's softmax; no gradient through sampling
         with torch.no_grad():

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import make_config, ratio, sparse_ce
+from .base import make_config, ratio
+from .losses import sparse_ce
 from .mlm import MLM, Masker, MLMConfig, encoder_rows
 
 MODES = ("l2r", "r2l", "bidirectional", "seq2seq")

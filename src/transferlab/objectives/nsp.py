@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import Objective, as_special_ids, make_config, pad_stack, ratio, sparse_ce
+from .base import Objective, as_special_ids, make_config, pad_stack, ratio
+from .losses import sparse_ce
 from .datasets import SentencePairs
 from .mlm import Masker, MLMConfig, wrap_ids
 

@@ -52,7 +52,8 @@ import torch
 from ..config import Family, Position
 from ..errors import ConfigError
 from . import masking
-from .base import Objective, as_special_ids, make_config, ratio, sparse_ce
+from .base import Objective, as_special_ids, make_config, ratio
+from .losses import sparse_ce
 from .datasets import PackedWindows
 from .mlm import encoder_rows, wrap_ids
 
