@@ -252,11 +252,24 @@ def test_logs_metrics_tensorboard_and_plot(tmp_path):
     s = Trainer(toy_model(), ToyLM(), toy_data(), cfg, tmp_path, val_data=toy_data(16, seed=1)).fit()
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r["split"] == "train"]
-    val = [r for r in recs if r["split"] == "validation"]
+    val = [r for r in recs if r["split"] == "val"]
     assert [r["step"] for r in train] == [1, 2, 4, 6, 8] and [r["step"] for r in val] == [4, 8]
     assert all(r["tokens_per_s"] > 0 and r["tokens"] == r["step"] * 64 for r in train)
-    assert s["val_loss"] == val[-1]["val_loss"]
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert s["val_loss"] == val[-1]["loss"]
+    # one schema for both splits: the same leading fields, then the objective's metric names
+    for r in recs:
+        assert list(r)[:5] == ["step", "split", "loss", "elapsed_s", "tokens_per_s"], r
+        assert "acc" in r
+    assert val[-1]["ppl"] == pytest.approx(math.exp(val[-1]["loss"]))
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(str(events[0]))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"loss/train", "loss/val", "acc/train", "acc/val"} <= set(tags)  # one chart per quantity
+    assert [e.step for e in acc.Scalars("loss/val")] == [4, 8]
+    assert acc.Scalars("loss/val")[-1].value == pytest.approx(s["val_loss"])
     png = plot_loss_curve(tmp_path / "metrics.jsonl", tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

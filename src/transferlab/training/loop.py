@@ -42,6 +42,7 @@ from .checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_check
 from .config import DType, TrainConfig
 from .distributed import DistInfo, GlobalSampler, all_reduce, grad_sync, wrap_model
 from .optim import build_optimizer, lr_multiplier, set_lr
+from .runlog import RunLog
 
 EVAL_SEED = 1234  # validation masks/noise come from this fixed seed, so every evaluation is comparable
 
@@ -326,8 +327,8 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self._rng_after: dict | None = None
         self._stop_signal = False
-        self._writer = None
-        self._bar = None
+        self.log: RunLog | None = None  # main process only, while fit() runs
+        self._resumed_from: Path | None = None
 
     def final_model(self) -> nn.Module:
         """The trained model to save for fine-tuning (the objective's ``unwrap_model``)."""
@@ -394,8 +395,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 if self.cfg.compile and self.compile_seconds is None:
                     self.compile_seconds = dt
-                    if self.info.is_main:
-                        print(f"torch.compile warm-up: the first step took {dt:.1f}s", flush=True)
+                    self._status(f"torch.compile warm-up: the first step took {dt:.1f}s")
                 self.elapsed += self._agree(dt)
                 record.update(elapsed_s=self.elapsed, tokens=self.tokens, step=self.step)
                 for cb in self.on_step:
@@ -471,15 +471,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ hooks
     def maybe_log(self, record: dict[str, Any]) -> None:
-        """Progress bar every step; metrics.jsonl + TensorBoard every ``log_every`` steps."""
-        if not self.info.is_main:
+        """Progress bar every step; a ``train`` row (metrics.jsonl + TensorBoard) every ``log_every`` steps."""
+        if self.log is None:
             return
         tps = self.tokens / max(self.elapsed, 1e-9)
-        if self._bar is not None:
-            self._bar.update(round(100 * min(self.progress(), 1.0), 2) - self._bar.n)
-            self._bar.set_postfix(step=self.step, loss=f"{record['loss']:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+        self.log.progress(100 * min(self.progress(), 1.0), step=self.step, loss=f"{record['loss']:.4f}",
+                          tok_s=f"{tps:,.0f}")
         if self.cfg.log_every and (self.step % self.cfg.log_every == 0 or self.step == 1):
-            self._write({"split": "train", **record, "tokens_per_s": tps})
+            fields = {k: v for k, v in record.items() if k not in ("step", "loss", "elapsed_s")}
+            self.log.row("train", record["step"], record["loss"], record["elapsed_s"], tps, **fields)
 
     def maybe_eval(self, force: bool = False) -> None:
         """Validation loss/perplexity every ``eval_every`` steps (and at the end)."""
@@ -488,8 +488,10 @@ class Trainer:
         res = self.evaluate()
         if res:
             self.last_val = {"step": self.step, **res}
-            if self.info.is_main:
-                self._write({"split": "validation", "step": self.step, "tokens": self.tokens, **res})
+            if self.log is not None:
+                metrics = {k[len("val_"):]: v for k, v in res.items() if k != "val_loss"}  # ppl, <metric>
+                self.log.row("val", self.step, res["val_loss"], self.elapsed, self.tokens / max(self.elapsed, 1e-9),
+                             tokens=self.tokens, **metrics)
 
     def maybe_save(self, force: bool = False) -> None:
         """Checkpoint every ``save_every`` steps and at the end (all ranks take part)."""
@@ -575,62 +577,43 @@ class Trainer:
         self.elapsed, self.last_val = state["elapsed_s"], state.get("last_val", {})
         restore_rng(rng, self.rng)
         self._rng_after = rng.get("numpy")
-        if self.info.is_main:
-            print(f"resumed from {path} (step {self.step}, {self.tokens:,} tokens)", flush=True)
+        self._resumed_from = path
 
     def _open_logs(self) -> None:
+        """The run's :class:`RunLog` (main process): rows from beyond the checkpoint we resumed
+        from are dropped (they are re-done now); the settings are logged once, on a fresh start."""
         if not self.info.is_main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        # Drop log lines from beyond the checkpoint we resumed from: they are re-done now.
-        path = self.out / "metrics.jsonl"
-        kept = []
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                if rec.get("step", 0) <= self.step:
-                    kept.append(rec)
-        self.history = kept
-        from ..utils import atomic_write_text
+        self.log = RunLog(self.out, tensorboard=self.cfg.tensorboard, progress=self.cfg.progress)
+        self.history = self.log.open(self.step, 100 * min(self.progress(), 1.0))
+        if self._resumed_from is not None:
+            self._status(f"resumed from {self._resumed_from} (step {self.step}, {self.tokens:,} tokens)")
+        if self.step == 0:
+            self.log.log_hparams(self._hparams())
 
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._log_file = open(path, "a", encoding="utf-8")
-        if self.cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    def _hparams(self) -> dict[str, Any]:
+        """The settings TensorBoard shows next to the run: the train config and the objective."""
+        import dataclasses
 
-            self._writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)
-        if self.cfg.progress:
-            from tqdm.auto import tqdm
+        hp: dict[str, Any] = {f"train.{k}": v for k, v in self.cfg.to_dict().items()}
+        hp["objective"] = self.objective.name
+        ocfg = self.objective.config
+        if dataclasses.is_dataclass(ocfg):
+            hp.update({f"objective.{k}": v for k, v in dataclasses.asdict(ocfg).items()})
+        hp["world_size"] = self.info.world_size
+        return hp
 
-            self._bar = tqdm(total=100.0, initial=round(100 * min(self.progress(), 1.0), 2), unit="%",
-                             bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]",
-                             dynamic_ncols=True)
-
-    def _write(self, rec: dict[str, Any]) -> None:
-        self.history.append(rec)
-        self._log_file.write(json.dumps(rec) + "\n")
-        self._log_file.flush()
-        if self._writer is not None:
-            split = rec.get("split", "train")
-            for k, v in rec.items():
-                if k not in ("step", "split") and isinstance(v, (int, float)):
-                    self._writer.add_scalar(f"{split}/{k}", v, rec["step"])
+    def _status(self, message: str) -> None:
+        """A status line on the main process, above the progress bar."""
+        if self.log is not None:
+            self.log.status(message)
+        elif self.info.is_main:
+            print(message, flush=True)
 
     def _close_logs(self) -> None:
-        if not self.info.is_main:
-            return
-        if getattr(self, "_log_file", None) is not None:
-            self._log_file.close()
-            self._log_file = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def _install_signal_handler(self):
         """SIGTERM (preemption, torchrun shutdown) -> save a checkpoint after this step and stop."""
@@ -663,11 +646,11 @@ def plot_loss_curve(metrics_file: Path, png: Path, title: str = "") -> Path | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..outputs import read_jsonl
+    from .runlog import read_rows
 
-    recs = read_jsonl(metrics_file, warn=False)  # a row torn by a kill is skipped
+    recs = read_rows(metrics_file, warn=False)  # either schema; a row torn by a kill is skipped
     tr = [(r["step"], r["loss"]) for r in recs if r.get("split") == "train" and "loss" in r]
-    va = [(r["step"], r["val_loss"]) for r in recs if r.get("split") == "validation"]
+    va = [(r["step"], r["loss"]) for r in recs if r.get("split") == "val" and "loss" in r]
     if not tr and not va:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)

@@ -313,7 +313,10 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
             from ..cost import format_report
 
             summary["cost"] = tracker.stop()
-            print(format_report(summary["cost"]))
+            # without the cost block's wall-clock throughput row: the run's one summary line
+            # (runlog.summary_line, printed by the command) reports time and tokens/s
+            print("\n".join(line for line in format_report(summary["cost"]).splitlines()
+                            if not line.lstrip().startswith("tokens ")))
         if info.is_main:
             from ..utils import atomic_dir
 
