@@ -69,12 +69,12 @@ class CLM(Objective):
         """ConfigError unless the model is a decoder with an ``lm`` head and a large enough vocabulary."""
         self._check_common(cfg, Family.DECODER, self.sp)
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> PackedWindows:
+    def dataset(self, shards: Any, seq_len: int) -> PackedWindows:
         """Windows of ``seq_len`` tokens overlapping by one, documents separated by eos."""
         if seq_len < 2:
             raise ConfigError(f"clm needs seq_len >= 2, got {seq_len}")
         sep = self.separator if self.config.separate_documents else None
-        return PackedWindows(shards, seq_len, stride=seq_len - 1, separator=sep, rank=rank, world_size=world_size)
+        return PackedWindows(shards, seq_len, stride=seq_len - 1, separator=sep)
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Windows -> ``input_ids``, ``attention_mask``, ``labels`` (B, T) and ``n_targets``.

@@ -276,11 +276,11 @@ class Denoise(Objective):
                 f"decoding with {self.start}; set one to match the other"
             )
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> SentenceChunks:
+    def dataset(self, shards: Any, seq_len: int) -> SentenceChunks:
         """Runs of whole sentences of at most ``seq_len - 2`` tokens (room for <s> and </s>)."""
         if seq_len < 3:
             raise ConfigError(f"denoise needs seq_len >= 3, got {seq_len}")
-        return SentenceChunks(shards, seq_len - 2, rank=rank, world_size=world_size)
+        return SentenceChunks(shards, seq_len - 2)
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Chunks -> ``input_ids``, ``attention_mask`` (B, S), ``labels``, ``decoder_input_ids``

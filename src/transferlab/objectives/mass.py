@@ -121,11 +121,11 @@ class MaskedSeq2Seq(Objective):
                 f"model.decoder_start_token_id={cfg.decoder_start_token_id} but the mass collator starts "
                 f"decoding with {self.start}; set one to match the other")
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> PackedWindows:
+    def dataset(self, shards: Any, seq_len: int) -> PackedWindows:
         """Windows of ``seq_len - 2`` content tokens, documents separated by ``</s>``/[SEP]."""
         if seq_len - self.n_wrap < 2:
             raise ConfigError(f"mass needs seq_len >= {self.n_wrap + 2}, got {seq_len}")
-        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last, rank=rank, world_size=world_size)
+        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last)
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Windows -> encoder input with one masked fragment, decoder input/positions/labels."""

@@ -186,11 +186,11 @@ class MLM(Objective):
         """ConfigError unless the model is an encoder with an ``lm`` head and a large enough vocabulary."""
         self._check_common(cfg, Family.ENCODER, self.sp)
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> PackedWindows:
+    def dataset(self, shards: Any, seq_len: int) -> PackedWindows:
         """Windows of ``seq_len - 2`` content tokens, documents separated by [SEP]."""
         if seq_len - self.n_wrap < 1:
             raise ConfigError(f"seq_len={seq_len} leaves no room for content after [CLS]/[SEP]")
-        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last, rank=rank, world_size=world_size)
+        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last)
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Windows -> ``input_ids``, ``attention_mask``, ``labels`` (B, T) and ``n_targets``."""

@@ -121,12 +121,11 @@ class MLMNSP(Objective):
         """As the base, plus segment embeddings for A/B and the [CLS] pooler."""
         return {**super().model_settings(), "type_vocab_size": 2, "pooler": True}
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> SentencePairs:
+    def dataset(self, shards: Any, seq_len: int) -> SentencePairs:
         """Sentence-pair material with room for ``[CLS] A [SEP] B [SEP]`` in ``seq_len``."""
         if seq_len < 5:
             raise ConfigError(f"nsp needs seq_len >= 5 ([CLS] A [SEP] B [SEP]), got {seq_len}")
-        return SentencePairs(shards, seq_len - 3, self.config.short_seq_prob, self.config.pair_seed,
-                             rank=rank, world_size=world_size)
+        return SentencePairs(shards, seq_len - 3, self.config.short_seq_prob, self.config.pair_seed)
 
     def make_pair(self, ex: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
         """(A, B, label) for one example; label 1 when B is from another document."""

@@ -160,11 +160,11 @@ class PermutedLM(Objective):
                 f"objective 'plm' needs absolute or rotary positions (model.position=learned, sinusoidal or "
                 f"rotary), got model.position={pos.value}: a query slot must carry its target's position")
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> PackedWindows:
+    def dataset(self, shards: Any, seq_len: int) -> PackedWindows:
         """Windows of ``seq_len - 2`` content tokens, documents separated by [SEP] (as mlm)."""
         if seq_len - self.n_wrap < 2:
             raise ConfigError(f"plm needs seq_len >= {self.n_wrap + 2}, got {seq_len}")
-        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last, rank=rank, world_size=world_size)
+        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last)
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Windows -> content + query slots, the two-stream pattern, labels (see the module docstring)."""

@@ -159,14 +159,14 @@ class SpanCorruption(Objective):
                 f"{len(self.sentinels)} sentinels; use a shorter seq_len or more sentinels"
             )
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> PackedWindows:
+    def dataset(self, shards: Any, seq_len: int) -> PackedWindows:
         """Packed windows of ``raw_length(seq_len)`` tokens."""
         if seq_len < 4:
             raise ConfigError(f"span-corruption needs seq_len >= 4, got {seq_len}")
         n = self.raw_length(seq_len)
         self._check_spans(n)
         sep = self.sp.eos_token_id if self.config.separate_documents else None
-        return PackedWindows(shards, n, separator=sep, rank=rank, world_size=world_size)
+        return PackedWindows(shards, n, separator=sep)
 
     def corrupt(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(B, L) raw ids -> inputs (B, L - noise + spans + 1) and targets (B, noise + spans + 1)."""

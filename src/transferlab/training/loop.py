@@ -77,15 +77,12 @@ def resolve_dtype(dtype: str | DType, device: torch.device) -> str:
 def tune_cpu_allocator() -> bool:
     """Keep freed memory in the process instead of returning it to the OS after every step.
 
-    glibc's malloc serves large blocks (activations, logits: megabytes each) with fresh ``mmap``
-    pages and unmaps them on free, so every training step page-faults its whole working set in
-    again: ~116,000 minor faults (~450 MB zeroed by the kernel) per gpt-mini step, ~25% of the
-    step time on the 2-core CPU (BENCHMARKS.md). Serving every block from the heap
-    (``M_MMAP_MAX=0``) and never trimming it (``M_TRIM_THRESHOLD``) makes the steady state
-    fault-free; the price is that the process keeps its peak heap, which a training process
-    reaches every step anyway. This is what jemalloc/tcmalloc preloading, the usual CPU-training
-    advice, achieves. Process-wide, idempotent; a no-op (False) without glibc or with the
-    environment variable ``TRANSFERLAB_MALLOC_TUNING=0``.
+    Why: glibc unmaps large freed blocks, so every step page-faults its working set in again
+    (BENCHMARKS.md, "Pre-training throughput", allocator tuned). Serving every block from the
+    heap (``M_MMAP_MAX=0``) and never trimming it (``M_TRIM_THRESHOLD``) makes the steady state
+    fault-free at the price of keeping the peak heap, as jemalloc/tcmalloc preloading would.
+    Process-wide, idempotent; a no-op (False) without glibc or with the environment variable
+    ``TRANSFERLAB_MALLOC_TUNING=0``.
 
     Returns:
         True when the settings were applied.
