@@ -267,7 +267,8 @@ class Trainer:
         objective: an :class:`~transferlab.objectives.base.Objective`.
         train_data: index-addressable examples (``objective.dataset(shards, seq_len)``).
         cfg: a :class:`TrainConfig`.
-        out_dir: run folder: ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``, ``loss_curve.png``.
+        out_dir: run folder: ``metrics.jsonl`` and ``tensorboard/`` (the schema of
+            :mod:`~transferlab.training.runlog`), ``checkpoints/``, ``loss_curve.png``.
         val_data: held-out examples for periodic validation (optional).
         info: this process's :class:`DistInfo` (default: single process on CPU).
         on_step: callbacks called on every rank after each optimizer step with the step record
@@ -545,7 +546,7 @@ class Trainer:
         loss = float(flat[0]) / n
         out = {"val_loss": loss}
         out.update({f"val_{k}": float(v) / n for k, v in zip(keys, flat[2:])})
-        # perplexity of the language-modelling part (the MLM part of mlm+nsp, ELECTRA's generator)
+        # perplexity of the objective's language-modelling part, which two-part losses name
         lm_metric = self.objective.lm_loss_metric
         lm = f"val_{lm_metric}" if lm_metric is not None and f"val_{lm_metric}" in out else "val_loss"
         out["val_ppl"] = math.exp(min(out[lm], 50.0))

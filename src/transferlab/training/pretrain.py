@@ -182,7 +182,7 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
     Args:
         model_cfg: a ModelConfig, a preset name (gets :data:`PRETRAIN_MODEL_DEFAULTS_CPU`/GPU and
             ``model_overrides``), or None with ``init``.
-        objective_name: ``mlm``, ``nsp``, ``electra``, ``clm``, ``denoise``, ``span-corruption``, ``plm``, ``mtlm``, ``mass``.
+        objective_name: one of :func:`~transferlab.objectives.objective_names` (or an alias).
         objective_settings: fields of the objective's config (``{"mask_prob": 0.2}``).
         train_cfg: a :class:`TrainConfig` (``dtype=auto`` is resolved and recorded).
         data_dir: a folder written by ``transferlab prepare``.
