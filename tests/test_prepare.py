@@ -1,16 +1,15 @@
-"""prepare_corpus: shards, index, determinism, atomicity, no-op reruns; TokenShards; WindowDataset; CLI."""
+"""prepare_corpus: shards, index, determinism, atomicity, no-op reruns; TokenShards; CLI."""
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
 
 from transferlab.cli import main
-from transferlab.data import TokenShards, WindowDataset, prepare_corpus, split_sentences
+from transferlab.data import TokenShards, prepare_corpus, split_sentences
 from transferlab.data import prepare as prep_mod
 from transferlab.data.corpus import Document
 from transferlab.data.prepare import token_dtype
@@ -81,7 +80,8 @@ def test_layout_meta_and_contents(corpus, tok, tmp_path):
     assert set(train.doc_offsets.tolist()) <= set(train.sent_offsets.tolist())
     by_ids = {tuple(e): d for e, d in zip(encoded, DOCS)}
     for i in range(train.n_docs):
-        sents = train.sentences_of(i)
+        offs = train.sentence_offsets_of(i)
+        sents = [np.asarray(train.tokens[a:b], dtype=np.int64) for a, b in zip(offs[:-1], offs[1:])]
         assert np.concatenate(sents).tolist() == got_train[i]
         assert len(sents) == len(split_sentences(by_ids[tuple(got_train[i])]))
         assert all(tok.decode(s).endswith(".") for s in sents)
@@ -114,7 +114,7 @@ def test_split_is_deterministic_by_document(corpus, tok, tmp_path):
     none = _prep(tiny, tok, tmp_path / "noval", val_fraction=0.0)
     assert none["splits"]["validation"]["documents"] == 0
     empty_val = TokenShards(tmp_path / "noval", "validation")
-    assert empty_val.n_tokens == 0 and len(WindowDataset(empty_val, 4)) == 0
+    assert empty_val.n_tokens == 0
 
 
 def test_split_hints_make_a_test_split(tok, tmp_path, monkeypatch):
@@ -330,47 +330,6 @@ def test_batches_shrink_at_the_end_and_keep_every_document_in_order():
     wide = [Document("\u00e9" * 100, "f", i + 1) for i in range(100)]
     sizes = [sum(map(len, t)) for t, _ in prep_mod._batches(iter(wide), batch_chars=1000, total_bytes=20_000)]
     assert sizes == [1000] * 9 + [200] * 5  # 18,000 of 20,000 bytes seen after 9,000 characters
-
-
-# ---------------------------------------------------------------------------------- datasets
-def test_window_dataset(corpus, tok, tmp_path):
-    _prep(corpus, tok, tmp_path / "d")
-    sh = TokenShards(tmp_path / "d")
-    flat = np.asarray(sh.tokens, dtype=np.int64)
-    ds = WindowDataset(sh, seq_len=16)
-    assert len(ds) == len(flat) // 16
-    assert ds[0].dtype == np.int64 and ds[3].tolist() == flat[48:64].tolist() and ds[-1].shape == (16,)
-    with pytest.raises(IndexError):
-        ds[len(ds)]
-    sliding = WindowDataset(sh, seq_len=16, stride=4)
-    assert len(sliding) == (len(flat) - 16) // 4 + 1 and sliding[1].tolist() == flat[4:20].tolist()
-    # boundaries and doc ids agree with the document index
-    offs = sh.doc_offsets.tolist()
-    for i in range(len(ds)):
-        start = ds.start(i)
-        want = [o - start for o in offs if start <= o < start + 16]
-        assert ds.boundaries(i).tolist() == want
-        ids = ds.doc_ids_of(i)
-        assert ids[0] == sh.doc_of_position(start) and np.all(np.diff(ids) >= 0)
-        assert [p for p in range(1, 16) if ids[p] != ids[p - 1]] == [b for b in want if b > 0]
-        assert set(ds.sentence_boundaries(i).tolist()) >= set(want)
-    # ranks partition the windows and have equal lengths
-    r0, r1 = WindowDataset(sh, 16, rank=0, world_size=2), WindowDataset(sh, 16, rank=1, world_size=2)
-    assert len(r0) == len(r1) == len(ds) // 2
-    assert r1[0].tolist() == ds[1].tolist() and r0[1].tolist() == ds[2].tolist()
-    # pickles without its arrays (DataLoader workers re-open the memmaps)
-    blob = pickle.dumps(ds)
-    assert len(blob) < 5000 and pickle.loads(blob)[5].tolist() == ds[5].tolist()
-    with pytest.raises(DataError):
-        WindowDataset(sh, 0)
-
-
-def test_window_dataset_with_torch_dataloader(corpus, tok, tmp_path):
-    torch = pytest.importorskip("torch")
-    _prep(corpus, tok, tmp_path / "d")
-    ds = WindowDataset(TokenShards(tmp_path / "d"), seq_len=8)
-    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
-    assert batch.shape == (4, 8) and batch.dtype == torch.int64
 
 
 # ---------------------------------------------------------------------------------- CLI

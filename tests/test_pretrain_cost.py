@@ -18,6 +18,8 @@ def test_pretrain_writes_a_cost_report(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "estimate" in printed  # energy without a power counter is labelled as an estimate
+    # exactly one end-of-run line reports time and throughput (the cost block does not repeat it)
+    assert sum("tokens/s" in line for line in printed.splitlines()) == 1, printed
     report = json.loads((out / "report.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert report["kind"] == "pretrain"

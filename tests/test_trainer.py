@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transferlab.config import ModelConfig, apply_overrides
 from transferlab.errors import ConfigError
 from transferlab.models import build_model
-from transferlab.objectives.base import LossOutput
+from transferlab.objectives.base import Objective
 from transferlab.training.config import TrainConfig
 from transferlab.training.distributed import GlobalSampler
 from transferlab.training.loop import Trainer, TrainingDiverged, cpu_has_native_bf16, resolve_dtype
@@ -32,7 +32,7 @@ V, L = 64, 16
 
 
 # ----------------------------------------------------------------------------- shared helpers
-class ToyLM:
+class ToyLM(Objective):
     """Next-token prediction where every row keeps a different number of targets.
 
     Rows are cut at a length that depends on the row's first token (deterministic) or, with
@@ -41,6 +41,7 @@ class ToyLM:
     """
 
     name = "toy"
+    metric_names = ("acc",)
 
     def __init__(self, random_cut: bool = False, nan_at_call: int | None = None):
         self.random_cut, self.nan_at_call, self.calls = random_cut, nan_at_call, 0
@@ -63,8 +64,9 @@ class ToyLM:
         return {"input_ids": x, "attention_mask": keep.long(), "labels": labels,
                 "n_targets": (labels[:, 1:] != -100).sum()}
 
-    def loss(self, model, batch) -> LossOutput:
+    def compute(self, module, batch):
         self.calls += 1
+        model = self._model_of(module)
         out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logits = model.heads["lm"](out.last_hidden_state[:, :-1])  # (B, T-1, V)
         tgt = batch["labels"][:, 1:]
@@ -73,7 +75,7 @@ class ToyLM:
         if self.nan_at_call is not None and self.calls >= self.nan_at_call:
             loss_sum = loss_sum * float("nan")
         n = (tgt != -100).sum().clamp(min=1)
-        return LossOutput(loss_sum, {"acc": float((logits.argmax(-1) == tgt).sum() / n)})
+        return loss_sum, {"acc": (logits.argmax(-1) == tgt).sum() / n}
 
 
 def toy_data(n: int = 48, seed: int = 0, length: int = L) -> list[np.ndarray]:
@@ -136,7 +138,8 @@ def _first_step_grads(cfg: TrainConfig, objective, out: Path) -> tuple[dict[str,
 
     def capture(*a, **k):
         if not grads:
-            grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+            grads.update({n: p.grad.detach().clone() for n, p in trainer.final_model().named_parameters()
+                          if p.grad is not None})
         return step(*a, **k)
 
     trainer.optimizer.step = capture
@@ -249,11 +252,24 @@ def test_logs_metrics_tensorboard_and_plot(tmp_path):
     s = Trainer(toy_model(), ToyLM(), toy_data(), cfg, tmp_path, val_data=toy_data(16, seed=1)).fit()
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if r["split"] == "train"]
-    val = [r for r in recs if r["split"] == "validation"]
+    val = [r for r in recs if r["split"] == "val"]
     assert [r["step"] for r in train] == [1, 2, 4, 6, 8] and [r["step"] for r in val] == [4, 8]
     assert all(r["tokens_per_s"] > 0 and r["tokens"] == r["step"] * 64 for r in train)
-    assert s["val_loss"] == val[-1]["val_loss"]
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert s["val_loss"] == val[-1]["loss"]
+    # one schema for both splits: the same leading fields, then the objective's metric names
+    for r in recs:
+        assert list(r)[:5] == ["step", "split", "loss", "elapsed_s", "tokens_per_s"], r
+        assert "acc" in r
+    assert val[-1]["ppl"] == pytest.approx(math.exp(val[-1]["loss"]))
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(str(events[0]))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"loss/train", "loss/val", "acc/train", "acc/val"} <= set(tags)  # one chart per quantity
+    assert [e.step for e in acc.Scalars("loss/val")] == [4, 8]
+    assert acc.Scalars("loss/val")[-1].value == pytest.approx(s["val_loss"])
     png = plot_loss_curve(tmp_path / "metrics.jsonl", tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -4,15 +4,16 @@
   ``builtin:`` corpora, with errors that name the file and line;
 * :func:`split_sentences` is a fast rule-based sentence splitter;
 * :func:`prepare_corpus` tokenizes a corpus once into memory-mapped shards;
-* :class:`TokenShards` and :class:`WindowDataset` read them back in O(1) memory;
+* :class:`TokenShards` reads them back in O(1) memory;
 * :func:`load_task` (in :mod:`.builtin`) gives the labelled built-in tasks.
 """
 
 from __future__ import annotations
 
 from .builtin import TaskSplits, list_corpora, list_tasks, load_task
-from .corpus import Document, read_documents
-from .dataset import TokenShards, WindowDataset
+from .corpus import read_documents
+from .documents import Document
+from .dataset import TokenShards
 from .prepare import prepare_corpus
 from .sentences import split_sentences
 
@@ -20,7 +21,6 @@ __all__ = [
     "Document",
     "TaskSplits",
     "TokenShards",
-    "WindowDataset",
     "list_corpora",
     "list_tasks",
     "load_task",

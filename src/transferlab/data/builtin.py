@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DataError
-from .corpus import BUILTIN_PREFIX, Document, Source
+from .documents import BUILTIN_PREFIX, Document, Source
 
 __all__ = [
     "TaskSplits",

@@ -23,11 +23,11 @@ import gzip
 import io
 import json
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator
 
 from ..errors import DataError
+from .documents import BUILTIN_PREFIX, Document, Source  # re-exported: their old home
 
 __all__ = [
     "Document",
@@ -49,38 +49,9 @@ _SUFFIX_FORMAT = {
     ".txt": "text", ".text": "text", ".md": "text", ".raw": "text", ".tokens": "text",
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
 }
-BUILTIN_PREFIX = "builtin:"
 
 # one CSV field may hold a whole book
 csv.field_size_limit(2**31 - 1)
-
-
-class Document(NamedTuple):
-    """One document of a corpus.
-
-    ``split`` is a hint from corpora with official splits (PTB): ``"train"``, ``"validation"``,
-    ``"test"`` or ``None`` (let ``prepare`` decide).
-    """
-
-    text: str
-    source: str
-    line: int
-    split: str | None = None
-
-
-@dataclass(frozen=True)
-class Source:
-    """One readable input after resolving folders: a file (with its format) or a built-in."""
-
-    path: str
-    format: str | None  # None for built-ins
-    size: int
-    mtime: float
-    group: str = ""  # the input as given (a folder for files found inside it)
-
-    @property
-    def is_builtin(self) -> bool:
-        return self.path.startswith(BUILTIN_PREFIX)
 
 
 def infer_format(path: str | Path) -> str | None:

@@ -1,4 +1,4 @@
-"""Reading prepared shards: :class:`TokenShards` (one split) and :class:`WindowDataset`.
+"""Reading prepared shards: :class:`TokenShards` (one split).
 
 Assumptions (stated, as OLMo does for its memmap dataset):
 
@@ -9,8 +9,8 @@ Assumptions (stated, as OLMo does for its memmap dataset):
 * everything is memory-mapped: opening a split and reading a window costs O(1) memory whatever
   the corpus size, and a dataset pickles without its arrays (DataLoader workers re-open them).
 
-Windows are packed: they run across document boundaries. A causal-LM collator that wants a
-separator between documents asks :meth:`WindowDataset.boundaries` where they are.
+The objectives' views over a split (packed windows, sentence chunks, sentence pairs) live in
+:mod:`transferlab.objectives.datasets`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["TokenShards", "WindowDataset"]
+__all__ = ["TokenShards"]
 
 
 class TokenShards:
@@ -138,81 +138,6 @@ class TokenShards:
         so = self.sent_offsets
         lo, hi = np.searchsorted(so, a, "left"), np.searchsorted(so, b, "left")
         return np.append(np.asarray(so[lo:hi], dtype=np.int64), b)
-
-    def sentences_of(self, i: int) -> list[np.ndarray]:
-        """The sentences of document ``i`` as int64 id arrays (at least one)."""
-        offs = self.sentence_offsets_of(i)
-        toks = self.tokens
-        return [np.asarray(toks[a:b], dtype=np.int64) for a, b in zip(offs[:-1], offs[1:])]
-
-    def doc_of_position(self, pos: int | np.ndarray) -> int | np.ndarray:
-        """Index of the document containing token position(s) ``pos``."""
-        return np.searchsorted(self.doc_offsets, pos, "right") - 1
-
-
-class WindowDataset:
-    """Fixed-length windows over the flat token stream of a split (packed across documents).
-
-    Window ``g`` covers tokens ``[g * stride, g * stride + seq_len)``; windows that would run past
-    the end are dropped. ``stride=seq_len`` (default) gives non-overlapping packed sequences;
-    ``stride < seq_len`` gives overlapping (sliding) windows, e.g. for perplexity evaluation.
-    For a causal LM ask for ``seq_len = block_size + 1`` and shift inside the collator.
-
-    With ``world_size > 1`` this rank sees windows ``rank, rank + world_size, ...``; every rank
-    has the same length (the remainder is dropped).
-
-    Items are ``np.int64`` arrays of length ``seq_len``; memory use is O(1) in the corpus size.
-    """
-
-    def __init__(self, shards: TokenShards, seq_len: int, stride: int | None = None, rank: int = 0,
-                 world_size: int = 1) -> None:
-        if seq_len <= 0:
-            raise DataError(f"seq_len must be positive, got {seq_len}")
-        stride = seq_len if stride is None else stride
-        if stride <= 0:
-            raise DataError(f"stride must be positive, got {stride}")
-        if world_size <= 0 or not 0 <= rank < world_size:
-            raise DataError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        self.shards, self.seq_len, self.stride = shards, seq_len, stride
-        self.rank, self.world_size = rank, world_size
-        n = shards.n_tokens
-        self.n_windows = 0 if n < seq_len else (n - seq_len) // stride + 1
-        self._len = self.n_windows // world_size
-
-    def __len__(self) -> int:
-        return self._len
-
-    def start(self, i: int) -> int:
-        """Token offset (in the split) where item ``i`` of this rank starts."""
-        if i < 0:
-            i += self._len
-        if not 0 <= i < self._len:
-            raise IndexError(f"window {i} out of range for {self._len} windows")
-        return (self.rank + i * self.world_size) * self.stride
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        s = self.start(i)
-        return np.asarray(self.shards.tokens[s : s + self.seq_len], dtype=np.int64)
-
-    def boundaries(self, i: int) -> np.ndarray:
-        """Positions ``p`` in ``[0, seq_len)`` where a document starts inside window ``i``
-        (0 is included when the window starts exactly at a document start)."""
-        s = self.start(i)
-        offs = self.shards.doc_offsets
-        lo, hi = np.searchsorted(offs, s, "left"), np.searchsorted(offs, s + self.seq_len, "left")
-        return np.asarray(offs[lo:hi], dtype=np.int64) - s
-
-    def sentence_boundaries(self, i: int) -> np.ndarray:
-        """Like :meth:`boundaries`, for sentence starts."""
-        s = self.start(i)
-        offs = self.shards.sent_offsets
-        lo, hi = np.searchsorted(offs, s, "left"), np.searchsorted(offs, s + self.seq_len, "left")
-        return np.asarray(offs[lo:hi], dtype=np.int64) - s
-
-    def doc_ids_of(self, i: int) -> np.ndarray:
-        """``(seq_len,)`` int64: the document index of every token of window ``i``."""
-        s = self.start(i)
-        return np.searchsorted(self.shards.doc_offsets, np.arange(s, s + self.seq_len), "right").astype(np.int64) - 1
 
 
 def _check_meta(meta: Any, where: Path) -> None:

@@ -50,7 +50,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..utils import atomic_dir, atomic_write_text
-from .corpus import Document, Source, iter_documents, resolve_inputs
+from .corpus import iter_documents, resolve_inputs
+from .documents import Document, Source
 from .sentences import sentence_starts_batch
 
 __all__ = ["prepare_corpus", "FORMAT_VERSION", "SPLITS", "token_dtype"]
@@ -96,13 +97,8 @@ def _init_worker(tokenizer_json: str, dtype: str, seed: int, val_fraction: float
     # SIGTERM (Pool.terminate) must end a worker whatever handler the forking process had set.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # The worker tokenizes in a thread of its own, not in its main thread. A forked child's main
-    # thread allocates from glibc's main arena exactly as the parent left it, and a parent that
-    # has tokenized before (a notebook, `transferlab demo`, the benchmark's ceiling run) leaves it
-    # fragmented: encode_batch's millions of small allocations then cost ~12% more CPU (measured,
-    # bare encode_batch in two forked processes after the parent had tokenized the corpus: 2.64 MB
-    # per CPU-second in the main thread, 3.04 in a new thread, 3.00 from a fresh parent). A new
-    # thread allocates from another arena.
+    # tokenize in a new thread: it allocates from a fresh glibc arena, not the forked parent's
+    # fragmented main one (~12% less CPU; BENCHMARKS.md, "`prepare` throughput vs the raw tokenizer")
     pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
     backend = pool.submit(Backend.from_str, tokenizer_json).result()  # the vocabulary in that arena too
     _WORKER.update(pool=pool, backend=backend, dtype=np.dtype(dtype), seed=seed, val_fraction=val_fraction,

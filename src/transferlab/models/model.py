@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .. import __version__
 from ..config import Family, ModelConfig, get_preset
 from ..errors import CheckpointError, ConfigError
+from ..objectives.losses import lm_cross_entropy
 from .blocks import KVCache
 from .families import BackboneOutput, build_backbone, shift_tokens_right
 from .heads import HEADS, POOLED_HEADS, pool
@@ -262,9 +263,8 @@ class TransferModel(nn.Module):
         kind = self.config.heads.get(name, {}).get("type", name)
         if kind == "classification" and logits.shape[-1] == 1:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
-        if kind == "lm" and self.family == Family.DECODER:
-            logits, labels = logits[:, :-1], labels[:, 1:]
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        # the one LM cross-entropy (also token and sequence heads: -100 ignored, fp32)
+        return lm_cross_entropy(logits, labels, shift=kind == "lm" and self.family == Family.DECODER)
 
     # ------------------------------------------------------------------ generation
     @classmethod

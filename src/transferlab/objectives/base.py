@@ -1,51 +1,58 @@
-"""The contract every pre-training objective follows: a dataset view, a collator and a loss.
+"""The contract every pre-training objective follows: :class:`Objective`, an abstract base class.
 
-An objective never subclasses the model. It
+An objective never subclasses the model. It is a dataset view, a collator and a loss, plus the
+few facts the trainer, ``pretrain`` and the cost report need; the trainer reads only these
+members (no ``getattr`` probing, no objective names in trainer code).
+
+Abstract (every objective implements them):
 
 1. ``check_model(cfg)`` — raises :class:`~transferlab.errors.ConfigError` when the objective does
    not fit the family (clm needs a decoder, denoise an encoder-decoder, ...);
 2. ``dataset(shards, seq_len)`` — a deterministic, index-addressable view of the prepared token
-   shards (``len`` + ``__getitem__``), e.g. packed windows or sentence pairs; O(1) memory;
+   shards (``len`` + ``__getitem__``), e.g. packed windows or sentence pairs; O(1) memory. The
+   trainer's :class:`~transferlab.training.distributed.GlobalSampler` shards it over ranks;
 3. ``collate(examples, rng)`` — turns a list of examples into a batch dict of tensors, drawing all
    randomness (masking, noise) from ``rng`` (a ``numpy.random.Generator`` owned and checkpointed
-   by the trainer, so masking is dynamic yet a resumed run is bit-identical). The batch holds
+   by the trainer, or per-example streams when ``per_example_rng``). The batch holds
    ``n_targets`` (a 0-d long tensor): the number of predicted tokens, so the trainer can
    normalise the loss over a whole accumulated (and distributed) batch;
-4. ``loss(model, batch)`` — returns :class:`LossOutput` with the *sum* of per-target losses
-   (the trainer divides by the total ``n_targets``) and detached metrics for logging.
+4. ``compute(module, batch) -> (loss_sum, {metric: 0-d tensor})`` — the *sum* of per-target
+   losses (the trainer divides by the total ``n_targets``) and detached metrics, named as in
+   ``metric_names``. ``module`` is what ``wrap_model`` returned (``module.model`` is the
+   TransferModel) or a bare model.
 
-Additive extensions (every objective in this package has them; a trainer should use them when
-present, via ``getattr(objective, "wrap_model", None)``):
+Declared with defaults (override where the objective differs):
 
-5. ``dataset(shards, seq_len, rank=0, world_size=1)`` — optional keyword arguments: rank ``r`` of
-   ``w`` sees items ``r, r + w, ...`` and every rank has the same length (as ``WindowDataset``).
-6. ``wrap_model(model) -> nn.Module`` — the module the trainer optimises and checkpoints. Its
-   ``forward(**batch)`` computes the loss, so *everything* (the sparse MLM gather and, for
-   ELECTRA, the generator) runs inside one ``forward``, which DDP/FSDP need to synchronise
-   gradients. For ELECTRA it is an :class:`~transferlab.objectives.electra.ElectraPair` that
-   *owns the generator*, so the generator must be optimised and checkpointed with it; for the
-   others it is a thin :class:`ObjectiveModule` (optional: a trainer whose own loss module wraps
-   ``objective.loss(model, batch)`` in one forward is equally safe). ``loss`` accepts the
-   wrapped module (or DDP/compile around it) as well as a bare model. Usage::
+* ``name``, ``family`` (the :class:`~transferlab.config.Family` it needs), ``heads`` (e.g.
+  ``{"lm": {}, "nsp": {}}``), ``config`` (its settings dataclass), ``start`` (the decoder start
+  token of encoder-decoder objectives, else None);
+* ``metric_names`` — the metrics ``compute`` returns; ``lm_loss_metric`` — the one whose exp is
+  the reported perplexity (None: the whole loss is the LM loss);
+* ``sparse_targets`` — only the targets reach the vocabulary projection (MLM-style), which the
+  default FLOPs estimate needs to know; ``step_flops(...)`` — the FLOPs of one step when the
+  default estimate cannot see the shapes (plm's query slots, mass's short decoder), else None;
+* ``per_example_rng`` — masks drawn per example (:mod:`.example_rng`);
+* ``global_counts(batch)`` — counts the trainer sums over the whole step and hands back as
+  ``batch["global_counts"]`` (ELECTRA's two normalisations); ``{}``: none;
+* ``wrap_model(model) -> nn.Module`` — the module the trainer optimises, checkpoints and hands
+  to DDP/FSDP/compile. Its ``forward(**batch)`` *returns the loss* ``(loss_sum, metrics)``, so
+  everything (the sparse MLM gather and, for ELECTRA, the generator) runs inside one forward,
+  which DDP/FSDP need to synchronise gradients. For ELECTRA it is an
+  :class:`~transferlab.objectives.electra.ElectraPair` that *owns the generator*; for the others
+  a thin :class:`ObjectiveModule`. Usage::
 
        module = objective.wrap_model(model)           # before .to(device) and DDP/FSDP
        optimizer = AdamW(param_groups(module, ...))   # includes ELECTRA's generator
-       out = objective.loss(module, batch)            # -> LossOutput
-       (out.loss_sum / total_n_targets).backward()
-       # resume: module.state_dict() / module.load_state_dict(...) on a freshly wrapped module
+       loss_sum, metrics = module(**batch)            # or objective.loss(module, batch)
+       (loss_sum / total_n_targets).backward()
        objective.unwrap_model(module).save_pretrained(out_dir)   # what fine-tuning loads
 
-7. ``unwrap_model(module) -> TransferModel`` — strips DDP / compile / the objective wrapper and
-   returns the model that fine-tuning loads (for ELECTRA: the discriminator).
-8. ``family`` (the :class:`~transferlab.config.Family` the objective needs) and ``heads`` (the
-   heads it needs, e.g. ``{"lm": {}, "nsp": {}}``); ``model_settings()`` gathers them with the
-   tokenizer's vocabulary size and special ids (and NSP's segments and pooler) into ModelConfig
-   fields: ``get_preset("bert-mini", **objective.model_settings())`` fits ``check_model``.
-9. ``step_flops(cfg, seq_len, step_tokens, n_targets) -> float`` (optional) — the training FLOPs
-   of one optimiser step from its global token and target counts, for the cost report. Without
-   it ``pretrain`` bills ``step_tokens / seq_len`` sequences of ``seq_len`` tokens
-   (:func:`~transferlab.cost.estimate_flops`), which cannot see shapes such as plm's appended
-   query slots (``seq_len + ceil(seq_len / 6)`` tokens) or mass's half-length decoder.
+* ``unwrap_model(module) -> TransferModel`` — strips DDP / compile / the objective wrapper and
+  returns the model that fine-tuning loads (for ELECTRA: the discriminator);
+* ``loss(model, batch) -> LossOutput`` — ``compute`` with float metrics, through the wrapper's
+  forward when ``model`` is wrapped (refusing to bypass DDP);
+* ``model_settings()`` — family, heads, vocabulary size and special ids as ModelConfig fields:
+  ``get_preset("bert-mini", **objective.model_settings())`` fits ``check_model``.
 
 Loss normalisation: ``loss_sum / n_targets`` over any set of micro-batches is the paper's
 mean-based loss. For two-part losses the second part is rescaled per micro-batch so this holds:
@@ -58,32 +65,21 @@ a target-weighted average of the per-micro-batch means over several.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, DataError
-from . import fused_ce
+from .losses import lm_cross_entropy, sparse_ce  # noqa: F401  (re-exported: the one LM loss)
 
 
 @dataclass
 class LossOutput:
     loss_sum: torch.Tensor  # 0-d, sum over this micro-batch's targets (weights included)
     metrics: dict[str, float] = field(default_factory=dict)  # e.g. {"mlm_loss": .., "nsp_acc": ..}
-
-
-class Objective(Protocol):
-    name: str
-
-    def check_model(self, cfg: Any) -> None: ...
-
-    def dataset(self, shards: Any, seq_len: int) -> Sequence[Any]: ...
-
-    def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]: ...
-
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput: ...
 
 
 # ---------------------------------------------------------------------------- special ids
@@ -186,16 +182,17 @@ class ObjectiveModule(nn.Module):
     ``forward(**batch) -> (loss_sum, metrics)`` so DDP, FSDP and ``torch.compile`` see the whole
     loss computation. Built by ``objective.wrap_model(model)``; ``.model`` is the TransferModel."""
 
-    def __init__(self, objective: Any, model: nn.Module):
+    def __init__(self, objective: "Objective", model: nn.Module):
         super().__init__()
         self.model = model
         self._objective = [objective]  # a list: not a submodule, not in the state dict
 
     @property
-    def objective(self) -> Any:
+    def objective(self) -> "Objective":
         return self._objective[0]
 
     def forward(self, **batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective's loss on ``batch``: ``(loss_sum, {metric: 0-d tensor})``."""
         return self.objective.compute(self, batch)
 
 
@@ -210,20 +207,81 @@ def strip_wrappers(module: nn.Module) -> nn.Module:
             return module
 
 
-class ObjectiveBase:
-    """Shared plumbing: the wrap/unwrap hooks and the loss dispatch.
+class Objective(ABC):
+    """The abstract base of every pre-training objective; see the module docstring.
 
-    Subclasses implement ``compute(module, batch) -> (loss_sum, {name: 0-d tensor})`` where
-    ``module`` is a bare TransferModel or an :class:`ObjectiveModule` (``module.model``).
+    Subclasses implement :meth:`check_model`, :meth:`dataset`, :meth:`collate` and
+    :meth:`compute`, and set the class attributes that differ from the defaults below.
     """
 
-    name: str = ""
-    family: Any = None
-    heads: dict[str, dict] = {}
+    name: ClassVar[str] = ""
+    """Registry name (``mlm``, ``clm``, ...), recorded in the run's config.json."""
+    family: ClassVar[Any] = None
+    """The :class:`~transferlab.config.Family` the objective trains."""
+    heads: ClassVar[dict[str, dict]] = {}
+    """Model heads the objective needs (name -> head settings)."""
+    metric_names: ClassVar[tuple[str, ...]] = ()
+    """The metrics :meth:`compute` returns (logged per step and, prefixed ``val_``, per evaluation)."""
+    lm_loss_metric: ClassVar[str | None] = None
+    """The metric whose exp is the reported perplexity; None: the whole loss is the LM loss."""
+    sparse_targets: ClassVar[bool] = False
+    """Only the ``n_targets`` positions reach the vocabulary projection (billed as such)."""
+    per_example_rng: ClassVar[bool] = False
+    """Masks/noise drawn per example (:mod:`.example_rng`): the same whatever the batch split."""
+    config: Any = None
+    """The objective's settings dataclass (None: no settings)."""
+    start: int | None = None
+    """Decoder start token id of an encoder-decoder objective's collator (BART eos, T5 pad)."""
 
-    # hooks ------------------------------------------------------------------------------------
+    # the objective itself -------------------------------------------------------------------
+    @abstractmethod
+    def check_model(self, cfg: Any) -> None:
+        """Raise ConfigError unless a model with config (or model) ``cfg`` fits this objective."""
+
+    @abstractmethod
+    def dataset(self, shards: Any, seq_len: int) -> Sequence[Any]:
+        """An index-addressable, deterministic view of ``shards`` for windows of ``seq_len``."""
+
+    @abstractmethod
+    def collate(self, examples: list[Any], rng: Any) -> dict[str, torch.Tensor]:
+        """A batch dict (with a 0-d ``n_targets``) from ``examples``, randomness from ``rng``."""
+
+    @abstractmethod
+    def compute(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss_sum, {metric: 0-d tensor})`` of one micro-batch.
+
+        Args:
+            module: a bare TransferModel or what :meth:`wrap_model` returned (``module.model``).
+            batch: what :meth:`collate` returned, on the model's device.
+
+        Returns:
+            The 0-d sum of per-target losses and the detached metrics named in ``metric_names``.
+        """
+
+    # what the trainer asks ------------------------------------------------------------------
+    def global_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Counts of a micro-batch that the trainer sums over the whole step (all micro-batches
+        and ranks) and passes back as ``batch["global_counts"]``; ``{}`` (the default): none."""
+        return {}
+
+    def step_flops(self, cfg: Any, seq_len: int, step_tokens: float, n_targets: float) -> float | None:
+        """Training FLOPs of one optimiser step from its global token and target counts.
+
+        Args:
+            cfg: the trained model's ModelConfig.
+            seq_len: ``train.seq_len``.
+            step_tokens: input tokens of the step (all micro-batches and ranks).
+            n_targets: predicted tokens of the step.
+
+        Returns:
+            The FLOPs, or None (the default): bill ``step_tokens / seq_len`` sequences with
+            :func:`~transferlab.cost.estimate_flops` (only the targets projected to the
+            vocabulary when ``sparse_targets``).
+        """
+        return None
+
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        """The module to optimise/checkpoint/DDP-wrap: ``forward(**batch)`` runs this loss."""
+        """The module to optimise/checkpoint/DDP-wrap: ``forward(**batch)`` returns this loss."""
         if isinstance(strip_wrappers(model), ObjectiveModule):
             return model
         return ObjectiveModule(self, model)
@@ -234,7 +292,15 @@ class ObjectiveBase:
         return strip_wrappers(core.model) if isinstance(core, ObjectiveModule) else core
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        """Sum of per-target losses and metrics; ``model`` is bare, wrapped, or DDP/compiled."""
+        """Sum of per-target losses and float metrics; ``model`` is bare, wrapped, or DDP/compiled.
+
+        Args:
+            model: a TransferModel, what :meth:`wrap_model` returned, or DDP/compile around it.
+            batch: a collated batch on the model's device.
+
+        Returns:
+            :class:`LossOutput` with the 0-d loss sum and the metrics as floats.
+        """
         core = strip_wrappers(model)
         if isinstance(core, ObjectiveModule):
             loss_sum, metrics = model(**batch)  # through DDP/compile when present
@@ -247,10 +313,7 @@ class ObjectiveBase:
                     "before DistributedDataParallel/FSDP"
                 )
             loss_sum, metrics = self.compute(core, batch)
-        return LossOutput(loss_sum, _to_floats(metrics))
-
-    def compute(self, module: nn.Module, batch: dict[str, torch.Tensor]):  # pragma: no cover
-        raise NotImplementedError
+        return LossOutput(loss_sum, metric_floats(metrics))
 
     def model_settings(self) -> dict[str, Any]:
         """ModelConfig fields that make a model fit this objective and tokenizer: family, heads,
@@ -263,7 +326,7 @@ class ObjectiveBase:
         for name in ("pad", "bos", "eos"):
             if getattr(sp, f"{name}_token_id") is not None:
                 out[f"{name}_token_id"] = int(getattr(sp, f"{name}_token_id"))
-        if getattr(self, "start", None) is not None:
+        if self.start is not None:
             out["decoder_start_token_id"] = int(self.start)
         return out
 
@@ -300,12 +363,22 @@ class ObjectiveBase:
         return cfg
 
 
-def _to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-    """One device sync for all metrics instead of one ``.item()`` each."""
+#: the old name of :class:`Objective`, kept importable
+ObjectiveBase = Objective
+
+def metric_floats(metrics: dict[str, Any]) -> dict[str, float]:
+    """Metrics as floats with one device sync for all instead of one ``.item()`` each.
+
+    Args:
+        metrics: name -> 0-d tensor (or number).
+
+    Returns:
+        name -> float, in the same order.
+    """
     if not metrics:
         return {}
     keys = list(metrics)
-    vals = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).tolist()
+    vals = torch.stack([torch.as_tensor(metrics[k]).detach().float().reshape(()) for k in keys]).tolist()
     return dict(zip(keys, vals))
 
 
@@ -348,55 +421,6 @@ def make_config(cls: type, config: Any = None, settings: dict[str, Any] | None =
         setattr(obj, key, v)
     obj.validate()
     return obj
-
-
-def sparse_ce(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, fused: bool | None = None,
-              dense: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cross-entropy on the labelled positions only, gathered *before* the head.
-
-    With an LM head (``transform_hidden`` + ``output_weight``) the projection and the loss run
-    fused and chunked (:func:`~transferlab.objectives.fused_ce.linear_cross_entropy`): the (N, V)
-    logits are never materialised. Other heads get ``F.cross_entropy(head(h).float(), ...)``.
-
-    Args:
-        head: maps (N, C) hidden states to (N, V) logits (an LM head).
-        hidden: (B, T, C) hidden states aligned with ``labels``.
-        labels: (B, T) target ids, -100 where nothing is predicted.
-        fused: use the fused loss for LM heads; None: :data:`fused_ce.ENABLED` (True).
-        dense: most positions are targets (clm, denoise): under ``torch.compile`` feed every row
-            to the fused loss, which masks the ignored ones, so the whole loss stays in the
-            compiled graph. Sparse targets (MLM's ~15%) are gathered eagerly instead: their
-            number changes every batch, and a compiled graph would recompile for each.
-
-    Returns:
-        (sum of per-target losses in fp32, number of correct argmax predictions, number of targets).
-    """
-    use_fused = (fused_ce.ENABLED if fused is None else fused) and hasattr(head, "transform_hidden")
-    if dense and use_fused and torch.compiler.is_compiling():
-        loss_sum, correct = fused_ce.linear_cross_entropy(
-            head.transform_hidden(hidden.reshape(-1, hidden.shape[-1])), head.output_weight, head.bias,
-            labels.reshape(-1))
-        return loss_sum, correct, (labels != -100).sum()
-    return _gathered_ce(head, hidden, labels, use_fused)
-
-
-@torch.compiler.disable
-def _gathered_ce(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                 use_fused: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`sparse_ce` on the gathered target rows, always eager (see there)."""
-    sel = labels != -100  # (B, T)
-    if bool(sel.all()):
-        h, tgt = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)  # every row: no gather
-    else:
-        h, tgt = hidden[sel], labels[sel]  # (N, C), (N,)
-    if use_fused:
-        # only predicted rows reach the vocabulary matmul, chunk by chunk
-        loss_sum, correct = fused_ce.linear_cross_entropy(head.transform_hidden(h), head.output_weight, head.bias, tgt)
-        return loss_sum, correct, sel.sum()
-    logits = head(h)  # (N, V): only predicted rows reach the big vocabulary matmul
-    loss_sum = torch.nn.functional.cross_entropy(logits.float(), tgt, reduction="sum")
-    correct = (logits.detach().argmax(-1) == tgt).sum()
-    return loss_sum, correct, sel.sum()
 
 
 def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,8 @@ import torch
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import ObjectiveBase, as_special_ids, make_config, pad_stack, ratio, sparse_ce
+from .base import Objective, as_special_ids, make_config, pad_stack, ratio
+from .losses import sparse_ce
 from .datasets import PackedWindows
 
 
@@ -38,12 +39,14 @@ class CLMConfig:
         return self
 
 
-class CLM(ObjectiveBase):
+class CLM(Objective):
     """Next-token prediction; the model needs a decoder with an ``lm`` head."""
 
     name = "clm"
     family = Family.DECODER
     heads = {"lm": {}}
+    metric_names = ("clm_loss", "clm_acc")
+    lm_loss_metric = "clm_loss"
 
     def __init__(self, tokenizer: Any, config: CLMConfig | None = None, **settings: Any):
         """Args:
@@ -66,12 +69,12 @@ class CLM(ObjectiveBase):
         """ConfigError unless the model is a decoder with an ``lm`` head and a large enough vocabulary."""
         self._check_common(cfg, Family.DECODER, self.sp)
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> PackedWindows:
+    def dataset(self, shards: Any, seq_len: int) -> PackedWindows:
         """Windows of ``seq_len`` tokens overlapping by one, documents separated by eos."""
         if seq_len < 2:
             raise ConfigError(f"clm needs seq_len >= 2, got {seq_len}")
         sep = self.separator if self.config.separate_documents else None
-        return PackedWindows(shards, seq_len, stride=seq_len - 1, separator=sep, rank=rank, world_size=world_size)
+        return PackedWindows(shards, seq_len, stride=seq_len - 1, separator=sep)
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Windows -> ``input_ids``, ``attention_mask``, ``labels`` (B, T) and ``n_targets``.

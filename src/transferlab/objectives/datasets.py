@@ -14,7 +14,8 @@ A/B split of NSP pairs) is drawn later by the collator from the trainer's genera
 * :class:`SentencePairs` — BERT's ``create_pretraining_data`` chunks for next-sentence
   prediction, each with a pre-drawn random-document continuation.
 
-``rank``/``world_size``: rank r of w sees items r, r + w, ... and all ranks have equal length.
+Views are not sharded: the trainer's :class:`~transferlab.training.distributed.GlobalSampler`
+gives each rank its indices.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def _arrays(shards: Any, need_sentences: bool = False) -> tuple[np.ndarray, np.n
     return tokens, docs, sents
 
 
-class _Sharded:
-    """Length and index mapping for rank r of w (items r, r + w, ...), and the shards' arrays,
-    read through ``self.shards`` so that a view pickles (for DataLoader workers) without copying
-    memory-mapped data: ``TokenShards`` re-opens its memmaps in the worker."""
+class _View:
+    """Length and bounds-checked indexing, and the shards' arrays, read through ``self.shards``
+    so that a view pickles (for DataLoader workers) without copying memory-mapped data:
+    ``TokenShards`` re-opens its memmaps in the worker."""
 
     shards: Any
 
@@ -66,11 +67,9 @@ class _Sharded:
         state.pop("_vstart", None)  # a cache, rebuilt on first use
         return state
 
-    def _init_sharding(self, n_items: int, rank: int, world_size: int) -> None:
-        if world_size <= 0 or not 0 <= rank < world_size:
-            raise DataError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        self.rank, self.world_size, self.n_items = rank, world_size, n_items
-        self._len = n_items // world_size
+    def _init_items(self, n_items: int) -> None:
+        self.n_items = n_items
+        self._len = n_items
 
     def __len__(self) -> int:
         return self._len
@@ -80,10 +79,10 @@ class _Sharded:
             i += self._len
         if not 0 <= i < self._len:
             raise IndexError(f"item {i} out of range for {self._len} items")
-        return self.rank + i * self.world_size
+        return i
 
 
-class PackedWindows(_Sharded):
+class PackedWindows(_View):
     """Windows of ``length`` tokens every ``stride`` tokens of the stream
     ``doc_0 SEP doc_1 SEP ...`` (no separator when ``separator`` is None).
 
@@ -92,8 +91,7 @@ class PackedWindows(_Sharded):
     the stream (but the first) is predicted exactly once.
     """
 
-    def __init__(self, shards: Any, length: int, stride: int | None = None, separator: int | None = None,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, shards: Any, length: int, stride: int | None = None, separator: int | None = None) -> None:
         self.shards = shards
         _arrays(shards)
         if length <= 0:
@@ -109,7 +107,7 @@ class PackedWindows(_Sharded):
                 f"the data has {self.n_virtual} tokens, fewer than one window of {length}; "
                 "use more data or a shorter seq_len"
             )
-        self._init_sharding((self.n_virtual - length) // self.stride + 1, rank, world_size)
+        self._init_items((self.n_virtual - length) // self.stride + 1)
         self._vstart: np.ndarray | None = None
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -132,7 +130,7 @@ class PackedWindows(_Sharded):
         return out
 
 
-class SentenceChunks(_Sharded):
+class SentenceChunks(_View):
     """Runs of consecutive whole sentences of one document, at most ``max_tokens`` long.
 
     Sentences are packed greedily; a sentence longer than ``max_tokens`` is cut into pieces.
@@ -140,7 +138,7 @@ class SentenceChunks(_Sharded):
     ``sentence_starts[0] == 0``. The index holds two int64 per chunk.
     """
 
-    def __init__(self, shards: Any, max_tokens: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, shards: Any, max_tokens: int) -> None:
         self.shards = shards
         _, docs, sents = _arrays(shards, need_sentences=True)
         if max_tokens <= 0:
@@ -173,7 +171,7 @@ class SentenceChunks(_Sharded):
             raise DataError("no sentences to build chunks from (empty data)")
         self.starts = np.asarray(starts, dtype=np.int64)
         self.ends = np.asarray(ends, dtype=np.int64)
-        self._init_sharding(len(self.starts), rank, world_size)
+        self._init_items(len(self.starts))
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         g = self._global(i)
@@ -187,7 +185,7 @@ class SentenceChunks(_Sharded):
         }
 
 
-class SentencePairs(_Sharded):
+class SentencePairs(_View):
     """Material for BERT's next-sentence-prediction pairs (``create_pretraining_data`` logic).
 
     Each document is cut into chunks of consecutive sentences: sentences are added until the
@@ -201,8 +199,7 @@ class SentencePairs(_Sharded):
     "max_tokens": int}`` (``max_tokens``: what a pair is truncated to).
     """
 
-    def __init__(self, shards: Any, max_tokens: int, short_seq_prob: float = 0.1, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, shards: Any, max_tokens: int, short_seq_prob: float = 0.1, seed: int = 0) -> None:
         self.shards = shards
         _, docs, sents = _arrays(shards, need_sentences=True)
         self.n_docs = len(docs) - 1
@@ -242,7 +239,7 @@ class SentencePairs(_Sharded):
         self.chunk_lo = np.asarray(c_lo, dtype=np.int64)
         self.chunk_hi = np.asarray(c_hi, dtype=np.int64)
         self.chunk_target = np.asarray(c_tgt, dtype=np.int64)
-        self._init_sharding(len(c_lo), rank, world_size)
+        self._init_items(len(c_lo))
 
     def _sentences(self, lo: int, hi: int, budget: int | None = None) -> list[np.ndarray]:
         so = self.sent_offsets

@@ -41,7 +41,8 @@ import torch
 from ..config import Family
 from ..errors import ConfigError
 from . import masking
-from .base import ObjectiveBase, SpecialIds, as_special_ids, make_config, pad_stack, ratio, sparse_ce
+from .base import Objective, SpecialIds, as_special_ids, make_config, pad_stack, ratio
+from .losses import sparse_ce
 from .datasets import SentenceChunks
 from .example_rng import row_generators
 
@@ -231,10 +232,12 @@ class Noiser:
         return ids, lens
 
 
-class Denoise(ObjectiveBase):
+class Denoise(Objective):
     """BART denoising; the model needs an encoder-decoder with an ``lm`` head."""
 
     name = "denoise"
+    metric_names = ("denoise_loss", "denoise_acc")
+    lm_loss_metric = "denoise_loss"
     family = Family.ENCODER_DECODER
     heads = {"lm": {}}
     #: masks/noise drawn per example (objectives.example_rng): the same whatever the batch split
@@ -273,11 +276,11 @@ class Denoise(ObjectiveBase):
                 f"decoding with {self.start}; set one to match the other"
             )
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> SentenceChunks:
+    def dataset(self, shards: Any, seq_len: int) -> SentenceChunks:
         """Runs of whole sentences of at most ``seq_len - 2`` tokens (room for <s> and </s>)."""
         if seq_len < 3:
             raise ConfigError(f"denoise needs seq_len >= 3, got {seq_len}")
-        return SentenceChunks(shards, seq_len - 2, rank=rank, world_size=world_size)
+        return SentenceChunks(shards, seq_len - 2)
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Chunks -> ``input_ids``, ``attention_mask`` (B, S), ``labels``, ``decoder_input_ids``

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from ..config import Family, Position
 from ..errors import ConfigError
 from .base import ObjectiveModule, as_special_ids, make_config, ratio, strip_wrappers
+from .losses import lm_cross_entropy
 from .mlm import MLM, MLMConfig
 
 
@@ -191,6 +192,8 @@ class Electra(MLM):
     name = "electra"
     family = Family.ENCODER
     heads = {"rtd": {}}
+    metric_names = ("gen_loss", "gen_acc", "rtd_loss", "rtd_acc", "rtd_recall", "replaced_frac")
+    lm_loss_metric = "gen_loss"  # the generator's MLM
 
     def __init__(self, tokenizer: Any, config: ElectraConfig | None = None, **settings: Any):
         """Args:
@@ -207,6 +210,20 @@ class Electra(MLM):
             return model
         self.check_model(core.config)
         return ElectraPair(self, core)
+
+    def step_flops(self, cfg: Any, seq_len: int, step_tokens: float, n_targets: float) -> float:
+        """Training FLOPs of one step: the discriminator on every token plus the generator's
+        sparse MLM on the ``n_targets`` masked tokens, the generator billed as
+        :attr:`ElectraPair.generator_flops_config` (it reads the shared E-wide embeddings)."""
+        from ..cost import estimate_flops
+
+        c = self.config
+        gen_cfg = dataclasses.replace(generator_config(cfg, c.generator_size, c.generator_layers),
+                                      embedding_size=cfg.emb_dim).validate()
+        n_seq = step_tokens / seq_len
+        per_seq = n_targets / max(n_seq, 1e-9)
+        return n_seq * (estimate_flops(cfg, seq_len, "train", None, 0.0)
+                        + estimate_flops(gen_cfg, seq_len, "train", None, per_seq))
 
     @staticmethod
     def global_counts(batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -239,7 +256,7 @@ class Electra(MLM):
         gh = gen.backbone(input_ids=ids, attention_mask=am, inputs_embeds=e).last_hidden_state
         g_logits = gen.heads["lm"](gh[sel])  # (N, V)
         tgt = labels[sel]
-        gen_sum = F.cross_entropy(g_logits.float(), tgt, reduction="sum")
+        gen_sum = lm_cross_entropy(g_logits, tgt, reduction="sum")  # logits kept: sampling needs them
 
         # sample replacements from the generator's softmax; no gradient through sampling
         with torch.no_grad():

@@ -81,7 +81,17 @@ def row_generators(rng: np.random.Generator | ExampleRNG, n_rows: int) -> list[n
     return [rng] * n_rows
 
 
-def example_rng(objective: Any, seed: int, keys: Sequence[int], fallback: np.random.Generator):
-    """What a trainer passes to ``objective.collate``: an :class:`ExampleRNG` for objectives that
-    declare ``per_example_rng``, else the trainer's batch-level ``fallback`` generator."""
-    return ExampleRNG(seed, keys) if getattr(objective, "per_example_rng", False) else fallback
+def example_rng(objective: Any, seed: int, keys: Sequence[int],
+                fallback: np.random.Generator) -> np.random.Generator | ExampleRNG:
+    """What a trainer passes to ``objective.collate``.
+
+    Args:
+        objective: an :class:`~transferlab.objectives.base.Objective`.
+        seed: the run's seed.
+        keys: one global stream position per example.
+        fallback: the trainer's batch-level generator.
+
+    Returns:
+        An :class:`ExampleRNG` for objectives that declare ``per_example_rng``, else ``fallback``.
+    """
+    return ExampleRNG(seed, keys) if objective.per_example_rng else fallback

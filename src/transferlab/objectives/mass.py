@@ -39,7 +39,8 @@ import torch
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import ObjectiveBase, as_special_ids, make_config, ratio, sparse_ce
+from .base import Objective, as_special_ids, make_config, ratio
+from .losses import sparse_ce
 from .datasets import PackedWindows
 from .mlm import encoder_rows, wrap_ids
 
@@ -77,10 +78,11 @@ def fragment_length(m: np.ndarray, ratio: float) -> np.ndarray:
     return np.where(m >= 2, np.clip(k, 1, np.maximum(m - 1, 1)), m)
 
 
-class MaskedSeq2Seq(ObjectiveBase):
+class MaskedSeq2Seq(Objective):
     """MASS masked seq2seq; the model needs an encoder-decoder with an ``lm`` head."""
 
     name = "mass"
+    metric_names = ("mass_loss", "mass_acc")
     family = Family.ENCODER_DECODER
     heads = {"lm": {}}
 
@@ -119,11 +121,11 @@ class MaskedSeq2Seq(ObjectiveBase):
                 f"model.decoder_start_token_id={cfg.decoder_start_token_id} but the mass collator starts "
                 f"decoding with {self.start}; set one to match the other")
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> PackedWindows:
+    def dataset(self, shards: Any, seq_len: int) -> PackedWindows:
         """Windows of ``seq_len - 2`` content tokens, documents separated by ``</s>``/[SEP]."""
         if seq_len - self.n_wrap < 2:
             raise ConfigError(f"mass needs seq_len >= {self.n_wrap + 2}, got {seq_len}")
-        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last, rank=rank, world_size=world_size)
+        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last)
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Windows -> encoder input with one masked fragment, decoder input/positions/labels."""

@@ -34,7 +34,8 @@ import torch
 from ..config import Family
 from ..errors import ConfigError
 from . import masking
-from .base import ObjectiveBase, SpecialIds, as_special_ids, make_config, pad_stack, ratio, sparse_ce
+from .base import Objective, SpecialIds, as_special_ids, make_config, pad_stack, ratio
+from .losses import sparse_ce
 from .datasets import PackedWindows
 
 
@@ -153,12 +154,15 @@ def encoder_rows(examples: list[Any], first: int | None, last: int | None, pad_i
     return pad_stack([np.concatenate([pre, r, post]).astype(np.int64) for r in rows], pad_id)
 
 
-class MLM(ObjectiveBase):
+class MLM(Objective):
     """Masked language modelling; the model needs an encoder with an ``lm`` head."""
 
     name = "mlm"
     family = Family.ENCODER
     heads = {"lm": {}}
+    metric_names = ("mlm_loss", "mlm_acc")
+    lm_loss_metric = "mlm_loss"
+    sparse_targets = True
     #: masks/noise drawn per example (objectives.example_rng): the same whatever the batch split
     per_example_rng = True
 
@@ -182,11 +186,11 @@ class MLM(ObjectiveBase):
         """ConfigError unless the model is an encoder with an ``lm`` head and a large enough vocabulary."""
         self._check_common(cfg, Family.ENCODER, self.sp)
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> PackedWindows:
+    def dataset(self, shards: Any, seq_len: int) -> PackedWindows:
         """Windows of ``seq_len - 2`` content tokens, documents separated by [SEP]."""
         if seq_len - self.n_wrap < 1:
             raise ConfigError(f"seq_len={seq_len} leaves no room for content after [CLS]/[SEP]")
-        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last, rank=rank, world_size=world_size)
+        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last)
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Windows -> ``input_ids``, ``attention_mask``, ``labels`` (B, T) and ``n_targets``."""

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import make_config, ratio, sparse_ce
+from .base import make_config, ratio
+from .losses import sparse_ce
 from .mlm import MLM, Masker, MLMConfig, encoder_rows
 
 MODES = ("l2r", "r2l", "bidirectional", "seq2seq")
@@ -100,6 +101,8 @@ class MultitaskMLM(MLM):
     """UniLM multitask masked LM (BART's variant); the model needs an encoder with an ``lm`` head."""
 
     name = "mtlm"
+    metric_names = ("mtlm_loss", "mtlm_acc")
+    lm_loss_metric = None  # its whole loss is the LM loss
 
     def __init__(self, tokenizer: Any, config: MTLMConfig | None = None, **settings: Any):
         """Args:

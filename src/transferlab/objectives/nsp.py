@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import ObjectiveBase, as_special_ids, make_config, pad_stack, ratio, sparse_ce
+from .base import Objective, as_special_ids, make_config, pad_stack, ratio
+from .losses import sparse_ce
 from .datasets import SentencePairs
 from .mlm import Masker, MLMConfig, wrap_ids
 
@@ -82,13 +83,16 @@ def truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.
     return a[fa : la - (ta - fa)], b[fb : lb - (tb - fb)]
 
 
-class MLMNSP(ObjectiveBase):
+class MLMNSP(Objective):
     """MLM + NSP; the model needs an encoder with ``lm`` and ``nsp`` heads, segment embeddings
     (``type_vocab_size >= 2``) and a pooler."""
 
     name = "nsp"
     family = Family.ENCODER
     heads = {"lm": {}, "nsp": {}}
+    metric_names = ("mlm_loss", "mlm_acc", "nsp_loss", "nsp_acc")
+    lm_loss_metric = "mlm_loss"
+    sparse_targets = True
 
     def __init__(self, tokenizer: Any, config: NSPConfig | None = None, **settings: Any):
         """Args:
@@ -117,12 +121,11 @@ class MLMNSP(ObjectiveBase):
         """As the base, plus segment embeddings for A/B and the [CLS] pooler."""
         return {**super().model_settings(), "type_vocab_size": 2, "pooler": True}
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> SentencePairs:
+    def dataset(self, shards: Any, seq_len: int) -> SentencePairs:
         """Sentence-pair material with room for ``[CLS] A [SEP] B [SEP]`` in ``seq_len``."""
         if seq_len < 5:
             raise ConfigError(f"nsp needs seq_len >= 5 ([CLS] A [SEP] B [SEP]), got {seq_len}")
-        return SentencePairs(shards, seq_len - 3, self.config.short_seq_prob, self.config.pair_seed,
-                             rank=rank, world_size=world_size)
+        return SentencePairs(shards, seq_len - 3, self.config.short_seq_prob, self.config.pair_seed)
 
     def make_pair(self, ex: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
         """(A, B, label) for one example; label 1 when B is from another document."""

@@ -52,7 +52,8 @@ import torch
 from ..config import Family, Position
 from ..errors import ConfigError
 from . import masking
-from .base import ObjectiveBase, as_special_ids, make_config, ratio, sparse_ce
+from .base import Objective, as_special_ids, make_config, ratio
+from .losses import sparse_ce
 from .datasets import PackedWindows
 from .mlm import encoder_rows, wrap_ids
 
@@ -114,13 +115,14 @@ def permutation_mask(rank: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-class PermutedLM(ObjectiveBase):
+class PermutedLM(Objective):
     """XLNet permuted LM (two-stream, BART's variant); needs an encoder with an ``lm`` head.
 
     The encoder's positions must be absolute or rotary (a query slot carries its target's position).
     """
 
     name = "plm"
+    metric_names = ("plm_loss", "plm_acc")
     family = Family.ENCODER
     heads = {"lm": {}}
 
@@ -158,11 +160,11 @@ class PermutedLM(ObjectiveBase):
                 f"objective 'plm' needs absolute or rotary positions (model.position=learned, sinusoidal or "
                 f"rotary), got model.position={pos.value}: a query slot must carry its target's position")
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> PackedWindows:
+    def dataset(self, shards: Any, seq_len: int) -> PackedWindows:
         """Windows of ``seq_len - 2`` content tokens, documents separated by [SEP] (as mlm)."""
         if seq_len - self.n_wrap < 2:
             raise ConfigError(f"plm needs seq_len >= {self.n_wrap + 2}, got {seq_len}")
-        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last, rank=rank, world_size=world_size)
+        return PackedWindows(shards, seq_len - self.n_wrap, separator=self.last)
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Windows -> content + query slots, the two-stream pattern, labels (see the module docstring)."""

@@ -27,7 +27,7 @@ import torch
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import ObjectiveBase, as_special_ids, make_config, pad_stack
+from .base import Objective, as_special_ids, make_config, pad_stack
 from .datasets import PackedWindows
 from .denoise import seq2seq_loss
 
@@ -109,11 +109,13 @@ def _sentinel_fill(ids: np.ndarray, noise: np.ndarray, sentinels: np.ndarray) ->
     return filled[keep].reshape(ids.shape[0], -1)
 
 
-class SpanCorruption(ObjectiveBase):
+class SpanCorruption(Objective):
     """T5 span corruption; the model needs an encoder-decoder with an ``lm`` head and the
     tokenizer needs sentinel tokens (a unigram tokenizer trained with ``n_sentinels``)."""
 
     name = "span-corruption"
+    metric_names = ("span_loss", "span_acc")
+    lm_loss_metric = "span_loss"
     family = Family.ENCODER_DECODER
     heads = {"lm": {}}
 
@@ -157,14 +159,14 @@ class SpanCorruption(ObjectiveBase):
                 f"{len(self.sentinels)} sentinels; use a shorter seq_len or more sentinels"
             )
 
-    def dataset(self, shards: Any, seq_len: int, rank: int = 0, world_size: int = 1) -> PackedWindows:
+    def dataset(self, shards: Any, seq_len: int) -> PackedWindows:
         """Packed windows of ``raw_length(seq_len)`` tokens."""
         if seq_len < 4:
             raise ConfigError(f"span-corruption needs seq_len >= 4, got {seq_len}")
         n = self.raw_length(seq_len)
         self._check_spans(n)
         sep = self.sp.eos_token_id if self.config.separate_documents else None
-        return PackedWindows(shards, n, separator=sep, rank=rank, world_size=world_size)
+        return PackedWindows(shards, n, separator=sep)
 
     def corrupt(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(B, L) raw ids -> inputs (B, L - noise + spans + 1) and targets (B, noise + spans + 1)."""

@@ -1,5 +1,6 @@
 """Training: optimiser + schedules (optim.py), the explicit loop (loop.py), atomic checkpoints
-(checkpoint.py), torchrun DDP/FSDP (distributed.py), typed settings (config.py) and the
+(checkpoint.py), torchrun DDP/FSDP (distributed.py), typed settings (config.py), the one log
+schema (runlog.py) and the
 ``pretrain`` entry point (pretrain.py). Names are imported lazily so ``optim`` stays light."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ _EXPORTS = {
     "pretrain": "pretrain", "pretrain_model_config": "pretrain",
     "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "latest_checkpoint": "checkpoint",
     "init_distributed": "distributed", "GlobalSampler": "distributed",
+    "RunLog": "runlog", "read_rows": "runlog", "summary_line": "runlog",
 }
 
 __all__ = list(_EXPORTS)

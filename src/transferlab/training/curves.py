@@ -1,8 +1,9 @@
 """Compare pre-training runs: validation loss curves of several run folders in one plot.
 
 A run folder is what ``transferlab pretrain --out DIR`` writes: ``metrics.jsonl`` with one JSON
-row per logged step (``split: train``) and per evaluation (``split: validation``). This module
-reads those rows, draws every run's validation loss against tokens, steps or minutes (optionally
+row per logged step (``split: train``) and per evaluation (``split: val``; older runs wrote
+``split: validation`` rows with ``val_*`` fields, read alike through
+:func:`~transferlab.training.runlog.read_rows`). This module reads those rows, draws every run's validation loss against tokens, steps or minutes (optionally
 with horizontal reference lines such as a unigram baseline), and summarises each run's last
 evaluation: what ``transferlab curves`` prints and saves.
 """
@@ -21,24 +22,27 @@ from ..utils import atomic_write_bytes
 
 X_AXES = {"tokens": "training tokens", "step": "optimizer step", "minutes": "wall-clock minutes"}
 
-#: the language-modelling part of each objective's loss, in the order the trainer looks for them
-#: (a copy of ``training.loop.LM_LOSS_METRICS``, kept here so reading curves does not import torch;
-#: a test checks the two agree). Only used for rows written before the trainer logged ``val_ppl``.
+#: the language-modelling part of each objective's loss (its ``Objective.lm_loss_metric``; listed
+#: here so reading curves does not import torch; a test checks they agree). Only used for rows
+#: written before the trainer logged ``val_ppl``.
 LM_LOSS_METRICS = ("mlm_loss", "clm_loss", "denoise_loss", "span_loss", "gen_loss")
 
 
 def row_perplexity(row: dict) -> float:
-    """The perplexity of one validation row: the run's own ``val_ppl`` when it logged one, else
-    exp of its language-modelling loss (``val_mlm_loss`` for mlm+nsp, ``val_gen_loss`` for
-    ELECTRA's generator, ...), else exp of ``val_loss``.
+    """The perplexity of one validation row (either schema): the run's own ``ppl`` when it logged
+    one, else exp of its language-modelling loss (``mlm_loss`` for mlm+nsp, ``gen_loss`` for
+    ELECTRA's generator, ...), else exp of ``loss``.
 
     Why not exp(val_loss) always: for combined objectives ``val_loss`` adds a classification
     loss (NSP) or a weighted discriminator loss (ELECTRA's 50 x RTD), and its exp is no perplexity
     of anything (3,477 for a run whose MLM perplexity is 1,740; 1.2e12 for one at 1,245).
     """
-    if isinstance(row.get("val_ppl"), (int, float)):
-        return float(row["val_ppl"])
-    key = next((f"val_{k}" for k in LM_LOSS_METRICS if isinstance(row.get(f"val_{k}"), (int, float))), "val_loss")
+    from .runlog import normalize_row
+
+    row = normalize_row(row)
+    if isinstance(row.get("ppl"), (int, float)):
+        return float(row["ppl"])
+    key = next((k for k in LM_LOSS_METRICS if isinstance(row.get(k), (int, float))), "loss")
     return math.exp(min(float(row[key]), 50.0))
 
 
@@ -69,24 +73,26 @@ def read_run(run: str | Path, label: str | None = None) -> RunCurve:
     metrics = path if path.is_file() else path / "metrics.jsonl"
     if not metrics.is_file():
         raise DataError(f"{path}: no metrics.jsonl (expected a folder written by `transferlab pretrain --out`)")
-    from ..outputs import read_jsonl
+    from .runlog import read_rows
 
-    rows = read_jsonl(metrics)  # a row torn by a kill (or a full disk) is skipped with a warning
-    val = [r for r in rows if r.get("split") == "validation" and "val_loss" in r]
+    rows = read_rows(metrics)  # either schema; a row torn by a kill (or a full disk) is skipped with a warning
+    val = [r for r in rows if r.get("split") == "val" and "loss" in r]
     if not val:
         raise DataError(f"{metrics}: no validation rows (was the run evaluated? see --eval-every)")
     name = label or (path.parent.name if path.is_file() else path.name)
-    # validation rows carry no clock; take it from the last train row logged at or before each step
+    # older validation rows carry no clock; take it from the last train row logged at or before each step
     clock = sorted((int(r["step"]), float(r["elapsed_s"])) for r in rows
                    if r.get("split") == "train" and "elapsed_s" in r and "step" in r)
     minutes = []
     for r in val:
         before = [t for s, t in clock if s <= int(r["step"])]
-        if before:
+        if isinstance(r.get("elapsed_s"), (int, float)):  # current rows carry their own clock
+            minutes.append(float(r["elapsed_s"]) / 60)
+        elif before:
             minutes.append(before[-1] / 60)
     return RunCurve(name, [int(r["step"]) for r in val], [int(r.get("tokens", 0)) for r in val],
-                    minutes if len(minutes) == len(val) else [], [float(r["val_loss"]) for r in val],
-                    [r.get("val_mlm_acc", r.get("val_acc")) for r in val], [row_perplexity(r) for r in val])
+                    minutes if len(minutes) == len(val) else [], [float(r["loss"]) for r in val],
+                    [r.get("mlm_acc", r.get("acc")) for r in val], [row_perplexity(r) for r in val])
 
 
 def plot_runs(curves: Sequence[RunCurve], png: str | Path, x: str = "tokens",

@@ -93,15 +93,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's Python object on every rank."""
-    if not (info.enabled and info.world_size > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 # ----------------------------------------------------------------------------- wrapping
 def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Module:
     """DDP (replicated) or FSDP2 (sharded) wrapper; the model itself when not distributed.

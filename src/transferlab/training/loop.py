@@ -35,15 +35,15 @@ import torch
 import torch.nn as nn
 
 from ..errors import TransferlabError
+from ..objectives.base import Objective, metric_floats
 from ..objectives.example_rng import example_rng
 from .checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_checkpoints, load_checkpoint,
                          restore_rng, save_checkpoint)
 from .config import DType, TrainConfig
 from .distributed import DistInfo, GlobalSampler, all_reduce, grad_sync, wrap_model
 from .optim import build_optimizer, lr_multiplier, set_lr
+from .runlog import RunLog
 
-#: metrics holding the language-modelling loss of an objective, whose exp is the perplexity reported
-LM_LOSS_METRICS = ("mlm_loss", "clm_loss", "denoise_loss", "span_loss", "gen_loss")
 EVAL_SEED = 1234  # validation masks/noise come from this fixed seed, so every evaluation is comparable
 
 
@@ -77,15 +77,12 @@ def resolve_dtype(dtype: str | DType, device: torch.device) -> str:
 def tune_cpu_allocator() -> bool:
     """Keep freed memory in the process instead of returning it to the OS after every step.
 
-    glibc's malloc serves large blocks (activations, logits: megabytes each) with fresh ``mmap``
-    pages and unmaps them on free, so every training step page-faults its whole working set in
-    again: ~116,000 minor faults (~450 MB zeroed by the kernel) per gpt-mini step, ~25% of the
-    step time on the 2-core CPU (BENCHMARKS.md). Serving every block from the heap
-    (``M_MMAP_MAX=0``) and never trimming it (``M_TRIM_THRESHOLD``) makes the steady state
-    fault-free; the price is that the process keeps its peak heap, which a training process
-    reaches every step anyway. This is what jemalloc/tcmalloc preloading, the usual CPU-training
-    advice, achieves. Process-wide, idempotent; a no-op (False) without glibc or with the
-    environment variable ``TRANSFERLAB_MALLOC_TUNING=0``.
+    Why: glibc unmaps large freed blocks, so every step page-faults its working set in again
+    (BENCHMARKS.md, "Pre-training throughput", allocator tuned). Serving every block from the
+    heap (``M_MMAP_MAX=0``) and never trimming it (``M_TRIM_THRESHOLD``) makes the steady state
+    fault-free at the price of keeping the peak heap, as jemalloc/tcmalloc preloading would.
+    Process-wide, idempotent; a no-op (False) without glibc or with the environment variable
+    ``TRANSFERLAB_MALLOC_TUNING=0``.
 
     Returns:
         True when the settings were applied.
@@ -131,15 +128,19 @@ def compile_model(module: nn.Module, whole: bool = True) -> None:
 
 
 class _LossModule(nn.Module):
-    """model + objective as one module, so DDP sees the whole loss computation as its forward
-    (objectives call ``model.backbone`` and heads separately, which a DDP wrapper would miss)."""
+    """model + a ``loss(model, batch) -> LossOutput`` object as one module whose
+    ``forward(**batch)`` returns the loss, so DDP sees the whole loss computation as its forward.
+
+    Pre-training does not need it (an objective's ``wrap_model`` module already returns the
+    loss); fine-tuning's task wirings still go through it.
+    """
 
     def __init__(self, model: nn.Module, objective: Any):
         super().__init__()
         self.model = model
         self.objective = objective
 
-    def forward(self, batch: dict[str, torch.Tensor]):
+    def forward(self, **batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         out = self.objective.loss(self.model, batch)
         return out.loss_sum, out.metrics
 
@@ -162,7 +163,8 @@ def accumulate_gradients(engine: nn.Module, batches: Sequence[dict[str, Any]], n
     only on the last micro-batch (``no_sync``).
 
     Args:
-        engine: the (possibly DDP/FSDP-wrapped) module whose forward returns ``(loss_sum, metrics)``.
+        engine: the (possibly DDP/FSDP-wrapped) module whose ``forward(**batch)`` returns
+            ``(loss_sum, metrics)``.
         batches: this rank's micro-batches, on the device.
         n_total: targets in the whole accumulated, distributed batch.
         info: this process's :class:`DistInfo`.
@@ -173,7 +175,7 @@ def accumulate_gradients(engine: nn.Module, batches: Sequence[dict[str, Any]], n
         scaler: a ``torch.amp.GradScaler`` for fp16 (the loss is scaled before backward).
 
     Returns:
-        ``(detached loss_sum * weight, metrics)`` per micro-batch.
+        ``(detached loss_sum * weight, metrics)`` per micro-batch (metrics as ``forward`` gave them).
     """
     amp = autocast_dtype(dtype)
     scale = info.world_size / max(n_total, 1.0)  # DDP/FSDP average over ranks: undo it
@@ -182,7 +184,7 @@ def accumulate_gradients(engine: nn.Module, batches: Sequence[dict[str, Any]], n
         w = 1.0 if weights is None else float(weights[i])
         with grad_sync(engine, enabled=i == len(batches) - 1):
             with torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                part, part_metrics = engine(batch)
+                part, part_metrics = engine(**batch)
             loss = part.float() * (scale * w)
             (scaler.scale(loss) if scaler is not None else loss).backward()
         out.append((part.detach() * w, part_metrics))
@@ -260,20 +262,20 @@ class Trainer:
     """Train ``model`` on ``objective`` over ``train_data`` with the settings in ``cfg``.
 
     Args:
-        model: what is optimised and checkpointed (a TransferModel, or an objective's wrapper
-            such as ELECTRA's generator + discriminator pair).
-        objective: follows :mod:`transferlab.objectives.base` (``collate(examples, rng)``,
-            ``loss(model, batch)``).
+        model: the TransferModel to train; ``objective.wrap_model(model)`` is what is optimised
+            and checkpointed (for ELECTRA: the generator + discriminator pair).
+        objective: an :class:`~transferlab.objectives.base.Objective`.
         train_data: index-addressable examples (``objective.dataset(shards, seq_len)``).
         cfg: a :class:`TrainConfig`.
-        out_dir: run folder: ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``, ``loss_curve.png``.
+        out_dir: run folder: ``metrics.jsonl`` and ``tensorboard/`` (the schema of
+            :mod:`~transferlab.training.runlog`), ``checkpoints/``, ``loss_curve.png``.
         val_data: held-out examples for periodic validation (optional).
         info: this process's :class:`DistInfo` (default: single process on CPU).
         on_step: callbacks called on every rank after each optimizer step with the step record
             (``step``, ``tokens``, ``step_tokens``, ``n_targets``, ``loss``, ``lr``, ...); e.g. cost tracking.
     """
 
-    def __init__(self, model: nn.Module, objective: Any, train_data: Sequence, cfg: TrainConfig,
+    def __init__(self, model: nn.Module, objective: Objective, train_data: Sequence, cfg: TrainConfig,
                  out_dir: str | Path, val_data: Sequence | None = None, info: DistInfo | None = None,
                  on_step: list[Callable[[dict], None]] | None = None):
         self.cfg = cfg.validate()
@@ -287,10 +289,9 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         self.dtype = resolve_dtype(cfg.dtype, self.info.device)
-        # What is optimised and checkpointed: the model, or the objective's wrapper around it
-        # (ELECTRA's generator + discriminator pair); unwrap_model gives back what is saved.
-        wrap = getattr(objective, "wrap_model", None)
-        self.model = (wrap(model) if wrap is not None else model).to(self.info.device)
+        # What is optimised and checkpointed: the objective's wrapper around the model, whose
+        # forward returns the loss (ELECTRA's owns the generator); unwrap_model gives back what is saved.
+        self.model = objective.wrap_model(model).to(self.info.device)
         if cfg.gradient_checkpointing:
             from ..models.blocks import set_gradient_checkpointing
 
@@ -299,13 +300,13 @@ class Trainer:
             tune_cpu_allocator()
         self.compile_seconds: float | None = None  # the first (compiling) step's wall time
         if cfg.compile:
-            compile_model(self.model, whole=self.model is not model and not cfg.fsdp)
+            compile_model(self.model, whole=not cfg.fsdp)
         self.model.train()
-        # DDP / FSDP2 wrap the loss module: its forward is the whole objective, so the wrapper's
+        # DDP / FSDP2 wrap the objective's module: its forward is the whole loss, so the wrapper's
         # hooks (DDP's reducer, FSDP's root all-gather) run even though objectives call the
         # backbone and the heads separately. FSDP2 shards in place: self.model's parameters
         # become DTensors under their usual names.
-        self.engine = wrap_model(_LossModule(self.model, objective), self.info, fsdp=cfg.fsdp)
+        self.engine = wrap_model(self.model, self.info, fsdp=cfg.fsdp)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)
         self.sampler = GlobalSampler(len(train_data), cfg.batch_size, cfg.seed, self.info.rank, self.info.world_size)
         if len(train_data) == 0:
@@ -324,13 +325,12 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self._rng_after: dict | None = None
         self._stop_signal = False
-        self._writer = None
-        self._bar = None
+        self.log: RunLog | None = None  # main process only, while fit() runs
+        self._resumed_from: Path | None = None
 
     def final_model(self) -> nn.Module:
-        """The trained model to save for fine-tuning (the objective's ``unwrap_model`` when it has one)."""
-        unwrap = getattr(self.objective, "unwrap_model", None)
-        return unwrap(self.model) if unwrap is not None else self.model
+        """The trained model to save for fine-tuning (the objective's ``unwrap_model``)."""
+        return self.objective.unwrap_model(self.model)
 
     def export_model(self) -> nn.Module | None:
         """A plain CPU copy of :meth:`final_model` with full (unsharded) weights, on the main
@@ -393,8 +393,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 if self.cfg.compile and self.compile_seconds is None:
                     self.compile_seconds = dt
-                    if self.info.is_main:
-                        print(f"torch.compile warm-up: the first step took {dt:.1f}s", flush=True)
+                    self._status(f"torch.compile warm-up: the first step took {dt:.1f}s")
                 self.elapsed += self._agree(dt)
                 record.update(elapsed_s=self.elapsed, tokens=self.tokens, step=self.step)
                 for cb in self.on_step:
@@ -431,9 +430,8 @@ class Trainer:
         n_total, step_tokens = (float(x) for x in all_reduce(counts, info))
         # objectives whose loss mixes two normalisations (ELECTRA: generator per masked token,
         # discriminator per token) see both totals of the whole batch, so the split stays exact
-        counts_of = getattr(self.objective, "global_counts", None)
-        if counts_of is not None:
-            per = [counts_of(b) for b in batches]
+        per = [self.objective.global_counts(b) for b in batches]
+        if per[0]:
             keys = sorted(per[0])
             tot = all_reduce(torch.tensor([sum(float(c[k]) for c in per) for k in keys], dtype=torch.float64,
                                           device=info.device), info)
@@ -446,7 +444,7 @@ class Trainer:
         for batch, (part, part_metrics) in zip(batches, parts):
             loss_sum += part.double()
             w = float(batch["n_targets"]) / max(sum(float(b["n_targets"]) for b in batches), 1.0)
-            for k, v in part_metrics.items():  # this rank's target-weighted means
+            for k, v in metric_floats(part_metrics).items():  # this rank's target-weighted means
                 metrics[k] = metrics.get(k, 0.0) + float(v) * w
         grad_norm = self._clip()
         flags = torch.stack([loss_sum, torch.tensor(float(self._stop_signal), dtype=torch.float64, device=info.device)])
@@ -471,15 +469,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ hooks
     def maybe_log(self, record: dict[str, Any]) -> None:
-        """Progress bar every step; metrics.jsonl + TensorBoard every ``log_every`` steps."""
-        if not self.info.is_main:
+        """Progress bar every step; a ``train`` row (metrics.jsonl + TensorBoard) every ``log_every`` steps."""
+        if self.log is None:
             return
         tps = self.tokens / max(self.elapsed, 1e-9)
-        if self._bar is not None:
-            self._bar.update(round(100 * min(self.progress(), 1.0), 2) - self._bar.n)
-            self._bar.set_postfix(step=self.step, loss=f"{record['loss']:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+        self.log.progress(100 * min(self.progress(), 1.0), step=self.step, loss=f"{record['loss']:.4f}",
+                          tok_s=f"{tps:,.0f}")
         if self.cfg.log_every and (self.step % self.cfg.log_every == 0 or self.step == 1):
-            self._write({"split": "train", **record, "tokens_per_s": tps})
+            fields = {k: v for k, v in record.items() if k not in ("step", "loss", "elapsed_s")}
+            self.log.row("train", record["step"], record["loss"], record["elapsed_s"], tps, **fields)
 
     def maybe_eval(self, force: bool = False) -> None:
         """Validation loss/perplexity every ``eval_every`` steps (and at the end)."""
@@ -488,8 +486,10 @@ class Trainer:
         res = self.evaluate()
         if res:
             self.last_val = {"step": self.step, **res}
-            if self.info.is_main:
-                self._write({"split": "validation", "step": self.step, "tokens": self.tokens, **res})
+            if self.log is not None:
+                metrics = {k[len("val_"):]: v for k, v in res.items() if k != "val_loss"}  # ppl, <metric>
+                self.log.row("val", self.step, res["val_loss"], self.elapsed, self.tokens / max(self.elapsed, 1e-9),
+                             tokens=self.tokens, **metrics)
 
     def maybe_save(self, force: bool = False) -> None:
         """Checkpoint every ``save_every`` steps and at the end (all ranks take part)."""
@@ -533,10 +533,10 @@ class Trainer:
                                                           example_rng(self.objective, EVAL_SEED, idx, rng)),
                                    info.device)
                 with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
-                    part, part_metrics = self.engine(batch)
+                    part, part_metrics = self.engine(**batch)
                 n_b = float(batch["n_targets"])
                 sums += torch.stack([part.detach().double(), torch.tensor(n_b, dtype=torch.float64, device=info.device)])
-                for k, v in part_metrics.items():
+                for k, v in metric_floats(part_metrics).items():
                     metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * n_b
         self.model.train()
         keys = sorted(metric_sums)  # same objective on every rank: same keys
@@ -546,9 +546,9 @@ class Trainer:
         loss = float(flat[0]) / n
         out = {"val_loss": loss}
         out.update({f"val_{k}": float(v) / n for k, v in zip(keys, flat[2:])})
-        # perplexity of the language-modelling part (the whole loss for mlm/clm/denoise/span
-        # corruption; the MLM part of mlm+nsp; ELECTRA's generator)
-        lm = next((f"val_{k}" for k in LM_LOSS_METRICS if f"val_{k}" in out), "val_loss")
+        # perplexity of the objective's language-modelling part, which two-part losses name
+        lm_metric = self.objective.lm_loss_metric
+        lm = f"val_{lm_metric}" if lm_metric is not None and f"val_{lm_metric}" in out else "val_loss"
         out["val_ppl"] = math.exp(min(out[lm], 50.0))
         return out
 
@@ -575,62 +575,43 @@ class Trainer:
         self.elapsed, self.last_val = state["elapsed_s"], state.get("last_val", {})
         restore_rng(rng, self.rng)
         self._rng_after = rng.get("numpy")
-        if self.info.is_main:
-            print(f"resumed from {path} (step {self.step}, {self.tokens:,} tokens)", flush=True)
+        self._resumed_from = path
 
     def _open_logs(self) -> None:
+        """The run's :class:`RunLog` (main process): rows from beyond the checkpoint we resumed
+        from are dropped (they are re-done now); the settings are logged once, on a fresh start."""
         if not self.info.is_main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        # Drop log lines from beyond the checkpoint we resumed from: they are re-done now.
-        path = self.out / "metrics.jsonl"
-        kept = []
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                if rec.get("step", 0) <= self.step:
-                    kept.append(rec)
-        self.history = kept
-        from ..utils import atomic_write_text
+        self.log = RunLog(self.out, tensorboard=self.cfg.tensorboard, progress=self.cfg.progress)
+        self.history = self.log.open(self.step, 100 * min(self.progress(), 1.0))
+        if self._resumed_from is not None:
+            self._status(f"resumed from {self._resumed_from} (step {self.step}, {self.tokens:,} tokens)")
+        if self.step == 0:
+            self.log.log_hparams(self._hparams())
 
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._log_file = open(path, "a", encoding="utf-8")
-        if self.cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    def _hparams(self) -> dict[str, Any]:
+        """The settings TensorBoard shows next to the run: the train config and the objective."""
+        import dataclasses
 
-            self._writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)
-        if self.cfg.progress:
-            from tqdm.auto import tqdm
+        hp: dict[str, Any] = {f"train.{k}": v for k, v in self.cfg.to_dict().items()}
+        hp["objective"] = self.objective.name
+        ocfg = self.objective.config
+        if dataclasses.is_dataclass(ocfg):
+            hp.update({f"objective.{k}": v for k, v in dataclasses.asdict(ocfg).items()})
+        hp["world_size"] = self.info.world_size
+        return hp
 
-            self._bar = tqdm(total=100.0, initial=round(100 * min(self.progress(), 1.0), 2), unit="%",
-                             bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]",
-                             dynamic_ncols=True)
-
-    def _write(self, rec: dict[str, Any]) -> None:
-        self.history.append(rec)
-        self._log_file.write(json.dumps(rec) + "\n")
-        self._log_file.flush()
-        if self._writer is not None:
-            split = rec.get("split", "train")
-            for k, v in rec.items():
-                if k not in ("step", "split") and isinstance(v, (int, float)):
-                    self._writer.add_scalar(f"{split}/{k}", v, rec["step"])
+    def _status(self, message: str) -> None:
+        """A status line on the main process, above the progress bar."""
+        if self.log is not None:
+            self.log.status(message)
+        elif self.info.is_main:
+            print(message, flush=True)
 
     def _close_logs(self) -> None:
-        if not self.info.is_main:
-            return
-        if getattr(self, "_log_file", None) is not None:
-            self._log_file.close()
-            self._log_file = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def _install_signal_handler(self):
         """SIGTERM (preemption, torchrun shutdown) -> save a checkpoint after this step and stop."""
@@ -663,11 +644,11 @@ def plot_loss_curve(metrics_file: Path, png: Path, title: str = "") -> Path | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..outputs import read_jsonl
+    from .runlog import read_rows
 
-    recs = read_jsonl(metrics_file, warn=False)  # a row torn by a kill is skipped
+    recs = read_rows(metrics_file, warn=False)  # either schema; a row torn by a kill is skipped
     tr = [(r["step"], r["loss"]) for r in recs if r.get("split") == "train" and "loss" in r]
-    va = [(r["step"], r["val_loss"]) for r in recs if r.get("split") == "validation"]
+    va = [(r["step"], r["loss"]) for r in recs if r.get("split") == "val" and "loss" in r]
     if not tr and not va:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)

@@ -26,6 +26,7 @@ import torch
 from ..config import Family, ModelConfig, apply_overrides, get_preset, to_dict
 from ..errors import CheckpointError, ConfigError, DataError
 from ..utils import atomic_write_text
+from ..objectives.base import Objective
 from .config import TrainConfig
 
 #: Settings that make pre-training faster on this kind of hardware, applied to presets before
@@ -72,7 +73,7 @@ def _finetune_settings(preset: str, overrides: list[str] | dict[str, str] | None
     return {k: getattr(base, k) for k in ("dropout", "attention_dropout") if k not in keys}
 
 
-def fit_config_to_tokenizer(cfg: ModelConfig, tok: Any, objective: Any = None) -> ModelConfig:
+def fit_config_to_tokenizer(cfg: ModelConfig, tok: Any, objective: Objective | None = None) -> ModelConfig:
     """Vocabulary size and special ids from the tokenizer (in place; returns ``cfg``).
 
     The decoder start token of encoder-decoders is the one the objective's collator starts
@@ -86,7 +87,7 @@ def fit_config_to_tokenizer(cfg: ModelConfig, tok: Any, objective: Any = None) -
     cfg.bos_token_id = int(bos) if bos is not None else -1
     cfg.eos_token_id = int(eos) if eos is not None else -1
     if Family(cfg.family) == Family.ENCODER_DECODER:
-        start = getattr(objective, "start", None)
+        start = objective.start if objective is not None else None
         if start is None:
             start = next(i for i in (cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id) if i >= 0)
         cfg.decoder_start_token_id = int(start)
@@ -115,7 +116,7 @@ def _check_init_tokenizer(init: str, model: Any, tok: Any, data_dir: Path) -> No
             f"tokenizer {data_dir} was prepared with ({tok.vocab_size} tokens); prepare the data with the model's tokenizer")
 
 
-def _load_init(init: str, overrides: list[str] | dict[str, str] | None, objective: Any) -> Any:
+def _load_init(init: str, overrides: list[str] | dict[str, str] | None, objective: Objective) -> Any:
     """Load a saved/converted model; apply model overrides (dropout, attn_impl, ...) by rebuilding
     it from the overridden config and loading the weights; add heads the objective needs."""
     from ..models.model import TransferModel, check_state_dict, from_pretrained
@@ -131,22 +132,22 @@ def _load_init(init: str, overrides: list[str] | dict[str, str] | None, objectiv
         model.load_state_dict(state)
     else:
         model = src
-    for name, settings in (getattr(objective, "heads", None) or {}).items():
+    for name, settings in objective.heads.items():
         if name not in model.heads:  # e.g. MiniLM has no MLM head: start one fresh
             model.add_head(name, **dict(settings))
     return model
 
 
-def resolved_config(model_cfg: ModelConfig, objective: Any, objective_name: str, train_cfg: TrainConfig,
+def resolved_config(model_cfg: ModelConfig, objective: Objective, objective_name: str, train_cfg: TrainConfig,
                     data_dir: Path, shards: Any, init: str | None, world_size: int) -> dict[str, Any]:
     """Everything that decides the numbers of a run, as written to ``<out>/config.json``."""
     from .. import __version__
 
-    ocfg = getattr(objective, "config", None)
+    ocfg = objective.config
     return {
         "transferlab_version": __version__,
         "model": model_cfg.to_dict(),
-        "objective": {"name": getattr(objective, "name", objective_name),
+        "objective": {"name": objective.name or objective_name,
                       **(to_dict(ocfg) if dataclasses.is_dataclass(ocfg) else {})},
         "train": train_cfg.to_dict(),
         "data": {"dir": str(Path(data_dir).resolve()),
@@ -181,7 +182,7 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
     Args:
         model_cfg: a ModelConfig, a preset name (gets :data:`PRETRAIN_MODEL_DEFAULTS_CPU`/GPU and
             ``model_overrides``), or None with ``init``.
-        objective_name: ``mlm``, ``nsp``, ``electra``, ``clm``, ``denoise``, ``span-corruption``, ``plm``, ``mtlm``, ``mass``.
+        objective_name: one of :func:`~transferlab.objectives.objective_names` (or an alias).
         objective_settings: fields of the objective's config (``{"mask_prob": 0.2}``).
         train_cfg: a :class:`TrainConfig` (``dtype=auto`` is resolved and recorded).
         data_dir: a folder written by ``transferlab prepare``.
@@ -234,7 +235,7 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
         else:
             if model_cfg is None:
                 raise ConfigError("pretrain needs a preset (--preset NAME) or a model to continue (--init DIR)")
-            need = getattr(objective, "heads", None) or {}
+            need = objective.heads
             if isinstance(model_cfg, str):
                 cfg = pretrain_model_config(model_cfg, model_overrides, info.device, heads=need)
                 saved_settings = _finetune_settings(model_cfg, model_overrides)
@@ -312,7 +313,10 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
             from ..cost import format_report
 
             summary["cost"] = tracker.stop()
-            print(format_report(summary["cost"]))
+            # without the cost block's wall-clock throughput row: the run's one summary line
+            # (runlog.summary_line, printed by the command) reports time and tokens/s
+            print("\n".join(line for line in format_report(summary["cost"]).splitlines()
+                            if not line.lstrip().startswith("tokens ")))
         if info.is_main:
             from ..utils import atomic_dir
 
@@ -325,7 +329,7 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
             png = plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png",
                                   f"{objective_name} · {model_cfg if isinstance(model_cfg, str) else init or 'model'}")
             summary.update(out_dir=str(out), model_dir=str(model_dir), loss_curve=str(png) if png else None,
-                           params=final.num_parameters(), objective=getattr(objective, "name", objective_name))
+                           params=final.num_parameters(), objective=objective.name or objective_name)
             atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -344,43 +348,31 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
     return summary
 
 
-def _cost_tracker(trainer: Any, model: Any, objective: Any, train_cfg: TrainConfig, out: Path, cost: Any,
+def _cost_tracker(trainer: Any, model: Any, objective: Objective, train_cfg: TrainConfig, out: Path, cost: Any,
                   info: Any) -> Any:
     """A started CostTracker fed by the trainer's step records (main process only).
 
     Step records carry the global (all-reduced) token and target counts, so one tracker on rank 0
-    accounts for the whole job. MLM-style objectives predict only their targets (sparse
-    prediction), so only those positions are billed for the vocabulary projection; ELECTRA's
-    generator is billed on top of the discriminator.
+    accounts for the whole job. The objective bills its own steps when the default estimate
+    cannot see its shapes (``step_flops``: ELECTRA's generator, plm's query slots, mass's short
+    decoder); otherwise ``step_tokens / seq_len`` sequences are billed, with only the targets
+    projected to the vocabulary for ``sparse_targets`` objectives (MLM-style).
     """
-    from ..cost import CostConfig, CostTracker, estimate_flops
+    from ..cost import CostConfig, CostTracker
 
     enc_dec = model.config.is_encoder_decoder
     T = train_cfg.seq_len
     tracker = CostTracker(model, kind="pretrain", out_dir=out, config=cost or CostConfig(), dtype=train_cfg.dtype,
                           device=info.device, seq_len=T, decoder_len=T if enc_dec else None)
-    sparse = getattr(objective, "name", "") in ("mlm", "nsp", "mlm+nsp", "electra")
-    generator = getattr(getattr(trainer, "model", None), "generator", None)
-    # ELECTRA: the generator with its generator_proj and its head back to the embedding width
-    gen_cfg = getattr(trainer.model, "generator_flops_config", None) if generator is not None else None
-    # objectives whose shapes the default estimate cannot see (plm's query slots, mass's short
-    # decoder, mtlm's sparse targets) bill their own steps
-    step_flops = getattr(objective, "step_flops", None)
 
     def on_step(record: dict[str, Any]) -> None:
         tokens = int(record.get("step_tokens", 0))
-        if step_flops is not None:
-            tracker.add(tokens=tokens, flops=step_flops(model.config, T, tokens, float(record.get("n_targets", 0))))
+        flops = objective.step_flops(model.config, T, tokens, float(record.get("n_targets", 0)))
+        if flops is not None:
+            tracker.add(tokens=tokens, flops=flops)
             return
-        n_pred = float(record["n_targets"]) if sparse and "n_targets" in record else None
-        flops = None
-        if generator is not None:  # ELECTRA: discriminator on every token + generator MLM
-            n_seq = tokens / T
-            per_seq = (n_pred or 0.0) / max(n_seq, 1e-9)
-            flops = n_seq * (estimate_flops(model.config, T, "train", None, 0.0)
-                             + estimate_flops(gen_cfg or generator.config, T, "train", None, per_seq))
-            n_pred = None
-        tracker.add(tokens=tokens, flops=flops, n_predicted=n_pred)
+        n_pred = float(record["n_targets"]) if objective.sparse_targets and "n_targets" in record else None
+        tracker.add(tokens=tokens, flops=None, n_predicted=n_pred)
 
     trainer.on_step.append(on_step)
     return tracker.start()
