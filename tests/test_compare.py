@@ -8,9 +8,11 @@ import yaml
 from transferlab.cli import main
 from transferlab.config import ModelConfig
 from transferlab.errors import ConfigError
-from transferlab.evaluation import compare as cmp
-from transferlab.evaluation.compare import load_compare_config, parse_compare_config, read_results, run_compare
-from transferlab.evaluation.plots import pareto_front
+from transferlab.experiments import config as ccfg
+from transferlab.experiments import grid
+from transferlab.experiments.config import load_compare_config, parse_compare_config
+from transferlab.experiments.grid import read_results, run_compare
+from transferlab.experiments.plots import pareto_front
 from transferlab.models.model import build_model
 from transferlab.tokenizer import Tokenizer
 
@@ -83,7 +85,7 @@ def test_compare_grid_tables_plots_and_resume(setup, monkeypatch):
 
     def counting(cell, out_dir):
         calls.append(cell.key)
-        return cmp._run_finetune_cell(cell, out_dir)
+        return grid.run_finetune_cell(cell, out_dir)
 
     rep = run_compare(cfg, progress=False, runner=counting)
     assert rep.n_cells == 16 and rep.n_run == 16 and rep.n_skipped == 0 and not rep.failures
@@ -186,7 +188,7 @@ def test_parse_builtin_task_all_size_and_presets(tmp_path):
                                base=tmp_path)
     assert cfg.tasks[0].builtin and cfg.train_sizes == [100, None] and cfg.out_dir == tmp_path / "x"
     assert cfg.models[1].model == "bert-mini"  # a preset name stays a name
-    cells = cmp.plan_cells(cfg)
+    cells = ccfg.plan_cells(cfg)
     assert [(c.method.name, c.size_label) for c in cells] == [("tfidf-svm", "100"), ("s", "100"), ("tfidf-svm", "all"), ("s", "all")]
     assert cells[0].spec_hash == cells[2].spec_hash != cells[1].spec_hash  # size and seed are not in the hash
 
@@ -203,11 +205,11 @@ def test_min_steps_raises_epochs_for_small_sizes(tmp_path):
                                 "models": [{"name": "a", "model": "builtin:minilm"},
                                            {"name": "b", "model": "builtin:minilm", "min_steps": 0}]}, base=tmp_path)
     a, b = cfg.models
-    assert cmp.cell_epochs(a, 100) == 32.0  # 200 steps x 16 / 100 examples
-    assert cmp.cell_epochs(a, 3000) == 3.0 and cmp.cell_epochs(a, None) == 3.0
-    assert cmp.cell_epochs(b, 100) == 3.0
+    assert grid.cell_epochs(a, 100) == 32.0  # 200 steps x 16 / 100 examples
+    assert grid.cell_epochs(a, 3000) == 3.0 and grid.cell_epochs(a, None) == 3.0
+    assert grid.cell_epochs(b, 100) == 3.0
     # min_steps is part of a cell's settings: changing it reruns the method
-    assert cmp.Cell(a, cfg.tasks[0], 100, 0, True).spec_hash != cmp.Cell(b, cfg.tasks[0], 100, 0, True).spec_hash
+    assert ccfg.Cell(a, cfg.tasks[0], 100, 0, True).spec_hash != ccfg.Cell(b, cfg.tasks[0], 100, 0, True).spec_hash
     with pytest.raises(ConfigError, match="min_steps must be a non-negative integer"):
         parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "min_steps": -1,
                               "models": [{"name": "a", "model": "builtin:minilm"}]}, base=tmp_path)
@@ -218,7 +220,7 @@ def test_method_train_sizes_limit_its_cells(tmp_path):
     cfg = parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "train_sizes": [100, 300, "all"], "seeds": [0, 1],
                                 "models": ["majority", {"name": "big", "model": "builtin:minilm", "train_sizes": [100, 300]},
                                            {"baseline": "tfidf-logreg", "train_sizes": ["all"]}]}, base=tmp_path)
-    cells = [(c.method.name, c.size_label, c.seed) for c in cmp.plan_cells(cfg)]
+    cells = [(c.method.name, c.size_label, c.seed) for c in ccfg.plan_cells(cfg)]
     assert [c for c in cells if c[0] == "big"] == [("big", "100", 0), ("big", "100", 1), ("big", "300", 0), ("big", "300", 1)]
     assert [c for c in cells if c[0] == "tfidf-logreg"] == [("tfidf-logreg", "all", 0), ("tfidf-logreg", "all", 1)]
     assert len([c for c in cells if c[0] == "majority"]) == 6

@@ -41,7 +41,7 @@ def apply_finetune_overrides(raw: dict, items: list[str]) -> dict:
     Values are parsed and range-checked as FinetuneConfig fields before anything runs."""
     from ..config import apply_overrides
     from ..errors import ConfigError
-    from ..evaluation.compare import _CELL_FIELDS
+    from ..experiments.config import CELL_FIELDS
     from ..finetune import FinetuneConfig
     from .finetune import finetune_overrides
 
@@ -49,7 +49,7 @@ def apply_finetune_overrides(raw: dict, items: list[str]) -> dict:
     if not parsed:
         return raw
     names = [k.split(".", 1)[1] for k in parsed]
-    fixed = sorted(set(names) & set(_CELL_FIELDS))
+    fixed = sorted(set(names) & set(CELL_FIELDS))
     if fixed:
         raise ConfigError(f"override finetune.{fixed[0]}: set per cell by the comparison; use the config's "
                           "tasks/train_sizes/seeds/models entries instead")
@@ -71,8 +71,8 @@ def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..config import load_config_file
-    from ..evaluation.compare import load_compare_config, parse_compare_config, plan_cells, read_results, run_compare
-
+    from ..experiments.config import load_compare_config, parse_compare_config, plan_cells
+    from ..experiments.grid import read_results, run_compare
     from ..outputs import Output
 
     if args.overrides:

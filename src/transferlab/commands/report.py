@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ..evaluation.report import write_report
+    from ..experiments.report import write_report
 
     for f in write_report(args.folder):
         print(f"wrote {f}")

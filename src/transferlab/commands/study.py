@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _study(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..evaluation.study import STUDIES, get_study, make_setting, run_study
+    from ..experiments.study import STUDIES, get_study, make_setting, run_study
 
     if args.list:
         for s in STUDIES.values():
