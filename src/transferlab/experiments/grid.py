@@ -36,11 +36,20 @@ RESULTS = "results.jsonl"
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``results.jsonl``.
+    """Rows of a ``results.jsonl`` (a comparison's or a study's).
 
     A torn row (an append cut by ``kill -9`` or a full disk: not JSON) is skipped with a warning
     wherever it is, so its cell simply reruns; rows are appended on a fresh line
     (:func:`transferlab.outputs.append_jsonl`), so a torn row never swallows the next one.
+
+    Args:
+        path: the log (a missing file reads as no rows).
+
+    Returns:
+        The rows in file order.
+
+    Raises:
+        DataError: a row without the keys that identify a cell (method, task, train_size, seed, spec).
     """
     from ..outputs import read_jsonl
 
@@ -53,7 +62,16 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row on a fresh line and fsync: a row is either fully there or cut and ignored."""
+    """Append one result row to a ``results.jsonl`` on a fresh line and fsync it.
+
+    A row is either fully there or cut and ignored by :func:`read_results` (its cell then
+    reruns). Paths, numpy/torch scalars and dataclasses in ``row`` are written as JSON values.
+
+    Args:
+        path: the log (created with its folder if missing).
+        row: one cell's result; it needs ``method``, ``task``, ``train_size``, ``seed`` and
+            ``spec`` to be read back.
+    """
     from ..outputs import append_jsonl
 
     append_jsonl(path, row, default=_json_default)
@@ -111,6 +129,7 @@ class _TaskCache:
 
 
 def _run_baseline_cell(cell: Cell, tasks: _TaskCache, cost: dict[str, Any]) -> dict[str, Any]:
+    """A baseline cell's part of its result row (the shape :func:`run_finetune_cell` returns)."""
     from ..cost import CostConfig, CostTracker
 
     data = tasks.get(cell.task)
@@ -129,6 +148,20 @@ def _run_baseline_cell(cell: Cell, tasks: _TaskCache, cost: dict[str, Any]) -> d
 
 
 def run_finetune_cell(cell: Cell, out_dir: Path | None) -> dict[str, Any]:
+    """Fine-tune one transformer cell: the method's settings on its task, size and seed.
+
+    The default :data:`Runner` of :func:`run_compare`; the study runner calls it too, after
+    pointing the cell's method at the model it pre-trained.
+
+    Args:
+        cell: the cell (its method must have a ``model``).
+        out_dir: where the fine-tuned model goes, or None to keep nothing.
+
+    Returns:
+        The cell's part of its result row: ``task_type``, ``validation`` and ``test`` metrics,
+        ``train_seconds``, ``n_train``, ``train_tokens``, ``best_epoch``, ``params`` (steps,
+        why it stopped) and ``cost`` (the cost tracker's report).
+    """
     from ..finetune import FinetuneConfig, finetune
 
     m, t = cell.method, cell.task
