@@ -9,7 +9,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare", help="run a grid of models/baselines x tasks x train sizes x seeds; tables and plots",
         description="Run every unfinished cell of a comparison (methods x tasks x train sizes x seeds), appending "
-        "one row per finished cell to OUT/results.jsonl (a rerun skips finished cells), then write OUT/summary.md "
+        "one row per finished cell to OUT/results.jsonl (a rerun skips finished cells, and a fine-tuning cell killed "
+        "midway resumes from its checkpoints under OUT/cells/), then write OUT/summary.md "
         "and OUT/summary.csv (mean ± std over seeds with training time and cost) and OUT/plots/ (learning curves, "
         "score vs cost with the Pareto front). The config format is in docs/evaluation.md.",
         epilog="overrides (right after CONFIG, before the flags; the grammar of `transferlab finetune`):\n"

@@ -35,6 +35,7 @@ CELL_FIELDS = ("model", "task", "train_file", "validation_file", "test_file", "t
                "label_column", "task_type", "from_scratch", "train_size", "seed", "out_dir", "eval_on_test")
 _TASK_FILE_KEYS = ("train_file", "validation_file", "test_file", "task_type", "text_column", "pair_column", "label_column")
 GROUPS = ("pre-trained", "from scratch", "tf-idf", "majority", "lead")
+_CADENCE = ("save_every", "keep_last")  #: finetune settings that are not part of a cell's fingerprint
 
 
 # ------------------------------------------------------------------------------ config
@@ -298,8 +299,11 @@ class Cell:
     def spec_hash(self) -> str:
         """A fingerprint of everything that determines the cell's result except size and seed."""
         m = self.method
+        # checkpoint cadence does not change a result (a resumed run is bit-identical): setting
+        # it on a finished grid must not rerun it
+        ft = {k: v for k, v in m.finetune.items() if k not in _CADENCE}
         spec = {"baseline": m.baseline, "c_grid": m.c_grid, "model": m.model, "from_scratch": m.from_scratch,
-                "finetune": m.finetune, "task": self.task.name, "task_files": self.task.files,
+                "finetune": ft, "task": self.task.name, "task_files": self.task.files,
                 "eval_on_test": self.eval_on_test}
         if m.min_steps and not m.baseline:  # only when it matters, so rows written without it keep their hash
             spec["min_steps"] = m.min_steps

@@ -7,6 +7,11 @@ so editing a method's settings reruns that method and ignores its old rows). Aft
 (task, train size, method) with training time and cost columns) and ``plots/`` the learning
 curves and metric-vs-cost Pareto plots.
 
+A transformer cell runs in its own folder, ``out_dir/cells/<method>/<task>/n<size>/seed<seed>``,
+where fine-tuning keeps its checkpoints (:mod:`transferlab.finetune.loop`): a grid killed in the
+middle of a cell resumes that cell from its latest checkpoint and ends with the row an
+uninterrupted run writes. The folder goes once the row is written, unless ``save_models``.
+
 Every method gets the same labelled examples for a given seed and size: baselines and
 fine-tuning both draw them with :func:`transferlab.finetune.tasks.subsample`.
 
@@ -19,7 +24,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import hashlib
 import os
+import re
+import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -85,6 +93,83 @@ def _json_default(o: Any) -> Any:
     if dataclasses.is_dataclass(o):
         return dataclasses.asdict(o)
     return str(o)
+
+
+# ------------------------------------------------------------------------------ cell folders
+CELLS = "cells"  #: under out_dir: one folder per transformer cell (checkpoints, then the saved model)
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _path_part(name: str) -> str:
+    """``name`` as one path component: kept when already safe, else slugged plus a short hash
+    (method names such as ``BART w/ Token Masking`` must not nest folders or collide)."""
+    if _SAFE.fullmatch(name):
+        return name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:48] or "cell"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+
+
+def cell_dir(out_dir: Path, cell: Cell) -> Path:
+    """The folder of a transformer cell: ``out_dir/cells/<method>/<task>/n<size>/seed<seed>``.
+
+    Args:
+        out_dir: the comparison's folder.
+        cell: the cell.
+
+    Returns:
+        The folder (not created).
+    """
+    return (Path(out_dir) / CELLS / _path_part(cell.method.name) / _path_part(cell.task.name)
+            / f"n{cell.size_label}" / f"seed{cell.seed}")
+
+
+def _spec_file(folder: Path) -> Path:
+    # beside the folder, not in it: the folder is a fine-tune output, which admits no foreign files
+    return folder.with_name(folder.name + ".spec")
+
+
+def claim_cell_dir(out_dir: Path, cell: Cell) -> Path:
+    """The cell's folder, ready for its run: what a killed run of the same settings left there
+    (fine-tuning checkpoints) is kept so the cell resumes; a folder left by other settings
+    (the method was edited since) is removed, so its checkpoints are never resumed.
+
+    Args:
+        out_dir: the comparison's folder.
+        cell: the transformer cell about to run.
+
+    Returns:
+        :func:`cell_dir` of the cell, with its settings' fingerprint recorded beside it.
+    """
+    from ..utils import atomic_write_text
+
+    folder = cell_dir(out_dir, cell)
+    spec = _spec_file(folder)
+    mine = spec.is_file() and spec.read_text(encoding="utf-8").strip() == cell.spec_hash
+    if folder.exists() and not mine:
+        shutil.rmtree(folder)
+    if not mine:
+        atomic_write_text(spec, cell.spec_hash + "\n")
+    return folder
+
+
+def drop_cell_dir(out_dir: Path, cell: Cell) -> None:
+    """Remove a finished cell's folder and its now empty parents up to ``out_dir/cells``.
+
+    Args:
+        out_dir: the comparison's folder.
+        cell: the finished cell (its row is already in the results log).
+    """
+    folder = cell_dir(out_dir, cell)
+    shutil.rmtree(folder, ignore_errors=True)
+    _spec_file(folder).unlink(missing_ok=True)
+    root = Path(out_dir) / CELLS
+    for parent in folder.parents:
+        if parent == root.parent or not parent.is_dir():
+            break
+        try:
+            parent.rmdir()  # only when empty: other cells' folders stay
+        except OSError:
+            break
 
 
 # ------------------------------------------------------------------------------ running
@@ -155,7 +240,9 @@ def run_finetune_cell(cell: Cell, out_dir: Path | None) -> dict[str, Any]:
 
     Args:
         cell: the cell (its method must have a ``model``).
-        out_dir: where the fine-tuned model goes, or None to keep nothing.
+        out_dir: the cell's folder (:func:`claim_cell_dir`): its checkpoints while it runs, the
+            fine-tuned model at the end; when it holds checkpoints the cell resumes from the
+            latest one. None: no checkpoints, nothing kept.
 
     Returns:
         The cell's part of its result row: ``task_type``, ``validation`` and ``test`` metrics,
@@ -163,6 +250,7 @@ def run_finetune_cell(cell: Cell, out_dir: Path | None) -> dict[str, Any]:
         why it stopped) and ``cost`` (the cost tracker's report).
     """
     from ..finetune import FinetuneConfig, finetune
+    from ..finetune.loop import CHECKPOINTS
 
     m, t = cell.method, cell.task
     kw: dict[str, Any] = dict(m.finetune)
@@ -171,9 +259,11 @@ def run_finetune_cell(cell: Cell, out_dir: Path | None) -> dict[str, Any]:
         kw["task"] = t.name
     else:
         kw.update({k: v for k, v in t.files.items() if v is not None})
+    # checkpoints left by a killed run of this cell (claim_cell_dir removed other settings' ones)
+    resume = out_dir is not None and (out_dir / CHECKPOINTS).is_dir()
     cfg = FinetuneConfig(model=m.model or "", from_scratch=m.from_scratch, train_size=cell.train_size,
                          seed=cell.seed, eval_on_test=cell.eval_on_test, out_dir=str(out_dir) if out_dir else None,
-                         quiet=True, **kw).validate()
+                         quiet=True, resume=resume, **kw).validate()
     res = finetune(cfg)
     return {"task_type": str(getattr(res, "task_type", "") or ""), "validation": dict(res.validation),
             "test": dict(res.test), "train_seconds": float(res.train_seconds), "n_train": int(res.n_train),
@@ -230,8 +320,10 @@ def run_compare(
         progress: a tqdm bar over cells.
         only: run only these method names (the tables still show every finished cell).
         dry_run: list what would run, run nothing, write nothing.
-        runner: how transformer cells run (default: :func:`transferlab.finetune.finetune`);
-            tests pass a stand-in.
+        runner: how transformer cells run (default: :func:`run_finetune_cell`); it gets the
+            cell's folder (:func:`cell_dir`), which holds the cell's fine-tuning checkpoints while
+            it runs, so a cell killed midway resumes from them on the next run; the folder is
+            dropped once the cell's row is written unless ``save_models``. Tests pass a stand-in.
         plots: write the plots.
 
     Returns:
@@ -278,8 +370,7 @@ def run_compare(
                     if cell.method.baseline:
                         part = _run_baseline_cell(cell, tasks, cfg.cost)
                     else:
-                        ck = (cfg.out_dir / "cells" / cell.method.name / cell.task.name / f"n{cell.size_label}"
-                              / f"seed{cell.seed}") if cfg.save_models else None
+                        ck = claim_cell_dir(cfg.out_dir, cell)
                         part = run(cell, ck)
                 except TransferlabError:
                     raise
@@ -300,6 +391,8 @@ def run_compare(
                 }
                 append_row(results_path, row)
                 rows.append(row)
+                if not cell.method.baseline and not cfg.save_models:
+                    drop_cell_dir(cfg.out_dir, cell)  # after its row: a kill before it resumes, not reruns
                 if bar is not None:
                     bar.update(1)
     finally:
