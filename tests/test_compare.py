@@ -351,6 +351,8 @@ def test_a_crashed_cell_resumes_and_other_settings_start_it_afresh(setup, tmp_pa
     cell = grid.cell_dir(tmp_path / "a", ccfg.plan_cells(cfg("a"))[0])
     assert [s for s, _ in list_checkpoints(cell / "checkpoints")] == [2, 4]
     capsys.readouterr()
+    assert main(["compare", str(d / "crash.yaml"), "--dry-run", "--quiet"]) == 0  # the file of cfg("a")
+    assert "part  tiny" in capsys.readouterr().out  # the dry run says the cell will resume
 
     # the same settings resume the cell and end where an uninterrupted run ends
     rep = run_compare(cfg("a"), progress=False, plots=False)

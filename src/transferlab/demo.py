@@ -92,7 +92,16 @@ def _corpus_inputs(cfg: DemoConfig, out: Path) -> list[str]:
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the demo; returns the summary rows and paths (also written to ``summary.json``)."""
+    """Run the demo (every finished step is reused when rerun on the same folder).
+
+    Args:
+        cfg: the demo's sizes and folder.
+        progress: tqdm bars.
+
+    Returns:
+        ``table`` (markdown), ``pretrain`` (its summary), ``plots`` (paths), ``seconds`` and
+        ``out_dir``; the same is written to ``summary.json``.
+    """
     cfg.validate()
     from .data import prepare_corpus
     from .experiments.config import parse_compare_config

@@ -8,6 +8,11 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``study`` subcommand.
+
+    Args:
+        subparsers: the ``transferlab`` parser's subcommands (see :func:`transferlab.cli.build_parser`).
+    """
     p = subparsers.add_parser(
         "study", help="rerun a paper's table (bert-size, objectives, nsp, modifications, ulmfit-curve)",
         description="Run one study (a paper's table: rows pre-trained and fine-tuned in one shared setting: "

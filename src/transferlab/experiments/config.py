@@ -118,8 +118,21 @@ def load_compare_config(path: str | Path, out_dir: str | Path | None = None) -> 
 
 def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: str = "compare config",
                          out_dir: str | Path | None = None) -> CompareConfig:
-    """:func:`load_compare_config` for an already-read mapping (``base``, default the working
-    directory, resolves relative paths)."""
+    """:func:`load_compare_config` for an already-read mapping.
+
+    Args:
+        raw: the comparison's mapping (the file's contents).
+        base: resolves relative paths (default: the working directory).
+        source: what ``raw`` came from, named in every error.
+        out_dir: overrides ``raw["out_dir"]``.
+
+    Returns:
+        The :class:`CompareConfig` (paths made absolute).
+
+    Raises:
+        ConfigError: an unknown key, method, baseline or finetune setting; a bad size or seed
+            list; a missing ``out_dir`` (each message names ``source`` and the field).
+    """
     from ..finetune.config import FinetuneConfig
 
     where = source
@@ -314,6 +327,13 @@ class Cell:
 
 
 def plan_cells(cfg: CompareConfig) -> list[Cell]:
-    """Every cell, ordered task, train size, seed, method: the table fills up row by row."""
+    """Every cell of the grid, ordered task, train size, seed, method: the table fills up row by row.
+
+    Args:
+        cfg: the comparison.
+
+    Returns:
+        The cells (a method with its own ``train_sizes`` only at those sizes).
+    """
     return [Cell(m, t, n, s, cfg.eval_on_test) for t in cfg.tasks for n in cfg.train_sizes for s in cfg.seeds
             for m in cfg.models if m.train_sizes is None or n in m.train_sizes]

@@ -152,6 +152,25 @@ def claim_cell_dir(out_dir: Path, cell: Cell) -> Path:
     return folder
 
 
+def resumes(out_dir: Path, cell: Cell) -> bool:
+    """Whether the cell's next run continues from checkpoints a killed run of it left.
+
+    Args:
+        out_dir: the comparison's folder.
+        cell: a transformer cell.
+
+    Returns:
+        True when its folder holds a complete checkpoint written with the cell's settings.
+    """
+    from ..finetune.loop import CHECKPOINTS
+    from ..training.checkpoint import list_checkpoints
+
+    folder = cell_dir(out_dir, cell)
+    spec = _spec_file(folder)
+    mine = spec.is_file() and spec.read_text(encoding="utf-8").strip() == cell.spec_hash
+    return mine and bool(list_checkpoints(folder / CHECKPOINTS))
+
+
 def drop_cell_dir(out_dir: Path, cell: Cell) -> None:
     """Remove a finished cell's folder and its now empty parents up to ``out_dir/cells``.
 
@@ -276,7 +295,15 @@ def cell_epochs(method: MethodSpec, train_size: int | None) -> float:
     """Epochs of a fine-tuning cell: the configured ones, raised so that the cell takes at least
     ``min_steps`` optimiser steps. With 100 labels and batch 16, 3 epochs are 21 steps, too few
     to move a pre-trained model much (few-sample fine-tuning wants more steps, Mosbach et al.,
-    2021), while 3000 labels need no more; fixed epochs would handicap the small sizes."""
+    2021), while 3000 labels need no more; fixed epochs would handicap the small sizes.
+
+    Args:
+        method: the transformer entry (its ``finetune`` epochs / batch size and ``min_steps``).
+        train_size: the cell's labelled examples (None: the whole split, epochs as configured).
+
+    Returns:
+        Epochs (fractional epochs allowed, as ``finetune`` takes them).
+    """
     from ..finetune.config import FinetuneConfig
 
     epochs = float(method.finetune.get("epochs", FinetuneConfig.epochs))

@@ -115,6 +115,13 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_better: bool = Tr
 
     A point is dominated when another has cost <= and score >= (<= when lower is better) with at
     least one strict inequality.
+
+    Args:
+        points: ``(cost, score)`` pairs.
+        higher_better: whether a higher score is better.
+
+    Returns:
+        Indices into ``points``, cheapest first.
     """
     sign = 1.0 if higher_better else -1.0
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -sign * points[i][1]))

@@ -306,7 +306,14 @@ def render(out: Path, title: str, intro: str, tables: list[Table], images: list[
 
 
 def write_study_report(out: Path) -> list[Path]:
-    """Rebuild a study folder's tables, plots, report.md and report.html from its results."""
+    """Rebuild a study folder's tables, plots, report.md and report.html from its results.
+
+    Args:
+        out: the study folder (with study.json and results.jsonl).
+
+    Returns:
+        The files written.
+    """
     from .grid import read_results
     from .tables import format_csv
     from .studies import STUDY_FILE, load_plan
@@ -362,7 +369,14 @@ def summarize_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_compare_report(out: Path) -> list[Path]:
-    """report.md / report.html of a comparison folder (results.jsonl; plots regenerated)."""
+    """report.md / report.html of a comparison folder (results.jsonl; plots regenerated).
+
+    Args:
+        out: the comparison folder.
+
+    Returns:
+        The files written.
+    """
     from .grid import read_results
     from .tables import format_table
     from .plots import cost_plot, learning_curve
@@ -403,6 +417,12 @@ def markdown_table(text: str, title: str) -> Table:
 
 def write_report(folder: str | Path) -> list[Path]:
     """``transferlab report DIR``: a study folder or a comparison folder.
+
+    Args:
+        folder: the folder.
+
+    Returns:
+        The files written.
 
     Raises:
         ConfigError: ``DIR`` is neither (no study.json, no results.jsonl).

@@ -161,6 +161,17 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
 
 
 def get_study(name: str) -> Study:
+    """The study called ``name``.
+
+    Args:
+        name: a key of :data:`STUDIES` (``transferlab study --list``).
+
+    Returns:
+        Its :class:`Study`.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the known ones).
+    """
     if name not in STUDIES:
         raise ConfigError(f"unknown study {name!r}; known studies: {', '.join(STUDIES)} (see `transferlab study --list`)")
     return STUDIES[name]
@@ -198,6 +209,16 @@ class Setting:
 def make_setting(study: Study, quick: bool = False, budget_minutes: float | None = None, seeds: int | None = None,
                  tasks: Sequence[str] | None = None) -> Setting:
     """The shared setting of ``study`` (``--quick``: tiny models, a few steps, tiny data).
+
+    Args:
+        study: the study.
+        quick: the minutes-long version tests use.
+        budget_minutes: pre-training minutes per row and seed (default: the study's).
+        seeds: seeds ``0..seeds-1`` (default: the study's; 1 with ``quick``).
+        tasks: task columns instead of the study's.
+
+    Returns:
+        The :class:`Setting` every row of the study shares.
 
     Raises:
         ConfigError: a budget or seed count that is not positive; an unknown task; a task that a
@@ -244,6 +265,13 @@ def make_setting(study: Study, quick: bool = False, budget_minutes: float | None
 # ------------------------------------------------------------------------------ folder identity
 def check_folder(out: Path, study: Study) -> dict[str, Any] | None:
     """The folder's study.json, after checking it belongs to ``study``.
+
+    Args:
+        out: the results folder (it may not exist yet).
+        study: the study about to run there.
+
+    Returns:
+        The parsed study.json, or None for a new folder.
 
     Raises:
         ConfigError: the folder holds another study's results, or results without a study.json
@@ -338,7 +366,14 @@ class StudyPlan:
 
 
 def load_plan(out: Path) -> StudyPlan:
-    """The plan recorded in ``out/study.json`` (for ``transferlab report``)."""
+    """The plan recorded in ``out/study.json`` (for ``transferlab report``).
+
+    Args:
+        out: a study folder.
+
+    Returns:
+        Its :class:`StudyPlan` (settings the current code does not know are ignored).
+    """
     meta = json.loads((out / STUDY_FILE).read_text(encoding="utf-8"))
     study = get_study(meta["study"])
     fields = {f.name for f in dataclasses.fields(Setting)}

@@ -20,6 +20,11 @@ COST_COLUMNS = (("energy_kwh", "energy (kWh)"), ("co2e_kg", "CO2e (kg)"), ("pric
 def summarize(rows: list[dict[str, Any]], cfg: CompareConfig) -> list[dict[str, Any]]:
     """Mean and sample std over seeds per (task, train size, method), current settings only.
 
+    Args:
+        rows: result rows (:func:`transferlab.experiments.grid.read_results`); rows of other
+            settings (another spec hash) are left out, and a later row of a cell wins.
+        cfg: the comparison (its cells and order).
+
     Returns:
         One dict per group, in config order (task, size, method): ``task``, ``train_size``,
         ``method``, ``group``, ``metric``, ``split``, ``n`` (seeds), ``n_train``, ``mean``,
@@ -79,7 +84,16 @@ def _cost_columns(summary: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def format_table(summary: list[dict[str, Any]], cfg: CompareConfig | None = None) -> str:
-    """A markdown table: one row per (task, train size, method), mean ± std over n seeds."""
+    """A markdown table: one row per (task, train size, method), mean ± std over n seeds.
+
+    Args:
+        summary: rows of :func:`summarize`.
+        cfg: unused; kept so existing callers that pass it keep working.
+
+    Returns:
+        The table (the best mean of each (task, train size) in bold), or a one-line note when
+        no cell has finished.
+    """
     if not summary:
         return "(no finished cells yet)"
     costs = _cost_columns(summary)
@@ -107,7 +121,14 @@ def format_table(summary: list[dict[str, Any]], cfg: CompareConfig | None = None
 
 
 def format_csv(summary: list[dict[str, Any]]) -> str:
-    """The summary as CSV with separate mean / std columns for every metric."""
+    """The summary as CSV with separate mean / std columns for every metric.
+
+    Args:
+        summary: rows of :func:`summarize`.
+
+    Returns:
+        The CSV text (header first).
+    """
     metric_keys = sorted({k for g in summary for k in g if "/" in k})
     costs = [k for k, _ in _cost_columns(summary)]
     head = ["task", "train_size", "method", "group", "n", "n_train", "metric", "split", "mean", "std",
@@ -122,7 +143,17 @@ def format_csv(summary: list[dict[str, Any]]) -> str:
 
 
 def write_outputs(summary: list[dict[str, Any]], table: str, cfg: CompareConfig, plots: bool = True) -> list[Path]:
-    """Write summary.md, summary.csv and the plots (atomically); return the files."""
+    """Write summary.md, summary.csv and the plots into ``cfg.out_dir`` (each file atomically).
+
+    Args:
+        summary: rows of :func:`summarize`.
+        table: :func:`format_table` of them.
+        cfg: the comparison (folder, split, cost axis, tasks).
+        plots: also write ``plots/`` (a learning curve per task with several sizes, a cost plot).
+
+    Returns:
+        The files written.
+    """
     from ..utils import atomic_write_text
 
     d = cfg.out_dir
@@ -150,7 +181,14 @@ def write_outputs(summary: list[dict[str, Any]], table: str, cfg: CompareConfig,
 
 
 def best_of(summary: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
-    """The best method per (task, train size) by mean score (used to bold the winner)."""
+    """The best method per (task, train size) by mean score (used to bold the winner).
+
+    Args:
+        summary: rows of :func:`summarize`.
+
+    Returns:
+        ``(task, train size) -> method name``.
+    """
     best: dict[tuple[str, str], tuple[float, str]] = {}
     for g in summary:
         k = (g["task"], g["train_size"])
