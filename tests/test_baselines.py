@@ -1,7 +1,7 @@
 import pytest
 
 from transferlab.errors import ConfigError
-from transferlab.evaluation.baselines import (
+from transferlab.experiments.baselines import (
     LeadBaseline,
     MajorityBaseline,
     TfidfBaseline,

@@ -1,4 +1,8 @@
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,11 +12,16 @@ import yaml
 from transferlab.cli import main
 from transferlab.config import ModelConfig
 from transferlab.errors import ConfigError
-from transferlab.evaluation import compare as cmp
-from transferlab.evaluation.compare import load_compare_config, parse_compare_config, read_results, run_compare
-from transferlab.evaluation.plots import pareto_front
+from transferlab.experiments import config as ccfg
+from transferlab.experiments import grid
+from transferlab.experiments.config import load_compare_config, parse_compare_config
+from transferlab.experiments.grid import read_results, run_compare
+from transferlab.experiments.plots import pareto_front
 from transferlab.models.model import build_model
 from transferlab.tokenizer import Tokenizer
+from transferlab.training.checkpoint import list_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
 
 POS = ["a wonderful film , loved it", "great acting and a great story", "wonderful , moving and funny"]
 NEG = ["a terrible film , hated it", "boring plot and awful acting", "awful , dull and too long"]
@@ -38,7 +47,7 @@ def setup(tmp_path_factory):
     return d
 
 
-def _config(d, **over):
+def _config(d, file="cfg.yaml", **over):
     # relative paths are read from the working directory, like every transferlab path
     raw = {
         "out_dir": "out",
@@ -52,7 +61,7 @@ def _config(d, **over):
                    {"name": "tiny-scratch", "model": "tiny", "from_scratch": True}],
     }
     raw.update(over)
-    path = d / "cfg.yaml"
+    path = d / file
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -83,7 +92,7 @@ def test_compare_grid_tables_plots_and_resume(setup, monkeypatch):
 
     def counting(cell, out_dir):
         calls.append(cell.key)
-        return cmp._run_finetune_cell(cell, out_dir)
+        return grid.run_finetune_cell(cell, out_dir)
 
     rep = run_compare(cfg, progress=False, runner=counting)
     assert rep.n_cells == 16 and rep.n_run == 16 and rep.n_skipped == 0 and not rep.failures
@@ -186,7 +195,7 @@ def test_parse_builtin_task_all_size_and_presets(tmp_path):
                                base=tmp_path)
     assert cfg.tasks[0].builtin and cfg.train_sizes == [100, None] and cfg.out_dir == tmp_path / "x"
     assert cfg.models[1].model == "bert-mini"  # a preset name stays a name
-    cells = cmp.plan_cells(cfg)
+    cells = ccfg.plan_cells(cfg)
     assert [(c.method.name, c.size_label) for c in cells] == [("tfidf-svm", "100"), ("s", "100"), ("tfidf-svm", "all"), ("s", "all")]
     assert cells[0].spec_hash == cells[2].spec_hash != cells[1].spec_hash  # size and seed are not in the hash
 
@@ -203,11 +212,11 @@ def test_min_steps_raises_epochs_for_small_sizes(tmp_path):
                                 "models": [{"name": "a", "model": "builtin:minilm"},
                                            {"name": "b", "model": "builtin:minilm", "min_steps": 0}]}, base=tmp_path)
     a, b = cfg.models
-    assert cmp.cell_epochs(a, 100) == 32.0  # 200 steps x 16 / 100 examples
-    assert cmp.cell_epochs(a, 3000) == 3.0 and cmp.cell_epochs(a, None) == 3.0
-    assert cmp.cell_epochs(b, 100) == 3.0
+    assert grid.cell_epochs(a, 100) == 32.0  # 200 steps x 16 / 100 examples
+    assert grid.cell_epochs(a, 3000) == 3.0 and grid.cell_epochs(a, None) == 3.0
+    assert grid.cell_epochs(b, 100) == 3.0
     # min_steps is part of a cell's settings: changing it reruns the method
-    assert cmp.Cell(a, cfg.tasks[0], 100, 0, True).spec_hash != cmp.Cell(b, cfg.tasks[0], 100, 0, True).spec_hash
+    assert ccfg.Cell(a, cfg.tasks[0], 100, 0, True).spec_hash != ccfg.Cell(b, cfg.tasks[0], 100, 0, True).spec_hash
     with pytest.raises(ConfigError, match="min_steps must be a non-negative integer"):
         parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "min_steps": -1,
                               "models": [{"name": "a", "model": "builtin:minilm"}]}, base=tmp_path)
@@ -218,7 +227,7 @@ def test_method_train_sizes_limit_its_cells(tmp_path):
     cfg = parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "train_sizes": [100, 300, "all"], "seeds": [0, 1],
                                 "models": ["majority", {"name": "big", "model": "builtin:minilm", "train_sizes": [100, 300]},
                                            {"baseline": "tfidf-logreg", "train_sizes": ["all"]}]}, base=tmp_path)
-    cells = [(c.method.name, c.size_label, c.seed) for c in cmp.plan_cells(cfg)]
+    cells = [(c.method.name, c.size_label, c.seed) for c in ccfg.plan_cells(cfg)]
     assert [c for c in cells if c[0] == "big"] == [("big", "100", 0), ("big", "100", 1), ("big", "300", 0), ("big", "300", 1)]
     assert [c for c in cells if c[0] == "tfidf-logreg"] == [("tfidf-logreg", "all", 0), ("tfidf-logreg", "all", 1)]
     assert len([c for c in cells if c[0] == "majority"]) == 6
@@ -237,3 +246,141 @@ def test_shipped_example_configs_parse(path):
     c = load_compare_config(path)
     assert c.models and c.tasks and c.seeds
     assert len({m.name for m in c.models}) == len(c.models)
+
+
+# ------------------------------------------------------------------------------ cell resume
+#: fine-tuning that checkpoints every 2 steps, with dropout so a resume must restore the RNG too
+_RESUMABLE = {"epochs": 2, "batch_size": 4, "max_length": 24, "dtype": "fp32", "lr": 1e-3, "dropout": 0.1,
+              "save_every": 2, "device": "cpu"}
+
+#: `transferlab compare CONFIG` that SIGKILLs itself when the cell (tiny, seed 1) is about to
+#: run its optimiser step 5: a deterministic point in the middle of a cell, not a timing race
+_KILL_MID_CELL = r"""
+import os, signal, sys
+import transferlab.experiments.grid as grid
+import transferlab.finetune.loop as loop
+current = {}
+run_cell, train_step = grid.run_finetune_cell, loop._train_step
+def cell(c, out_dir):
+    current["cell"] = (c.method.name, c.seed)
+    return run_cell(c, out_dir)
+def step(*a, **k):
+    if current.get("cell") == ("tiny", 1) and a[-1] == 5:  # a[-1]: the step about to run
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_step(*a, **k)
+grid.run_finetune_cell, loop._train_step = cell, step
+from transferlab.cli import main
+sys.exit(main(["compare", sys.argv[1], "--quiet", "--no-plots"]))
+"""
+
+
+def _popen(*argv: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1",
+           "TRANSFERLAB_PEAK_FLOPS": "1e10"}  # no peak benchmark in the children
+    return subprocess.Popen([sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+
+
+def _done(proc: subprocess.Popen, rc: int = 0) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == rc, err.decode()[-2000:]
+    return out.decode()
+
+
+def _scores(d: Path) -> dict:
+    """What a cell's result is (timing and cost aside), by cell."""
+    return {(r["method"], r["seed"]): (r["validation"], r["test"], r["n_train"], r.get("best_epoch"),
+                                       r.get("train_tokens"), r.get("params"))
+            for r in read_results(d / "results.jsonl")}
+
+
+def _table(d: Path) -> list[list[str]]:
+    """summary.md's rows up to the validation column (train time and cost differ run to run)."""
+    return [[c.strip() for c in ln.split("|")[1:8]] for ln in (d / "summary.md").read_text().splitlines()
+            if ln.startswith("| toy")]
+
+
+def test_kill_9_mid_cell_resumes_that_cell_from_its_checkpoint(setup, tmp_path):
+    d = setup
+    models = ["majority", {"name": "tiny", "model": str(d / "tiny")}]
+    paths = {name: _config(d, f"kill-{name}.yaml", out_dir=str(tmp_path / name), models=models, train_sizes=[30],
+                           finetune=_RESUMABLE)
+             for name in ("ref", "killed")}
+    reference = _popen("-m", "transferlab", "compare", str(paths["ref"]), "--quiet", "--no-plots", cwd=d)
+    _done(_popen("-c", _KILL_MID_CELL, str(paths["killed"]), cwd=d), rc=-signal.SIGKILL)
+
+    out = tmp_path / "killed"
+    assert set(_scores(out)) == {("majority", 0), ("tiny", 0), ("majority", 1)}  # cut in (tiny, seed 1)
+    cell = out / "cells" / "tiny" / "toy" / "n30" / "seed1"
+    assert [s for s, _ in list_checkpoints(cell / "checkpoints")] == [2, 4]
+    assert not (out / "cells" / "tiny" / "toy" / "n30" / "seed0").exists()  # a finished cell's folder goes
+
+    resumed = _done(_popen("-m", "transferlab", "compare", str(paths["killed"]), "--quiet", "--no-plots", cwd=d))
+    assert f"resumed from {cell / 'checkpoints'}" in resumed  # from step 4, not from scratch
+    assert "4 cells: 3 already finished, 1 run now" in resumed
+    _done(reference)
+    ref = tmp_path / "ref"
+    assert _scores(out) == _scores(ref)
+    assert _table(out) == _table(ref) and len(_table(ref)) == 2
+    assert not (out / "cells").exists()  # save_models is off: nothing of the cells is kept
+
+
+def test_a_crashed_cell_resumes_and_other_settings_start_it_afresh(setup, tmp_path, monkeypatch, capsys):
+    import transferlab.finetune.loop as loop
+
+    d = setup
+    monkeypatch.chdir(d)
+    models = [{"name": "tiny", "model": str(d / "tiny")}]
+
+    def cfg(out, **ft):
+        return load_compare_config(_config(d, "crash.yaml", out_dir=str(tmp_path / out), models=models,
+                                           train_sizes=[30], seeds=[0], finetune={**_RESUMABLE, **ft}))
+
+    ref = run_compare(cfg("ref"), progress=False, plots=False)
+    real = loop._train_step
+
+    def crash(*a, **k):
+        if a[-1] == 5:
+            raise RuntimeError("cell crashed")
+        return real(*a, **k)
+
+    for out in ("a", "b"):
+        monkeypatch.setattr(loop, "_train_step", crash)
+        rep = run_compare(cfg(out), progress=False, plots=False)
+        assert rep.n_run == 0 and "cell crashed" in rep.failures[0]["error"]
+        monkeypatch.setattr(loop, "_train_step", real)
+    cell = grid.cell_dir(tmp_path / "a", ccfg.plan_cells(cfg("a"))[0])
+    assert [s for s, _ in list_checkpoints(cell / "checkpoints")] == [2, 4]
+    capsys.readouterr()
+    assert main(["compare", str(d / "crash.yaml"), "--dry-run", "--quiet"]) == 0  # the file of cfg("a")
+    assert "part  tiny" in capsys.readouterr().out  # the dry run says the cell will resume
+
+    # the same settings resume the cell and end where an uninterrupted run ends
+    rep = run_compare(cfg("a"), progress=False, plots=False)
+    assert rep.n_run == 1 and f"resumed from {cell / 'checkpoints'}" in capsys.readouterr().out
+    assert _scores(tmp_path / "a") == _scores(tmp_path / "ref") and _table(tmp_path / "a") == _table(tmp_path / "ref")
+    assert ref.n_run == 1 and not (tmp_path / "a" / "cells").exists()
+
+    # edited settings: the old checkpoints are not resumed (nor refused as another run's): a fresh start
+    seen = []
+
+    def spy(c, out_dir):
+        seen.append((out_dir / "checkpoints").exists())
+        return grid.run_finetune_cell(c, out_dir)
+
+    rep = run_compare(cfg("b", lr=2e-3), progress=False, plots=False, runner=spy)
+    assert rep.n_run == 1 and not rep.failures and seen == [False]
+    assert "resumed from" not in capsys.readouterr().out
+
+    # checkpoint cadence is not a setting of the cell: changing it reruns nothing
+    c1, c2 = ccfg.plan_cells(cfg("b", lr=2e-3))[0], ccfg.plan_cells(cfg("b", lr=2e-3, save_every=0, keep_last=1))[0]
+    assert c1.spec_hash == c2.spec_hash
+
+
+def test_cell_folders_are_one_safe_path_component_per_name(tmp_path):
+    cfg = parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "train_sizes": [100],
+                                "models": [{"name": "BART w/ Token Masking", "model": "builtin:minilm"},
+                                           {"name": "bert-mini", "model": "builtin:minilm"}]}, base=tmp_path)
+    a, b = (grid.cell_dir(cfg.out_dir, c) for c in ccfg.plan_cells(cfg))
+    assert b == tmp_path / "x" / "cells" / "bert-mini" / "imdb" / "n100" / "seed0"
+    assert a.relative_to(tmp_path / "x" / "cells").parts[0].startswith("BART-w-Token-Masking-")
+    assert len(a.relative_to(tmp_path / "x" / "cells").parts) == 4

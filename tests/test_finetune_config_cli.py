@@ -172,7 +172,7 @@ models:
 def test_compare_overrides_beat_global_and_per_model_finetune_sections(tmp_path):
     from transferlab.commands.compare import apply_finetune_overrides
     from transferlab.config import load_config_file
-    from transferlab.evaluation.compare import parse_compare_config
+    from transferlab.experiments.config import parse_compare_config
 
     f = _yaml(tmp_path, _COMPARE.format(out=tmp_path / "cmp"), "cmp.yaml")
     raw = apply_finetune_overrides(load_config_file(f), ["finetune.lr=3e-4", "finetune.dtype=fp32",

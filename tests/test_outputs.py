@@ -312,7 +312,7 @@ def test_a_row_after_a_torn_tail_starts_on_a_fresh_line(tmp_path, capsys):
 
 
 def test_compare_keeps_going_after_a_torn_row(tmp_path, capsys):
-    from transferlab.evaluation.compare import _append_row, read_results
+    from transferlab.experiments.grid import append_row as _append_row, read_results
 
     row = {"method": "m", "task": "t", "train_size": 10, "seed": 0, "spec": "x"}
     log = tmp_path / "results.jsonl"

@@ -6,7 +6,7 @@
 3. pre-train ``bert-mini`` with masked language modelling for a wall-clock budget;
 4. on ``imdb`` with a small labelled set, over several seeds: fine-tune that model, the same
    architecture from scratch, the real all-MiniLM-L6-v2 checkpoint, and fit TF-IDF + logistic
-   regression and the majority class (the comparison grid of :mod:`transferlab.evaluation.compare`);
+   regression and the majority class (the comparison grid of :mod:`transferlab.experiments.grid`);
 5. print one table — method, accuracy (mean ± std over seeds), training time, energy, CO2e, price —
    and write ``summary.md``, the plots (pre-training loss curve, learning curve, accuracy vs cost)
    and every intermediate artefact into one run directory.
@@ -92,10 +92,20 @@ def _corpus_inputs(cfg: DemoConfig, out: Path) -> list[str]:
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the demo; returns the summary rows and paths (also written to ``summary.json``)."""
+    """Run the demo (every finished step is reused when rerun on the same folder).
+
+    Args:
+        cfg: the demo's sizes and folder.
+        progress: tqdm bars.
+
+    Returns:
+        ``table`` (markdown), ``pretrain`` (its summary), ``plots`` (paths), ``seconds`` and
+        ``out_dir``; the same is written to ``summary.json``.
+    """
     cfg.validate()
     from .data import prepare_corpus
-    from .evaluation.compare import parse_compare_config, run_compare
+    from .experiments.config import parse_compare_config
+    from .experiments.grid import run_compare
     from .tokenizer import Tokenizer
     from .training.config import TrainConfig
     from .training.pretrain import pretrain

@@ -576,7 +576,7 @@ def probe(
     Returns:
         :class:`ProbeResult`.
     """
-    from .evaluation.baselines import _task_data, subsample
+    from .experiments.baselines import _task_data, subsample
 
     if pooling == "none":
         raise ConfigError("probe needs a pooled vector per example: pooling cls, mean or last")

@@ -6,10 +6,16 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``compare`` subcommand.
+
+    Args:
+        subparsers: the ``transferlab`` parser's subcommands (see :func:`transferlab.cli.build_parser`).
+    """
     p = subparsers.add_parser(
         "compare", help="run a grid of models/baselines x tasks x train sizes x seeds; tables and plots",
         description="Run every unfinished cell of a comparison (methods x tasks x train sizes x seeds), appending "
-        "one row per finished cell to OUT/results.jsonl (a rerun skips finished cells), then write OUT/summary.md "
+        "one row per finished cell to OUT/results.jsonl (a rerun skips finished cells, and a fine-tuning cell killed "
+        "midway resumes from its checkpoints under OUT/cells/), then write OUT/summary.md "
         "and OUT/summary.csv (mean ± std over seeds with training time and cost) and OUT/plots/ (learning curves, "
         "score vs cost with the Pareto front). The config format is in docs/evaluation.md.",
         epilog="overrides (right after CONFIG, before the flags; the grammar of `transferlab finetune`):\n"
@@ -38,10 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def apply_finetune_overrides(raw: dict, items: list[str]) -> dict:
     """``raw`` (a comparison file's mapping) with ``finetune.KEY=VALUE`` items set in its global
     ``finetune:`` section and in every transformer entry's own one (an override beats both).
-    Values are parsed and range-checked as FinetuneConfig fields before anything runs."""
+    Values are parsed and range-checked as FinetuneConfig fields before anything runs.
+
+    Args:
+        raw: the comparison file's mapping (not changed).
+        items: ``finetune.KEY=VALUE`` strings.
+
+    Returns:
+        A copy of ``raw`` with the overrides applied (``raw`` itself without items).
+
+    Raises:
+        ConfigError: an unknown key or a bad value, or a key the comparison sets per cell.
+    """
     from ..config import apply_overrides
     from ..errors import ConfigError
-    from ..evaluation.compare import _CELL_FIELDS
+    from ..experiments.config import CELL_FIELDS
     from ..finetune import FinetuneConfig
     from .finetune import finetune_overrides
 
@@ -49,7 +66,7 @@ def apply_finetune_overrides(raw: dict, items: list[str]) -> dict:
     if not parsed:
         return raw
     names = [k.split(".", 1)[1] for k in parsed]
-    fixed = sorted(set(names) & set(_CELL_FIELDS))
+    fixed = sorted(set(names) & set(CELL_FIELDS))
     if fixed:
         raise ConfigError(f"override finetune.{fixed[0]}: set per cell by the comparison; use the config's "
                           "tasks/train_sizes/seeds/models entries instead")
@@ -71,8 +88,8 @@ def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..config import load_config_file
-    from ..evaluation.compare import load_compare_config, parse_compare_config, plan_cells, read_results, run_compare
-
+    from ..experiments.config import load_compare_config, parse_compare_config, plan_cells
+    from ..experiments.grid import read_results, resumes, run_compare
     from ..outputs import Output
 
     if args.overrides:
@@ -81,13 +98,13 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         cfg = load_compare_config(args.config, args.out_dir)
     if args.dry_run:
-        return _report(args, cfg, run_compare, plan_cells, read_results)
+        return _report(args, cfg, run_compare, plan_cells, read_results, resumes)
     # one writer per out_dir (two would run the same cells and append the same rows twice)
     with Output(cfg.out_dir, "compare", force=args.force, flag="out_dir", inputs=[args.config]):
-        return _report(args, cfg, run_compare, plan_cells, read_results)
+        return _report(args, cfg, run_compare, plan_cells, read_results, resumes)
 
 
-def _report(args: argparse.Namespace, cfg, run_compare, plan_cells, read_results) -> int:
+def _report(args: argparse.Namespace, cfg, run_compare, plan_cells, read_results, resumes) -> int:
     if args.dry_run:
         rows = read_results(cfg.out_dir / "results.jsonl")
         done = {(r["method"], r["task"], str(r["train_size"]), int(r["seed"]), r["spec"]) for r in rows}
@@ -95,7 +112,9 @@ def _report(args: argparse.Namespace, cfg, run_compare, plan_cells, read_results
         for c in cells:
             if args.only and c.method.name not in args.only:
                 continue
-            state = "done" if (*c.key, c.spec_hash) in done else "todo"
+            # part: a killed run of the cell left checkpoints, the next run continues from them
+            state = "done" if (*c.key, c.spec_hash) in done else "part" if (
+                not c.method.baseline and resumes(cfg.out_dir, c)) else "todo"
             print(f"{state}  {c.method.name:<24} {c.task.name:<16} n={c.size_label:<6} seed {c.seed}")
     rep = run_compare(cfg, progress=not args.quiet, only=args.only, dry_run=args.dry_run, plots=not args.no_plots)
     print(f"\n{rep.n_cells} cells: {rep.n_skipped} already finished, {rep.n_run} run now"

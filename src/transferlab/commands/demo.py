@@ -7,6 +7,11 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
+    """Add the ``demo`` subcommand.
+
+    Args:
+        subparsers: the ``transferlab`` parser's subcommands (see :func:`transferlab.cli.build_parser`).
+    """
     p = subparsers.add_parser(
         "demo", help="the whole paradigm end to end on built-in data (about 15 min; --quick about 2)",
         description="Train a WordPiece tokenizer on the built-in corpus, prepare shards, pre-train bert-mini "

@@ -6,6 +6,11 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``report`` subcommand.
+
+    Args:
+        subparsers: the ``transferlab`` parser's subcommands (see :func:`transferlab.cli.build_parser`).
+    """
     p = subparsers.add_parser(
         "report", help="rebuild report.md and the self-contained report.html of a study or compare folder",
         description="Read DIR/results.jsonl (and DIR/study.json for a study) and write DIR/report.md and "
@@ -17,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ..evaluation.report import write_report
+    from ..experiments.report import write_report
 
     for f in write_report(args.folder):
         print(f"wrote {f}")

@@ -8,6 +8,11 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``study`` subcommand.
+
+    Args:
+        subparsers: the ``transferlab`` parser's subcommands (see :func:`transferlab.cli.build_parser`).
+    """
     p = subparsers.add_parser(
         "study", help="rerun a paper's table (bert-size, objectives, nsp, modifications, ulmfit-curve)",
         description="Run one study (a paper's table: rows pre-trained and fine-tuned in one shared setting: "
@@ -32,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _study(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..evaluation.study import STUDIES, get_study, make_setting, run_study
+    from ..experiments.study import STUDIES, get_study, make_setting, run_study
 
     if args.list:
         for s in STUDIES.values():

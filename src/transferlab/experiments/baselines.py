@@ -12,7 +12,7 @@
   the training texts; only the classifier is refitted per C.
 
 The from-scratch transformer baseline (same architecture, no pre-training) is a fine-tuning run
-with ``from_scratch=True``; :mod:`transferlab.evaluation.compare` schedules it.
+with ``from_scratch=True``; :mod:`transferlab.experiments.grid` schedules it.
 
 Every baseline sees exactly the training subset fine-tuning sees for the same seed and size
 (:func:`transferlab.finetune.tasks.subsample`).
@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .metrics import compute_metrics, higher_is_better, primary_metric
+from ..evaluation.metrics import compute_metrics, higher_is_better, primary_metric
 
 BASELINES = ("majority", "lead", "tfidf-logreg", "tfidf-svm")
 #: C grids per classifier (log-spaced; SVMs want smaller C than logistic regression)

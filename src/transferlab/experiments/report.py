@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError
 from ..utils import atomic_write_text
-from .metrics import higher_is_better, mean_std
+from ..evaluation.metrics import higher_is_better, mean_std
 
 COSTS = (("flops", "FLOPs"), ("minutes", "minutes"), ("energy_kwh", "kWh"), ("co2e_kg", "CO2e (kg)"),
          ("price_usd", "$"))
@@ -87,7 +87,7 @@ def _num(x: float | None) -> str:
 def study_tables(plan: Any, rows: list[dict[str, Any]]) -> tuple[list[Table], dict[str, list[dict[str, Any]]],
                                                                  dict[str, dict[str, Any]]]:
     """The study's table(s), the per-task compare summaries and the per-row totals."""
-    from .compare import summarize
+    from .tables import summarize
 
     study, s = plan.study, plan.setting
     summaries = {t: summarize(rows, plan.compare_config(t)) for t in s.tasks}
@@ -126,8 +126,8 @@ def study_tables(plan: Any, rows: list[dict[str, Any]]) -> tuple[list[Table], di
         return None
 
     def metric(task: str) -> str:
-        from .metrics import primary_metric
-        from .study import TASK_TYPES
+        from ..evaluation.metrics import primary_metric
+        from .studies import TASK_TYPES
 
         return primary_metric(TASK_TYPES[task])
 
@@ -193,7 +193,7 @@ def helps(cells: Sequence[tuple[float, float, int] | None], vanilla: Sequence[tu
 
 
 def _tt(task: str) -> str:
-    from .study import TASK_TYPES
+    from .studies import TASK_TYPES
 
     return TASK_TYPES[task]
 
@@ -209,9 +209,9 @@ def _note(s: Any) -> str:
 # ------------------------------------------------------------------------------ plots
 def loss_curves(plan: Any, path: Path) -> Path | None:
     """Pre-training loss (solid: train, dashed: validation) of each pre-trained row, first seed."""
-    from .plots import _pyplot, _save
+    from .plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
     drawn = 0
     for r in plan.rows:
@@ -243,7 +243,7 @@ def loss_curves(plan: Any, path: Path) -> Path | None:
     ax.set_title("pre-training loss curves (solid: train, dashed: validation)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def study_plots(plan: Any, summaries: dict[str, list[dict[str, Any]]], totals: dict[str, dict[str, Any]]) -> list[Path]:
@@ -306,9 +306,17 @@ def render(out: Path, title: str, intro: str, tables: list[Table], images: list[
 
 
 def write_study_report(out: Path) -> list[Path]:
-    """Rebuild a study folder's tables, plots, report.md and report.html from its results."""
-    from .compare import format_csv, read_results
-    from .study import STUDY_FILE, load_plan
+    """Rebuild a study folder's tables, plots, report.md and report.html from its results.
+
+    Args:
+        out: the study folder (with study.json and results.jsonl).
+
+    Returns:
+        The files written.
+    """
+    from .grid import read_results
+    from .tables import format_csv
+    from .studies import STUDY_FILE, load_plan
 
     out = Path(out)
     plan = load_plan(out)
@@ -361,8 +369,16 @@ def summarize_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_compare_report(out: Path) -> list[Path]:
-    """report.md / report.html of a comparison folder (results.jsonl; plots regenerated)."""
-    from .compare import format_table, read_results
+    """report.md / report.html of a comparison folder (results.jsonl; plots regenerated).
+
+    Args:
+        out: the comparison folder.
+
+    Returns:
+        The files written.
+    """
+    from .grid import read_results
+    from .tables import format_table
     from .plots import cost_plot, learning_curve
 
     rows = read_results(out / "results.jsonl")
@@ -377,7 +393,7 @@ def write_compare_report(out: Path) -> list[Path]:
         axis = "price_usd" if all("price_usd" in g for g in sub) else "train_seconds"
         images.append(cost_plot(sub, out / "plots" / f"cost_{task}.png", cost_key=axis, title=task))
     table = format_table(summary)
-    from .study import versions
+    from .studies import versions
 
     intro = (f"Comparison in {out}: {len(rows)} finished cells; mean ± sample std over seeds, bold = best mean "
              "of a (task, train size).")
@@ -402,10 +418,16 @@ def markdown_table(text: str, title: str) -> Table:
 def write_report(folder: str | Path) -> list[Path]:
     """``transferlab report DIR``: a study folder or a comparison folder.
 
+    Args:
+        folder: the folder.
+
+    Returns:
+        The files written.
+
     Raises:
         ConfigError: ``DIR`` is neither (no study.json, no results.jsonl).
     """
-    from .study import STUDY_FILE
+    from .studies import STUDY_FILE
 
     out = Path(folder)
     if (out / STUDY_FILE).is_file():

@@ -14,7 +14,7 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
-from .metrics import higher_is_better
+from ..evaluation.metrics import higher_is_better
 
 _STYLE = {  # group -> (line style, marker)
     "pre-trained": ("-", "o"),
@@ -27,7 +27,12 @@ _COST_LABEL = {"train_seconds": "training time (s)", "energy_kwh": "energy (kWh)
                "price_usd": "price (USD)", "flops": "training FLOPs"}
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (imported on first use: importing this module stays cheap).
+
+    Returns:
+        The ``matplotlib.pyplot`` module.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # never needs a display; safe in threads and on servers
@@ -38,7 +43,7 @@ def _pyplot() -> Any:
 
 def _colors(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One colour per method, the same in every plot of a comparison; reference baselines grey."""
-    cycle = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
     out, k = {}, 0
     for g in summary:
         m = g["method"]
@@ -52,12 +57,21 @@ def _colors(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically (a reader never sees half a file) and close it.
+
+    Args:
+        fig: a matplotlib figure.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+    """
     from ..utils import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -66,14 +80,14 @@ def learning_curve(summary: Sequence[dict[str, Any]], path: str | Path, title: s
     """Metric vs labelled examples for one task.
 
     Args:
-        summary: rows of :func:`~transferlab.evaluation.compare.summarize` for one task.
+        summary: rows of :func:`~transferlab.experiments.tables.summarize` for one task.
         path: the PNG to write.
         title: plot title (the task name).
 
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     methods = list(dict.fromkeys(g["method"] for g in summary))
     colors = _colors(summary)
@@ -93,7 +107,7 @@ def learning_curve(summary: Sequence[dict[str, Any]], path: str | Path, title: s
     ax.set_title(f"{title}: learning curve (mean ± std over {n} seed{'s' if n > 1 else ''})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def pareto_front(points: Sequence[tuple[float, float]], higher_better: bool = True) -> list[int]:
@@ -101,6 +115,13 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_better: bool = Tr
 
     A point is dominated when another has cost <= and score >= (<= when lower is better) with at
     least one strict inequality.
+
+    Args:
+        points: ``(cost, score)`` pairs.
+        higher_better: whether a higher score is better.
+
+    Returns:
+        Indices into ``points``, cheapest first.
     """
     sign = 1.0 if higher_better else -1.0
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -sign * points[i][1]))
@@ -118,7 +139,7 @@ def cost_plot(summary: Sequence[dict[str, Any]], path: str | Path, cost_key: str
     """Metric vs cost for one task, with the Pareto front.
 
     Args:
-        summary: rows of :func:`~transferlab.evaluation.compare.summarize` for one task.
+        summary: rows of :func:`~transferlab.experiments.tables.summarize` for one task.
         path: the PNG to write.
         cost_key: ``train_seconds``, ``energy_kwh``, ``co2e_kg``, ``price_usd`` or ``flops``;
             rows without it are left out (noted in the title).
@@ -127,7 +148,7 @@ def cost_plot(summary: Sequence[dict[str, Any]], path: str | Path, cost_key: str
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     rows = [g for g in summary if isinstance(g.get(cost_key), (int, float)) and g[cost_key] > 0]
     missing = len(summary) - len(rows)
@@ -153,4 +174,4 @@ def cost_plot(summary: Sequence[dict[str, Any]], path: str | Path, cost_key: str
     ax.set_title(f"{title}: score vs cost{note}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
