@@ -209,6 +209,7 @@ def _note(s: Any) -> str:
 # ------------------------------------------------------------------------------ plots
 def loss_curves(plan: Any, path: Path) -> Path | None:
     """Pre-training loss (solid: train, dashed: validation) of each pre-trained row, first seed."""
+    from ..training.runlog import read_rows
     from .plots import pyplot, save_figure
 
     plt = pyplot()
@@ -220,14 +221,9 @@ def loss_curves(plan: Any, path: Path) -> Path | None:
         f = plan.row_dir(r) / f"seed{plan.setting.seeds[0]}" / "metrics.jsonl"
         if not f.exists():
             continue
-        recs = []
-        for line in f.read_text(encoding="utf-8").splitlines():
-            try:
-                recs.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+        recs = read_rows(f, warn=False)  # old and current log schemas alike
         tr = [(x["step"], x["loss"]) for x in recs if x.get("split") == "train" and "loss" in x]
-        va = [(x["step"], x["val_loss"]) for x in recs if x.get("split") == "validation" and "val_loss" in x]
+        va = [(x["step"], x["loss"]) for x in recs if x.get("split") == "val" and "loss" in x]
         if not tr:
             continue
         line, = ax.plot(*zip(*tr), label=r.name, lw=1.2)
