@@ -450,19 +450,24 @@ class Stack(nn.Module):
 
 
 def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> int:
-    """Switch activation (gradient) checkpointing on every :class:`Stack` inside ``model``.
+    """Switch activation (gradient) checkpointing on every backbone inside ``model``, through
+    :meth:`~transferlab.models.backbone.Backbone.set_gradient_checkpointing`.
 
     In training each block then keeps only its input; its activations (attention scores, the
     MLP's hidden layer) are recomputed during backward (``torch.utils.checkpoint``, non-reentrant).
     That trades about one more forward per step for activation memory that no longer grows with
     the number of layers. Gradients are the same as without it (dropout masks are replayed).
 
+    Args:
+        model: a TransferModel, a Backbone or a module holding them.
+        enabled: on or off.
+
     Returns:
-        The number of stacks switched (0: nothing to checkpoint in this model).
+        The number of backbones switched (0: nothing to checkpoint in this model).
     """
-    n = 0
-    for m in model.modules():
-        if isinstance(m, Stack):
-            m.gradient_checkpointing = bool(enabled)
-            n += 1
-    return n
+    from .backbone import Backbone
+
+    backbones = [m for m in model.modules() if isinstance(m, Backbone)]
+    for b in backbones:
+        b.set_gradient_checkpointing(bool(enabled))
+    return len(backbones)
