@@ -113,36 +113,6 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- FLOPs
-def _head_macs(cfg: Any, positions: float, predicted: float) -> float:
-    """Multiply-accumulates of the heads (+ pooler) for one sequence.
-
-    ``positions`` is the number of per-token outputs (T, or T_dec for encoder-decoders) and
-    ``predicted`` the number of rows that reach the vocabulary projection (sparse MLM gathers
-    the masked positions first). Every head in ``cfg.heads`` is assumed to run once, as in
-    multi-task pre-training (MLM + NSP); the backbone's [CLS] pooler runs on every forward.
-    """
-    d, macs = cfg.d_model, 0.0
-    if getattr(cfg, "pooler", False) and str(cfg.family) == "encoder":
-        macs += d * d  # one row per sequence
-    for name, settings in (cfg.heads or {}).items():
-        kind = (settings or {}).get("type", name)
-        labels = (settings or {}).get("num_labels", 2)
-        if kind == "lm":  # with embedding_size: transform d -> E, then the (V, E) output matrix
-            e = getattr(cfg, "embedding_size", None) or d
-            macs += predicted * ((d * e if cfg.lm_head_transform else 0) + e * cfg.vocab_size)
-        elif kind == "nsp":
-            macs += d * 2
-        elif kind == "classification":
-            macs += d * labels
-        elif kind == "token_classification":
-            macs += positions * d * labels
-        elif kind == "span":
-            macs += positions * d * 2
-        elif kind == "rtd":
-            macs += positions * (d * d + d)
-    return macs
-
-
 def estimate_flops(
     cfg: Any,
     seq_len: int,
@@ -150,17 +120,9 @@ def estimate_flops(
     decoder_len: int | None = None,
     n_predicted: float | None = None,
 ) -> float:
-    """Analytic matmul FLOPs of ONE sequence (multiply by the batch size for a batch).
-
-    Counts every matrix multiply as 2 FLOPs per multiply-accumulate: the linear layers of every
-    block (for a plain block ``2·(4·d·d_attn + 2·d·d_ff)`` per token, the "2N" of Kaplan et al.),
-    attention scores and weighted values (``4·d_attn·S`` per query per layer over ``S`` keys,
-    without discounting the causal mask, as in the PaLM MFU convention), encoder-decoder
-    cross-attention (query/output projections per decoder token, key/value projections per
-    encoder token per decoder layer, scores over the encoder length), and the heads. Training
-    is forward + backward = 3 x forward (the backward pass computes gradients for both the
-    input and the weights of every matmul). Element-wise work (norms, softmax, activations) is
-    left out, as FlopCounterMode and the MFU convention do.
+    """Analytic matmul FLOPs of ONE sequence (multiply by the batch size for a batch), as the
+    model's family counts them (:meth:`~transferlab.models.backbone.Backbone.estimate_flops`;
+    the transformer families: :func:`transferlab.models.flops.transformer_flops`).
 
     Args:
         cfg: a :class:`~transferlab.config.ModelConfig` (or a model with ``.config``).
@@ -177,47 +139,14 @@ def estimate_flops(
     Returns:
         FLOPs as a float.
     """
+    from .models.backbone import family_info
+
     cfg = getattr(cfg, "config", cfg)
     if mode not in MODES:
         raise ValueError(f"estimate_flops: mode must be one of {', '.join(MODES)}, got {mode!r}")
     if seq_len <= 0:
         raise ValueError(f"estimate_flops: seq_len must be positive, got {seq_len}")
-    enc_dec = str(cfg.family) == "encoder-decoder"
-    if decoder_len is not None and not enc_dec:
-        raise ValueError("estimate_flops: decoder_len only applies to encoder-decoder models")
-    d = cfg.d_model
-    inner = cfg.n_heads * (cfg.d_head or cfg.d_model // cfg.n_heads)  # d_attn
-    gated = str(cfg.activation) in ("swiglu", "geglu")
-    block = 4 * d * inner + (3 if gated else 2) * d * cfg.d_ff  # qkv + out + MLP, per token
-    cross_q_out = 2 * d * inner  # cross-attention query + output projections, per decoder token
-    cross_kv = 2 * d * inner  # cross-attention key + value projections, per encoder token
-    L_enc = cfg.n_layers
-    L_dec = (cfg.n_decoder_layers or cfg.n_layers) if enc_dec else cfg.n_layers
-
-    if mode == "decode":
-        if enc_dec:
-            s_dec = decoder_len or 1
-            macs = L_dec * (block + cross_q_out + 2 * inner * (s_dec + seq_len))
-        else:
-            macs = L_dec * (block + 2 * inner * seq_len)
-        return 2.0 * (macs + _head_macs(cfg, 1, 1 if n_predicted is None else n_predicted))
-
-    if enc_dec:
-        T, Td = seq_len, decoder_len or seq_len
-        macs = L_enc * (T * block + 2 * inner * T * T)  # encoder
-        macs += L_dec * (Td * (block + cross_q_out) + T * cross_kv)  # decoder projections
-        macs += L_dec * 2 * inner * Td * (Td + T)  # decoder self- and cross-attention
-        positions = Td
-    else:
-        T = seq_len
-        macs = L_enc * (T * block + 2 * inner * T * T)
-        emb = getattr(cfg, "embedding_size", None)
-        if emb and emb != d:  # the embedding projection (E -> d) on every token (encoders only)
-            macs += T * emb * d
-        positions = T
-    macs += _head_macs(cfg, positions, positions if n_predicted is None else n_predicted)
-    flops = 2.0 * macs
-    return 3.0 * flops if mode == "train" else flops
+    return float(family_info(cfg.family).backbone.estimate_flops(cfg, seq_len, mode, decoder_len, n_predicted))
 
 
 def generation_flops(cfg: Any, prompt_len: int, new_tokens: int, batch_size: int = 1) -> float:
@@ -240,7 +169,9 @@ def generation_flops(cfg: Any, prompt_len: int, new_tokens: int, batch_size: int
     cfg = getattr(cfg, "config", cfg)
     if new_tokens <= 0:
         return 0.0
-    if str(cfg.family) == "encoder-decoder":
+    from .models.backbone import family_info
+
+    if family_info(cfg.family).backbone.is_encoder_decoder:
         total = estimate_flops(cfg, prompt_len, "forward", decoder_len=1)
         total += sum(estimate_flops(cfg, prompt_len, "decode", decoder_len=i) for i in range(2, new_tokens + 1))
     else:

@@ -255,12 +255,24 @@ def activation_fn(kind: Activation):
     raise ValueError(kind)
 
 
+def is_gated(activation: Activation | str) -> bool:
+    """Whether the MLP of this activation is gated (SwiGLU / GeGLU: [gate; up] of d_ff each).
+
+    Args:
+        activation: ``ModelConfig.activation``.
+
+    Returns:
+        True for swiglu and geglu.
+    """
+    return Activation(activation) in (Activation.SWIGLU, Activation.GEGLU)
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward. Gated variants fuse [gate; up] into one projection."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gated = Activation(cfg.activation) in (Activation.SWIGLU, Activation.GEGLU)
+        self.gated = is_gated(cfg.activation)
         self.fc1 = nn.Linear(cfg.d_model, (2 if self.gated else 1) * cfg.d_ff, bias=cfg.bias)
         self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.act = activation_fn(cfg.activation)

@@ -184,7 +184,8 @@ class TransferModel(nn.Module):
 
     def estimate_flops(self, seq_len: int, mode: str = "train", decoder_len: int | None = None,
                        n_predicted: float | None = None) -> float:
-        """Matmul FLOPs of one sequence (train / forward / decode); see :func:`transferlab.cost.estimate_flops`."""
+        """Matmul FLOPs of one sequence (train / forward / decode), as the backbone counts them;
+        see :func:`transferlab.cost.estimate_flops`."""
         from ..cost import estimate_flops
 
         return estimate_flops(self.config, seq_len, mode, decoder_len, n_predicted)
