@@ -14,10 +14,6 @@ from __future__ import annotations
 from ..config import Family, ModelConfig
 from .blocks import is_gated
 
-#: what :func:`transformer_flops` counts: forward + backward, a forward, one cached decode step
-MODES = ("train", "forward", "decode")
-
-
 def head_macs(cfg: ModelConfig, positions: float, predicted: float) -> float:
     """Multiply-accumulates of the heads (+ pooler) for one sequence.
 
