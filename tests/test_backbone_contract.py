@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import random
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from transferlab.config import get_preset
+from transferlab.config import ModelConfig, get_preset
+from transferlab.errors import ConfigError
+from transferlab.models.backbone import Backbone, register_family
+from transferlab.models.families import BackboneOutput
 from transferlab.models.model import TransferModel
 from transferlab.training.optim import param_groups
 
@@ -69,17 +76,6 @@ def test_depth_fn_by_name_equals_the_name_based_depths():
 
 
 # ---------------------------------------------------------------------------------- a toy family
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from transferlab.config import ModelConfig  # noqa: E402
-from transferlab.errors import ConfigError  # noqa: E402
-from transferlab.models.backbone import Backbone, register_family  # noqa: E402
-from transferlab.models.families import BackboneOutput  # noqa: E402
-
 
 @dataclasses.dataclass
 class GRUOptions:
@@ -156,7 +152,16 @@ class GRULM(Backbone):
         return y  # (B, T, C)
 
 
-register_family("gru-lm", GRULM, GRUOptions, replace=True)
+@pytest.fixture(scope="module", autouse=True)
+def gru_family():
+    """The family registered for this module's tests only (other tests see the built-ins)."""
+    from transferlab.config import FAMILY_OPTIONS
+    from transferlab.models.backbone import FAMILIES
+
+    register_family("gru-lm", GRULM, GRUOptions, replace=True)
+    yield
+    FAMILIES.pop("gru-lm", None)
+    FAMILY_OPTIONS.pop("gru-lm", None)
 
 V_WORDS = "the a cat dog sat ran on under mat rug and then big small red blue".split()
 
@@ -309,3 +314,23 @@ def test_gru_generate_is_the_greedy_loop(gru_dir):
                 break
             y, h = bb.gru(bb.embed_tokens(nxt), h)
     assert got.tolist() == ids.tolist()
+
+
+def test_gru_decode_state_continues_the_full_forward(gru_dir):
+    # the contract generation codes against: new_cache + decode, one token at a time, equals one
+    # forward over the whole sequence; reorder keeps the chosen rows (beam search)
+    from transferlab.models.model import from_pretrained
+
+    bb = from_pretrained(gru_dir).backbone
+    ids = torch.tensor([[7, 12, 9, 30, 4], [3, 3, 8, 21, 5]])
+    with torch.no_grad():
+        full = bb(input_ids=ids).last_hidden_state  # (2, 5, C)
+        cache = bb.new_cache(2, 16, torch.float32, torch.device("cpu"))
+        steps = [bb.decode(ids[:, :2], None, None, cache)] + [bb.decode(ids[:, t:t + 1], None, None, cache)
+                                                                for t in range(2, 5)]
+        torch.testing.assert_close(torch.cat(steps, 1), full)
+        assert cache.seq_len == 5
+        cache.reorder(torch.tensor([1, 1]))
+        nxt = bb.decode(torch.tensor([[6], [6]]), None, None, cache)
+        alone = bb(input_ids=torch.cat([ids[1:], torch.tensor([[6]])], 1)).last_hidden_state[:, -1]
+    torch.testing.assert_close(nxt[:, 0], alone.expand(2, -1))

@@ -30,7 +30,6 @@ from .tracker import (
     DEFAULT_GPU_TDP_WATTS,
     GPU_PRICE_PER_HOUR,
     GPU_TDP_WATTS,
-    MODES,
     WORLD_GRID_INTENSITY,
     CostConfig,
     CostTracker,
@@ -64,14 +63,9 @@ def estimate_flops(
     Returns:
         FLOPs as a float.
     """
-    from ..models.backbone import family_info
+    from ..models.flops import family_flops
 
-    cfg = getattr(cfg, "config", cfg)
-    if mode not in MODES:
-        raise ValueError(f"estimate_flops: mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if seq_len <= 0:
-        raise ValueError(f"estimate_flops: seq_len must be positive, got {seq_len}")
-    return float(family_info(cfg.family).backbone.estimate_flops(cfg, seq_len, mode, decoder_len, n_predicted))
+    return family_flops(getattr(cfg, "config", cfg), seq_len, mode, decoder_len, n_predicted)
 
 
 def generation_flops(cfg: Any, prompt_len: int, new_tokens: int, batch_size: int = 1) -> float:
@@ -108,6 +102,6 @@ def generation_flops(cfg: Any, prompt_len: int, new_tokens: int, batch_size: int
 __all__ = [
     "CostConfig", "CostTracker", "estimate_flops", "generation_flops", "device_peak_flops", "format_report",
     "count_parameters", "grid_intensity_for", "add_cost_arguments", "cost_config_from_args", "cpu_model_name",
-    "MODES", "GPU_PEAKS_TFLOPS", "GPU_TDP_WATTS", "GPU_PRICE_PER_HOUR", "DEFAULT_GPU_TDP_WATTS",
+    "GPU_PEAKS_TFLOPS", "GPU_TDP_WATTS", "GPU_PRICE_PER_HOUR", "DEFAULT_GPU_TDP_WATTS",
     "DEFAULT_GPU_PRICE_PER_HOUR", "CPU_WATTS_PER_CORE", "CPU_PRICE_PER_CORE_HOUR", "WORLD_GRID_INTENSITY",
 ]

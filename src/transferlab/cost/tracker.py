@@ -58,9 +58,6 @@ WORLD_GRID_INTENSITY = 475.0
 # TDP-based models and therefore estimates.
 _MEASURED_CPU_MODES = {"intel_rapl", "intel_power_gadget", "windows_emi"}
 
-#: what the FLOPs estimate counts: forward + backward, a forward, one cached decode step
-MODES = ("train", "forward", "decode")
-
 _ENV_PRICE = "TRANSFERLAB_PRICE_PER_HOUR"
 _ENV_INTENSITY = "TRANSFERLAB_GRID_INTENSITY"
 _ENV_COUNTRY = "TRANSFERLAB_COUNTRY"
@@ -271,7 +268,7 @@ class CostTracker:
             device = params.device if params is not None else "cpu"
         self.device = torch.device(device)
         self.seq_len, self.decoder_len, self.mode = seq_len, decoder_len, mode
-        if mode not in MODES[:2]:
+        if mode not in ("train", "forward"):  # a run trains or evaluates; decode is per token
             raise ValueError(f"CostTracker: mode must be train or forward, got {mode!r}")
         self.cfg = getattr(model, "config", None) if model is not None else None
         self.tokens, self.flops, self.steps = 0, 0.0, 0

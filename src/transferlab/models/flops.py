@@ -12,7 +12,27 @@ against ``torch.utils.flop_counter.FlopCounterMode`` in ``tests/test_cost.py``. 
 from __future__ import annotations
 
 from ..config import Family, ModelConfig
+from .backbone import family_info
 from .blocks import is_gated
+
+#: what the estimates count: forward + backward, a forward (prefill), one cached decode step
+MODES = ("train", "forward", "decode")
+
+
+def family_flops(cfg: ModelConfig, seq_len: int, mode: str = "train", decoder_len: int | None = None,
+                 n_predicted: float | None = None) -> float:
+    """FLOPs of one sequence as ``cfg.family`` counts them (its
+    :meth:`~transferlab.models.backbone.Backbone.estimate_flops`), after the checks every
+    family shares. Arguments as :func:`transformer_flops`.
+
+    Returns:
+        FLOPs as a float.
+    """
+    if mode not in MODES:
+        raise ValueError(f"estimate_flops: mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if seq_len <= 0:
+        raise ValueError(f"estimate_flops: seq_len must be positive, got {seq_len}")
+    return float(family_info(cfg.family).backbone.estimate_flops(cfg, seq_len, mode, decoder_len, n_predicted))
 
 def head_macs(cfg: ModelConfig, positions: float, predicted: float) -> float:
     """Multiply-accumulates of the heads (+ pooler) for one sequence.

@@ -186,9 +186,9 @@ class TransferModel(nn.Module):
                        n_predicted: float | None = None) -> float:
         """Matmul FLOPs of one sequence (train / forward / decode), as the backbone counts them;
         see :func:`transferlab.cost.estimate_flops`."""
-        from ..cost import estimate_flops
+        from .flops import family_flops
 
-        return estimate_flops(self.config, seq_len, mode, decoder_len, n_predicted)
+        return family_flops(self.config, seq_len, mode, decoder_len, n_predicted)
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The backbone's token table (V, E), as ``transformers``' ``get_input_embeddings``."""
