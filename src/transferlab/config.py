@@ -463,34 +463,34 @@ class ModelConfig:
         _coerce_enums(self)
         check_fields(self, "model", self.RANGES)
         self._validate_family_options()
-        if not isinstance(self.family, Family):
-            return self._validate_common()  # the transformer-only rules below do not apply
+        transformer = isinstance(self.family, Family)  # the rules below that name attention or stacks
+        if transformer:
+            self._validate_transformer()
+        for p in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, p) < 1.0:
+                raise ConfigError(f"model.{p} must be in [0, 1), got {getattr(self, p)}")
+        if transformer and self.attn_impl not in ("sdpa", "math"):
+            raise ConfigError(f"model.attn_impl must be sdpa or math, got {self.attn_impl!r}")
+        if not isinstance(self.heads, dict) or not all(isinstance(v, dict) for v in self.heads.values()):
+            raise ConfigError(f"model.heads: expected a mapping of head name to settings, e.g. {{\"lm\": {{}}}}, "
+                              f"got {self.heads!r}")
+        return self
+
+    def _validate_transformer(self) -> None:
+        """The rules of the built-in (transformer) families: heads, embedding projection, segments."""
         if not self.d_head and self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}"
             )
         if self.embedding_size == self.d_model:
             self.embedding_size = None  # same width: no projection, the plain model
-        if self.embedding_size is not None and Family(self.family) != Family.ENCODER:
+        if self.embedding_size is not None and self.family != Family.ENCODER:
             raise ConfigError(f"model.embedding_size={self.embedding_size} (an embedding projection to "
                               f"d_model={self.d_model}) is only supported for encoders, not {self.family}")
         if self.position == Position.ROTARY and self.head_dim % 2:
             raise ConfigError(f"rotary positions need an even head size, got {self.head_dim}")
         if self.type_vocab_size and self.family != Family.ENCODER:
             raise ConfigError("model.type_vocab_size > 0 is only supported for encoders")
-        if self.attn_impl not in ("sdpa", "math"):
-            raise ConfigError(f"model.attn_impl must be sdpa or math, got {self.attn_impl!r}")
-        return self._validate_common()
-
-    def _validate_common(self) -> "ModelConfig":
-        """The rules every family follows (dropout rates, heads)."""
-        for p in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, p) < 1.0:
-                raise ConfigError(f"model.{p} must be in [0, 1), got {getattr(self, p)}")
-        if not isinstance(self.heads, dict) or not all(isinstance(v, dict) for v in self.heads.values()):
-            raise ConfigError(f"model.heads: expected a mapping of head name to settings, e.g. {{\"lm\": {{}}}}, "
-                              f"got {self.heads!r}")
-        return self
 
     def _validate_family_options(self) -> None:
         """``family_options`` as the family's dataclass (from a mapping or defaults), checked."""
