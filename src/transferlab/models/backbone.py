@@ -8,7 +8,9 @@ model, say) subclasses :class:`Backbone`, implements the abstract members and th
 supports, and calls :func:`register_family`; nothing else in the library changes.
 
 The three transformer families (:mod:`~transferlab.models.families`) implement it on one
-:class:`~transferlab.models.blocks.Stack`; see ``docs/extending.md`` for a new family.
+:class:`~transferlab.models.blocks.Stack`; ``tests/test_backbone_contract.py`` registers a
+GRU language model with its own settings (``register_family(name, cls, options)``) as the example
+to copy for a new family.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class Backbone(nn.Module, ABC):
 
     @property
     def hidden_size(self) -> int:
-        """Width C of ``last_hidden_state`` (what heads read)."""
+        """Width C of ``last_hidden_state`` (what heads read). Heads are built from
+        ``config.d_model``, so a family keeps this equal to it."""
         return int(self.config.d_model)
 
     @abstractmethod
