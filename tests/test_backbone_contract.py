@@ -155,13 +155,13 @@ class GRULM(Backbone):
 @pytest.fixture(scope="module", autouse=True)
 def gru_family():
     """The family registered for this module's tests only (other tests see the built-ins)."""
-    from transferlab.config import FAMILY_OPTIONS
+    from transferlab.config import FAMILY_SPECS
     from transferlab.models.backbone import FAMILIES
 
     register_family("gru-lm", GRULM, GRUOptions, replace=True)
     yield
     FAMILIES.pop("gru-lm", None)
-    FAMILY_OPTIONS.pop("gru-lm", None)
+    FAMILY_SPECS.pop("gru-lm", None)
 
 V_WORDS = "the a cat dog sat ran on under mat rug and then big small red blue".split()
 
@@ -209,6 +209,7 @@ def test_family_names_and_options_are_validated_saved_and_read_back(gru_dir):
     with pytest.raises(ConfigError, match="family 'encoder' has no settings of its own"):
         ModelConfig(family="encoder", family_options={"gru_layers": 2}).validate()
     assert _gru_config(64).family_options == GRUOptions()  # defaults when none are given
+    assert _gru_config(64).is_causal and not _gru_config(64).is_encoder_decoder  # from the backbone's flags
     saved = json.loads((gru_dir / "config.json").read_text())
     assert saved["family"] == "gru-lm" and saved["family_options"] == {"gru_layers": 1}
     model = from_pretrained(gru_dir)

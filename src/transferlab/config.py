@@ -260,30 +260,48 @@ def in_file(path: str | Path, error: type[Exception] | None = None) -> Iterator[
 
 
 class Family(StrEnum):
-    """The built-in (transformer) families; others are registered names (:data:`FAMILY_OPTIONS`)."""
+    """The built-in (transformer) families; others are registered names (:data:`FAMILY_SPECS`)."""
 
     ENCODER = "encoder"  #: bidirectional stack (BERT, RoBERTa, ELECTRA)
     DECODER = "decoder"  #: causal stack (GPT)
     ENCODER_DECODER = "encoder-decoder"  #: encoder + causal decoder with cross-attention (BART, T5)
 
 
-#: Every registered family (``models.backbone.register_family`` fills it): name -> the dataclass
-#: of the family's own settings (``ModelConfig.family_options``), or None when it has none. Kept
-#: here, not beside the backbones, so that validating a config does not import the models.
-FAMILY_OPTIONS: dict[str, type | None] = {f.value: None for f in Family}
+@dataclass(frozen=True)
+class FamilySpec:
+    """What a config knows of a registered family (the rest is its ``Backbone``'s)."""
+
+    options: type | None = None
+    """Dataclass of the family's own settings (``ModelConfig.family_options``), or None."""
+    causal: bool = False
+    """Decoder-only: a causal language model (``ModelConfig.is_causal``)."""
+    encoder_decoder: bool = False
+    """An encoder and a decoder attending to it (``ModelConfig.is_encoder_decoder``)."""
 
 
-def register_family_options(name: str, options: type | None) -> None:
-    """Make ``name`` a valid ``ModelConfig.family`` whose own settings are dataclass ``options``.
+#: Every registered family by name (``models.backbone.register_family`` adds to it). Kept here,
+#: not beside the backbones, so that validating a config does not import the models.
+FAMILY_SPECS: dict[str, FamilySpec] = {
+    Family.ENCODER.value: FamilySpec(),
+    Family.DECODER.value: FamilySpec(causal=True),
+    Family.ENCODER_DECODER.value: FamilySpec(encoder_decoder=True),
+}
+
+
+def register_family_spec(name: str, options: type | None = None, causal: bool = False,
+                         encoder_decoder: bool = False) -> None:
+    """Make ``name`` a valid ``ModelConfig.family`` (see ``models.backbone.register_family``).
 
     Args:
         name: the family's name.
         options: a dataclass (its fields are the family's settings, checked like any config
             section; an optional ``validate()`` method runs after), or None.
+        causal: decoder-only (a causal LM).
+        encoder_decoder: an encoder-decoder.
     """
     if options is not None and not (isinstance(options, type) and dataclasses.is_dataclass(options)):
         raise TypeError(f"register_family({name!r}): options must be a dataclass, got {options!r}")
-    FAMILY_OPTIONS[name] = options
+    FAMILY_SPECS[name] = FamilySpec(options, bool(causal), bool(encoder_decoder))
 
 
 def resolve_family(value: Any) -> "Family | str":
@@ -298,9 +316,9 @@ def resolve_family(value: Any) -> "Family | str":
     name = value.value if isinstance(value, Enum) else value
     if isinstance(name, str) and name in Family._value2member_map_:
         return Family(name)
-    if isinstance(name, str) and name in FAMILY_OPTIONS:
+    if isinstance(name, str) and name in FAMILY_SPECS:
         return name
-    raise ConfigError(f"model.family: {value!r} is not one of: {', '.join(FAMILY_OPTIONS)} (the registered families)")
+    raise ConfigError(f"model.family: {value!r} is not one of: {', '.join(FAMILY_SPECS)} (the registered families)")
 
 
 class Norm(StrEnum):
@@ -440,12 +458,14 @@ class ModelConfig:
 
     @property
     def is_encoder_decoder(self) -> bool:
-        return self.family == Family.ENCODER_DECODER
+        """True for encoder-decoders (the built-in one, or a family registered as one)."""
+        return FAMILY_SPECS.get(str(self.family), FamilySpec()).encoder_decoder
 
     @property
     def is_causal(self) -> bool:
-        """True when the model's main stack is causal (decoder-only)."""
-        return self.family == Family.DECODER
+        """True when the model's main stack is causal (decoder-only, e.g. GPT or a registered
+        recurrent LM)."""
+        return FAMILY_SPECS.get(str(self.family), FamilySpec()).causal
 
     #: allowed values of the numeric fields (types come from the annotations)
     RANGES: typing.ClassVar[dict[str, Range]] = {
@@ -494,7 +514,7 @@ class ModelConfig:
 
     def _validate_family_options(self) -> None:
         """``family_options`` as the family's dataclass (from a mapping or defaults), checked."""
-        cls = FAMILY_OPTIONS.get(str(self.family))
+        cls = FAMILY_SPECS[str(self.family)].options
         opts = self.family_options
         if cls is None:
             if opts not in (None, {}):

@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Protocol
 import torch
 import torch.nn as nn
 
-from ..config import Family, register_family_options, resolve_family
+from ..config import Family, register_family_spec, resolve_family
 from ..errors import ConfigError
 
 
@@ -192,7 +192,8 @@ def register_family(name: str, backbone: type[Backbone], options: type | None = 
         raise ConfigError(f"family {name!r} is already registered ({FAMILIES[name].backbone.__name__})")
     if name in Family._value2member_map_ and options is not None:
         raise ConfigError(f"family {name!r} is built in: its settings are ModelConfig fields, not options")
-    register_family_options(name, options)
+    register_family_spec(name, options, causal=backbone.can_generate and not backbone.is_encoder_decoder,
+                         encoder_decoder=backbone.is_encoder_decoder)
     backbone.family = name
     FAMILIES[name] = FamilyInfo(name, backbone, options)
     return backbone
