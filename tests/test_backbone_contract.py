@@ -75,6 +75,29 @@ def test_depth_fn_by_name_equals_the_name_based_depths():
     assert new("heads.x") == old("heads.x")
 
 
+def test_compile_model_compiles_each_backbones_units(monkeypatch):
+    # per-unit compilation (FSDP, bare models) compiles what compile_units names: every Block
+    from transferlab.models.blocks import Block
+    from transferlab.training.loop import compile_model
+
+    model = _tiny("bart-mini")
+    seen: list[nn.Module] = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: seen.append(self))
+    compile_model(model, whole=False)
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    assert len(blocks) == 4 and len(seen) == 4 and all(a is b for a, b in zip(seen, blocks))
+
+
+def test_gradient_checkpointing_is_switched_through_the_backbone():
+    from transferlab.models.blocks import set_gradient_checkpointing
+
+    model = _tiny("t5-mini", d_head=16)
+    assert set_gradient_checkpointing(model, True) == 1
+    assert all(s.gradient_checkpointing for s in model.backbone.stacks())
+    set_gradient_checkpointing(model, False)
+    assert not any(s.gradient_checkpointing for s in model.backbone.stacks())
+
+
 # ---------------------------------------------------------------------------------- a toy family
 
 @dataclasses.dataclass
