@@ -323,14 +323,14 @@ class CostTracker:
             raise RuntimeError("CostTracker.add() before start()")
         tokens = int(tokens)
         if flops is None:
-            from . import estimate_flops  # the package's dispatcher (it imports this module)
+            from ..models.flops import family_flops  # what cost.estimate_flops dispatches to
 
             seq_len = seq_len or self.seq_len
             if self.cfg is None or not seq_len:
                 raise ValueError("CostTracker.add: pass flops=..., or a model with .config and seq_len")
             n_seq = tokens / seq_len
             per_seq_pred = None if n_predicted is None or n_seq == 0 else float(n_predicted) / n_seq
-            flops = n_seq * estimate_flops(self.cfg, seq_len, self.mode, decoder_len or self.decoder_len, per_seq_pred)
+            flops = n_seq * family_flops(self.cfg, seq_len, self.mode, decoder_len or self.decoder_len, per_seq_pred)
         else:
             self.flops_given = True
         self.tokens += tokens

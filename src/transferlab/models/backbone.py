@@ -200,9 +200,8 @@ def register_family(name: str, backbone: type[Backbone], options: type | None = 
 
 
 def family_info(name: str) -> FamilyInfo:
-    """The registered family ``name``; a one-line error listing the known ones otherwise."""
-    from . import families  # noqa: F401  (registers the built-in families)
-
+    """The registered family ``name``; a one-line error listing the known ones otherwise.
+    (The built-in families register when ``transferlab.models`` is imported.)"""
     info = FAMILIES.get(str(name))
     if info is None:
         resolve_family(name)  # raises the one-line error for names nobody registered

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from ..config import Activation, ModelConfig, Norm as NormKind, Position
+from .backbone import Backbone
 
 # A large negative number rather than -inf: a query row that sees no key at all (left padding
 # under a causal mask) then gets a uniform softmax instead of NaN.
@@ -477,8 +478,6 @@ def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> int:
     Returns:
         The number of backbones switched (0: nothing to checkpoint in this model).
     """
-    from .backbone import Backbone
-
     backbones = [m for m in model.modules() if isinstance(m, Backbone)]
     for b in backbones:
         b.set_gradient_checkpointing(bool(enabled))
