@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,7 +40,7 @@ B, T = 2, 128
 def _hermetic(tmp_path, monkeypatch):
     """Peak cache in a temp dir, a short peak benchmark, no cost settings from the environment."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(cost, "_PEAK_BENCH_SECONDS", 0.1)
+    monkeypatch.setattr(cost.peaks, "_PEAK_BENCH_SECONDS", 0.1)
     for var in ("TRANSFERLAB_PRICE_PER_HOUR", "TRANSFERLAB_GRID_INTENSITY", "TRANSFERLAB_COUNTRY",
                 "TRANSFERLAB_PEAK_FLOPS"):
         monkeypatch.delenv(var, raising=False)
@@ -185,14 +186,14 @@ def test_estimate_flops_rejects_bad_arguments():
 
 # ----------------------------------------------------------------------------- peaks
 def test_cpu_matmul_benchmark_reports_its_cpu_share():
-    flops, share = cost._benchmark_matmul("cpu", "fp32", 256, 0.05)
+    flops, share = cost.peaks._benchmark_matmul("cpu", "fp32", 256, 0.05)
     assert flops > 1e8 and 0 < share < 1.5  # 1 thread: about 1.0 on an idle core, less when others run
 
 
 def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
-    real = cost._benchmark_matmul
+    real = cost.peaks._benchmark_matmul
     # the real benchmark, but as on an idle machine (the suite's other worker may share the cores)
-    monkeypatch.setattr(cost, "_benchmark_matmul", lambda *a: (real(*a)[0], 1.0))
+    monkeypatch.setattr(cost.peaks, "_benchmark_matmul", lambda *a: (real(*a)[0], 1.0))
     peak, source = device_peak_flops("cpu", "fp32")
     assert peak > 1e8 and source.startswith("measured: 1024^3 fp32 matmul, 1 thread")
     cache_file = tmp_path / "cache" / "transferlab" / "peak.json"
@@ -200,7 +201,7 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
     (key,) = entry
     assert "fp32" in key and "threads=1" in key and torch.__version__ in key
     calls = []
-    monkeypatch.setattr(cost, "_benchmark_matmul", lambda *a: calls.append(a) or (peak / 2, 1.0))
+    monkeypatch.setattr(cost.peaks, "_benchmark_matmul", lambda *a: calls.append(a) or (peak / 2, 1.0))
     assert device_peak_flops("cpu", "fp32") == (peak, source + " (cached)")
     assert not calls
     # a re-measurement on a busier machine never lowers the peak
@@ -209,16 +210,27 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
 
 def test_cpu_peak_measured_under_load_is_not_cached(tmp_path, monkeypatch):
     # the benchmark got 40% of its threads' CPU time: other jobs had the cores
-    monkeypatch.setattr(cost, "_benchmark_matmul", lambda *a: (2e11, 0.4))
+    monkeypatch.setattr(cost.peaks, "_benchmark_matmul", lambda *a: (2e11, 0.4))
     peak, source = device_peak_flops("cpu", "bf16")
     assert peak == 2e11 and source.startswith("measured under load:") and "40% of the CPU: MFU overstated" in source
     assert not (tmp_path / "cache" / "transferlab" / "peak.json").exists()
     # a quiet measurement later is cached, and a disturbed one never replaces it
-    monkeypatch.setattr(cost, "_benchmark_matmul", lambda *a: (9e11, 0.97))
+    monkeypatch.setattr(cost.peaks, "_benchmark_matmul", lambda *a: (9e11, 0.97))
     assert device_peak_flops("cpu", "bf16") == (9e11, "measured: 1024^3 bf16 matmul, 1 thread")
-    monkeypatch.setattr(cost, "_benchmark_matmul", lambda *a: (3e11, 0.3))
+    monkeypatch.setattr(cost.peaks, "_benchmark_matmul", lambda *a: (3e11, 0.3))
     assert device_peak_flops("cpu", "bf16", refresh=True)[0] == 9e11
     assert device_peak_flops("cpu", "bf16") == (9e11, "measured: 1024^3 bf16 matmul, 1 thread (cached)")
+
+
+def test_peak_under_load_warning_is_printed_once_per_process(monkeypatch, caplog):
+    # a compare grid measures once per cell: the "not caching" warning is said once, the
+    # per-run source string still says every time that the figure was measured under load
+    monkeypatch.setattr(cost.peaks, "_warned_under_load", False)
+    monkeypatch.setattr(cost.peaks, "_benchmark_matmul", lambda *a: (2e11, 0.4))
+    with caplog.at_level(logging.WARNING, logger="transferlab.cost"):
+        sources = [device_peak_flops("cpu", "bf16")[1] for _ in range(3)]
+    assert all(s.startswith("measured under load:") for s in sources)
+    assert sum("not caching" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize(
@@ -250,7 +262,7 @@ def test_gpu_fp32_uses_tf32_peak_when_torch_allows_it(monkeypatch):
 def test_unknown_gpu_or_missing_format_is_measured(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Tesla T4")  # no bf16 tensor cores
     seen = []
-    monkeypatch.setattr(cost, "_benchmark_matmul", lambda dev, dt, n, s: seen.append((str(dev), dt, n)) or (3e12, None))
+    monkeypatch.setattr(cost.peaks, "_benchmark_matmul", lambda dev, dt, n, s: seen.append((str(dev), dt, n)) or (3e12, None))
     assert device_peak_flops("cuda", "bf16") == (3e12, "measured: 4096^3 bf16 matmul")
     assert seen == [("cuda", "bf16", 4096)]
 
@@ -334,7 +346,7 @@ class FakeCodecarbon:
 @pytest.mark.parametrize("mode", ["constant", "cpu_load"])
 def test_codecarbon_without_power_counter_is_labelled_estimate(monkeypatch, mode):
     fake = FakeCodecarbon(mode)
-    monkeypatch.setattr(cost, "_start_codecarbon", lambda out_dir, device: fake)
+    monkeypatch.setattr(cost.tracker, "_start_codecarbon", lambda out_dir, device: fake)
     with CostTracker(tiny_gpt(), seq_len=32, config=CostConfig(peak_flops=1e12)) as tracker:
         train_steps(tiny_gpt(), tracker, steps=1)
     r = tracker.report
@@ -345,7 +357,7 @@ def test_codecarbon_without_power_counter_is_labelled_estimate(monkeypatch, mode
 
 
 def test_codecarbon_reading_rapl_is_labelled_measured(monkeypatch):
-    monkeypatch.setattr(cost, "_start_codecarbon", lambda out_dir, device: FakeCodecarbon("intel_rapl"))
+    monkeypatch.setattr(cost.tracker, "_start_codecarbon", lambda out_dir, device: FakeCodecarbon("intel_rapl"))
     with CostTracker(tiny_gpt(), seq_len=32, config=CostConfig(peak_flops=1e12)) as tracker:
         train_steps(tiny_gpt(), tracker, steps=1)
     assert tracker.report["energy_source"] == "codecarbon"
@@ -358,7 +370,7 @@ def test_failing_codecarbon_falls_back_to_tdp_times_time(monkeypatch):
     def broken(out_dir, device):
         raise PermissionError("/sys/class/powercap/intel-rapl:0/energy_uj: permission denied")
 
-    monkeypatch.setattr(cost, "_start_codecarbon", broken)
+    monkeypatch.setattr(cost.tracker, "_start_codecarbon", broken)
     with CostTracker(tiny_gpt(), seq_len=32, config=CostConfig(peak_flops=1e12, grid_intensity=100.0)) as tracker:
         time.sleep(0.05)
     r = tracker.report
@@ -371,7 +383,7 @@ def test_failing_codecarbon_falls_back_to_tdp_times_time(monkeypatch):
 
 
 def test_track_energy_false_never_starts_codecarbon(monkeypatch):
-    monkeypatch.setattr(cost, "_start_codecarbon", lambda *a: pytest.fail("codecarbon started"))
+    monkeypatch.setattr(cost.tracker, "_start_codecarbon", lambda *a: pytest.fail("codecarbon started"))
     with CostTracker(tiny_gpt(), config=CostConfig(track_energy=False, peak_flops=1e12)) as tracker:
         tracker.add(tokens=10, flops=5e9)
     assert tracker.report["energy_source"] == "estimate"

@@ -260,9 +260,65 @@ def in_file(path: str | Path, error: type[Exception] | None = None) -> Iterator[
 
 
 class Family(StrEnum):
+    """The built-in (transformer) families; others are registered names (:data:`FAMILY_SPECS`)."""
+
     ENCODER = "encoder"  #: bidirectional stack (BERT, RoBERTa, ELECTRA)
     DECODER = "decoder"  #: causal stack (GPT)
     ENCODER_DECODER = "encoder-decoder"  #: encoder + causal decoder with cross-attention (BART, T5)
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What a config knows of a registered family (the rest is its ``Backbone``'s)."""
+
+    options: type | None = None
+    """Dataclass of the family's own settings (``ModelConfig.family_options``), or None."""
+    causal: bool = False
+    """Decoder-only: a causal language model (``ModelConfig.is_causal``)."""
+    encoder_decoder: bool = False
+    """An encoder and a decoder attending to it (``ModelConfig.is_encoder_decoder``)."""
+
+
+#: Every registered family by name (``models.backbone.register_family`` adds to it). Kept here,
+#: not beside the backbones, so that validating a config does not import the models.
+FAMILY_SPECS: dict[str, FamilySpec] = {
+    Family.ENCODER.value: FamilySpec(),
+    Family.DECODER.value: FamilySpec(causal=True),
+    Family.ENCODER_DECODER.value: FamilySpec(encoder_decoder=True),
+}
+
+
+def register_family_spec(name: str, options: type | None = None, causal: bool = False,
+                         encoder_decoder: bool = False) -> None:
+    """Make ``name`` a valid ``ModelConfig.family`` (see ``models.backbone.register_family``).
+
+    Args:
+        name: the family's name.
+        options: a dataclass (its fields are the family's settings, checked like any config
+            section; an optional ``validate()`` method runs after), or None.
+        causal: decoder-only (a causal LM).
+        encoder_decoder: an encoder-decoder.
+    """
+    if options is not None and not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise TypeError(f"register_family({name!r}): options must be a dataclass, got {options!r}")
+    FAMILY_SPECS[name] = FamilySpec(options, bool(causal), bool(encoder_decoder))
+
+
+def resolve_family(value: Any) -> "Family | str":
+    """``value`` as a :class:`Family` (built-in) or a registered family name.
+
+    Args:
+        value: a name or a :class:`Family`.
+
+    Returns:
+        The :class:`Family` member, or the registered name (a str).
+    """
+    name = value.value if isinstance(value, Enum) else value
+    if isinstance(name, str) and name in Family._value2member_map_:
+        return Family(name)
+    if isinstance(name, str) and name in FAMILY_SPECS:
+        return name
+    raise ConfigError(f"model.family: {value!r} is not one of: {', '.join(FAMILY_SPECS)} (the registered families)")
 
 
 class Norm(StrEnum):
@@ -295,8 +351,10 @@ class ModelConfig:
     depth (defaults to ``n_layers``).
     """
 
-    family: Family = Family.ENCODER
-    """encoder, decoder or encoder-decoder."""
+    # str first: a command-line override parses as the name, validate() makes it a Family
+    family: str | Family = Family.ENCODER
+    """encoder, decoder, encoder-decoder, or the name of a family registered with
+    ``models.backbone.register_family``."""
     vocab_size: int = 8192
     """Number of token embeddings (set from the tokenizer when pre-training)."""
     d_model: int = 256
@@ -380,6 +438,9 @@ class ModelConfig:
     """Heads on top of the backbone, by name, with their settings: e.g. {"lm": {}},
     {"lm": {}, "nsp": {}}, {"classification": {"num_labels": 2}}. The first one produces
     ``.logits`` in the forward."""
+    family_options: Any = None
+    """The family's own settings: an instance of the dataclass given to ``register_family`` (a
+    mapping in config.json); None for the built-in families."""
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -397,12 +458,14 @@ class ModelConfig:
 
     @property
     def is_encoder_decoder(self) -> bool:
-        return self.family == Family.ENCODER_DECODER
+        """True for encoder-decoders (the built-in one, or a family registered as one)."""
+        return FAMILY_SPECS.get(str(self.family), FamilySpec()).encoder_decoder
 
     @property
     def is_causal(self) -> bool:
-        """True when the model's main stack is causal (decoder-only)."""
-        return self.family == Family.DECODER
+        """True when the model's main stack is causal (decoder-only, e.g. GPT or a registered
+        recurrent LM)."""
+        return FAMILY_SPECS.get(str(self.family), FamilySpec()).causal
 
     #: allowed values of the numeric fields (types come from the annotations)
     RANGES: typing.ClassVar[dict[str, Range]] = {
@@ -416,30 +479,59 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         """Check the config is consistent; raise :class:`ConfigError` naming the field."""
+        self.family = resolve_family(self.family)
         _coerce_enums(self)
         check_fields(self, "model", self.RANGES)
+        self._validate_family_options()
+        transformer = isinstance(self.family, Family)  # the rules below that name attention or stacks
+        if transformer:
+            self._validate_transformer()
+        for p in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, p) < 1.0:
+                raise ConfigError(f"model.{p} must be in [0, 1), got {getattr(self, p)}")
+        if transformer and self.attn_impl not in ("sdpa", "math"):
+            raise ConfigError(f"model.attn_impl must be sdpa or math, got {self.attn_impl!r}")
+        if not isinstance(self.heads, dict) or not all(isinstance(v, dict) for v in self.heads.values()):
+            raise ConfigError(f"model.heads: expected a mapping of head name to settings, e.g. {{\"lm\": {{}}}}, "
+                              f"got {self.heads!r}")
+        return self
+
+    def _validate_transformer(self) -> None:
+        """The rules of the built-in (transformer) families: heads, embedding projection, segments."""
         if not self.d_head and self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}"
             )
         if self.embedding_size == self.d_model:
             self.embedding_size = None  # same width: no projection, the plain model
-        if self.embedding_size is not None and Family(self.family) != Family.ENCODER:
+        if self.embedding_size is not None and self.family != Family.ENCODER:
             raise ConfigError(f"model.embedding_size={self.embedding_size} (an embedding projection to "
                               f"d_model={self.d_model}) is only supported for encoders, not {self.family}")
         if self.position == Position.ROTARY and self.head_dim % 2:
             raise ConfigError(f"rotary positions need an even head size, got {self.head_dim}")
         if self.type_vocab_size and self.family != Family.ENCODER:
             raise ConfigError("model.type_vocab_size > 0 is only supported for encoders")
-        for p in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, p) < 1.0:
-                raise ConfigError(f"model.{p} must be in [0, 1), got {getattr(self, p)}")
-        if self.attn_impl not in ("sdpa", "math"):
-            raise ConfigError(f"model.attn_impl must be sdpa or math, got {self.attn_impl!r}")
-        if not isinstance(self.heads, dict) or not all(isinstance(v, dict) for v in self.heads.values()):
-            raise ConfigError(f"model.heads: expected a mapping of head name to settings, e.g. {{\"lm\": {{}}}}, "
-                              f"got {self.heads!r}")
-        return self
+
+    def _validate_family_options(self) -> None:
+        """``family_options`` as the family's dataclass (from a mapping or defaults), checked."""
+        cls = FAMILY_SPECS[str(self.family)].options
+        opts = self.family_options
+        if cls is None:
+            if opts not in (None, {}):
+                raise ConfigError(f"model.family_options: family {str(self.family)!r} has no settings of its own, "
+                                  f"got {opts!r}")
+            self.family_options = None
+            return
+        if opts is None:
+            opts = cls()
+        elif isinstance(opts, dict):
+            opts = from_dict(cls, opts, where="model.family_options")
+        elif not isinstance(opts, cls):
+            raise ConfigError(f"model.family_options: expected a mapping of {cls.__name__} fields, got {opts!r}")
+        check_fields(opts, "model.family_options", getattr(cls, "RANGES", None))
+        if callable(getattr(opts, "validate", None)):
+            opts.validate()
+        self.family_options = opts
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

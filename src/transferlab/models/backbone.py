@@ -8,7 +8,9 @@ model, say) subclasses :class:`Backbone`, implements the abstract members and th
 supports, and calls :func:`register_family`; nothing else in the library changes.
 
 The three transformer families (:mod:`~transferlab.models.families`) implement it on one
-:class:`~transferlab.models.blocks.Stack`; see ``docs/extending.md`` for a new family.
+:class:`~transferlab.models.blocks.Stack`; ``tests/test_backbone_contract.py`` registers a
+GRU language model with its own settings (``register_family(name, cls, options)``) as the example
+to copy for a new family.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Callable, ClassVar, Protocol
 import torch
 import torch.nn as nn
 
+from ..config import Family, register_family_spec, resolve_family
 from ..errors import ConfigError
 
 
@@ -64,7 +67,8 @@ class Backbone(nn.Module, ABC):
 
     @property
     def hidden_size(self) -> int:
-        """Width C of ``last_hidden_state`` (what heads read)."""
+        """Width C of ``last_hidden_state`` (what heads read). Heads are built from
+        ``config.d_model``, so a family keeps this equal to it."""
         return int(self.config.d_model)
 
     @abstractmethod
@@ -157,7 +161,7 @@ class Backbone(nn.Module, ABC):
 @dataclass(frozen=True)
 class FamilyInfo:
     """A registered family: its backbone class and, optionally, a dataclass of its own settings
-    (read from ``ModelConfig.family_options``)."""
+    (``ModelConfig.family_options``)."""
 
     name: str
     backbone: type[Backbone]
@@ -174,8 +178,11 @@ def register_family(name: str, backbone: type[Backbone], options: type | None = 
     Args:
         name: the family's name in configs (``encoder``, ``decoder``, ``gru-lm`` ...).
         backbone: a :class:`Backbone` subclass taking a ``ModelConfig``.
-        options: optional dataclass of the family's own settings.
-        replace: allow re-registering a name (tests).
+        options: optional dataclass of the family's own settings: ``cfg.family_options`` is an
+            instance of it (defaults when config.json has none), checked against its field types
+            (and its ``RANGES`` / ``validate()`` when it has them), saved in config.json.
+        replace: allow re-registering a name with another class (tests).
+
     Returns:
         ``backbone`` (so it can be used as a decorator helper).
     """
@@ -183,20 +190,24 @@ def register_family(name: str, backbone: type[Backbone], options: type | None = 
         raise TypeError(f"register_family({name!r}): {backbone!r} is not a Backbone subclass")
     if name in FAMILIES and not replace and FAMILIES[name].backbone is not backbone:
         raise ConfigError(f"family {name!r} is already registered ({FAMILIES[name].backbone.__name__})")
+    if name in Family._value2member_map_ and options is not None:
+        raise ConfigError(f"family {name!r} is built in: its settings are ModelConfig fields, not options")
+    register_family_spec(name, options, causal=backbone.can_generate and not backbone.is_encoder_decoder,
+                         encoder_decoder=backbone.is_encoder_decoder)
     backbone.family = name
     FAMILIES[name] = FamilyInfo(name, backbone, options)
     return backbone
 
 
 def family_info(name: str) -> FamilyInfo:
-    """The registered family ``name``; a one-line error listing the known ones otherwise."""
-    from . import families  # noqa: F401  (registers the built-in families)
-
-    try:
-        return FAMILIES[str(name)]
-    except KeyError:
-        raise ConfigError(f"model.family: unknown family {name!r}; expected one of "
-                          f"{', '.join(sorted(FAMILIES))}") from None
+    """The registered family ``name``; a one-line error listing the known ones otherwise.
+    (The built-in families register when ``transferlab.models`` is imported.)"""
+    info = FAMILIES.get(str(name))
+    if info is None:
+        resolve_family(name)  # raises the one-line error for names nobody registered
+        raise ConfigError(f"model.family: {str(name)!r} has settings but no backbone; register it with "
+                          "models.backbone.register_family")
+    return info
 
 
 def build_backbone(cfg: Any) -> Backbone:

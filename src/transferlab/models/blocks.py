@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from ..config import Activation, ModelConfig, Norm as NormKind, Position
+from .backbone import Backbone
 
 # A large negative number rather than -inf: a query row that sees no key at all (left padding
 # under a causal mask) then gets a uniform softmax instead of NaN.
@@ -255,12 +256,24 @@ def activation_fn(kind: Activation):
     raise ValueError(kind)
 
 
+def is_gated(activation: Activation | str) -> bool:
+    """Whether the MLP of this activation is gated (SwiGLU / GeGLU: [gate; up] of d_ff each).
+
+    Args:
+        activation: ``ModelConfig.activation``.
+
+    Returns:
+        True for swiglu and geglu.
+    """
+    return Activation(activation) in (Activation.SWIGLU, Activation.GEGLU)
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward. Gated variants fuse [gate; up] into one projection."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gated = Activation(cfg.activation) in (Activation.SWIGLU, Activation.GEGLU)
+        self.gated = is_gated(cfg.activation)
         self.fc1 = nn.Linear(cfg.d_model, (2 if self.gated else 1) * cfg.d_ff, bias=cfg.bias)
         self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.act = activation_fn(cfg.activation)
@@ -450,19 +463,22 @@ class Stack(nn.Module):
 
 
 def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> int:
-    """Switch activation (gradient) checkpointing on every :class:`Stack` inside ``model``.
+    """Switch activation (gradient) checkpointing on every backbone inside ``model``, through
+    :meth:`~transferlab.models.backbone.Backbone.set_gradient_checkpointing`.
 
     In training each block then keeps only its input; its activations (attention scores, the
     MLP's hidden layer) are recomputed during backward (``torch.utils.checkpoint``, non-reentrant).
     That trades about one more forward per step for activation memory that no longer grows with
     the number of layers. Gradients are the same as without it (dropout masks are replayed).
 
+    Args:
+        model: a TransferModel, a Backbone or a module holding them.
+        enabled: on or off.
+
     Returns:
-        The number of stacks switched (0: nothing to checkpoint in this model).
+        The number of backbones switched (0: nothing to checkpoint in this model).
     """
-    n = 0
-    for m in model.modules():
-        if isinstance(m, Stack):
-            m.gradient_checkpointing = bool(enabled)
-            n += 1
-    return n
+    backbones = [m for m in model.modules() if isinstance(m, Backbone)]
+    for b in backbones:
+        b.set_gradient_checkpointing(bool(enabled))
+    return len(backbones)

@@ -21,6 +21,7 @@ from ..config import Family, ModelConfig, Position
 from ..errors import ConfigError
 from .backbone import Backbone, build_backbone, register_family  # noqa: F401 (build_backbone re-exported)
 from .blocks import Attention, Block, KVCache, LayerCache, Stack
+from .flops import transformer_flops
 
 
 @dataclass
@@ -144,10 +145,9 @@ class TransformerBackbone(Backbone):
             s.gradient_checkpointing = bool(on)
 
     @classmethod
-    def estimate_flops(cls, cfg, seq_len, mode="train", decoder_len=None, n_predicted=None) -> float:
-        from ..cost import estimate_flops
-
-        return estimate_flops(cfg, seq_len, mode, decoder_len, n_predicted)
+    def estimate_flops(cls, cfg: ModelConfig, seq_len: int, mode: str = "train", decoder_len: int | None = None,
+                       n_predicted: float | None = None) -> float:
+        return transformer_flops(cfg, seq_len, mode, decoder_len, n_predicted)
 
     @property
     def position_limit(self) -> int | None:

@@ -24,7 +24,8 @@ from ..config import Family, ModelConfig, get_preset
 from ..errors import CheckpointError, ConfigError
 from ..objectives.losses import lm_cross_entropy
 from .blocks import KVCache
-from .families import BackboneOutput, build_backbone, shift_tokens_right
+from .backbone import Backbone, build_backbone
+from .families import BackboneOutput, shift_tokens_right
 from .heads import HEADS, POOLED_HEADS, pool
 
 CONFIG_NAME = "config.json"
@@ -97,19 +98,20 @@ class ModelOutput:
 _OUTPUT_KEYS = frozenset(f.name for f in fields(ModelOutput) if f.name != "order") | {"decoder_hidden_states"}
 
 
-def _output_order(family: Family, kind: str | None) -> tuple[str, ...]:
-    """Field order of the transformers output class a model of this family and head returns
+def _output_order(backbone: Backbone, kind: str | None) -> tuple[str, ...]:
+    """Field order of the transformers output class a model of this backbone and head returns
     (``BaseModelOutputWithPooling``, ``CausalLMOutputWithPast``, ``Seq2SeqLMOutput``,
-    ``QuestionAnsweringModelOutput``, ...)."""
+    ``QuestionAnsweringModelOutput``, ...): encoder-decoders, decoders (families that continue
+    text) and encoders (the rest)."""
     seq2seq_tail = ("past_key_values", "decoder_hidden_states", "encoder_last_hidden_state", "encoder_hidden_states")
     if kind is None:  # the base model
-        if family == Family.ENCODER:
-            return ("last_hidden_state", "pooler_output", "hidden_states")
-        if family == Family.DECODER:
+        if backbone.is_encoder_decoder:
+            return ("last_hidden_state", *seq2seq_tail)
+        if backbone.can_generate:
             return ("last_hidden_state", "past_key_values", "hidden_states")
-        return ("last_hidden_state", *seq2seq_tail)
+        return ("last_hidden_state", "pooler_output", "hidden_states")
     main = ("loss", "start_logits", "end_logits") if kind == "span" else ("loss", "logits")
-    if family == Family.ENCODER_DECODER:
+    if backbone.is_encoder_decoder:
         return (*main, *seq2seq_tail)
     return (*main, "past_key_values", "hidden_states")
 
@@ -137,7 +139,7 @@ class TransferModel(nn.Module):
         kind = settings.pop("type", name)
         if kind not in HEADS:
             raise ConfigError(f"unknown head {kind!r}; known heads: {', '.join(HEADS)}")
-        head = HEADS[kind](self.config, self.backbone.embed_tokens, **settings)
+        head = HEADS[kind](self.config, self.backbone.get_input_embeddings(), **settings)
         head.apply(self._init_weights)
         self.heads[name] = head
         self.config.heads[name] = dict(settings, **({"type": kind} if kind != name else {}))
@@ -157,8 +159,11 @@ class TransferModel(nn.Module):
             nn.init.normal_(m.weight, 0.0, std)
 
     @property
-    def family(self) -> Family:
-        return Family(self.config.family)
+    def family(self) -> Family | str:
+        """``config.family``: a :class:`Family` for the built-in families, the registered name
+        (a str) for others."""
+        f = str(self.config.family)
+        return Family(f) if f in Family._value2member_map_ else f
 
     @property
     def device(self) -> torch.device:
@@ -180,13 +185,15 @@ class TransferModel(nn.Module):
 
     def estimate_flops(self, seq_len: int, mode: str = "train", decoder_len: int | None = None,
                        n_predicted: float | None = None) -> float:
-        """Matmul FLOPs of one sequence (train / forward / decode); see :func:`transferlab.cost.estimate_flops`."""
-        from ..cost import estimate_flops
+        """Matmul FLOPs of one sequence (train / forward / decode), as the backbone counts them;
+        see :func:`transferlab.cost.estimate_flops`."""
+        from .flops import family_flops
 
-        return estimate_flops(self.config, seq_len, mode, decoder_len, n_predicted)
+        return family_flops(self.config, seq_len, mode, decoder_len, n_predicted)
 
     def get_input_embeddings(self) -> nn.Embedding:
-        return self.backbone.embed_tokens
+        """The backbone's token table (V, E), as ``transformers``' ``get_input_embeddings``."""
+        return self.backbone.get_input_embeddings()
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -246,7 +253,7 @@ class TransferModel(nn.Module):
             hidden_states=out.hidden_states, pooler_output=out.pooler_output,
             encoder_last_hidden_state=out.encoder_last_hidden_state,
             encoder_hidden_states=out.encoder_hidden_states, past_key_values=out.past_key_values,
-            start_logits=start, end_logits=end, order=_output_order(self.family, kind),
+            start_logits=start, end_logits=end, order=_output_order(self.backbone, kind),
         )
         return result if return_dict else result.to_tuple()
 

@@ -119,15 +119,11 @@ class ElectraPair(ObjectiveModule):
             generator = TransferModel(generator_config(dcfg, cfg.generator_size, cfg.generator_layers))
         self.generator = generator
         gcfg = generator.config
-        shared = discriminator.backbone.embed_tokens  # (V, E); E = C_d unless embedding_size is set
+        shared = discriminator.backbone.get_input_embeddings()  # (V, E); E = C_d unless embedding_size is set
         E = dcfg.emb_dim
-        # The generator reads the shared embedding output: drop its own token table (unused
-        # parameters would break DDP and waste V * C_g weights) and point its stack at the shared one.
-        gb = generator.backbone
-        if "embed_tokens" in gb._modules:
-            del gb._modules["embed_tokens"]
-        object.__setattr__(gb, "embed_tokens", shared)  # not registered: the discriminator owns it
-        gb.encoder.embed_tokens = [shared]
+        # The generator reads the shared embedding output: it drops its own token table (unused
+        # parameters would break DDP and waste V * C_g weights); the discriminator owns the table.
+        generator.backbone.share_input_embeddings(shared)
         # The shared embedding output is E wide (ELECTRA-Small: E = 128, C_d = 256, C_g = 64); the
         # generator's own embeddings_project is this generator_proj (E -> C_g).
         self.generator_proj = (nn.Linear(E, gcfg.d_model) if gcfg.d_model != E else nn.Identity())

@@ -112,19 +112,20 @@ def compile_model(module: nn.Module, whole: bool = True) -> None:
             an objective's wrapper (:class:`~transferlab.objectives.base.ObjectiveModule`) runs;
             the blocks, the masks and the fused LM-head loss have no data-dependent branches under
             compile, so clm and denoise compile to one graph (mlm breaks once, at its gather of
-            the masked rows). False: compile each transformer block separately (FSDP shards the
-            blocks, and a bare model's forward is not what the objectives call).
+            the masked rows). False: compile each backbone's
+            :meth:`~transferlab.models.backbone.Backbone.compile_units` separately (FSDP shards
+            the same units, and a bare model's forward is not what the objectives call).
     """
     if whole:
         # shapes change between batches for denoising (padded lengths) and sparse MLM (number
         # of masked rows): after one recompile dynamo marks those dimensions dynamic.
         module.compile()
         return
-    from ..models.blocks import Block
+    from ..models.backbone import Backbone
 
-    for m in module.modules():
-        if isinstance(m, Block):
-            m.compile()
+    for b in [m for m in module.modules() if isinstance(m, Backbone)]:
+        for unit in b.compile_units():
+            unit.compile()
 
 
 class _LossModule(nn.Module):

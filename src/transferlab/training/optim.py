@@ -7,7 +7,7 @@ wall-clock budget (``max_minutes``) can drive them as well as a step count.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -18,28 +18,28 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
     """Parameter groups: weight decay on matrices (every tensor with dim >= 2: linear weights and
     embedding tables, as in BERT and nanoGPT), none on biases and norm scales.
 
-    With ``layer_lr_decay < 1`` (ULMFiT/ELECTRA discriminative learning rates) block ``i`` of
-    ``L`` gets ``lr * decay**(L - i)``, embeddings ``lr * decay**(L + 1)`` and heads ``lr``.
+    With ``layer_lr_decay < 1`` (ULMFiT/ELECTRA discriminative learning rates) layer ``i`` of
+    ``L`` gets ``lr * decay**(L - i)``, embeddings ``lr * decay**(L + 1)`` and the top group and
+    heads ``lr``; the layers are the backbone's :meth:`~transferlab.models.backbone.Backbone.layer_groups`.
 
     Args:
         model: the module to optimise (frozen parameters are skipped).
         weight_decay: decay for matrices.
         lr: base learning rate (sets each group's ``lr``; ``None`` leaves it to the optimizer).
-        layer_lr_decay: per-block learning-rate decay factor (1.0: none).
+        layer_lr_decay: per-layer learning-rate decay factor (1.0: none).
 
     Returns:
         Groups with ``params``, ``weight_decay``, ``lr_scale`` (and ``lr``), for ``torch.optim``.
     """
     groups: dict[tuple[float, float], list[torch.Tensor]] = {}
-    depth = _depth_fn(model) if layer_lr_decay != 1.0 else None
-    for name, p in model.named_parameters():
+    depths, L = param_depths(model) if layer_lr_decay != 1.0 else ({}, 0)
+    for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
         wd = weight_decay if p.dim() >= 2 else 0.0
         scale = 1.0
-        if depth is not None:
-            d, L = depth(name)
-            scale = layer_lr_decay ** (L + 1 - d)
+        if layer_lr_decay != 1.0:
+            scale = layer_lr_decay ** (L + 1 - depths.get(id(p), L + 1))
         groups.setdefault((wd, scale), []).append(p)
     out = []
     for (wd, scale), params in groups.items():
@@ -50,25 +50,53 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
     return out
 
 
-def _depth_fn(model: nn.Module):
-    """name -> (depth, n_blocks): 0 for embeddings, i+1 for block i, n_blocks+1 for heads."""
-    import re
+def param_depths(model: nn.Module) -> tuple[dict[int, int], int]:
+    """Depth of every parameter of the backbones inside ``model``, from their layer groups.
 
-    n = 0
-    for name, _ in model.named_parameters():
-        m = re.search(r"\.blocks\.(\d+)\.", name)
-        if m:
-            n = max(n, int(m.group(1)) + 1)
+    Args:
+        model: a TransferModel, a Backbone, or a module holding them (ELECTRA's pair).
+
+    Returns:
+        (``id(parameter) -> depth``, L): 0 for embeddings, ``i`` for layer ``i`` (1..L), L + 1 for
+        the top group (final norms, pooler). Parameters not listed (heads, wrappers' own modules)
+        sit at L + 1 with the top: heads learn at the full rate.
+    """
+    from ..models.backbone import Backbone
+
+    backbones = [m for m in model.modules() if isinstance(m, Backbone)]
+    groups = [b.layer_groups() for b in backbones]
+    # several backbones (a generator beside its discriminator) share depths by layer index
+    L = max((len(g) - 2 for g in groups), default=0)
+    depths: dict[int, int] = {}
+    for g in groups:
+        top = len(g) - 1
+        for d, params in enumerate(g):
+            for p in params:
+                depths.setdefault(id(p), L + 1 if d == top else d)
+    return depths, L
+
+
+def depth_fn(model: nn.Module) -> Callable[[str], tuple[int, int]]:
+    """Parameter name -> (depth, L) as :func:`param_depths` gives it (gradual unfreezing walks
+    parameters by name). Names that are not backbone parameters (heads) get L + 1.
+
+    Args:
+        model: as for :func:`param_depths`.
+
+    Returns:
+        The lookup function.
+    """
+    depths, L = param_depths(model)
+    by_name = {n: depths.get(id(p), L + 1) for n, p in model.named_parameters()}
 
     def depth(name: str) -> tuple[int, int]:
-        m = re.search(r"\.blocks\.(\d+)\.", name)
-        if m:
-            return int(m.group(1)) + 1, n
-        if name.startswith("heads.") or ".pooler." in name or ".final_norm." in name:
-            return n + 1, n
-        return 0, n
+        return by_name.get(name, L + 1), L
 
     return depth
+
+
+# finetune/loop.py's gradual unfreezing still imports this name; drop it once it calls depth_fn
+_depth_fn = depth_fn
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, betas=(0.9, 0.999),
