@@ -55,8 +55,14 @@ def _duration(s: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """A few aligned lines summarising a :meth:`CostTracker.stop` report for the console."""
+def format_report(report: dict[str, Any], throughput: bool = True) -> str:
+    """A few aligned lines summarising a :meth:`CostTracker.stop` report for the console.
+
+    Args:
+        report: what :meth:`CostTracker.stop` returned.
+        throughput: include the wall-clock tokens / tokens/s row (False where the run's one
+            summary line, ``runlog.summary_line``, already reports them).
+    """
     r = report
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
     energy_tag = "measured by codecarbon" if r.get("energy_source") == "codecarbon" else "estimate"
@@ -77,5 +83,7 @@ def format_report(report: dict[str, Any]) -> str:
         ("price", f"${r.get('price_usd', 0):.4g} at ${r.get('price_per_hour', 0):.3g} per device-hour "
                   f"({r.get('price_source')})"),
     ]
+    if not throughput:
+        rows = [row for row in rows if row[0] != "tokens"]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

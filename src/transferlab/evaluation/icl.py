@@ -47,7 +47,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..config import Family
 from ..errors import ConfigError, DataError
 
 __all__ = ["Template", "TEMPLATES", "ICLResult", "build_prompt", "score_continuations", "evaluate_icl",
@@ -256,7 +255,7 @@ def evaluate_icl(
         DataError: unknown task, or a split too small for the requested shots.
     """
     cfg = model.config
-    if Family(cfg.family) != Family.DECODER:
+    if not cfg.is_causal:
         raise ConfigError(f"in-context evaluation needs a decoder (GPT-style) model; this one is family={cfg.family}")
     if isinstance(task, str):
         from ..data.builtin import load_task

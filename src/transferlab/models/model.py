@@ -10,7 +10,6 @@ head in ``config.heads``), ``.hidden_states`` and friends, so code written again
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -271,7 +270,7 @@ class TransferModel(nn.Module):
         if kind == "classification" and logits.shape[-1] == 1:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
         # the one LM cross-entropy (also token and sequence heads: -100 ignored, fp32)
-        return lm_cross_entropy(logits, labels, shift=kind == "lm" and self.family == Family.DECODER)
+        return lm_cross_entropy(logits, labels, shift=kind == "lm" and self.config.is_causal)
 
     # ------------------------------------------------------------------ generation
     @classmethod

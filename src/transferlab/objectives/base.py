@@ -340,13 +340,16 @@ class Objective(ABC):
         from ..config import Family
 
         cfg = getattr(cfg, "config", cfg)  # accept a model as well as a ModelConfig
-        fam = Family(cfg.family)
-        if fam != family:
+        # the kind of stack matters, not the name: a registered causal family (an LSTM LM) is a
+        # decoder to clm, a registered encoder-decoder one to the denoisers
+        kind = (Family.ENCODER_DECODER if cfg.is_encoder_decoder else
+                Family.DECODER if cfg.is_causal else Family.ENCODER)
+        if kind != family:
             need = {Family.ENCODER: "an encoder", Family.DECODER: "a decoder",
                     Family.ENCODER_DECODER: "an encoder-decoder"}[family]
             raise ConfigError(
                 f"objective {self.name!r} needs {need} (model.family={family.value}), "
-                f"got model.family={fam.value}"
+                f"got model.family={cfg.family}"
             )
         if cfg.vocab_size < specials.vocab_size:
             raise ConfigError(

@@ -11,7 +11,6 @@ evaluation: what ``transferlab curves`` prints and saves.
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path

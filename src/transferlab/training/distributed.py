@@ -108,11 +108,11 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Modul
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
-        from ..models.blocks import Block
+        from ..models.backbone import Backbone
 
-        for m in model.modules():
-            if isinstance(m, Block):
-                fully_shard(m)
+        for b in [m for m in model.modules() if isinstance(m, Backbone)]:
+            for unit in b.fsdp_units():  # the transformer blocks
+                fully_shard(unit)
         fully_shard(model)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP

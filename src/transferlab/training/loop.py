@@ -20,7 +20,6 @@ the data position), so ``fit(resume=True)`` continues a killed run bit-identical
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..config import Family, ModelConfig, apply_overrides, get_preset, to_dict
+from ..config import ModelConfig, apply_overrides, get_preset, to_dict
 from ..errors import CheckpointError, ConfigError, DataError
 from ..utils import atomic_write_text
 from ..objectives.base import Objective
@@ -86,7 +86,7 @@ def fit_config_to_tokenizer(cfg: ModelConfig, tok: Any, objective: Objective | N
     eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
     cfg.bos_token_id = int(bos) if bos is not None else -1
     cfg.eos_token_id = int(eos) if eos is not None else -1
-    if Family(cfg.family) == Family.ENCODER_DECODER:
+    if cfg.is_encoder_decoder:
         start = objective.start if objective is not None else None
         if start is None:
             start = next(i for i in (cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id) if i >= 0)
@@ -315,8 +315,7 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
             summary["cost"] = tracker.stop()
             # without the cost block's wall-clock throughput row: the run's one summary line
             # (runlog.summary_line, printed by the command) reports time and tokens/s
-            print("\n".join(line for line in format_report(summary["cost"]).splitlines()
-                            if not line.lstrip().startswith("tokens ")))
+            print(format_report(summary["cost"], throughput=False))
         if info.is_main:
             from ..utils import atomic_dir
 
