@@ -176,7 +176,10 @@ def load_model_and_tokenizer(spec: str | Path, device: str | torch.device = "cpu
 
 # ------------------------------------------------------------------------------ extraction
 def _n_states(model: nn.Module) -> int:
-    return int(model.config.n_layers) + 1  # embeddings + one per (encoder) block
+    """Hidden states the model's main stack gives (embeddings + one per layer), as its backbone says."""
+    from .models.backbone import backbone_of
+
+    return int(backbone_of(model).num_hidden_states)
 
 
 def _resolve_layer(layer: int, n_states: int) -> int:
@@ -200,9 +203,11 @@ def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[tor
         The embedding output followed by each block's output (the last one after the final norm
         for pre-norm stacks, as in ``transformers``).
     """
-    bb = model.backbone
+    from .models.backbone import backbone_of
+
+    bb = backbone_of(model)
     ids, mask = batch["input_ids"], batch.get("attention_mask")
-    if Family(model.config.family) == Family.ENCODER_DECODER:
+    if bb.is_encoder_decoder:  # the encoder's states: what the decoder reads
         _, hs = bb.encode(ids, mask, output_hidden_states=True)
     else:
         tt = batch.get("token_type_ids") if model.config.type_vocab_size else None

@@ -87,29 +87,18 @@ def _inference(ctx: Callable[[], Any]) -> Callable[[], Any]:
 
 def _set_dropout(model: torch.nn.Module, dropout: float | None, attention: float | None) -> None:
     """Override the backbone's dropout rates in place (and in its config, so they are saved)."""
-    from ..models.blocks import Attention
+    from ..models.backbone import backbone_of
 
-    if dropout is not None:
-        model.config.dropout = dropout
-        for m in model.backbone.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = dropout
-    if attention is not None:
-        model.config.attention_dropout = attention
-        for m in model.modules():
-            if isinstance(m, Attention):
-                m.p_drop = attention
+    backbone_of(model).set_dropout(hidden=dropout, attention=attention)
 
 
 def _set_attn_impl(model: torch.nn.Module, impl: str | None) -> None:
+    """Choose the backbone's attention kernel (``None``: keep the model's)."""
     if impl is None:
         return
-    from ..models.blocks import Attention
+    from ..models.backbone import backbone_of
 
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.impl = impl
-    model.config.attn_impl = impl
+    backbone_of(model).set_attention(impl)
 
 
 def _bar(total: int, desc: str, quiet: bool, leave: bool = True):
@@ -257,12 +246,15 @@ def _check_out_dir(cfg: FinetuneConfig) -> Path | None:
 
 # ------------------------------------------------------------------------------ gradual unfreezing
 def _layer_groups(model: torch.nn.Module) -> tuple[dict[str, int], int]:
-    """Parameter name -> depth (0 embeddings, 1..L blocks, L+1 heads/pooler/final norm), and L."""
-    from ..training.optim import _depth_fn
+    """Parameter name -> depth (0 embeddings, 1..L layers, L+1 top of the backbone and the heads),
+    and L, from the backbone's :meth:`~transferlab.models.backbone.Backbone.layer_groups`."""
+    from ..models.backbone import backbone_of
 
-    depth = _depth_fn(model)
-    names = {n: depth(n)[0] for n, _ in model.named_parameters()}
-    L = depth("heads.x")[1]
+    groups = backbone_of(model).layer_groups()  # [embeddings, layer 1..L, top]
+    L = len(groups) - 2
+    depth_of = {id(p): d for d, group in enumerate(groups) for p in group}
+    # parameters outside the backbone (the task heads) sit on top, with the final norm / pooler
+    names = {n: depth_of.get(id(p), L + 1) for n, p in model.named_parameters()}
     return names, L
 
 
@@ -385,9 +377,9 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
         lora_info = {"base_sha256": base_hash(model)}  # of the pre-trained weights, head excluded
         lora_info.update(apply_lora(model, cfg.lora_config(), seed=cfg.seed))
     if cfg.gradient_checkpointing:
-        from ..models.blocks import set_gradient_checkpointing
+        from ..models.backbone import backbone_of
 
-        set_gradient_checkpointing(model, True)
+        backbone_of(model).set_gradient_checkpointing(True)
     model.to(device)
 
     feats = wiring.encode(train, train=True)
