@@ -585,9 +585,12 @@ def probe(
 
     if pooling == "none":
         raise ConfigError("probe needs a pooled vector per example: pooling cls, mean or last")
+    from .finetune.task_types import get_task_type
+
     splits = _task_data(task)
     kind = splits.task_type
-    if kind not in ("classification", "pair-classification"):
+    task_kind = get_task_type(kind)
+    if not task_kind.has_classes:
         raise ConfigError(f"probe needs a classification task, {splits.name!r} is {kind}")
     train = subsample(splits.train, train_size, seed, kind)
     parts = {"train": train, "validation": splits.validation}
@@ -599,8 +602,9 @@ def probe(
     for name, exs in parts.items():
         if not exs:
             raise DataError(f"probe: the {name} split is empty")
-        pairs = [ex["pair"] for ex in exs] if kind == "pair-classification" else None
-        feats[name] = extract_features(model, tokenizer, [ex["text"] for ex in exs], "all", pooling, pairs,
+        texts = [task_kind.feature_texts(ex) for ex in exs]  # (text, pair or None)
+        pairs = [b for _, b in texts] if texts and texts[0][1] is not None else None
+        feats[name] = extract_features(model, tokenizer, [a for a, _ in texts], "all", pooling, pairs,
                                        batch_size=batch_size, max_length=max_length, dtype=dtype,
                                        progress=progress).values  # (N, L+1, C)
         ys[name] = np.array([lid.get(str(ex["label"]), -1) for ex in exs])

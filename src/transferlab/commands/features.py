@@ -127,13 +127,13 @@ def _extract(args: argparse.Namespace) -> int:
     out = _features_output(args)
     out.check()  # before the (long) extraction: a foreign file or sidecar (NAME.json) is refused
     if args.task:
+        from ..finetune.task_types import get_task_type
         from ..finetune.tasks import load_builtin
 
         data = load_builtin(args.task)
-        exs = data[args.split]
-        key = {"seq2seq": "source", "qa": "context"}.get(data.task_type, "text")
-        texts = [" ".join(e["tokens"]) if data.task_type == "tagging" else e[key] for e in exs]
-        pairs = [e["pair"] for e in exs] if data.task_type == "pair-classification" else None
+        both = [get_task_type(data.task_type).feature_texts(e) for e in data[args.split]]  # (text, pair or None)
+        texts = [a for a, _ in both]
+        pairs = [b for _, b in both] if both and both[0][1] is not None else None
     else:
         from ..data.corpus import read_documents
 
