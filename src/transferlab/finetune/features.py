@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import COUNT, NONNEG_INT, Family, Range, check_fields
+from ..config import COUNT, NONNEG_INT, Range, check_fields
 from ..errors import CheckpointError, ConfigError, DataError
 
 POOLINGS = ("cls", "mean", "last", "none")
@@ -466,7 +466,7 @@ def _extract(model: nn.Module, tokenizer: Any, texts: list[str], layer: int | st
             attn[i, : len(x)] = 1
             tok_ids[i, : len(x)] = x
     meta = {"layer": str(layer), "layers": layers, "pooling": pooling, "max_length": max_length, "n_states": n_states,
-            "family": str(Family(model.config.family).value)}
+            "family": str(getattr(model.config.family, "value", model.config.family))}
     if layer == "mix":
         meta["mix_weights"] = [round(float(w), 6) for w in mix.weights.detach()]
         meta["mix_gamma"] = float(mix.gamma.detach())

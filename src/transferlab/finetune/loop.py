@@ -101,10 +101,11 @@ def _tokenizer_texts(data: TaskData, examples: Sequence[dict[str, Any]]) -> list
 def _tokenizer_kind(mcfg: Any) -> str:
     from ..config import Family, Norm, Position
 
-    fam = Family(mcfg.family)
-    if fam == Family.ENCODER:
+    fam = str(getattr(mcfg.family, "value", mcfg.family))  # a registered family need not be a Family member
+    if fam == Family.ENCODER.value:
         return "wordpiece"
-    if fam == Family.ENCODER_DECODER and (Position(mcfg.position) == Position.RELATIVE or Norm(mcfg.norm) == Norm.RMSNORM):
+    if fam == Family.ENCODER_DECODER.value and (Position(mcfg.position) == Position.RELATIVE
+                                              or Norm(mcfg.norm) == Norm.RMSNORM):
         return "unigram"  # T5-style
     return "bpe"
 

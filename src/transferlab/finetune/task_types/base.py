@@ -15,9 +15,10 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from ...config import Family, ModelConfig
+from ...config import ModelConfig
 from ...data.corpus import names, quote
 from ...errors import ConfigError, DataError
+from ...models.backbone import family_info
 from ..config import TaskSpec
 from ..inputs import InputBuilder, decoder_start_id, pad_to, position_limit, sorted_batches
 
@@ -195,7 +196,12 @@ class TaskType:
         self.builder = InputBuilder(tok, cfg)
         limit = position_limit(cfg)
         self.max_length = min(spec.max_length, limit) if limit else spec.max_length
-        self.family = Family(cfg.family)
+        # what the family's backbone is, not its name: a registered family (an LSTM LM) fits too
+        bb = family_info(cfg.family).backbone
+        #: the input is encoded once and read again by a causal decoder (BART, T5)
+        self.encoder_decoder = bool(bb.is_encoder_decoder)
+        #: one causal stack continues the text (GPT, an RNN LM)
+        self.decoder_only = bool(bb.can_generate) and not self.encoder_decoder
 
     # -- model
     def head_settings(self) -> dict[str, Any]:
@@ -229,14 +235,13 @@ class TaskType:
     def n_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Non-padding tokens the model reads (encoder-decoders read the input twice here)."""
         n = int(batch["attention_mask"].sum())
-        return 2 * n if self.family == Family.ENCODER_DECODER else n
+        return 2 * n if self.encoder_decoder else n
 
     def batch_flops(self, batch: dict[str, torch.Tensor]) -> float:
         """Training FLOPs of one batch from the analytic model, sequence by sequence (real lengths,
         so padding is not counted as useful work)."""
-        from ...cost import estimate_flops
-
-        enc_dec = self.family == Family.ENCODER_DECODER
+        estimate_flops = family_info(self.cfg.family).backbone.estimate_flops  # the family's own count
+        enc_dec = self.encoder_decoder
         lengths = batch["attention_mask"].sum(1).tolist()
         return sum(estimate_flops(self.cfg, n, "train", decoder_len=n if enc_dec else None) for n in lengths)
 
@@ -245,7 +250,7 @@ class TaskType:
         kw: dict[str, Any] = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "head": self.head}
         if "token_type_ids" in batch:
             kw["token_type_ids"] = batch["token_type_ids"]
-        if self.family == Family.ENCODER_DECODER:
+        if self.encoder_decoder:
             from ...models.families import shift_tokens_right
 
             kw["decoder_input_ids"] = shift_tokens_right(batch["input_ids"], self.builder.pad_id, decoder_start_id(self.cfg, self.tok))

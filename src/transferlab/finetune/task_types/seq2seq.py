@@ -13,8 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...config import Family, ModelConfig
+from ...config import ModelConfig
 from ...errors import ConfigError, DataError
+from ...models.backbone import family_info
 from ..config import TaskSpec
 from ..inputs import IGNORE, decoder_start_id, pad_to, sorted_batches
 from .base import TaskType, register_task_type, row_text
@@ -65,14 +66,14 @@ class Seq2Seq(TaskType):
     def __init__(self, spec: TaskSpec, tok: Any, cfg: ModelConfig):
         super().__init__(spec, tok, cfg)
         self.max_target = spec.max_target_length
-        self.suffix_ids = tok.encode(spec.prompt_suffix) if spec.prompt_suffix and self.family == Family.DECODER else []
-        if self.family == Family.DECODER:
+        self.suffix_ids = tok.encode(spec.prompt_suffix) if spec.prompt_suffix and self.decoder_only else []
+        if self.decoder_only:
             if self.max_length <= self.max_target + len(self.suffix_ids) + 8:
                 raise ConfigError(f"max_length={self.max_length} leaves no room for the prompt next to "
                                   f"max_target_length={self.max_target}; raise --max-length or lower --max-target-length")
 
     def check_model(self, cfg):
-        if Family(cfg.family) == Family.ENCODER:
+        if not family_info(cfg.family).backbone.can_generate:
             raise ConfigError("seq2seq needs a decoder or encoder-decoder model; this model is an encoder "
                               "(use a gpt-*, bart-* or t5-* model)")
 
@@ -92,7 +93,7 @@ class Seq2Seq(TaskType):
 
     def _prompt_ids(self, sources: list[str]) -> list[list[int]]:
         src = self.tok.encode_batch(sources)
-        if self.family == Family.DECODER:
+        if self.decoder_only:
             keep = self.max_length - self.max_target - len(self.suffix_ids)
             return [s[:keep] + self.suffix_ids for s in src]
         return [self.builder.single(s, self.max_length)[0] for s in src]
@@ -107,7 +108,7 @@ class Seq2Seq(TaskType):
         for k, p in enumerate(prompts):
             f: dict[str, Any] = {"input_ids": p, "prompt": p, "example": k}
             if targets is not None:
-                if self.family == Family.DECODER:
+                if self.decoder_only:
                     f["input_ids"] = p + targets[k]
                     f["labels"] = [IGNORE] * len(p) + targets[k]
                 else:
@@ -123,28 +124,27 @@ class Seq2Seq(TaskType):
 
     def n_tokens(self, batch):
         n = int(batch["attention_mask"].sum())
-        if self.family == Family.ENCODER_DECODER and "labels" in batch:
+        if self.encoder_decoder and "labels" in batch:
             n += int((batch["labels"] != IGNORE).sum())
         return n
 
     def batch_flops(self, batch):
-        from ...cost import estimate_flops
-
+        estimate_flops = family_info(self.cfg.family).backbone.estimate_flops  # the family's own count
         lengths = batch["attention_mask"].sum(1).tolist()
         targets = (batch["labels"] != IGNORE).sum(1).tolist()
-        if self.family == Family.ENCODER_DECODER:
+        if self.encoder_decoder:
             return sum(estimate_flops(self.cfg, n, "train", decoder_len=max(t, 1), n_predicted=t)
                        for n, t in zip(lengths, targets))
         return sum(estimate_flops(self.cfg, n, "train", n_predicted=t) for n, t in zip(lengths, targets))
 
     def loss_count(self, batch):
         labels = batch["labels"]
-        tgt = labels if self.family == Family.ENCODER_DECODER else labels[:, 1:]  # as in loss_sum
+        tgt = labels if self.encoder_decoder else labels[:, 1:]  # as in loss_sum
         return int((tgt != IGNORE).sum())
 
     def loss_sum(self, model, batch):
         labels = batch["labels"]
-        if self.family == Family.ENCODER_DECODER:
+        if self.encoder_decoder:
             from ...models.families import shift_tokens_right
 
             dec_in = shift_tokens_right(labels, self.builder.pad_id, decoder_start_id(self.cfg, self.tok))
@@ -166,9 +166,9 @@ class Seq2Seq(TaskType):
                               "pad_token_id": self.builder.pad_id}
         if self.builder.end_id is not None:
             kw["eos_token_id"] = self.builder.end_id
-        if self.family == Family.ENCODER_DECODER:
+        if self.encoder_decoder:
             kw["decoder_start_token_id"] = decoder_start_id(self.cfg, self.tok)
-        left = self.family == Family.DECODER  # decoder prompts are left-padded for generation
+        left = self.decoder_only  # decoder prompts are left-padded for generation
         for idx in sorted_batches([len(f["prompt"]) for f in feats], batch_size):
             rows = [feats[i]["prompt"] for i in idx]
             ids = pad_to(rows, self.builder.pad_id, left=left).to(device)
