@@ -635,3 +635,40 @@ def test_test_size_scores_a_fixed_subset(dirs, data, tmp_path, monkeypatch):
     _run(tmp_path, "a", seed=0, **kw)
     _run(tmp_path, "b", seed=1, **kw)
     assert len(seen) == 2 and len(seen[0]) == 5 and seen[0] == seen[1]  # the same 5 for every seed
+
+
+def test_a_new_task_type_is_one_class_registered_in_place(dirs, data, tmp_path):
+    """A task type registered here (its own file fields and metric) is read, trained, evaluated
+    and predicted through the registry alone: no library file names it."""
+    import csv
+
+    from transferlab.finetune.task_types import TASK_TYPES, register_task_type
+    from transferlab.finetune.tasks import read_examples
+
+    class Topic(Classification):
+        name = "toy-topic"
+        primary_metric = "hits"
+        default_columns = ("sentence", None, "topic")
+
+        @classmethod
+        def metrics(cls, predictions, references, labels):
+            return {"hits": sum(p == r for p, r in zip(predictions, references)) / len(references)}
+
+    register_task_type(Topic)
+    try:
+        with open(data["sent_train"], encoding="utf-8") as f:
+            rows = [{"sentence": r["text"], "topic": r["label"]} for r in csv.DictReader(f)]
+        train = tmp_path / "topics.jsonl"
+        train.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        ex, kind = read_examples(train, "toy-topic")
+        assert kind == "toy-topic" and ex[0]["text"] == rows[0]["sentence"] and ex[0]["label"] == rows[0]["topic"]
+        res = _run(tmp_path, "topic", model=str(dirs["encoder"]), train_file=str(train), task_type="toy-topic",
+                   epochs=4, lr=2e-3)
+        assert res.task_type == "toy-topic" and res.metric == "hits" and set(res.validation) == {"hits"}
+        assert res.validation["hits"] >= 0.8
+        assert set(evaluate(res.out_dir, test_file=str(train))) == {"hits"}
+        assert predict(res.out_dir, [rows[0]["sentence"]])[0]["prediction"] in {"pos", "neg"}
+    finally:
+        TASK_TYPES.pop("toy-topic", None)
+    with pytest.raises(ConfigError, match="task_type: 'toy-topic' is not one of: classification"):
+        FinetuneConfig(model=str(dirs["encoder"]), train_file=str(train), task_type="toy-topic").validate()

@@ -189,7 +189,7 @@ def load_builtin(name: str) -> TaskData:
         if "unknown task" in str(e):
             raise DataError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}") from None
         raise
-    kind = str(t.kind)
+    kind = str(getattr(t, "task_type", None) or t.kind)  # TaskSplits.kind, to be renamed task_type
     if kind not in _TYPES:  # pragma: no cover - guards a future built-in of a new kind
         raise DataError(f"built-in task {name!r} has kind {t.kind!r}, which fine-tuning does not know")
     labels = _TYPES[kind].order_labels(list(t.labels))

@@ -16,9 +16,14 @@ seq2seq                lm                      encoder-decoder: source -> target
 =====================  ======================  =================================================
 
 A new task type is one module: subclass :class:`TaskType` and call :func:`register_task_type`.
+Modules dropped into this package register themselves on import (after the built-in ones, which
+keep their order); code elsewhere registers its own types the same way.
 """
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from .base import (
     TASK_TYPES,
@@ -33,6 +38,10 @@ from .regression import Regression  # noqa: E402
 from .tagging import Tagging  # noqa: E402
 from .qa import QA  # noqa: E402
 from .seq2seq import Seq2Seq  # noqa: E402
+
+for _m in pkgutil.iter_modules(__path__):  # any other module here is a task type too
+    importlib.import_module(f"{__name__}.{_m.name}")
+del _m
 
 __all__ = ["TASK_TYPES", "TaskType", "build_wiring", "get_task_type", "register_task_type", "task_type_names",
            "Classification", "PairClassification", "Regression", "Tagging", "QA", "Seq2Seq"]
