@@ -1,4 +1,4 @@
-"""Fine-tuning: tasks, heads wiring, the fine-tune loop, evaluate and predict.
+"""Fine-tuning: tasks, task types, the fine-tune loop, evaluate and predict, frozen features.
 
 ```
 from transferlab.finetune import FinetuneConfig, finetune, evaluate, predict
@@ -17,7 +17,9 @@ predict("runs/imdb-minilm", ["A wonderful film.", "Dull."])
 * :mod:`.loop` — ``finetune``; :mod:`.inference` — ``evaluate`` / ``predict`` / ``load_finetuned``;
   :mod:`.scoring` — the scoring core; :mod:`.checkpoints` — resumable checkpoints;
 * :mod:`.config` — :class:`FinetuneConfig`, :class:`TaskSpec` (``task.json``),
-  :class:`FinetuneResult`.
+  :class:`FinetuneResult`;
+* :mod:`.features` — frozen features of any layer or a scalar mix (:class:`~.features.FeaturesConfig`);
+  :mod:`.probes` — linear probes and contextual neighbours on them.
 """
 
 from __future__ import annotations

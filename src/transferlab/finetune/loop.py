@@ -1,4 +1,4 @@
-"""The fine-tuning loop, and evaluate / predict from a fine-tuned folder.
+"""The fine-tuning loop (``evaluate`` / ``predict`` live in :mod:`.inference`, importable from here).
 
 ``finetune(cfg)`` is written out in one place, in the order it happens:
 
