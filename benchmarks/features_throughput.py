@@ -41,7 +41,7 @@ def main() -> None:
     import transformers as T
 
     from transferlab.data.builtin import load_task, minilm_dir
-    from transferlab.features import extract_features, load_model_and_tokenizer
+    from transferlab.finetune.features import extract_features, load_model_and_tokenizer
     from transferlab.models.blocks import Attention
 
     ours, tok = load_model_and_tokenizer("builtin:minilm")

@@ -43,7 +43,7 @@ def main() -> None:
 
     from transferlab.data.builtin import load_task, minilm_dir
     from transferlab.finetune.config import TaskSpec
-    from transferlab.finetune.heads import build_wiring
+    from transferlab.finetune.task_types import build_wiring
     from transferlab.models.model import from_pretrained
     from transferlab.tokenizer import Tokenizer
 

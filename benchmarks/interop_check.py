@@ -371,7 +371,7 @@ def _sentence_transformers(hf_dir: Path, model: Any, tok: Any) -> float:
     """max |diff| between SentenceTransformer(export).encode and our mean-pooled last layer."""
     from sentence_transformers import SentenceTransformer
 
-    from transferlab.features import extract_features
+    from transferlab.finetune.features import extract_features
 
     with _quiet():
         st = SentenceTransformer(str(hf_dir), device="cpu")

@@ -67,7 +67,7 @@ def _worker(workload: str, opts: dict, args: argparse.Namespace) -> dict:
     B, T = args.batch_size, args.seq_len
     if workload == "minilm-finetune":
         from transferlab.finetune.config import TaskSpec
-        from transferlab.finetune.heads import build_wiring
+        from transferlab.finetune.task_types import build_wiring
         from transferlab.models.model import from_pretrained
         from transferlab.tokenizer import Tokenizer
 

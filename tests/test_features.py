@@ -7,15 +7,12 @@ import torch
 from transferlab.cli import main
 from transferlab.config import ModelConfig, get_preset
 from transferlab.errors import CheckpointError, ConfigError
-from transferlab.features import (
-    ScalarMix,
-    extract_features,
+from transferlab.finetune.features import ScalarMix, extract_features, load_model_and_tokenizer, save_features
+from transferlab.finetune.probes import (
     find_occurrences,
-    load_model_and_tokenizer,
     neighbours,
     probe,
     sample_sentences,
-    save_features,
     static_neighbours,
     train_scalar_mix,
     word_vectors,
@@ -292,3 +289,38 @@ def test_cli_features_extract_and_neighbours(model_dir, tmp_path, capsys):
     assert main(["features", "--model", str(model_dir), "--input", str(inp), "--layer", "7", "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("error: ") == 3 and "Traceback" not in err
+
+
+def test_cli_features_config_file_flags_and_dotted_overrides(model_dir, tmp_path, capsys):
+    """`features --config FILE.yaml` + flags + features.KEY=VALUE, with finetune's precedence."""
+    import json
+
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(CORPUS[:5]) + "\n")
+    cfg = tmp_path / "feats.yaml"
+    cfg.write_text(f"features:\n  model: {model_dir}\n  input: {inp}\n  layer: '0'\n  pooling: mean\n  limit: 4\n")
+    out = tmp_path / "f.npy"
+    # the file's layer 0 loses to the override, its pooling to the flag; flags may follow the overrides
+    rc = main(["features", "--config", str(cfg), "--pooling", "cls", "--output", str(out), "features.layer=-1",
+               "features.batch_size=2", "--force"])
+    assert rc == 0, capsys.readouterr().err
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert np.load(out).shape == (4, 32) and side["layer"] == "-1" and side["pooling"] == "cls"
+    capsys.readouterr()
+    for bad, pattern in ((["features.lyr=1"], "unknown field 'lyr'"), (["train.lr=1"], "expected features.KEY=VALUE"),
+                         (["features.batch_size=0"], "features.batch_size")):
+        assert main(["features", "--config", str(cfg), "--output", str(out), "--force", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and pattern in err, err
+
+
+def test_features_flag_defaults_are_the_config_defaults():
+    from transferlab.cli import build_parser
+    from transferlab.commands import features as fcmd
+    from transferlab.finetune.features import FeaturesConfig
+
+    build_parser()
+    base = FeaturesConfig()
+    assert fcmd.FLAG_DEFAULTS
+    for dest, shown in fcmd.FLAG_DEFAULTS.items():
+        assert getattr(base, dest) == shown, dest

@@ -19,17 +19,9 @@ from transferlab.cli import main
 from transferlab.config import ModelConfig
 from transferlab.errors import CheckpointError, ConfigError, DataError
 from transferlab.finetune import FinetuneConfig, TaskSpec, evaluate, finetune, predict
-from transferlab.finetune.heads import (
-    IGNORE,
-    ClassificationWiring,
-    InputBuilder,
-    QAWiring,
-    Seq2SeqWiring,
-    TaggingWiring,
-    bio_transitions,
-    bio_viterbi,
-    build_wiring,
-)
+from transferlab.finetune.inputs import IGNORE, InputBuilder
+from transferlab.finetune.task_types import QA, Classification, Seq2Seq, Tagging, build_wiring
+from transferlab.finetune.task_types.tagging import bio_transitions, bio_viterbi
 from transferlab.finetune.loop import _Unfreezer, load_finetuned
 from transferlab.models.model import TransferModel, from_pretrained
 from transferlab.tokenizer import Tokenizer
@@ -190,7 +182,7 @@ def test_truncation_head_tail_and_head_plus_tail(dirs, tmp_path):
     text = " ".join(["good"] * 30 + ["bad"] * 30)
     for how, first, last in [("head", "good", "good"), ("tail", "bad", "bad"), ("head+tail", "good", "bad")]:
         spec = TaskSpec("classification", labels=["neg", "pos"], max_length=12, truncation=how)
-        (ids,) = [f["input_ids"] for f in ClassificationWiring(spec, tok, cfg).encode([{"text": text, "label": "pos"}], train=False)]
+        (ids,) = [f["input_ids"] for f in Classification(spec, tok, cfg).encode([{"text": text, "label": "pos"}], train=False)]
         words = tok.decode(ids, skip_special_tokens=True).split()
         assert len(ids) == 12 and (words[0], words[-1]) == (first, last)
         spec.save(tmp_path)
@@ -204,7 +196,7 @@ def test_truncation_head_tail_and_head_plus_tail(dirs, tmp_path):
 def test_tagging_labels_first_subword_only(dirs, family):
     tok, cfg = _tok(dirs[family]), _cfg(dirs[family])
     spec = TaskSpec("tagging", labels=["O", "B-PER", "I-PER"], max_length=64)
-    w = TaggingWiring(spec, tok, cfg)
+    w = Tagging(spec, tok, cfg)
     words = ["Dravelin", "met", "Sonbarit", "Plomerik"]  # unseen words split into several pieces
     tags = ["B-PER", "O", "B-PER", "I-PER"]
     f = w.encode([{"tokens": words, "tags": tags}], train=True)[0]
@@ -222,7 +214,7 @@ def test_tagging_labels_first_subword_only(dirs, family):
 def test_tagging_truncated_words_predict_o(dirs):
     tok, cfg = _tok(dirs["encoder"]), _cfg(dirs["encoder"])
     spec = TaskSpec("tagging", labels=["O", "B-PER", "I-PER"], max_length=6)
-    w = TaggingWiring(spec, tok, cfg)
+    w = Tagging(spec, tok, cfg)
     words = ["alice", "bob", "carol", "dave", "erin", "frank"]
     f = w.encode([{"tokens": words}], train=False)[0]
     assert len(f["input_ids"]) == 6 and f["first"][:4] == [1, 2, 3, 4] and f["first"][4:] == [-1, -1]
@@ -268,7 +260,7 @@ def test_bio_viterbi_never_emits_invalid_i():
 def test_qa_windows_map_answers_to_characters(dirs, family):
     tok, cfg = _tok(dirs[family]), _cfg(dirs[family])
     spec = TaskSpec("qa", max_length=24, doc_stride=6, max_answer_length=10)
-    w = QAWiring(spec, tok, cfg)
+    w = QA(spec, tok, cfg)
     filler = "the movie was quite good and the plot was very dull but the actors " * 2
     ctx = filler + "Alice lives in New Paris , she said ." + " and the story"
     ans = "New Paris"
@@ -301,7 +293,7 @@ def test_qa_windows_map_answers_to_characters(dirs, family):
 def test_qa_lowercasing_tokenizer_keeps_original_case(dirs):
     tok, cfg = _tok(dirs["encoder"]), _cfg(dirs["encoder"])
     assert tok.tokenize("PARIS") == tok.tokenize("paris")  # the tokenizer lower-cases
-    w = QAWiring(TaskSpec("qa", max_length=64), tok, cfg)
+    w = QA(TaskSpec("qa", max_length=64), tok, cfg)
     ctx = "They met in PARIS, Texas."
     f = w.encode([{"context": ctx, "question": "where?", "answers": ["PARIS"], "answer_starts": [12]}], True)[0]
     s, e = f["offsets"][f["start"]], f["offsets"][f["end"]]
@@ -312,7 +304,7 @@ def test_qa_lowercasing_tokenizer_keeps_original_case(dirs):
 def test_seq2seq_decoder_only_loss_is_on_completion_only(dirs):
     d = dirs["decoder"]
     tok, model = _tok(d), from_pretrained(d)
-    w = Seq2SeqWiring(TaskSpec("seq2seq", max_length=40, max_target_length=6), tok, model.config)
+    w = Seq2Seq(TaskSpec("seq2seq", max_length=40, max_target_length=6), tok, model.config)
     ex = [{"source": "red blue green", "target": "red"}, {"source": "pink gray brown white", "target": "pink gray"}]
     feats = w.encode(ex, train=True)
     for f in feats:
@@ -340,7 +332,7 @@ def test_seq2seq_decoder_only_loss_is_on_completion_only(dirs):
 def test_seq2seq_encoder_decoder_teacher_forcing(dirs):
     d = dirs["encoder-decoder"]
     tok, model = _tok(d), from_pretrained(d)
-    w = Seq2SeqWiring(TaskSpec("seq2seq", max_length=40, max_target_length=6), tok, model.config)
+    w = Seq2Seq(TaskSpec("seq2seq", max_length=40, max_target_length=6), tok, model.config)
     feats = w.encode([{"source": "red blue green", "target": "red blue"}], train=True)
     f = feats[0]
     assert f["labels"][-1] == tok.eos_token_id and f["input_ids"][-1] == tok.eos_token_id
@@ -643,3 +635,40 @@ def test_test_size_scores_a_fixed_subset(dirs, data, tmp_path, monkeypatch):
     _run(tmp_path, "a", seed=0, **kw)
     _run(tmp_path, "b", seed=1, **kw)
     assert len(seen) == 2 and len(seen[0]) == 5 and seen[0] == seen[1]  # the same 5 for every seed
+
+
+def test_a_new_task_type_is_one_class_registered_in_place(dirs, data, tmp_path):
+    """A task type registered here (its own file fields and metric) is read, trained, evaluated
+    and predicted through the registry alone: no library file names it."""
+    import csv
+
+    from transferlab.finetune.task_types import TASK_TYPES, register_task_type
+    from transferlab.finetune.tasks import read_examples
+
+    class Topic(Classification):
+        name = "toy-topic"
+        primary_metric = "hits"
+        default_columns = ("sentence", None, "topic")
+
+        @classmethod
+        def metrics(cls, predictions, references, labels):
+            return {"hits": sum(p == r for p, r in zip(predictions, references)) / len(references)}
+
+    register_task_type(Topic)
+    try:
+        with open(data["sent_train"], encoding="utf-8") as f:
+            rows = [{"sentence": r["text"], "topic": r["label"]} for r in csv.DictReader(f)]
+        train = tmp_path / "topics.jsonl"
+        train.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        ex, kind = read_examples(train, "toy-topic")
+        assert kind == "toy-topic" and ex[0]["text"] == rows[0]["sentence"] and ex[0]["label"] == rows[0]["topic"]
+        res = _run(tmp_path, "topic", model=str(dirs["encoder"]), train_file=str(train), task_type="toy-topic",
+                   epochs=4, lr=2e-3)
+        assert res.task_type == "toy-topic" and res.metric == "hits" and set(res.validation) == {"hits"}
+        assert res.validation["hits"] >= 0.8
+        assert set(evaluate(res.out_dir, test_file=str(train))) == {"hits"}
+        assert predict(res.out_dir, [rows[0]["sentence"]])[0]["prediction"] in {"pos", "neg"}
+    finally:
+        TASK_TYPES.pop("toy-topic", None)
+    with pytest.raises(ConfigError, match="task_type: 'toy-topic' is not one of: classification"):
+        FinetuneConfig(model=str(dirs["encoder"]), train_file=str(train), task_type="toy-topic").validate()

@@ -126,9 +126,9 @@ def test_grad_accumulation_4x8_equals_one_batch_of_32(env, tmp_path, case):
     # magnifies the last-bit differences of summing in another order, for near-zero gradients)
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
     if case == "tagging":  # the test can fail: a mean per micro-batch (token counts differ) is another loss
-        from transferlab.finetune import heads
+        from transferlab.finetune.task_types import Tagging, TaskType
 
-        assert heads.TaggingWiring.loss_count is not heads.Wiring.loss_count
+        assert Tagging.loss_count is not TaskType.loss_count
 
 
 def test_grad_accum_zero_is_a_one_line_error(env, tmp_path, capsys):

@@ -94,7 +94,7 @@ def test_minilm_round_trip_keeps_sentence_transformers_modules(tmp_path, capsys)
     assert np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
     assert np.abs(a - b).max() <= 1e-5
     # and transferlab's own features --normalize gives the same vectors
-    from transferlab.features import extract_features
+    from transferlab.finetune.features import extract_features
 
     model, tok = transferlab.from_pretrained(ours), Tokenizer.from_pretrained(ours)
     vals = extract_features(model, tok, texts, "-1", "mean", max_length=256).values

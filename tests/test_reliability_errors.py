@@ -410,7 +410,7 @@ def test_features_cap_max_length_at_the_positions(fx, capsys, tmp_path, pooling)
 
 
 def test_features_probe_caps_max_length(fx, capsys, monkeypatch):
-    import transferlab.features as F
+    import transferlab.finetune.features as F
 
     seen = []
     real = F._extract

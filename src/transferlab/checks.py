@@ -57,7 +57,7 @@ def resolve_device(name: Any = "auto") -> Any:
 
 def position_limit(config: Any) -> int | None:
     """Longest input the model's position table covers (None: rotary/relative/none: no limit)."""
-    from .finetune.heads import position_limit as _limit
+    from .finetune.inputs import position_limit as _limit
 
     return _limit(config)
 

@@ -5,12 +5,55 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..finetune.features import FeaturesConfig
 
 
 def _layer(s: str) -> str:
     if s in ("mix", "all") or re.fullmatch(r"-?\d+", s):
         return s
     raise argparse.ArgumentTypeError(f"expected a layer number, 'mix' or 'all', got {s!r}")
+
+
+#: dests of the extraction flags that set a FeaturesConfig field, and their defaults (shown in --help)
+FIELD_DESTS: list[str] = []
+FLAG_DEFAULTS: dict[str, object] = {}
+
+
+def _config_class() -> type:
+    from ..finetune.features import FeaturesConfig
+
+    return FeaturesConfig
+
+
+class _ToolNames(dict):
+    """The tools by name, where a ``KEY=VALUE`` word also passes argparse's choice check."""
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or (isinstance(key, str) and "=" in key)
+
+
+class _ToolOrOverrides(argparse._SubParsersAction):
+    """The optional TOOL (``probe``, ``neighbours``) or, when the first word after the flags is a
+    ``KEY=VALUE`` item, the extraction's ``features.KEY=VALUE`` overrides (flags may follow them)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._name_parser_map = self.choices = _ToolNames()
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        if values and not dict.__contains__(self._name_parser_map, values[0]) and "=" in values[0]:
+            items = list(getattr(namespace, "overrides", None) or [])
+            rest = list(values)
+            while rest and not rest[0].startswith("-"):
+                items.append(rest.pop(0))
+            namespace.overrides = items
+            if rest:  # flags after the overrides: parse them as the command's own
+                parser.parse_args(rest, namespace)
+            return
+        super().__call__(parser, namespace, values, option_string)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,9 +68,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pooling mean --output rt_val.npy\n"
         "  transferlab features --model builtin:minilm --input texts.txt --normalize --output emb.npy\n"
         "  transferlab features probe --model builtin:minilm --task rotten-tomatoes --train-size 1000\n"
-        "  transferlab features neighbours --model builtin:minilm --word play --corpus builtin:reviews+news",
+        "  transferlab features neighbours --model builtin:minilm --word play --corpus builtin:reviews+news\n"
+        "  transferlab features --config feats.yaml --output emb.npy features.layer=mix features.batch_size=64\n\n"
+        "configuration (the grammar of `transferlab finetune`):\n"
+        "  --config FILE.yaml   a YAML/JSON file with a `features:` section of FeaturesConfig fields, e.g.\n"
+        "                         features: {model: \"builtin:minilm\", task: imdb, layer: \"4\", pooling: mean}\n"
+        "  features.KEY=VALUE   dotted overrides of any FeaturesConfig field, after the flags\n"
+        "  precedence: built-in defaults < --config file < flags given on the command line < features.KEY=VALUE",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML/JSON with a `features:` section of FeaturesConfig fields (flags and features.KEY=VALUE win)")
     p.add_argument("--model", metavar="DIR", help="pre-trained model folder (with its tokenizer) or builtin:minilm")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", metavar="FILE", help="texts: a .txt file (one per line), .jsonl or .csv (see --text-column)")
@@ -50,9 +101,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "earlier features")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="encode only the first N texts")
     _common(p)
-    p.set_defaults(func=_extract)
+    from .finetune import defaults_to_help
 
-    sub = p.add_subparsers(dest="features_command", metavar="TOOL")
+    defaults_to_help(p, _config_class(), {}, FIELD_DESTS, FLAG_DEFAULTS)
+    p.set_defaults(func=_extract, overrides=[])
+
+    sub = p.add_subparsers(dest="features_command", metavar="TOOL", action=_ToolOrOverrides)
     pr = sub.add_parser(
         "probe", help="linear probe per layer and on a learned scalar mix",
         description="Freeze the model, pool each layer's vectors, and fit the same classifier (standardise + "
@@ -108,51 +162,67 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
             raise ConfigError(f"--{n.replace('_', '-')} must be positive, got {v}")
 
 
+def resolve_config(args: argparse.Namespace) -> "FeaturesConfig":
+    """The extraction's :class:`~transferlab.finetune.features.FeaturesConfig` from the parsed
+    command line: defaults < ``--config`` < flags given < ``features.KEY=VALUE`` (finetune's code).
+
+    Raises:
+        ConfigError: one line naming the file and/or the key.
+    """
+    from .finetune import finish_section_config, resolve_section_config, section_overrides
+
+    cfg = resolve_section_config(args, _config_class(), "features", FIELD_DESTS, {})
+    cfg.progress = True  # the command always shows its bar
+    items = section_overrides(getattr(args, "overrides", None) or [], "features", "features.layer=4")
+    return finish_section_config(cfg, "features", items)
+
+
 def _extract(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import ConfigError
-    from ..features import ScalarMix, extract_features, load_model_and_tokenizer, save_features
+    from ..finetune.features import ScalarMix, extract_features, load_model_and_tokenizer, save_features
 
-    if not args.model or not args.output or not (args.input or args.task):
+    cfg = resolve_config(args)
+    if not cfg.model or not cfg.output or not (cfg.input or cfg.task):
         raise ConfigError("features: --model, --output and one of --input/--task are required "
                           "(or use `features probe` / `features neighbours`)")
-    _positive(args, "limit", "max_length", "batch_size")
-    if Path(args.output).suffix not in (".npy", ".safetensors"):
-        raise ConfigError(f"--output {args.output}: expected a .npy or .safetensors file name")
-    if args.mix_weights and args.layer != "mix":
+    if cfg.input and cfg.task:
+        raise ConfigError("features: give either --input or --task, not both")
+    if Path(cfg.output).suffix not in (".npy", ".safetensors"):
+        raise ConfigError(f"--output {cfg.output}: expected a .npy or .safetensors file name")
+    if cfg.mix_weights and cfg.layer != "mix":
         raise ConfigError("--mix-weights goes with --layer mix")
-    if args.normalize and args.pooling == "none":
+    if cfg.normalize and cfg.pooling == "none":
         raise ConfigError("--normalize works on pooled vectors: use --pooling cls, mean or last")
-    out = _features_output(args)
+    out = _features_output(cfg, args.force)
     out.check()  # before the (long) extraction: a foreign file or sidecar (NAME.json) is refused
-    if args.task:
+    if cfg.task:
+        from ..finetune.task_types import get_task_type
         from ..finetune.tasks import load_builtin
 
-        data = load_builtin(args.task)
-        exs = data[args.split]
-        key = {"seq2seq": "source", "qa": "context"}.get(data.task_type, "text")
-        texts = [" ".join(e["tokens"]) if data.task_type == "tagging" else e[key] for e in exs]
-        pairs = [e["pair"] for e in exs] if data.task_type == "pair-classification" else None
+        data = load_builtin(cfg.task)
+        both = [get_task_type(data.task_type).feature_texts(e) for e in data[cfg.split]]  # (text, pair or None)
+        texts = [a for a, _ in both]
+        pairs = [b for _, b in both] if both and both[0][1] is not None else None
     else:
         from ..data.corpus import read_documents
 
-        texts = [d.text for d in read_documents(args.input, doc_sep="line", text_column=args.text_column)]
+        texts = [d.text for d in read_documents(cfg.input, doc_sep="line", text_column=cfg.text_column)]
         pairs = None
-    if args.limit:
-        texts = texts[: args.limit]
-        pairs = pairs[: args.limit] if pairs else None
-    model, tok = load_model_and_tokenizer(args.model, args.device)
-    mix = ScalarMix.load(args.mix_weights) if args.mix_weights else None
-    feats = extract_features(model, tok, texts, args.layer, args.pooling, pairs, mix, args.batch_size,
-                             args.max_length, args.dtype, progress=True)
-    feats.meta["model"] = str(args.model)
-    if args.normalize:
+    if cfg.limit:
+        texts = texts[: cfg.limit]
+        pairs = pairs[: cfg.limit] if pairs else None
+    model, tok = load_model_and_tokenizer(cfg.model, cfg.device)
+    mix = ScalarMix.load(cfg.mix_weights) if cfg.mix_weights else None
+    feats = extract_features(model, tok, texts, text_pairs=pairs, mix=mix, config=cfg)
+    feats.meta["model"] = str(cfg.model)
+    if cfg.normalize:
         feats.values = l2_normalize(feats.values)
         feats.meta["normalized"] = True
     with out:
-        files = save_features(feats, Path(args.output))
-    print(f"{len(texts)} texts -> features {tuple(feats.values.shape)} ({feats.meta['layer']}, {args.pooling} pooling)")
+        files = save_features(feats, Path(cfg.output))
+    print(f"{len(texts)} texts -> features {tuple(feats.values.shape)} ({feats.meta['layer']}, {cfg.pooling} pooling)")
     for f in files:
         print(f"wrote {f}")
     return 0
@@ -167,13 +237,13 @@ def l2_normalize(values):
     return (values / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _features_output(args: argparse.Namespace):
+def _features_output(cfg: "FeaturesConfig", force: bool):
     """The claim on ``--output`` and the sidecars ``save_features`` writes beside a ``.npy``."""
     from pathlib import Path
 
     from ..outputs import Output, is_json_with
 
-    p = Path(args.output)
+    p = Path(cfg.output)
     side = p.with_suffix(".json")
     extra = [] if p.suffix == ".safetensors" else [side, p.with_name(p.stem + ".mask.npy"),
                                                     p.with_name(p.stem + ".ids.npy")]
@@ -192,14 +262,15 @@ def _features_output(args: argparse.Namespace):
                 return False
         return side.is_file() and sidecar(side)  # the arrays are ours when their sidecar is
 
-    return Output(p, file=True, owned=owned, force=args.force, flag="--output", extra=extra,
-                  inputs=[args.model, args.input, args.mix_weights])
+    return Output(p, file=True, owned=owned, force=force, flag="--output", extra=extra,
+                  inputs=[cfg.model, cfg.input, cfg.mix_weights])
 
 
 def _probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..features import load_model_and_tokenizer, probe
+    from ..finetune.features import load_model_and_tokenizer
+    from ..finetune.probes import probe
     from ..outputs import Output, is_json_with
     from ..utils import atomic_write_text
 
@@ -214,8 +285,9 @@ def _probe(args: argparse.Namespace) -> int:
         o.check()  # before the probes run
     _positive(args, "train_size", "max_length", "batch_size")
     model, tok = load_model_and_tokenizer(args.model, args.device)
-    res = probe(model, tok, args.task, args.train_size, args.seed, args.pooling, args.max_length, args.batch_size,
-                args.dtype, eval_on_test=not args.no_test, progress=True)
+    res = probe(model, tok, args.task, train_size=args.train_size, seed=args.seed, pooling=args.pooling,
+                max_length=args.max_length, batch_size=args.batch_size, dtype=args.dtype,
+                eval_on_test=not args.no_test, progress=True)
     print(f"{res.task}: linear probes on frozen {args.pooling}-pooled features of {args.model}, "
           f"{res.n_train} training examples (seed {args.seed})")
     print(res.table())
@@ -231,11 +303,12 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _neighbours(args: argparse.Namespace) -> int:
-    from ..features import load_model_and_tokenizer, neighbours
+    from ..finetune.features import load_model_and_tokenizer
+    from ..finetune.probes import neighbours
 
     _positive(args, "sample", "k", "max_length", "batch_size")
     model, tok = load_model_and_tokenizer(args.model, args.device)
-    rep = neighbours(model, tok, args.word, args.corpus, args.sentence, args.sample, args.k, args.layer, args.seed,
-                     args.batch_size, args.max_length)
+    rep = neighbours(model, tok, args.word, args.corpus, args.sentence, n_sentences=args.sample, k=args.k,
+                     layer=args.layer, seed=args.seed, batch_size=args.batch_size, max_length=args.max_length)
     print(rep.format())
     return 0

@@ -6,8 +6,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-
-TASK_TYPES = ("classification", "pair-classification", "regression", "tagging", "qa", "seq2seq")
+from typing import Any
 
 _EPILOG = """\
 configuration (the same grammar as `transferlab pretrain`):
@@ -48,28 +47,41 @@ def _field_of(dest: str) -> str:
     return _FLAG_FIELDS.get(dest, dest)
 
 
-def _defaults_to_help(p: argparse.ArgumentParser) -> None:
-    """Move the defaults of the flags that set FinetuneConfig fields into their help text and
-    make the parsed default None, so that :func:`_finetune` can tell a flag given on the command
-    line (which beats --config) from one left alone (which does not)."""
+def defaults_to_help(p: argparse.ArgumentParser, config_cls: type, flag_fields: dict[str, str],
+                     dests: list[str], defaults: dict[str, object]) -> None:
+    """Move the defaults of the flags that set ``config_cls`` fields into their help text and make
+    the parsed default None, so that :func:`resolve_section_config` can tell a flag given on the
+    command line (which beats --config) from one left alone (which does not).
+
+    Args:
+        p: the subcommand's parser, all flags added.
+        config_cls: the typed config dataclass whose fields the flags set.
+        flag_fields: flag dest -> field name where they differ.
+        dests: filled with the dests of the flags that set a field.
+        defaults: filled with those flags' defaults (a test checks they equal the dataclass's).
+    """
     from dataclasses import fields
 
-    from ..finetune import FinetuneConfig
-
-    names = {f.name for f in fields(FinetuneConfig)}
-    FIELD_DESTS.clear()  # build_parser may run more than once in a process
-    FLAG_DEFAULTS.clear()
+    names = {f.name for f in fields(config_cls)}
+    dests.clear()  # build_parser may run more than once in a process
+    defaults.clear()
     for action in p._actions:
-        if not action.option_strings or _field_of(action.dest) not in names:
+        if not action.option_strings or flag_fields.get(action.dest, action.dest) not in names:
             continue
-        FIELD_DESTS.append(action.dest)
+        dests.append(action.dest)
         d = action.default
         if d is not None and d is not argparse.SUPPRESS:
-            FLAG_DEFAULTS[action.dest] = d
+            defaults[action.dest] = d
             if d is not False:
                 text = (action.help or "").replace("%(default)s", str(d))
                 action.help = text if "default" in text else f"{text} (default: {str(d).replace('%', '%%')})"
         action.default = None
+
+
+def _defaults_to_help(p: argparse.ArgumentParser) -> None:
+    from ..finetune import FinetuneConfig
+
+    defaults_to_help(p, FinetuneConfig, _FLAG_FIELDS, FIELD_DESTS, FLAG_DEFAULTS)
 
 
 def _columns(p: argparse.ArgumentParser, label: bool = True) -> None:
@@ -109,7 +121,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--validation", metavar="FILE", help="validation file (default: 10%% of --train held out)")
     p.add_argument("--test", metavar="FILE", help="test file, scored once with the best checkpoint")
     _columns(p)
-    p.add_argument("--task-type", choices=TASK_TYPES,
+    from ..finetune.task_types import task_type_names
+
+    p.add_argument("--task-type", choices=task_type_names(),
                    help="task type (default: inferred: string labels -> classification, floats -> regression, "
                         "tokens/tags -> tagging, context/question/answer -> qa, source/target -> seq2seq)")
     p.add_argument("--out", metavar="DIR",
@@ -299,23 +313,94 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def finetune_overrides(items: list[str]) -> dict[str, str]:
-    """``finetune.KEY=VALUE`` items as ``{"finetune.KEY": VALUE}`` (a comma list for ``lora_targets``
-    becomes JSON), refusing any other section: the one grammar of ``finetune`` and ``compare``."""
+def section_overrides(items: list[str], section: str, example: str, list_fields: tuple[str, ...] = ()) -> dict[str, str]:
+    """``SECTION.KEY=VALUE`` items as ``{"SECTION.KEY": VALUE}`` (a comma list for a field of
+    ``list_fields`` becomes JSON), refusing any other section.
+
+    Args:
+        items: the command line's override items.
+        section: the one section the command takes (``finetune``, ``features``).
+        example: an override shown in the error message.
+        list_fields: fields that take a comma list.
+
+    Returns:
+        The overrides for :func:`~transferlab.config.apply_overrides`.
+    """
     from ..config import _split
     from ..errors import ConfigError
 
     out: dict[str, str] = {}
     for item in items:
         key, value = _split(item)
-        section, _, rest = key.partition(".")
-        if section != "finetune" or not rest:
-            raise ConfigError(f"override {item!r}: expected finetune.KEY=VALUE (a FinetuneConfig field, "
-                              "e.g. finetune.lr=1e-4)")
-        if rest == "lora_targets" and not value.startswith("["):
+        head, _, rest = key.partition(".")
+        if head != section or not rest:
+            raise ConfigError(f"override {item!r}: expected {section}.KEY=VALUE (a {section.capitalize()}Config field, "
+                              f"e.g. {example})")
+        if rest in list_fields and not value.startswith("["):
             value = json.dumps([t.strip() for t in value.split(",") if t.strip()])
         out[key] = value
     return out
+
+
+def finetune_overrides(items: list[str]) -> dict[str, str]:
+    """``finetune.KEY=VALUE`` items as ``{"finetune.KEY": VALUE}`` (a comma list for ``lora_targets``
+    becomes JSON), refusing any other section: the one grammar of ``finetune`` and ``compare``."""
+    return section_overrides(items, "finetune", "finetune.lr=1e-4", ("lora_targets",))
+
+
+def resolve_section_config(args: argparse.Namespace, config_cls: type, section: str, dests: list[str],
+                           flag_fields: dict[str, str], list_fields: tuple[str, ...] = ()) -> Any:
+    """A typed config from the parsed command line before its overrides, by precedence: the
+    dataclass defaults, then the ``SECTION:`` mapping of ``--config``, then the flags given on the
+    command line. The caller applies the ``SECTION.KEY=VALUE`` overrides and validates once
+    (:func:`finish_section_config`).
+
+    Args:
+        args: the parsed command line (``args.config``: the file or None).
+        config_cls: the dataclass (with ``RANGES`` and ``validate()``).
+        section: the file's section and the overrides' prefix.
+        dests: the dests of the flags that set fields (see :func:`defaults_to_help`).
+        flag_fields: flag dest -> field name where they differ.
+        list_fields: fields whose flag takes a comma list.
+
+    Returns:
+        The config (not validated yet).
+
+    Raises:
+        ConfigError: one line naming the file and/or the key (unknown field, wrong type, out of range).
+    """
+    from ..config import check_fields, from_dict, in_file, load_config_file
+    from ..errors import ConfigError
+
+    cfg = config_cls()
+    if args.config:
+        data = load_config_file(args.config)
+        with in_file(args.config):
+            unknown = sorted(set(data) - {section})
+            if unknown:
+                raise ConfigError(f"unknown section(s) {', '.join(unknown)}; expected a `{section}:` section "
+                                  f"of {config_cls.__name__} fields")
+            cfg = from_dict(config_cls, data.get(section) or {}, where=section)
+            check_fields(cfg, section, config_cls.RANGES)
+    for dest in dests:
+        v = getattr(args, dest, None)
+        if v is None:
+            continue  # not given: the file's value or the default stands
+        if dest in list_fields:
+            v = [t.strip() for t in v.split(",") if t.strip()]
+        setattr(cfg, flag_fields.get(dest, dest), v)
+    return cfg
+
+
+def finish_section_config(cfg: Any, section: str, items: dict[str, str]) -> Any:
+    """Apply overrides ``items`` (from :func:`section_overrides`) and validate once; returns ``cfg``."""
+    from ..config import apply_overrides
+
+    if items:
+        apply_overrides(cfg, items, prefix=section)  # validates
+    else:
+        cfg.validate()
+    return cfg
 
 
 def resolve_config(args: argparse.Namespace, cost: dict | None = None) -> "FinetuneConfig":
@@ -326,36 +411,15 @@ def resolve_config(args: argparse.Namespace, cost: dict | None = None) -> "Finet
     Raises:
         ConfigError: one line naming the file and/or the key (unknown field, wrong type, out of range).
     """
-    from ..config import apply_overrides, check_fields, from_dict, in_file, load_config_file
     from ..errors import ConfigError
     from ..finetune import FinetuneConfig
 
-    cfg = FinetuneConfig()
-    if args.config:
-        data = load_config_file(args.config)
-        with in_file(args.config):
-            unknown = sorted(set(data) - {"finetune"})
-            if unknown:
-                raise ConfigError(f"unknown section(s) {', '.join(unknown)}; expected a `finetune:` section "
-                                  "of FinetuneConfig fields")
-            cfg = from_dict(FinetuneConfig, data.get("finetune") or {}, where="finetune")
-            check_fields(cfg, "finetune", FinetuneConfig.RANGES)
-    for dest in FIELD_DESTS:
-        v = getattr(args, dest, None)
-        if v is None:
-            continue  # not given: the file's value or the default stands
-        if dest == "lora_targets":
-            v = [t.strip() for t in v.split(",") if t.strip()]
-        setattr(cfg, _field_of(dest), v)
+    cfg = resolve_section_config(args, FinetuneConfig, "finetune", FIELD_DESTS, _FLAG_FIELDS, ("lora_targets",))
     if getattr(args, "no_test", None):
         cfg.eval_on_test = False
     if cost:
         cfg.cost = {**(cfg.cost if isinstance(cfg.cost, dict) else {}), **cost}
-    items = finetune_overrides(getattr(args, "overrides", None) or [])
-    if items:
-        apply_overrides(cfg, items, prefix="finetune")  # validates
-    else:
-        cfg.validate()
+    finish_section_config(cfg, "finetune", finetune_overrides(getattr(args, "overrides", None) or []))
     if not cfg.out_dir:
         raise ConfigError("finetune: no output folder: pass --out DIR (or out_dir in the --config file)")
     return cfg
@@ -386,9 +450,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
     from ..finetune import predict
     from ..finetune.config import TaskSpec
+    from ..finetune.task_types import get_task_type
     from ..outputs import Output, is_predictions_jsonl
     from ..utils import atomic_write_text
 
@@ -396,37 +460,15 @@ def _predict(args: argparse.Namespace) -> int:
         Output(args.out, file=True, owned=is_predictions_jsonl, force=args.force,
                inputs=[args.input, args.model]).check()
     spec = TaskSpec.load(args.model)
-    if args.input:
-        inputs: object = args.input
-    else:
-        texts = args.text
-        if spec.task_type == "qa":
-            if not args.question:
-                raise ConfigError("predict: a qa model needs --question (and --text as the context)")
-            inputs = [{"context": t, "question": args.question} for t in texts]
-        elif spec.task_type == "pair-classification":
-            if not args.pair:
-                raise ConfigError("predict: a pair-classification model needs --pair (the second text)")
-            inputs = [{"text": t, "pair": args.pair} for t in texts]
-        else:
-            inputs = texts
+    kind = get_task_type(spec.task_type)
+    inputs: object = args.input if args.input else kind.cli_inputs(args.text, args.pair, args.question)
     preds = predict(args.model, inputs, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
                     text_column=args.text_column, pair_column=args.pair_column)
     for p in preds:
-        print(_line(spec.task_type, p))
+        print(kind.line(p))
     if args.out:
         with Output(args.out, file=True, owned=is_predictions_jsonl, force=args.force,
                     inputs=[args.input, args.model]):
             atomic_write_text(Path(args.out), "".join(json.dumps(p) + "\n" for p in preds))
         print(f"wrote {len(preds)} predictions to {args.out}")
     return 0
-
-
-def _line(task_type: str, p: dict) -> str:
-    if "probabilities" in p:
-        return f"{p['prediction']}\t{p['probabilities'][p['prediction']]:.4f}"
-    if task_type == "regression":
-        return f"{p['prediction']:.4f}"
-    if task_type == "tagging":
-        return " ".join(f"{w}/{t}" for w, t in zip(p["tokens"], p["prediction"]))
-    return str(p["prediction"])

@@ -24,15 +24,6 @@ CONFIG_FILE = "finetune_config.json"
 TASK_FORMAT_VERSION = 1
 
 
-class TaskType(StrEnum):
-    CLASSIFICATION = "classification"  #: one label per text (head: classification)
-    PAIR_CLASSIFICATION = "pair-classification"  #: one label per sentence pair, [CLS] A [SEP] B [SEP]
-    REGRESSION = "regression"  #: one number per text or pair (classification head, num_labels=1, MSE)
-    TAGGING = "tagging"  #: one BIO tag per word, labelled on its first sub-word (token_classification)
-    QA = "qa"  #: extractive span: start/end logits, mapped back to characters (span)
-    SEQ2SEQ = "seq2seq"  #: text -> text: encoder-decoder, or decoder-only prompt -> completion (lm)
-
-
 class Schedule(StrEnum):
     LINEAR = "linear"  #: linear warm-up, then linear decay to 0 (BERT)
     COSINE = "cosine"  #: linear warm-up, then cosine decay to 0
@@ -72,9 +63,9 @@ class FinetuneConfig:
     """Second-sentence field for pair tasks (question for qa)."""
     label_column: str | None = None
     """Label field (default per task type: label, target, answer, tags)."""
-    task_type: TaskType | None = None
-    """classification, pair-classification, regression, tagging, qa or seq2seq; inferred from
-    the data when not given."""
+    task_type: str | None = None
+    """A registered task type (``finetune/task_types``: classification, pair-classification,
+    regression, tagging, qa, seq2seq); inferred from the data when not given."""
     tokenizer: str | None = None
     """Tokenizer folder. Default: the model folder's own; for a preset with ``from_scratch`` a
     tokenizer is trained in-process on the task's training text (WordPiece for encoders,
@@ -219,6 +210,12 @@ class FinetuneConfig:
 
         _coerce_enums(self)
         check_fields(self, "finetune", self.RANGES)
+        if self.task_type is not None:
+            from .task_types import TASK_TYPES  # late: the task types build on this module
+
+            if str(self.task_type) not in TASK_TYPES:
+                raise ConfigError(f"task_type: {self.task_type!r} is not one of: {', '.join(TASK_TYPES)}")
+            self.task_type = str(self.task_type)
         if not self.model:
             raise ConfigError("finetune: model is required (a model folder, builtin:minilm, or a preset with from_scratch)")
         if self.task is None and self.train_file is None:
@@ -292,7 +289,7 @@ class TaskSpec:
     """Everything needed to use a fine-tuned folder on its own (saved as ``task.json``)."""
 
     task_type: str
-    """One of the :class:`TaskType` values."""
+    """A registered task type (:data:`~transferlab.finetune.task_types.TASK_TYPES`)."""
     labels: list[str] = field(default_factory=list)
     """Class names (index = logit), BIO tags, or [] (regression, qa, seq2seq)."""
     head: str = ""
@@ -375,7 +372,9 @@ class TaskSpec:
             raise CheckpointError(f"{p}: {e}") from None
         if not all(isinstance(v, str) or v is None for v in spec.columns.values()):
             raise CheckpointError(f"{p}: task.columns: expected field names (strings), got {spec.columns!r}")
-        if spec.task_type not in [t.value for t in TaskType]:
+        from .task_types import TASK_TYPES  # late: the task types build on this module
+
+        if spec.task_type not in TASK_TYPES:
             raise CheckpointError(f"{p}: unknown task_type {spec.task_type!r}")
         if spec.format_version > TASK_FORMAT_VERSION:
             raise CheckpointError(f"{p}: format_version {spec.format_version} is newer than this transferlab understands")

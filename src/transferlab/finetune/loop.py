@@ -1,4 +1,4 @@
-"""The fine-tuning loop, and evaluate / predict from a fine-tuned folder.
+"""The fine-tuning loop (``evaluate`` / ``predict`` live in :mod:`.inference`, importable from here).
 
 ``finetune(cfg)`` is written out in one place, in the order it happens:
 
@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -31,19 +30,24 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import ConfigError, DataError
 from ..training.checkpoint import clean_stale, latest_checkpoint, list_checkpoints
 from ..training.distributed import DistInfo, wrap_model
 from ..training.loop import _LossModule
 from ..utils import atomic_dir, atomic_write_text, set_seed
+from .checkpoints import _fingerprint, _full_state, _resume, _save_checkpoint
 from .config import CONFIG_FILE, FinetuneConfig, FinetuneResult, TaskSpec
-from .heads import Wiring, build_wiring, length_grouped_batches, plain_predictions, position_limit
-from .tasks import Columns, TaskData, check_labels, load_builtin, load_files, read_examples, subsample, task_defaults
+from .inference import evaluate, load_finetuned, predict  # noqa: F401  (importable from .loop as before)
+from .inputs import length_grouped_batches, position_limit
+from .scoring import _autocast, _bar, _device, _resolved
+from .scoring import score as _score  # a module global: tests spy on loop._score
+from .task_types import TaskType, build_wiring, get_task_type
+from .tasks import Columns, TaskData, load_builtin, load_files, subsample, task_defaults
 
 __all__ = ["finetune", "evaluate", "predict", "load_task_data", "load_finetuned", "METRICS_FILE", "HISTORY_FILE"]
 
@@ -53,69 +57,20 @@ CHECKPOINTS = "checkpoints"  #: resumable checkpoints of an unfinished run, unde
 
 
 # ------------------------------------------------------------------------------ helpers
-def _device(name: str) -> torch.device:
-    from ..checks import resolve_device
-
-    return resolve_device(name)
-
-
-def _autocast(device: torch.device, dtype: str) -> Callable[[], Any]:
-    """A factory of the forward context: bf16/fp16 autocast (fp32 master weights) or nothing."""
-    dtype = _resolved(dtype, device)
-    if dtype in ("bf16", "fp16"):
-        half = torch.bfloat16 if dtype == "bf16" else torch.float16
-        return lambda: torch.autocast(device.type, dtype=half)
-    return contextlib.nullcontext
-
-
-def _resolved(dtype: str, device: torch.device) -> str:
-    """``auto`` as in pre-training (:func:`~transferlab.training.loop.resolve_dtype`: bf16 where it
-    is native, else fp32); ``bf16``, ``fp16`` and ``fp32`` as they are."""
-    from ..training.loop import resolve_dtype
-
-    return "fp16" if str(dtype) == "fp16" else resolve_dtype(str(dtype), device)
-
-
-def _inference(ctx: Callable[[], Any]) -> Callable[[], Any]:
-    @contextlib.contextmanager
-    def both():
-        with torch.inference_mode(), ctx():
-            yield
-
-    return both
-
-
 def _set_dropout(model: torch.nn.Module, dropout: float | None, attention: float | None) -> None:
     """Override the backbone's dropout rates in place (and in its config, so they are saved)."""
-    from ..models.blocks import Attention
+    from ..models.backbone import backbone_of
 
-    if dropout is not None:
-        model.config.dropout = dropout
-        for m in model.backbone.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = dropout
-    if attention is not None:
-        model.config.attention_dropout = attention
-        for m in model.modules():
-            if isinstance(m, Attention):
-                m.p_drop = attention
+    backbone_of(model).set_dropout(hidden=dropout, attention=attention)
 
 
 def _set_attn_impl(model: torch.nn.Module, impl: str | None) -> None:
+    """Choose the backbone's attention kernel (``None``: keep the model's)."""
     if impl is None:
         return
-    from ..models.blocks import Attention
+    from ..models.backbone import backbone_of
 
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.impl = impl
-    model.config.attn_impl = impl
-
-
-def _bar(total: int, desc: str, quiet: bool, leave: bool = True):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=quiet, leave=leave, dynamic_ncols=True, unit="ex" if not leave else "step")
+    backbone_of(model).set_attention(impl)
 
 
 # ------------------------------------------------------------------------------ data
@@ -137,16 +92,8 @@ def load_task_data(cfg: FinetuneConfig) -> TaskData:
 
 
 def _tokenizer_texts(data: TaskData, examples: Sequence[dict[str, Any]]) -> list[str]:
-    out: list[str] = []
-    for e in examples:
-        if data.task_type == "tagging":
-            out.append(" ".join(e["tokens"]))
-        elif data.task_type == "qa":
-            out += [e["context"], e["question"]]
-        elif data.task_type == "seq2seq":
-            out += [e["source"], e["target"]]
-        else:
-            out += [e["text"]] + ([e["pair"]] if "pair" in e else [])
+    texts_of = get_task_type(data.task_type).tokenizer_texts
+    out = [t for e in examples for t in texts_of(e)]
     # a trailing space keeps Tokenizer.train from mistaking a one-word text ("notes.txt") for a path
     return [t + " " for t in out]
 
@@ -154,10 +101,11 @@ def _tokenizer_texts(data: TaskData, examples: Sequence[dict[str, Any]]) -> list
 def _tokenizer_kind(mcfg: Any) -> str:
     from ..config import Family, Norm, Position
 
-    fam = Family(mcfg.family)
-    if fam == Family.ENCODER:
+    fam = str(getattr(mcfg.family, "value", mcfg.family))  # a registered family need not be a Family member
+    if fam == Family.ENCODER.value:
         return "wordpiece"
-    if fam == Family.ENCODER_DECODER and (Position(mcfg.position) == Position.RELATIVE or Norm(mcfg.norm) == Norm.RMSNORM):
+    if fam == Family.ENCODER_DECODER.value and (Position(mcfg.position) == Position.RELATIVE
+                                              or Norm(mcfg.norm) == Norm.RMSNORM):
         return "unigram"  # T5-style
     return "bpe"
 
@@ -230,10 +178,7 @@ def _make_spec(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, An
         prompt_suffix=cfg.prompt_suffix, num_beams=cfg.num_beams, bio_decoding=cfg.bio_decoding,
         derived=data.derived,
     )
-    if data.task_type == "regression":
-        y = np.array([float(e["label"]) for e in train], dtype=np.float64)
-        spec.label_mean = float(y.mean())
-        spec.label_std = float(y.std()) if len(y) > 1 and y.std() > 0 else 1.0
+    get_task_type(data.task_type).fit_spec(spec, train)  # e.g. regression's target scale
     return spec
 
 
@@ -257,12 +202,15 @@ def _check_out_dir(cfg: FinetuneConfig) -> Path | None:
 
 # ------------------------------------------------------------------------------ gradual unfreezing
 def _layer_groups(model: torch.nn.Module) -> tuple[dict[str, int], int]:
-    """Parameter name -> depth (0 embeddings, 1..L blocks, L+1 heads/pooler/final norm), and L."""
-    from ..training.optim import _depth_fn
+    """Parameter name -> depth (0 embeddings, 1..L layers, L+1 top of the backbone and the heads),
+    and L, from the backbone's :meth:`~transferlab.models.backbone.Backbone.layer_groups`."""
+    from ..models.backbone import backbone_of
 
-    depth = _depth_fn(model)
-    names = {n: depth(n)[0] for n, _ in model.named_parameters()}
-    L = depth("heads.x")[1]
+    groups = backbone_of(model).layer_groups()  # [embeddings, layer 1..L, top]
+    L = len(groups) - 2
+    depth_of = {id(p): d for d, group in enumerate(groups) for p in group}
+    # parameters outside the backbone (the task heads) sit on top, with the final norm / pooler
+    names = {n: depth_of.get(id(p), L + 1) for n, p in model.named_parameters()}
     return names, L
 
 
@@ -289,39 +237,6 @@ class _Unfreezer:
 
 
 # ------------------------------------------------------------------------------ evaluation core
-def _score(w: Wiring, model: Any, examples: Sequence[dict[str, Any]], batch_size: int,
-           ctx: Callable[[], Any], quiet: bool, desc: str,
-           info: DistInfo | None = None) -> tuple[dict[str, float], list[Any]]:
-    """Metrics and predictions over ``examples``. Under torchrun rank ``r`` predicts examples
-    ``r, r + W, ...`` and the predictions are gathered back into their order, so every example
-    is scored exactly once and every rank gets the same metrics (and the same early-stopping
-    decisions)."""
-    from ..evaluation.metrics import compute_metrics
-
-    world = info.world_size if info is not None and info.enabled else 1
-    mine = examples[info.rank::world] if world > 1 else examples
-    feats = w.encode(mine, train=False)
-    was_training = model.training
-    model.eval()
-    bar = _bar(len(feats), desc, quiet, leave=False)
-    try:
-        preds = w.predict(model, mine, feats, batch_size, _inference(ctx), bar) if mine else []
-    finally:
-        bar.close()
-        model.train(was_training)
-    if world > 1:
-        import torch.distributed as dist
-
-        parts: list[Any] = [None] * world
-        dist.all_gather_object(parts, preds)
-        preds = [None] * len(examples)
-        for r, part in enumerate(parts):
-            preds[r::world] = part
-    labels = w.spec.labels if w.spec.task_type in ("classification", "pair-classification") else None
-    metrics = compute_metrics(w.spec.task_type, plain_predictions(w, preds), [w.reference(e) for e in examples], labels)
-    return {k: float(v) for k, v in metrics.items()}, preds
-
-
 # ------------------------------------------------------------------------------ finetune
 def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResult:
     """Fine-tune a model on a task; keep the best checkpoint by validation score.
@@ -347,7 +262,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
         DataError: bad task data (names the file and line).
         CheckpointError: an unreadable model folder.
     """
-    from ..evaluation.metrics import higher_is_better, primary_metric
+    from ..evaluation.metrics import higher_is_better
     from ..training.optim import build_optimizer, lr_multiplier, set_lr
 
     cfg.validate()
@@ -385,9 +300,9 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
         lora_info = {"base_sha256": base_hash(model)}  # of the pre-trained weights, head excluded
         lora_info.update(apply_lora(model, cfg.lora_config(), seed=cfg.seed))
     if cfg.gradient_checkpointing:
-        from ..models.blocks import set_gradient_checkpointing
+        from ..models.backbone import backbone_of
 
-        set_gradient_checkpointing(model, True)
+        backbone_of(model).set_gradient_checkpointing(True)
     model.to(device)
 
     feats = wiring.encode(train, train=True)
@@ -396,7 +311,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
     G = cfg.batch_size * cfg.grad_accum * info.world_size
     steps_per_epoch = math.ceil(len(feats) / G)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    metric = primary_metric(spec.task_type)
+    metric = wiring.primary_metric
     better = higher_is_better(metric)
     log(f"finetune: {data.name} ({spec.task_type}{', derived' if data.derived else ''}) | train {len(train)}"
         f" ({len(feats)} sequences) | validation {len(val)} | test {len(test)} | model {cfg.model}"
@@ -413,7 +328,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
 
     # DDP/FSDP wrap the loss module (the wiring's summed loss as its forward), as pre-training does;
     # before the optimizer: FSDP2 replaces the parameters by sharded ones in place
-    engine = wrap_model(_LossModule(model, _WiringObjective(wiring)), info, fsdp=cfg.fsdp)
+    engine = wrap_model(_LossModule(model, _TaskTypeObjective(wiring)), info, fsdp=cfg.fsdp)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, layer_lr_decay=cfg.layer_lr_decay)
     unfreeze = _Unfreezer(model, cfg.gradual_unfreeze)
     min_ratio = 1.0 / 32 if str(cfg.schedule) == "slanted" else 0.0  # ULMFiT's ratio
@@ -588,45 +503,18 @@ def _cost_tracker(cfg: FinetuneConfig, model: Any, device: torch.device) -> Any:
     return CostTracker(model, kind="finetune", out_dir=None, config=cc, dtype=_resolved(cfg.dtype, device), device=device).start()
 
 
-def _batch_flops(w: Wiring, batch: dict[str, torch.Tensor]) -> float:
-    """Training FLOPs of one batch from the analytic model, sequence by sequence (real lengths,
-    so padding is not counted as useful work)."""
-    from ..config import Family
-    from ..cost import estimate_flops
-    from .heads import IGNORE, Seq2SeqWiring
-
-    lengths = batch["attention_mask"].sum(1).tolist()
-    enc_dec = w.family == Family.ENCODER_DECODER
-    if isinstance(w, Seq2SeqWiring):
-        targets = (batch["labels"] != IGNORE).sum(1).tolist()
-        if enc_dec:
-            return sum(estimate_flops(w.cfg, n, "train", decoder_len=max(t, 1), n_predicted=t)
-                       for n, t in zip(lengths, targets))
-        return sum(estimate_flops(w.cfg, n, "train", n_predicted=t) for n, t in zip(lengths, targets))
-    return sum(estimate_flops(w.cfg, n, "train", decoder_len=n if enc_dec else None) for n in lengths)
-
-
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def _full_state(model: torch.nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
-    """:func:`_cpu_state`, or under FSDP the full weights all-gathered on every rank (a collective)."""
-    if not sharded:
-        return _cpu_state(model)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-    return {k: v.detach().to("cpu", copy=True) for k, v in full.items()}
+def _batch_flops(w: TaskType, batch: dict[str, torch.Tensor]) -> float:
+    """Training FLOPs of one batch (the task type knows what the model reads and predicts)."""
+    return w.batch_flops(batch)
 
 
 # ------------------------------------------------------------------------------ the shared trainer core
-class _WiringObjective:
+class _TaskTypeObjective:
     """A task wiring seen as a pre-training objective (``loss(model, batch) -> LossOutput``), so
     fine-tuning runs through the same loss module, DDP/FSDP wrapping and accumulation core as
     :class:`~transferlab.training.loop.Trainer`."""
 
-    def __init__(self, wiring: Wiring):
+    def __init__(self, wiring: TaskType):
         self.wiring = wiring
 
     def loss(self, model: Any, batch: dict[str, Any]) -> Any:
@@ -653,7 +541,7 @@ def _micro_batches(idx: list[int], cfg: FinetuneConfig, info: DistInfo) -> list[
     return out
 
 
-def _train_step(engine: Any, wiring: Wiring, feats: list[dict[str, Any]], idx: list[int], cfg: FinetuneConfig,
+def _train_step(engine: Any, wiring: TaskType, feats: list[dict[str, Any]], idx: list[int], cfg: FinetuneConfig,
                 info: DistInfo, dtype: str, device: torch.device, optimizer: Any, model: Any, scaler: Any,
                 step: int) -> tuple[float, list[float]]:
     """One optimizer step over global batch ``idx``; ``(mean loss, [targets, tokens, flops])``."""
@@ -702,80 +590,6 @@ def _agree(seconds: float, info: DistInfo) -> float:
     return float(all_reduce(torch.tensor([seconds], dtype=torch.float64, device=info.device), info, op="max")[0])
 
 
-# ------------------------------------------------------------------------------ checkpoints
-#: settings a resumed run may change (they do not decide the trained weights)
-RESUME_SAFE = ("out_dir", "resume", "force", "quiet", "device", "eval_on_test", "cost", "save_every", "keep_last",
-               "keep_checkpoints", "eval_batch_size", "test_size")
-
-
-def _fingerprint(cfg: FinetuneConfig, data: TaskData) -> dict[str, Any]:
-    d = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_SAFE}
-    d["task_name"] = data.name
-    return json.loads(json.dumps(d, default=str))
-
-
-def _describe_run(fp: dict[str, Any]) -> str:
-    return f"task {fp.get('task_name')!r} ({fp.get('task_type') or 'inferred'}) with model {fp.get('model')!r}"
-
-
-def _save_checkpoint(root: Path, cfg: FinetuneConfig, fingerprint: dict[str, Any], model: Any, optimizer: Any,
-                     info: DistInfo, run: dict[str, Any], best: dict[str, Any], history: list[dict[str, Any]],
-                     stopped: str, done: bool, scaler: Any) -> None:
-    """A pre-training-format checkpoint plus the fine-tuning state: data position (epoch, batches
-    done in it, the batch-order generator as it was when the epoch's order was drawn),
-    early-stopping state and the best weights so far (``best.safetensors``)."""
-    from ..training.checkpoint import capture_rng, save_checkpoint
-
-    best_is_current = best["state"] is not None and best["step"] == run["step"]
-    state = {"kind": "finetune", "fingerprint": fingerprint, "world_size": info.world_size,
-             "step": run["step"], "tokens": run["tokens"], "epoch": run["epoch"], "pos": run["pos"],
-             "elapsed_s": run["elapsed"], "loss_sum": run["loss_sum"], "loss_n": run["loss_n"],
-             "bad_evals": run["bad_evals"], "history": history, "stopped": stopped, "done": done,
-             "best": {k: best[k] for k in ("score", "metrics", "epoch", "step")},
-             "best_weights": None if best["state"] is None else ("current" if best_is_current else "best.safetensors"),
-             "scaler": scaler.state_dict() if scaler is not None else None}
-    extra = {"best.safetensors": best["state"]} if best["state"] is not None and not best_is_current else None
-    save_checkpoint(root, run["step"], model, optimizer, state, capture_rng(run["epoch_rng"]), info,
-                    cfg.keep_last, extra=extra)
-
-
-def _resume(path: Path, cfg: FinetuneConfig, fingerprint: dict[str, Any], model: Any, optimizer: Any,
-            info: DistInfo, rng: np.random.Generator, run: dict[str, Any], best: dict[str, Any],
-            history: list[dict[str, Any]], lengths: list[int], G: int, scaler: Any) -> list[list[int]] | None:
-    """Load checkpoint ``path`` into the model, optimizer and loop state; return the current
-    epoch's batch order (re-drawn from the saved generator state) or None at an epoch boundary."""
-    from ..training.checkpoint import load_checkpoint, load_extra, read_trainer_state, restore_rng
-
-    state = read_trainer_state(path)
-    saved = state.get("fingerprint")
-    if state.get("kind") != "finetune" or not isinstance(saved, dict):
-        raise CheckpointError(f"--resume {cfg.out_dir}: {path} is not a fine-tuning checkpoint "
-                              f"(this run: {_describe_run(fingerprint)})")
-    if (saved.get("task_name"), saved.get("model")) != (fingerprint["task_name"], fingerprint["model"]):
-        raise CheckpointError(f"--resume {cfg.out_dir}: its checkpoints are of {_describe_run(saved)}, "
-                              f"not {_describe_run(fingerprint)}")
-    diff = [k for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
-    if diff:
-        raise ConfigError(f"--resume {cfg.out_dir}: this command differs from the run's settings: "
-                          + ", ".join(f"finetune.{k} {fingerprint.get(k)!r} (was {saved.get(k)!r})" for k in diff[:4]))
-    state, rng_state = load_checkpoint(path, model, optimizer, info)
-    restore_rng(rng_state, rng)  # the batch-order generator as it was when this epoch's order was drawn
-    run.update(step=state["step"], tokens=state["tokens"], epoch=state["epoch"], pos=state["pos"],
-               elapsed=state["elapsed_s"], loss_sum=state["loss_sum"], loss_n=state["loss_n"],
-               bad_evals=state["bad_evals"], epoch_rng=rng_state.get("numpy"), stopped=state.get("stopped"))
-    history[:] = state["history"]
-    best.update(state["best"])
-    if state["best_weights"] == "current":
-        best["state"] = _full_state(model, cfg.fsdp and info.world_size > 1)
-    elif state["best_weights"]:
-        best["state"] = load_extra(path, state["best_weights"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    if run["epoch"] == 0:
-        return None
-    return length_grouped_batches(lengths, G, rng)
-
-
 def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, res: FinetuneResult,
           data: TaskData, lora_info: dict[str, Any] | None = None) -> None:
     """Write the fine-tuned folder in one atomic step (a complete old or new folder, never half).
@@ -807,176 +621,3 @@ def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, 
         atomic_write_text(tmp / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in res.history))
         if res.cost:
             atomic_write_text(tmp / "report.json", json.dumps(res.cost, indent=2) + "\n")
-
-
-# ------------------------------------------------------------------------------ evaluate / predict
-def load_finetuned(model_dir: str | Path, device: str = "auto") -> tuple[Any, Any, TaskSpec, Wiring]:
-    """``(model, tokenizer, spec, wiring)`` of a folder written by :func:`finetune`.
-
-    Raises:
-        CheckpointError: the folder lacks task.json, the model files or the tokenizer.
-    """
-    from ..models.model import from_pretrained
-    from ..tokenizer import Tokenizer
-
-    d = Path(model_dir)
-    spec = TaskSpec.load(d)
-    model = from_pretrained(d)
-    try:
-        tok = Tokenizer.from_pretrained(d)
-    except DataError as e:
-        raise CheckpointError(f"{d}: no usable tokenizer ({e})") from None
-    from ..checks import check_tokenizer
-
-    check_tokenizer(model.config, tok, str(d))
-    wiring = build_wiring(spec, tok, model.config)
-    if wiring.head not in model.heads:
-        raise CheckpointError(f"{d}: the model has no {wiring.head!r} head, which task.json ({spec.task_type}) needs")
-    model.to(_device(device)).eval()
-    return model, tok, spec, wiring
-
-
-def _eval_examples(spec: TaskSpec, task: str | None, test_file: str | Path | None, split: str,
-                   columns: Columns) -> tuple[list[dict[str, Any]], str]:
-    if task is not None and test_file is not None:
-        raise ConfigError("evaluate: give either a task or a test file, not both")
-    if test_file is not None:
-        cols = Columns(columns.text or spec.columns.get("text"), columns.pair or spec.columns.get("pair"),
-                       columns.label or spec.columns.get("label"))
-        ex, _ = read_examples(test_file, spec.task_type, cols)
-        return ex, str(test_file)
-    name = task or spec.task
-    if name is not None:
-        data = load_builtin(name)
-        if data.task_type != spec.task_type:
-            raise ConfigError(f"task {name!r} is {data.task_type} but the model was fine-tuned for {spec.task_type}")
-        if split not in ("train", "validation", "test"):
-            raise ConfigError(f"split must be train, validation or test, got {split!r}")
-        return data[split], f"{name}/{split}"
-    if spec.files.get(split):
-        cols = Columns(spec.columns.get("text"), spec.columns.get("pair"), spec.columns.get("label"))
-        ex, _ = read_examples(spec.files[split], spec.task_type, cols)
-        return ex, spec.files[split]
-    raise ConfigError(f"evaluate: the model was fine-tuned on files without a {split} file; pass --test FILE")
-
-
-def evaluate(
-    model_dir: str | Path,
-    task: str | None = None,
-    test_file: str | Path | None = None,
-    split: str = "test",
-    text_column: str | None = None,
-    pair_column: str | None = None,
-    label_column: str | None = None,
-    batch_size: int = 64,
-    dtype: str = "auto",
-    device: str = "auto",
-    quiet: bool = True,
-) -> dict[str, float]:
-    """Score a fine-tuned folder on a task split or a labelled file.
-
-    Args:
-        model_dir: a folder written by :func:`finetune` (it holds task.json).
-        task: a built-in task name; default: the one the model was fine-tuned on.
-        test_file: a labelled file instead of a built-in task (columns default to task.json's).
-        split: which split of the task (or which recorded file): test, validation or train.
-        text_column, pair_column, label_column: override the column names of ``test_file``.
-        batch_size: evaluation batch size.
-        dtype: auto (bf16 where native, else fp32), bf16 or fp32.
-        device: cpu, cuda or auto.
-        quiet: no progress bar.
-
-    Returns:
-        ``{metric: value}`` as :func:`~transferlab.evaluation.metrics.compute_metrics` gives for
-        the task type (e.g. accuracy, macro_f1, mcc).
-
-    Raises:
-        CheckpointError: not a fine-tuned folder. DataError: bad data or labels the model does
-        not know (names the file and line). ConfigError: no data to evaluate on.
-    """
-    model, tok, spec, w = load_finetuned(model_dir, device)
-    examples, where = _eval_examples(spec, task, test_file, split, Columns(text_column, pair_column, label_column))
-    if not examples:
-        raise DataError(f"{where}: no examples to evaluate")
-    check_labels(examples, spec.task_type, spec.labels, f"labels of {model_dir}/task.json")
-    dev = next(model.parameters()).device
-    metrics, _ = _score(w, model, examples, batch_size, _autocast(dev, dtype), quiet, "evaluate")
-    return metrics
-
-
-def predict(
-    model_dir: str | Path,
-    inputs: str | Path | Sequence[str] | Sequence[dict[str, Any]],
-    batch_size: int = 64,
-    dtype: str = "auto",
-    device: str = "auto",
-    quiet: bool = True,
-    text_column: str | None = None,
-    pair_column: str | None = None,
-) -> list[dict[str, Any]]:
-    """Predict with a fine-tuned folder.
-
-    Args:
-        model_dir: a folder written by :func:`finetune`.
-        inputs: a file path (same formats as training; labels not needed), a list of texts
-            (classification/regression/seq2seq sources; tagging: whitespace-tokenised), or a
-            list of example dicts (``{"text", "pair"}``, ``{"tokens"}``, ``{"context",
-            "question"}``, ``{"source"}``).
-        batch_size, dtype, device, quiet: as in :func:`evaluate`.
-        text_column, pair_column: column names of an input file (default: task.json's).
-
-    Returns:
-        One dict per input: ``prediction`` plus ``probabilities`` (classification) or
-        ``entities`` (tagging).
-    """
-    model, tok, spec, w = load_finetuned(model_dir, device)
-    examples = _predict_examples(spec, inputs, text_column, pair_column)
-    dev = next(model.parameters()).device
-    feats = w.encode(examples, train=False)
-    bar = _bar(len(feats), "predict", quiet, leave=False)
-    try:
-        preds = w.predict(model, examples, feats, batch_size, _inference(_autocast(dev, dtype)), bar)
-    finally:
-        bar.close()
-    return [w.describe(p, e) for p, e in zip(preds, examples)]
-
-
-def _predict_examples(spec: TaskSpec, inputs: Any, text_column: str | None, pair_column: str | None) -> list[dict[str, Any]]:
-    tt = spec.task_type
-    if isinstance(inputs, (str, Path)) and Path(inputs).is_file():
-        cols = Columns(text_column or spec.columns.get("text"), pair_column or spec.columns.get("pair"),
-                       spec.columns.get("label"))
-        ex, _ = read_examples(inputs, tt, cols, labelled=False)
-        return ex
-    if isinstance(inputs, (str, Path)):
-        raise DataError(f"{inputs}: no such input file (pass a list of texts to predict on strings)")
-    out: list[dict[str, Any]] = []
-    for k, x in enumerate(inputs):
-        where = f"input {k + 1}"
-        if isinstance(x, dict):
-            e = dict(x)
-        elif isinstance(x, str):
-            if tt == "tagging":
-                e = {"tokens": x.split()}
-            elif tt == "seq2seq":
-                e = {"source": x}
-            elif tt in ("qa", "pair-classification"):
-                raise DataError(f"{where}: a {tt} model needs {'a context and a question' if tt == 'qa' else 'a text and a pair'}"
-                                " per input (a dict, or --question / --pair on the command line)")
-            else:
-                e = {"text": x}
-        else:
-            raise DataError(f"{where}: expected a string or a dict, got {type(x).__name__}")
-        need = {"classification": ["text"], "pair-classification": ["text", "pair"], "regression": ["text"],
-                "tagging": ["tokens"], "qa": ["context", "question"], "seq2seq": ["source"]}[tt]
-        for n in need:
-            v = e.get(n)
-            if v is None or (isinstance(v, (str, list)) and not v) or (isinstance(v, str) and not v.strip()):
-                raise DataError(f"{where}: empty or missing {n!r}")
-        e["_where"] = where
-        for lab in ("label", "tags", "answers", "target"):
-            e.pop(lab, None)  # predictions never look at labels
-        out.append(e)
-    if not out:
-        raise DataError("predict: no inputs")
-    return out

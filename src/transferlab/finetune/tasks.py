@@ -59,6 +59,9 @@ from typing import Any, Iterator, Sequence
 
 from ..data.corpus import names, parse_json_line, quote
 from ..errors import ConfigError, DataError
+from .task_types import TASK_TYPES as _TYPES
+from .task_types import get_task_type, task_type_names
+from .task_types.tagging import BIO_TAG
 
 __all__ = [
     "TASK_TYPES",
@@ -75,9 +78,14 @@ __all__ = [
     "DERIVED_TASKS",
 ]
 
-TASK_TYPES = ("classification", "pair-classification", "regression", "tagging", "qa", "seq2seq")
-#: task types whose examples have a class label (stratified subsampling, a label list)
-LABELLED = ("classification", "pair-classification")
+#: the registered task types (each one module under ``finetune/task_types``), in registration order
+TASK_TYPES = task_type_names()
+
+
+def _has_classes(task_type: Any) -> bool:
+    """Whether ``task_type`` (a name, possibly unregistered) has one class label per example."""
+    t = _TYPES.get(str(task_type))
+    return t is not None and t.has_classes
 
 #: derived offline tasks (see the module docstring)
 DERIVED_TASKS = {
@@ -122,14 +130,7 @@ class Columns:
 
     def resolve(self, task_type: str) -> dict[str, str | None]:
         """The concrete field names for ``task_type``."""
-        default = {
-            "classification": ("text", None, "label"),
-            "pair-classification": ("text", "pair", "label"),
-            "regression": ("text", None, "label"),
-            "tagging": ("tokens", None, "tags"),
-            "qa": ("context", "question", "answer"),
-            "seq2seq": ("source", None, "target"),
-        }[task_type]
+        default = get_task_type(task_type).default_columns
         return {
             "text": self.text or default[0],
             "pair": self.pair or default[1],
@@ -188,12 +189,10 @@ def load_builtin(name: str) -> TaskData:
         if "unknown task" in str(e):
             raise DataError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}") from None
         raise
-    kind = {"classification": "classification", "tagging": "tagging", "seq2seq": "seq2seq"}.get(t.kind)
-    if kind is None:  # pragma: no cover - guards a future built-in of a new kind
+    kind = str(getattr(t, "task_type", None) or t.kind)  # TaskSplits.kind, to be renamed task_type
+    if kind not in _TYPES:  # pragma: no cover - guards a future built-in of a new kind
         raise DataError(f"built-in task {name!r} has kind {t.kind!r}, which fine-tuning does not know")
-    labels = list(t.labels)
-    if kind == "tagging":
-        labels = _tag_order(labels)
+    labels = _TYPES[kind].order_labels(list(t.labels))
     return TaskData(name, kind, labels, t.train, t.validation, t.test,
                     columns=Columns().resolve(kind), description=str(t.source.get("origin", "")))
 
@@ -367,9 +366,6 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(f"{path}:{reader.line_num}: malformed {fmt.upper()} ({e})") from None
 
 
-_BIO = re.compile(r"^(O|[BI]-\S+)$")
-
-
 def _read_conll(path: Path, labelled: bool = True) -> list[dict[str, Any]]:
     """Sentences of a token<TAB>tag file; with ``labelled=False`` a line may be a bare token."""
     out: list[dict[str, Any]] = []
@@ -391,7 +387,7 @@ def _read_conll(path: Path, labelled: bool = True) -> list[dict[str, Any]]:
         if len(parts) < 2 or not parts[0].strip() or not parts[-1].strip():
             raise DataError(f"{path}:{n}: expected 'token<TAB>tag', got {quote(s)}")
         tag = parts[-1].strip()
-        if not _BIO.match(tag):
+        if not BIO_TAG.match(tag):
             raise DataError(f"{path}:{n}: tag {quote(tag)} is not a BIO tag (expected O, B-TYPE or I-TYPE)")
         if not tokens:
             first = n
@@ -418,12 +414,9 @@ def infer_task_type(fields: Sequence[str], columns: Columns, label_values: Seque
     """
     f = set(fields)
     if columns.text is None and columns.label is None:
-        if {"tokens", "tags"} <= f:
-            return "tagging"
-        if {"context", "question"} <= f and ({"answer", "answers"} & f):
-            return "qa"
-        if {"source", "target"} <= f:
-            return "seq2seq"
+        for name, t in _TYPES.items():  # the types that recognise their own field names
+            if t.matches_fields(f):
+                return name
     label = columns.label or "label"
     if label in f:
         if label_values and _is_regression(label_values):
@@ -510,13 +503,14 @@ def read_examples(path: str | Path, task_type: str | None = None, columns: Colum
     if not p.exists():
         raise DataError(f"{p}: no such file")
     columns = columns or Columns()
-    if task_type is not None and task_type not in TASK_TYPES:
-        raise ConfigError(f"unknown task type {quote(task_type)}; expected one of: {', '.join(TASK_TYPES)}")
+    if task_type is not None and task_type not in _TYPES:
+        raise ConfigError(f"unknown task type {quote(task_type)}; expected one of: {', '.join(_TYPES)}")
     fmt = _format_of(p)
     if fmt == "conll":
-        if task_type not in (None, "tagging"):
-            raise DataError(f"{p}: a CoNLL-style file holds tagging data, not {task_type}")
-        return _read_conll(p, labelled), "tagging"
+        conll = next(n for n, t in _TYPES.items() if t.reads_conll)
+        if task_type is not None and not _TYPES[task_type].reads_conll:
+            raise DataError(f"{p}: a CoNLL-style file holds {conll} data, not {task_type}")
+        return _read_conll(p, labelled), conll
     rows = list(_rows(p, fmt))
     if not rows:
         raise DataError(f"{p}: no examples (the file is empty or has only a header)")
@@ -531,161 +525,13 @@ def read_examples(path: str | Path, task_type: str | None = None, columns: Colum
             task_type = infer_task_type(first_fields, columns, values)
         except DataError as e:
             raise DataError(f"{p}:{rows[0][0]}: {e}") from None
-        if task_type in LABELLED:
+        if _has_classes(task_type):
             _refuse_stray_non_numbers(p, given, label)
     cols = columns.resolve(task_type)
-    conv = _CONVERTERS[task_type]
+    conv = _TYPES[task_type].convert
     if not labelled and cols["label"] not in rows[0][1]:
         cols = dict(cols, label=None)
     return [conv(row, cols, f"{p}:{n}") for n, row in rows], task_type
-
-
-def _field(row: dict[str, Any], name: str, where: str, what: str) -> Any:
-    if name not in row:
-        raise DataError(
-            f"{where}: no {what} column {quote(name)} (columns: {names(row)}); "
-            f"pass --{'label' if what in ('label', 'target', 'answer', 'tags') else 'text' if what in ('text', 'source', 'context', 'tokens') else 'pair'}-column"
-        )
-    return row[name]
-
-
-def _text(row: dict[str, Any], name: str, where: str, what: str) -> str:
-    v = _field(row, name, where, what)
-    if v is None or (isinstance(v, str) and not v.strip()):
-        raise DataError(f"{where}: empty {what} in column {quote(name)}")
-    if not isinstance(v, str):
-        raise DataError(f"{where}: {what} in column {quote(name)} must be a string, got {type(v).__name__}")
-    return v
-
-
-def _conv_classification(row: dict[str, Any], cols: dict[str, str | None], where: str) -> dict[str, Any]:
-    ex: dict[str, Any] = {"text": _text(row, cols["text"], where, "text")}
-    if cols["pair"]:
-        ex["pair"] = _text(row, cols["pair"], where, "pair")
-    ex["_where"] = where
-    if cols["label"] is None:  # prediction input without labels
-        return ex
-    lab = _field(row, cols["label"], where, "label")
-    if lab is None or (isinstance(lab, str) and not lab.strip()):
-        raise DataError(f"{where}: empty label in column {quote(cols['label'])}")
-    if isinstance(lab, (dict, list)):
-        raise DataError(f"{where}: label in column {quote(cols['label'])} must be a string or number, got {type(lab).__name__}")
-    ex["label"] = _label_str(lab)
-    return ex
-
-
-def _label_str(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v).strip()
-
-
-def _conv_regression(row: dict[str, Any], cols: dict[str, str | None], where: str) -> dict[str, Any]:
-    ex: dict[str, Any] = {"text": _text(row, cols["text"], where, "text")}
-    if cols["pair"]:
-        ex["pair"] = _text(row, cols["pair"], where, "pair")
-    ex["_where"] = where
-    if cols["label"] is None:
-        return ex
-    lab = _field(row, cols["label"], where, "label")
-    try:
-        y = float(lab)
-        if isinstance(lab, bool) or not math.isfinite(y):
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise DataError(f"{where}: regression label {quote(lab)} in column {quote(cols['label'])} is not a finite number") from None
-    ex["label"] = y
-    return ex
-
-
-def _conv_tagging(row: dict[str, Any], cols: dict[str, str | None], where: str) -> dict[str, Any]:
-    toks = _field(row, cols["text"], where, "tokens")
-    if isinstance(toks, str):
-        toks = toks.split()
-    if cols["label"] is None:
-        if not isinstance(toks, list) or not toks or not all(isinstance(t, str) and t.strip() for t in toks):
-            raise DataError(f"{where}: tokens must be a non-empty list of non-empty strings")
-        return {"tokens": toks, "_where": where}
-    tags = _field(row, cols["label"], where, "tags")
-    if isinstance(tags, str):
-        tags = tags.split()
-    if not isinstance(toks, list) or not isinstance(tags, list) or not all(isinstance(t, str) for t in toks + tags):
-        raise DataError(f"{where}: tokens and tags must be lists of strings (or space-separated strings)")
-    if not toks:
-        raise DataError(f"{where}: empty token list in column {quote(cols['text'])}")
-    if len(toks) != len(tags):
-        raise DataError(f"{where}: {len(toks)} tokens but {len(tags)} tags")
-    if any(not t.strip() for t in toks):
-        raise DataError(f"{where}: an empty token in column {quote(cols['text'])}")
-    for t in tags:
-        if not _BIO.match(t):
-            raise DataError(f"{where}: tag {quote(t)} is not a BIO tag (expected O, B-TYPE or I-TYPE)")
-    return {"tokens": toks, "tags": tags, "_where": where}
-
-
-def _conv_qa(row: dict[str, Any], cols: dict[str, str | None], where: str) -> dict[str, Any]:
-    context = _text(row, cols["text"], where, "context")
-    question = _text(row, cols["pair"], where, "question")
-    name = cols["label"]
-    if name is None:
-        return {"context": context, "question": question, "_where": where}
-    if name == "answer" and "answer" not in row and "answers" in row:
-        name = "answers"
-    raw = _field(row, name, where, "answer")
-    starts: list[Any]
-    if isinstance(raw, dict):  # SQuAD / HF datasets: {"text": [...], "answer_start": [...]}
-        t, s0 = raw.get("text", []), raw.get("answer_start", [])
-        texts = t if isinstance(t, list) else [t]
-        starts = s0 if isinstance(s0, list) else [s0]
-    elif isinstance(raw, list) and raw and isinstance(raw[0], dict):  # [{"text", "answer_start"}]
-        if not all(isinstance(a, dict) for a in raw):
-            raise DataError(f"{where}: answers in column {quote(name)} must all be objects with 'text' and 'answer_start'")
-        texts = [a.get("text") for a in raw]
-        starts = [a.get("answer_start") for a in raw]
-    else:
-        texts = raw if isinstance(raw, list) else [raw]
-        s = row.get("answer_start")
-        starts = s if isinstance(s, list) else [s] * len(texts)
-    if not texts or len(starts) != len(texts):
-        raise DataError(f"{where}: expected an answer text and its answer_start")
-    answers, offsets = [], []
-    for text, start in zip(texts, starts):
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{where}: empty answer in column {quote(name)}")
-        if start is None:
-            start = context.find(text)  # no offset given: the first occurrence
-            if start < 0:
-                raise DataError(f"{where}: answer {quote(text)} does not occur in the context")
-        if not isinstance(start, int) or isinstance(start, bool):
-            raise DataError(f"{where}: answer_start must be an integer character offset, got {quote(start)}")
-        if context[start : start + len(text)] != text:
-            found = context[start : start + len(text)]
-            raise DataError(f"{where}: answer {quote(text)} is not at answer_start {start} of the context (found {quote(found)})")
-        answers.append(text)
-        offsets.append(start)
-    ex = {"context": context, "question": question, "answers": answers, "answer_starts": offsets, "_where": where}
-    if "id" in row:
-        ex["id"] = str(row["id"])
-    return ex
-
-
-def _conv_seq2seq(row: dict[str, Any], cols: dict[str, str | None], where: str) -> dict[str, Any]:
-    ex = {"source": _text(row, cols["text"], where, "source"), "_where": where}
-    if cols["label"] is not None:
-        ex["target"] = _text(row, cols["label"], where, "target")
-    return ex
-
-
-_CONVERTERS = {
-    "classification": _conv_classification,
-    "pair-classification": _conv_classification,
-    "regression": _conv_regression,
-    "tagging": _conv_tagging,
-    "qa": _conv_qa,
-    "seq2seq": _conv_seq2seq,
-}
 
 
 def load_files(
@@ -737,18 +583,7 @@ def load_files(
 
 def label_list(examples: Sequence[dict[str, Any]], task_type: str) -> list[str]:
     """Sorted classes (classification) or tags (tagging, ``O`` first, then B-/I- by type)."""
-    if task_type in LABELLED:
-        return sorted({e["label"] for e in examples})
-    if task_type == "tagging":
-        return _tag_order({t for e in examples for t in e["tags"]})
-    return []
-
-
-def _tag_order(tags: Sequence[str] | set[str]) -> list[str]:
-    tags = set(tags) | {"O"}
-    # every type gets both its B- and I- tag so the BIO decoder can follow any valid path
-    types = sorted({t[2:] for t in tags if t != "O"})
-    return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+    return get_task_type(task_type).label_list(examples)
 
 
 def check_labels(examples: Sequence[dict[str, Any]], task_type: str, labels: Sequence[str], train_name: str) -> None:
@@ -757,22 +592,7 @@ def check_labels(examples: Sequence[dict[str, Any]], task_type: str, labels: Seq
     Raises:
         DataError: ``path:line: label 'x' never appears in the training data (train.csv); ...``
     """
-    known = set(labels)
-    if task_type in LABELLED:
-        for k, e in enumerate(examples):
-            if e["label"] not in known:
-                raise DataError(
-                    f"{e.get('_where', f'example {k}')}: label {quote(e['label'])} never appears in the training data "
-                    f"({train_name}); known labels: {names(sorted(known))}"
-                )
-    elif task_type == "tagging":
-        for k, e in enumerate(examples):
-            for t in e["tags"]:
-                if t not in known:
-                    raise DataError(
-                        f"{e.get('_where', f'sentence {k}')}: tag {quote(t)} never appears in the training data "
-                        f"({train_name}); known tags: {names(sorted(known))}"
-                    )
+    get_task_type(task_type).check_labels(examples, labels, train_name)
 
 
 # ------------------------------------------------------------------------------ subsampling
@@ -801,7 +621,7 @@ def subsample(examples: Sequence[dict[str, Any]], n: int | None, seed: int, task
 
     idx = list(range(len(examples)))
     strat = None
-    if task_type in LABELLED:
+    if _has_classes(task_type):
         ys = [e["label"] for e in examples]
         counts: dict[str, int] = {}
         for y in ys:
