@@ -11,7 +11,7 @@ and prediction only call these members, so a new task type is one file that subc
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -19,8 +19,10 @@ from ...config import ModelConfig
 from ...data.corpus import names, quote
 from ...errors import ConfigError, DataError
 from ...models.backbone import family_info
-from ..config import TaskSpec
 from ..inputs import InputBuilder, decoder_start_id, pad_to, position_limit, sorted_batches
+
+if TYPE_CHECKING:  # annotations only: finetune.config validates task types through this package
+    from ..config import TaskSpec
 
 __all__ = ["TaskType", "TASK_TYPES", "register_task_type", "get_task_type", "task_type_names", "build_wiring",
            "row_field", "row_text"]

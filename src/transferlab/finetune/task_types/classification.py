@@ -7,7 +7,7 @@ are ``(label, probabilities)`` and the metrics accuracy, macro-F1 and Matthews c
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from ...config import ModelConfig
 from ...data.corpus import quote
 from ...errors import DataError
-from ..config import TaskSpec
 from .base import TaskType, register_task_type, row_field, row_text
+
+if TYPE_CHECKING:  # annotations only: finetune.config validates task types through this package
+    from ..config import TaskSpec
 
 
 def label_str(v: Any) -> str:

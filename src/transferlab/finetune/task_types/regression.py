@@ -4,7 +4,7 @@ standardised with the training mean and deviation (predictions are mapped back).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from ...config import ModelConfig
 from ...data.corpus import quote
 from ...errors import DataError
-from ..config import TaskSpec
 from .base import TaskType, register_task_type, row_field, row_text
 from .classification import Classification
+
+if TYPE_CHECKING:  # annotations only: finetune.config validates task types through this package
+    from ..config import TaskSpec
 
 
 class Regression(Classification):

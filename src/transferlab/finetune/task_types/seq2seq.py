@@ -8,17 +8,18 @@ prompt -> completion that skips the whole prompt.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import torch.nn.functional as F
 
 from ...config import ModelConfig
 from ...errors import ConfigError, DataError
 from ...models.backbone import family_info
-from ..config import TaskSpec
 from ..inputs import IGNORE, decoder_start_id, pad_to, sorted_batches
 from .base import TaskType, register_task_type, row_text
+
+if TYPE_CHECKING:  # annotations only: finetune.config validates task types through this package
+    from ..config import TaskSpec
 
 
 class Seq2Seq(TaskType):

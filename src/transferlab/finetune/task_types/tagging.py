@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch.nn.functional as F
@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from ...config import ModelConfig
 from ...data.corpus import names, quote
 from ...errors import DataError
-from ..config import TaskSpec
 from ..inputs import IGNORE, pad_to
 from .base import TaskType, register_task_type, row_field
+
+if TYPE_CHECKING:  # annotations only: finetune.config validates task types through this package
+    from ..config import TaskSpec
 
 #: a BIO tag: O, B-TYPE or I-TYPE
 BIO_TAG = re.compile(r"^(O|[BI]-\S+)$")
