@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     import shutil
 
-    from ..hf import HF_TOKENIZER_FILES
+    from ..interop.hf import HF_TOKENIZER_FILES
 
     copied = []
     for name in HF_TOKENIZER_FILES:
@@ -60,7 +60,7 @@ def _copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ..hf import resolve_builtin
+    from ..hub import resolve_builtin
     from ..outputs import Output
 
     src = resolve_builtin(args.from_hf or args.to_hf)
@@ -72,7 +72,8 @@ def _convert(args: argparse.Namespace) -> int:
 def _convert_locked(args: argparse.Namespace) -> int:
     from .. import interop
     from ..errors import ConfigError
-    from ..hf import export_hf, from_hf, resolve_builtin
+    from ..interop.hf import export_hf, from_hf
+    from ..hub import resolve_builtin
     from ..models.model import from_pretrained, read_config
     from ..utils import atomic_dir
 
@@ -117,7 +118,7 @@ def _head_kinds(model) -> list[str]:
 
 
 def _tokenizer_names() -> tuple[str, ...]:
-    from ..hf import HF_TOKENIZER_FILES
+    from ..interop.hf import HF_TOKENIZER_FILES
 
     return HF_TOKENIZER_FILES
 
@@ -132,7 +133,8 @@ def describe(name_or_dir: str) -> dict:
 
     from ..config import PRESETS, get_preset
     from ..errors import CheckpointError
-    from ..hf import from_hf, resolve_builtin
+    from ..interop.hf import from_hf
+    from ..hub import resolve_builtin
     from ..models.model import WEIGHTS_NAME, TransferModel, check_state_dict, read_config
 
     source: str
@@ -182,7 +184,7 @@ def describe(name_or_dir: str) -> dict:
 def _hf_export(model) -> str:
     """The transformers class ``convert --to-hf`` would write, or why there is none."""
     from ..errors import TransferlabError
-    from ..hf import export_target
+    from ..interop.hf import export_target
 
     try:
         layout, arch = export_target(model)
