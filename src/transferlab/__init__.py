@@ -7,9 +7,8 @@ and the cost of every run.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .errors import TransferlabError, ConfigError, DataError, CheckpointError  # noqa: E402
+from ._version import __version__  # noqa: F401
+from .errors import TransferlabError, ConfigError, DataError, CheckpointError  # noqa: F401
 
 
 def __getattr__(name: str):

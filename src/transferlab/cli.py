@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from . import __version__
+from ._version import __version__
 from .errors import TransferlabError
 
 

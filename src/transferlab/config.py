@@ -259,6 +259,30 @@ def in_file(path: str | Path, error: type[Exception] | None = None) -> Iterator[
 
 
 
+# ---------------------------------------------------------------------------- run-wide choices
+class DType(StrEnum):
+    """The one ``--dtype`` spelling of every command (``auto|bf16|fp16|fp32``).
+
+    Training and fine-tuning use it for autocast (fp32 master weights); inference commands
+    (``generate``, ``icl``) for the weights themselves. Resolved by
+    :func:`transferlab.runtime.resolve_dtype`.
+    """
+
+    AUTO = "auto"  #: bf16 where the hardware has native bf16 matmuls (avx512_bf16/AMX, Ampere+), else fp32
+    BF16 = "bf16"  #: bf16 (autocast when training: fp32 master weights and optimizer state)
+    FP16 = "fp16"  #: fp16 (autocast with loss scaling when training), for GPUs without bf16
+    FP32 = "fp32"  #: full precision everywhere
+
+
+class Schedule(StrEnum):
+    """Learning-rate schedules: every one starts with a linear warm-up."""
+
+    LINEAR = "linear"  #: linear warm-up, then linear decay (to ``min_lr_ratio`` in pre-training; BERT, RoBERTa)
+    COSINE = "cosine"  #: linear warm-up, then cosine decay (GPT-3, nanoGPT)
+    CONSTANT = "constant"  #: linear warm-up, then constant
+    SLANTED = "slanted"  #: ULMFiT slanted triangular: short rise, long linear fall to lr/32 (fine-tuning)
+
+
 class Family(StrEnum):
     ENCODER = "encoder"  #: bidirectional stack (BERT, RoBERTa, ELECTRA)
     DECODER = "decoder"  #: causal stack (GPT)

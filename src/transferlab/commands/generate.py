@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..runtime import DTYPES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -50,8 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true",
                    help="run each new token through torch.compile: about 30 s to compile per batch size, "
                         "then up to 2x faster tokens at batch 1 (see docs/generation.md)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="weights dtype; bfloat16 speeds up the matmuls on CPUs with avx512_bf16 (default: %(default)s)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32",
+                   help="weights dtype; bf16 speeds up the matmuls on CPUs with avx512_bf16, auto picks it where "
+                   "the hardware has it (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s: cuda if available)")
     p.add_argument("--perplexity", action="store_true",
                    help="also report the model's perplexity on its own generated text (per completion and mean)")
@@ -82,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="clip every review/article to its first N words so more demonstrations fit")
     q.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="(prompt, label) pairs per forward pass (default: %(default)s)")
-    q.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype")
+    q.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (default: %(default)s)")
     q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s: cuda if available)")
     q.add_argument("--output", metavar="FILE", help="write the results as JSON (atomically)")
     q.add_argument("--force", action="store_true", help="overwrite --output even if it is not an earlier icl result")
@@ -92,28 +95,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def load_model_and_tokenizer(model_dir: str, dtype: str = "float32", device: str | None = None) -> tuple[Any, Any]:
-    """A model directory's model (eval mode, on ``device``, in ``dtype``) and tokenizer."""
-    import torch
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model (weights in ``--dtype``, on ``--device``) and its tokenizer: the one loader."""
+    from ..interop.loading import load_pretrained
+    from ..runtime import resolve_device, torch_dtype
 
-    from ..errors import CheckpointError
-    from ..models.model import from_pretrained
-    from ..tokenizer import Tokenizer
-
-    d = Path(model_dir)
-    if not d.is_dir():
-        raise CheckpointError(f"{d}: no such model directory")
-    if not (d / "tokenizer.json").is_file() and not (d / "vocab.txt").is_file():
-        raise CheckpointError(f"{d}: no tokenizer (tokenizer.json) beside the model; directories written by "
-                              "pretrain/finetune contain one")
-    from ..checks import check_tokenizer, resolve_device
-
-    dev = resolve_device(device)  # before loading: a bad --device costs nothing
-    model = from_pretrained(d)
-    tok = Tokenizer.from_pretrained(d)
-    check_tokenizer(model.config, tok, str(d))
-    model = model.to(device=dev, dtype=getattr(torch, dtype)).eval()
-    return model, tok
+    dev = resolve_device(args.device)  # before loading: a bad --device costs nothing
+    return load_pretrained(args.model, device=dev, dtype=torch_dtype(args.dtype, dev))
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -169,7 +157,7 @@ def _generate(args: argparse.Namespace) -> int:
         stop_strings=[s.replace("\\n", "\n").replace("\\t", "\t") for s in (args.stop or [])] or None,
     )
     GenerationConfig().replace(**settings)  # bad settings fail before anything is loaded or printed
-    model, tok = load_model_and_tokenizer(args.model, args.dtype, args.device)
+    model, tok = _load(args)
     seq2seq = model.config.family == Family.ENCODER_DECODER
     eos_id = tok.eos_token_id if tok.eos_token_id is not None else (
         model.config.eos_token_id if model.config.eos_token_id >= 0 else None)
@@ -240,7 +228,7 @@ def _icl(args: argparse.Namespace) -> int:
                   inputs=[args.model]) if args.output else None)
     if out is not None:
         out.check()  # before the evaluation, not after
-    model, tok = load_model_and_tokenizer(args.model, args.dtype, args.device)
+    model, tok = _load(args)
     max_length = args.max_length
     if max_length is None:
         window = trained_context(args.model)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import __version__
+from .._version import __version__
 from ..config import Family, ModelConfig, get_preset
 from ..errors import CheckpointError, ConfigError
 from .blocks import KVCache
