@@ -144,6 +144,7 @@ def _generate(args: argparse.Namespace) -> int:
     from ..config import Family
     from ..errors import ConfigError
     from ..generation import GenerationConfig, TextStreamer, generation_perplexity
+    from ..specials import SpecialIds
 
     prompts = _read_prompts(args)
     if args.batch_size < 1:
@@ -159,9 +160,8 @@ def _generate(args: argparse.Namespace) -> int:
     GenerationConfig().replace(**settings)  # bad settings fail before anything is loaded or printed
     model, tok = _load(args)
     seq2seq = model.config.family == Family.ENCODER_DECODER
-    eos_id = tok.eos_token_id if tok.eos_token_id is not None else (
-        model.config.eos_token_id if model.config.eos_token_id >= 0 else None)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos_id if eos_id is not None else model.config.pad_token_id)
+    ids = SpecialIds.resolve(model.config, tok)  # the one rule (specials.py)
+    eos_id, pad_id = ids.eos, ids.pad
     if tok.pad_token_id is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # GPT-2 convention: pad with eos (masked out anyway)
     tok.padding_side = "right" if seq2seq else "left"
