@@ -13,7 +13,11 @@ from .errors import TransferlabError, ConfigError, DataError, CheckpointError  #
 
 def __getattr__(name: str):
     # Lazy imports keep `import transferlab` (and the CLI's --help) fast: torch loads on first use.
-    if name in ("from_pretrained", "TransferModel", "build_model"):
+    if name == "from_pretrained":  # ours, transformers folders and builtin: (the one dispatch)
+        from .interop.loading import from_pretrained
+
+        return from_pretrained
+    if name in ("TransferModel", "build_model"):
         from .models import model as _m
 
         return getattr(_m, name)

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from ..errors import CheckpointError, DataError
 from ..hub import is_builtin, resolve_builtin
 
-__all__ = ["Loaded", "load_pretrained", "model_dir"]
+__all__ = ["Loaded", "from_pretrained", "load_pretrained", "model_dir"]
 
 
 class Loaded(NamedTuple):
@@ -48,6 +48,43 @@ def model_dir(spec: str | Path) -> Path:
     return d
 
 
+def from_pretrained(path: str | Path, device: Any = None, dtype: Any = None, torch_dtype: Any = None,
+                    **overrides: Any) -> Any:
+    """A model from our folder, a transformers folder or ``builtin:NAME`` (no tokenizer).
+
+    The dispatch lives here so that :mod:`transferlab.models` needs to know nothing about
+    transformers: our folders go to :func:`transferlab.models.model.from_pretrained`, folders
+    whose ``config.json`` has a ``model_type`` (and no ``transferlab_version``) to
+    :func:`transferlab.interop.hf.from_hf`.
+
+    Args:
+        path: the folder or ``builtin:NAME``.
+        device: where to put the model (None: leave it on the CPU).
+        dtype: the weights' dtype as :func:`transferlab.models.model.from_pretrained` takes it
+            (``torch.bfloat16``, ``"bf16"``, ``"auto"`` for the checkpoint's own; None: float32).
+        torch_dtype: the older ``transformers`` name of ``dtype``.
+        **overrides: model config fields set before the modules are built.
+
+    Returns:
+        The model in eval mode.
+    """
+    from ..models import model as ours
+
+    d = resolve_builtin(path)
+    raw = ours.read_config(d)
+    if "model_type" not in raw or "transferlab_version" in raw:
+        return ours.from_pretrained(d, device=device, dtype=dtype, torch_dtype=torch_dtype, **overrides)
+    from .hf import from_hf
+
+    want = ours._resolve_dtype(dtype, torch_dtype)  # validated before the weights are read
+    model = from_hf(d, **overrides).eval()
+    if want == "auto":
+        want = ours._checkpoint_dtype(d, raw)
+    if device is not None or want is not None:
+        model = model.to(device=device, dtype=want)
+    return model
+
+
 def load_pretrained(spec: str | Path, *, tokenizer: str | Path | None = None, device: Any = "auto",
                     dtype: Any = None, **overrides: Any) -> Loaded:
     """A pre-trained model (eval mode, on ``device``, in ``dtype``) and the tokenizer that goes with it.
@@ -69,7 +106,6 @@ def load_pretrained(spec: str | Path, *, tokenizer: str | Path | None = None, de
         CheckpointError: no model at ``spec``, or no tokenizer beside it (or at ``tokenizer``).
     """
     from ..checks import check_same_tokenizer, check_tokenizer
-    from ..models.model import from_pretrained
     from ..runtime import resolve_device
     from ..tokenizer import Tokenizer
 
