@@ -659,14 +659,6 @@ def _split(item: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
-def save_json(obj: Any, path: str | Path) -> None:
-    """Write a dataclass (or dict) as pretty JSON, atomically."""
-    from .utils import atomic_write_text
-
-    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
-    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON or YAML config file into a dict with a clear error on failure."""
     p = Path(path)

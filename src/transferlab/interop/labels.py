@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import DataError
 
 __all__ = ["label_config", "labels_of", "LABEL_HEADS"]
 
