@@ -176,7 +176,8 @@ def field_docs(cls: type) -> dict[str, str]:
     return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, overrides: bool = True) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, only: tuple[str, ...] | None = None,
+                         config: bool = True, overrides: bool = True, metavars: dict[str, str] | None = None) -> None:
     """Add one flag per field of the dataclass ``cls``, ``--config FILE`` and ``key=value`` overrides.
 
     A field ``max_new_tokens: int = 50`` becomes ``--max-new-tokens N`` (help: its docstring and
@@ -189,7 +190,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, override
     Args:
         parser: the subcommand's parser.
         cls: a dataclass with documented fields.
+        only: flags for these fields only, in this order (``pretrain``: the common TrainConfig
+            fields; the rest are ``train.KEY=VALUE``).
+        config: also take ``--config FILE``.
         overrides: also take positional ``key=value`` overrides.
+        metavars: field -> metavar, for classes whose fields carry no ``metadata``.
     """
     import dataclasses
     import types
@@ -198,10 +203,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, override
 
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
-    parser.add_argument("--config", metavar="FILE", dest="config_file",
-                        help="YAML/JSON mapping of the settings below (flags and key=value win)")
-    for f in dataclasses.fields(cls):
-        meta = dict(f.metadata)
+    if config:
+        parser.add_argument("--config", metavar="FILE", dest="config_file",
+                            help="YAML/JSON mapping of the settings below (flags and key=value win)")
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for f in [by_name[n] for n in only] if only is not None else list(by_name.values()):
+        meta = {"metavar": (metavars or {}).get(f.name), **dict(f.metadata)}
         if meta.get("cli") is False:
             continue
         tp = hints[f.name]
@@ -213,7 +220,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, override
         text = meta.get("help") or docs.get(f.name, "")
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             text += " (required)"
-        elif shown not in (None, [], False):
+        elif not (shown is None or shown is False or shown == []):  # a switch off / nothing: no default to show
             text += f" (default: {shown})"
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": text.replace("%", "%%")}

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tokenizers import Tokenizer as _Backend
 from tokenizers import decoders, models, pre_tokenizers, processors
 
 from .common import SPECIAL_ROLES
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .wrapper import Tokenizer
 
 # the special-token roles transformers knows by name (all of ours)
 _HF_ROLES = SPECIAL_ROLES
@@ -52,7 +49,7 @@ def _model_rest(model: dict[str, Any], drop: tuple[str, ...] = ("vocab", "merges
     return rest
 
 
-def _fit_bert(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
+def _fit_bert(tok: Any, j: dict[str, Any]) -> dict[str, Any] | None:
     """transformers 5's BertTokenizer rebuilds the pipeline from vocab + do_lower_case etc.; it
     fits when ours is that pipeline (the settings are read off our normaliser)."""
     n, m = j.get("normalizer") or {}, j.get("model") or {}
@@ -76,7 +73,7 @@ def _fit_bert(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
             "tokenize_chinese_chars": bool(n.get("handle_chinese_chars")), "do_basic_tokenize": True}
 
 
-def _byte_level_prefix(tok: "Tokenizer", j: dict[str, Any]) -> bool | None:
+def _byte_level_prefix(tok: Any, j: dict[str, Any]) -> bool | None:
     """``add_prefix_space`` of a GPT-2 style byte-level BPE pipeline, or None when ours is not one
     (a normaliser, other splitting, or BPE settings GPT2Tokenizer does not rebuild)."""
     pre, m = j.get("pre_tokenizer") or {}, j.get("model") or {}
@@ -92,13 +89,13 @@ def _byte_level_prefix(tok: "Tokenizer", j: dict[str, Any]) -> bool | None:
     return aps if _model_rest(m, ("vocab", "merges", "unk_token")) == want else None
 
 
-def _fit_gpt2(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
+def _fit_gpt2(tok: Any, j: dict[str, Any]) -> dict[str, Any] | None:
     # GPT2Tokenizer keeps tokenizer.json's post-processor (nothing, for ours)
     aps = _byte_level_prefix(tok, j)
     return None if aps is None else {"add_prefix_space": aps, "errors": "replace"}
 
 
-def _fit_roberta(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
+def _fit_roberta(tok: Any, j: dict[str, Any]) -> dict[str, Any] | None:
     aps = _byte_level_prefix(tok, j)
     if aps is None or not (tok.cls_token and tok.sep_token):
         return None
@@ -108,7 +105,7 @@ def _fit_roberta(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
     return {"add_prefix_space": aps, "trim_offsets": True, "errors": "replace"}
 
 
-def _fit_t5(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
+def _fit_t5(tok: Any, j: dict[str, Any]) -> dict[str, Any] | None:
     """T5Tokenizer rebuilds: (precompiled charsmap normaliser), whitespace split + metaspace,
     unk at id 2, ``</s>`` appended. Our own unigram pipeline (NFKC) is not that one."""
     n, m = j.get("normalizer"), j.get("model") or {}
@@ -133,7 +130,7 @@ _HF_CLASSES = {"BertTokenizerFast": _fit_bert, "GPT2TokenizerFast": _fit_gpt2, "
                "BartTokenizerFast": _fit_roberta, "T5TokenizerFast": _fit_t5}
 
 
-def _hf_tokenizer_class(tok: "Tokenizer", model_type: str | None) -> tuple[str, dict[str, Any]]:
+def _hf_tokenizer_class(tok: Any, model_type: str | None) -> tuple[str, dict[str, Any]]:
     """``(tokenizer_class, its settings)`` for tokenizer_config.json.
 
     transformers 5's named classes rebuild the tokenizer from the vocabulary with their own
