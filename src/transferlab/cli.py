@@ -183,7 +183,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, only: tu
     A field ``max_new_tokens: int = 50`` becomes ``--max-new-tokens N`` (help: its docstring and
     ``(default: 50)``). Field ``metadata`` may set ``flag`` (another spelling), ``metavar``,
     ``choices`` and ``help`` (instead of the docstring). Enum fields take their values as choices,
-    ``bool`` fields are switches (``--x``; ``--no-x`` too when the default is true), ``list[...]``
+    ``bool`` fields are switches (``--x``; ``--no-x`` too unless the default is false), ``list[...]``
     fields repeat (``--stop A --stop B``). Every flag defaults to None, so
     :func:`config_from_args` can tell a flag given from one left out.
 
@@ -225,7 +225,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, only: tu
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": text.replace("%", "%%")}
         if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction if default is True else "store_true"
+            # a switch that is on (or undecided: None) by default can also be turned off: --no-x
+            kw["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
         elif typing.get_origin(tp) is list:
             kw.update(action="append", type=typing.get_args(tp)[0], metavar=meta.get("metavar"))
         else:
@@ -271,7 +272,7 @@ def config_from_args(args: argparse.Namespace, cls: type, section: str) -> Any:
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         flags = ", ".join("--" + m.replace("_", "-") for m in missing)
-        raise ConfigError(f"{section}: missing {flags} (a flag, a --config key or {missing[0]}=... )")
+        raise ConfigError(f"{section}: missing {flags} (give each as a flag, a --config key or KEY=VALUE)")
     with in_file(path or ""):
         obj = from_dict(cls, data, where=section)
     items = list(getattr(args, "overrides", None) or [])
