@@ -37,7 +37,7 @@ def gpt_mini_pair(dtype: torch.dtype):
     import transformers as T
 
     from transferlab.config import get_preset
-    from transferlab.hf import from_hf
+    from transferlab.interop.hf import from_hf
 
     torch.manual_seed(0)
     cfg = get_preset("gpt-mini")  # the preset: 4L / 256 / 4 heads / vocab 8192 / 1024 positions

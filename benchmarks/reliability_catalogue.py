@@ -141,7 +141,7 @@ def build_fixtures(root: Path) -> dict[str, Path]:
 def _export_sharded(src: Path, dst: Path) -> None:
     from safetensors.torch import save_file
 
-    from transferlab.hf import export_hf
+    from transferlab.interop.hf import export_hf
     from transferlab.models.model import from_pretrained
     from safetensors.torch import load_file
 

@@ -16,7 +16,7 @@ from transferlab.errors import CheckpointError, ConfigError
 from transferlab.generation import (
     GenerationConfig, TextStreamer, generate, generation_perplexity, token_logprobs, top_k_filter, top_p_filter,
 )
-from transferlab.hf import from_hf
+from transferlab.interop.hf import from_hf
 from transferlab.models import build_model
 
 T = pytest.importorskip("transformers")

@@ -4,7 +4,7 @@
   classification/tagging/QA, RoBERTa, GPT-2, BART, T5 v1.0 and v1.1) is saved with
   ``save_pretrained`` and loaded with :func:`transferlab.from_pretrained`; logits, all hidden
   states and greedy generations must be equal (fp32, 1e-5), with padding and token types.
-* ours -> transformers: :func:`transferlab.hf.export_hf` writes a directory that
+* ours -> transformers: :func:`transferlab.interop.hf.export_hf` writes a directory that
   ``AutoModel*.from_pretrained`` loads with no missing/unexpected keys and equal outputs, and that
   we load back bit-identically.
 * preset parameter counts match the reference models (built on the meta device: no memory).
@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 import transferlab  # noqa: E402
 from transferlab.cli import main as cli  # noqa: E402
 from transferlab.errors import CheckpointError, ConfigError  # noqa: E402
-from transferlab.hf import export_hf, from_hf, to_hf_state  # noqa: E402
+from transferlab.interop.hf import export_hf, from_hf, to_hf_state  # noqa: E402
 from transferlab.models import build_model  # noqa: E402
 
 V = 101  # vocabulary of every tiny model
@@ -371,7 +371,7 @@ def test_unused_tensors_are_reported(tmp_path, caplog):
     cfg = json.loads((d / "config.json").read_text())
     cfg["architectures"] = ["BertForMaskedLM"]
     (d / "config.json").write_text(json.dumps(cfg))
-    with caplog.at_level(logging.WARNING, logger="transferlab.hf"):
+    with caplog.at_level(logging.WARNING, logger="transferlab.interop.hf"):
         m = transferlab.from_pretrained(d)
     assert list(m.config.heads) == ["lm"]
     assert "cls.seq_relationship.weight" in caplog.text

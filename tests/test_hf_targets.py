@@ -26,8 +26,8 @@ T = transformers
 import transferlab  # noqa: E402
 from transferlab.cli import main as cli  # noqa: E402
 from transferlab.errors import CheckpointError, ConfigError  # noqa: E402
-from transferlab.hf import export_hf, from_hf, to_hf_state  # noqa: E402
-from transferlab.hf_encoders import _to_halves, _to_pairs, roformer_table  # noqa: E402
+from transferlab.interop.hf import export_hf, from_hf, to_hf_state  # noqa: E402
+from transferlab.interop.hf.encoders import _to_halves, _to_pairs, roformer_table  # noqa: E402
 from transferlab.models import build_model  # noqa: E402
 from transferlab.models.blocks import apply_rotary, rotary_cos_sin  # noqa: E402
 

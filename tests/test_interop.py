@@ -68,7 +68,7 @@ def test_interop_table_has_one_line_per_row():
 def test_minilm_round_trip_keeps_sentence_transformers_modules(tmp_path, capsys):
     from sentence_transformers import SentenceTransformer
 
-    from transferlab.hf import resolve_builtin
+    from transferlab.hub import resolve_builtin
 
     src = resolve_builtin("builtin:minilm")
     ours, back = tmp_path / "ours", tmp_path / "back"
@@ -281,7 +281,7 @@ def test_minilm_from_pretrained_then_export_hf_keeps_its_modules(tmp_path):
     tokenizer and sentence-transformers modules like convert does."""
     from sentence_transformers import SentenceTransformer
 
-    from transferlab.hf import resolve_builtin
+    from transferlab.hub import resolve_builtin
 
     out = transferlab.from_pretrained("builtin:minilm").export_hf(tmp_path / "x")
     st = SentenceTransformer(str(out), device="cpu")

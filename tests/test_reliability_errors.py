@@ -346,7 +346,7 @@ def test_read_json_helper(tmp_path):
 def test_safetensors_index_may_not_leave_the_model_folder(fx, capsys, tmp_path, where, cmd):
     from safetensors.torch import load_file, save_file
 
-    from transferlab.hf import export_hf
+    from transferlab.interop.hf import export_hf
     from transferlab.models.model import from_pretrained
 
     d = tmp_path / "hf"

@@ -7,14 +7,17 @@ and the cost of every run.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .errors import TransferlabError, ConfigError, DataError, CheckpointError  # noqa: E402
+from ._version import __version__  # noqa: F401
+from .errors import TransferlabError, ConfigError, DataError, CheckpointError  # noqa: F401
 
 
 def __getattr__(name: str):
     # Lazy imports keep `import transferlab` (and the CLI's --help) fast: torch loads on first use.
-    if name in ("from_pretrained", "TransferModel", "build_model"):
+    if name == "from_pretrained":  # ours, transformers folders and builtin: (the one dispatch)
+        from .interop.loading import from_pretrained
+
+        return from_pretrained
+    if name in ("TransferModel", "build_model"):
         from .models import model as _m
 
         return getattr(_m, name)

@@ -1,8 +1,6 @@
 """Checks every command shares: the device, the input length, the tokenizer that goes with a model.
 
-* :func:`resolve_device` — one spelling everywhere (``auto | cpu | cuda | cuda:N | mps``) and a
-  one-line :class:`ConfigError` for a device this torch cannot use, instead of torch's
-  ``AssertionError: Torch not compiled with CUDA enabled`` deep inside ``.to()``.
+* :func:`resolve_device` — re-exported from :mod:`transferlab.runtime`, where the device choice lives.
 * :func:`cap_max_length` — inputs longer than the model's position table are cut to it (as
   ``finetune`` does) with one note, instead of an ``IndexError`` in the embedding lookup.
 * :func:`check_tokenizer` — a tokenizer must fit the model it is used with: no id beyond the
@@ -12,47 +10,11 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Any
 
 from .errors import ConfigError
-
-DEVICES = "auto, cpu, cuda, cuda:N or mps"
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-def resolve_device(name: Any = "auto") -> Any:
-    """A ``torch.device`` for ``name`` that this machine has.
-
-    Args:
-        name: ``auto`` (or None: cuda when available, else cpu), ``cpu``, ``cuda``, ``cuda:N``,
-            ``mps``, or a ``torch.device``.
-
-    Raises:
-        ConfigError: an unknown spelling, or a device this torch build / machine does not have.
-    """
-    import torch
-
-    if isinstance(name, torch.device):
-        name = str(name)
-    name = "auto" if name is None else str(name).strip().lower()
-    if not _DEVICE.match(name):
-        raise ConfigError(f"--device {name}: expected {DEVICES}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available (this torch {torch.__version__} "
-                              f"{'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'}); "
-                              "use --device cpu or auto")
-        n = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= n:
-            raise ConfigError(f"--device {name}: only {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
-    return dev
+from .runtime import DEVICES, resolve_device  # noqa: F401  (the device choice lives in runtime.py)
 
 
 def position_limit(config: Any) -> int | None:

@@ -30,8 +30,9 @@ import re
 import sys
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .errors import TransferlabError
 
 
@@ -135,6 +136,152 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {os_error_message(OSError(code, os.strerror(code)), e.__traceback__)}", file=sys.stderr)
         return 2
     return int(rc or 0)
+
+
+
+# ---------------------------------------------------------------------------- one CLI grammar
+# Every command with a typed config takes the same grammar as ``pretrain``: its fields as flags
+# (generated here, help from the field docstrings, defaults shown), ``--config FILE.yaml`` and
+# ``key=value`` overrides after the flags. Precedence: defaults < --config < flags < key=value.
+GRAMMAR_EPILOG = ("settings: --config FILE.yaml|json (a mapping of the settings above), then the flags, then "
+                  "key=value overrides after the flags (dotted for sections); later ones win.")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its docstring (the string literal under the field), for ``--help``.
+
+    Args:
+        cls: a dataclass whose fields are documented PEP 257 style (a string after each field).
+
+    Returns:
+        One entry per field ("" when a field has no docstring).
+    """
+    import ast
+    import dataclasses
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass may document fields it adds
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # pragma: no cover - source not available (frozen app)
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                docs[a.target.id] = " ".join(str(b.value.value).split())  # type: ignore[attr-defined]
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, only: tuple[str, ...] | None = None,
+                         config: bool = True, overrides: bool = True, metavars: dict[str, str] | None = None) -> None:
+    """Add one flag per field of the dataclass ``cls``, ``--config FILE`` and ``key=value`` overrides.
+
+    A field ``max_new_tokens: int = 50`` becomes ``--max-new-tokens N`` (help: its docstring and
+    ``(default: 50)``). Field ``metadata`` may set ``flag`` (another spelling), ``metavar``,
+    ``choices`` and ``help`` (instead of the docstring). Enum fields take their values as choices,
+    ``bool`` fields are switches (``--x``; ``--no-x`` too unless the default is false), ``list[...]``
+    fields repeat (``--stop A --stop B``). Every flag defaults to None, so
+    :func:`config_from_args` can tell a flag given from one left out.
+
+    Args:
+        parser: the subcommand's parser.
+        cls: a dataclass with documented fields.
+        only: flags for these fields only, in this order (``pretrain``: the common TrainConfig
+            fields; the rest are ``train.KEY=VALUE``).
+        config: also take ``--config FILE``.
+        overrides: also take positional ``key=value`` overrides.
+        metavars: field -> metavar, for classes whose fields carry no ``metadata``.
+    """
+    import dataclasses
+    import types
+    import typing
+    from enum import Enum
+
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    if config:
+        parser.add_argument("--config", metavar="FILE", dest="config_file",
+                            help="YAML/JSON mapping of the settings below (flags and key=value win)")
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for f in [by_name[n] for n in only] if only is not None else list(by_name.values()):
+        meta = {"metavar": (metavars or {}).get(f.name), **dict(f.metadata)}
+        if meta.get("cli") is False:
+            continue
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None: the flag takes an X
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        shown = default.value if isinstance(default, Enum) else default
+        text = meta.get("help") or docs.get(f.name, "")
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            text += " (required)"
+        elif not (shown is None or shown is False or shown == []):  # a switch off / nothing: no default to show
+            text += f" (default: {shown})"
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": text.replace("%", "%%")}
+        if tp is bool:
+            # a switch that is on (or undecided: None) by default can also be turned off: --no-x
+            kw["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is list:
+            kw.update(action="append", type=typing.get_args(tp)[0], metavar=meta.get("metavar"))
+        else:
+            if isinstance(tp, type) and issubclass(tp, Enum):
+                kw["choices"] = tuple(m.value for m in tp)
+            elif "choices" in meta:
+                kw["choices"] = tuple(meta["choices"])
+            kw.update(type=tp if tp in (int, float) else str, metavar=meta.get("metavar"))
+        parser.add_argument(flag, **kw)
+    if overrides:
+        parser.add_argument("overrides", nargs="*", metavar="key=value",
+                            help="overrides of the settings above after the flags, e.g. max_new_tokens=20")
+
+
+def config_from_args(args: argparse.Namespace, cls: type, section: str) -> Any:
+    """The typed config of a command: defaults < ``--config`` file < flags given < ``key=value``.
+
+    Args:
+        args: the parsed arguments (see :func:`add_config_arguments`).
+        cls: the config dataclass.
+        section: its name in messages and the optional prefix of overrides (``generate.top_p=0.9``).
+
+    Returns:
+        An instance of ``cls``, checked field by field (types, :data:`~transferlab.config.FLAG_RANGES`)
+        and by its own ``validate()`` if it has one.
+
+    Raises:
+        ConfigError: an unreadable file, an unknown field, a value of the wrong type, a required
+            field missing.
+    """
+    import dataclasses
+
+    from .config import FLAG_RANGES, apply_overrides, check_fields, from_dict, in_file, load_config_file
+    from .errors import ConfigError
+
+    path = getattr(args, "config_file", None)
+    data = load_config_file(path) if path else {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            data[f.name] = v.value if hasattr(v, "value") else v
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise ConfigError(f"{section}: missing {flags} (give each as a flag, a --config key or KEY=VALUE)")
+    with in_file(path or ""):
+        obj = from_dict(cls, data, where=section)
+    items = list(getattr(args, "overrides", None) or [])
+    if items:
+        apply_overrides(obj, items, prefix=section)
+    check_fields(obj, section, FLAG_RANGES)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
 
 
 #: exit status after a closed stdout: what a shell reports for a process killed by SIGPIPE

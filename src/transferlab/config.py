@@ -259,6 +259,30 @@ def in_file(path: str | Path, error: type[Exception] | None = None) -> Iterator[
 
 
 
+# ---------------------------------------------------------------------------- run-wide choices
+class DType(StrEnum):
+    """The one ``--dtype`` spelling of every command (``auto|bf16|fp16|fp32``).
+
+    Training and fine-tuning use it for autocast (fp32 master weights); inference commands
+    (``generate``, ``icl``) for the weights themselves. Resolved by
+    :func:`transferlab.runtime.resolve_dtype`.
+    """
+
+    AUTO = "auto"  #: bf16 where the hardware has native bf16 matmuls (avx512_bf16/AMX, Ampere+), else fp32
+    BF16 = "bf16"  #: bf16 (autocast when training: fp32 master weights and optimizer state)
+    FP16 = "fp16"  #: fp16 (autocast with loss scaling when training), for GPUs without bf16
+    FP32 = "fp32"  #: full precision everywhere
+
+
+class Schedule(StrEnum):
+    """Learning-rate schedules: every one starts with a linear warm-up."""
+
+    LINEAR = "linear"  #: linear warm-up, then linear decay (to ``min_lr_ratio`` in pre-training; BERT, RoBERTa)
+    COSINE = "cosine"  #: linear warm-up, then cosine decay (GPT-3, nanoGPT)
+    CONSTANT = "constant"  #: linear warm-up, then constant
+    SLANTED = "slanted"  #: ULMFiT slanted triangular: short rise, long linear fall to lr/32 (fine-tuning)
+
+
 class Family(StrEnum):
     """The built-in (transformer) families; others are registered names (:data:`FAMILY_SPECS`)."""
 
@@ -725,14 +749,6 @@ def _split(item: str) -> tuple[str, str]:
         raise ConfigError(f"override {item!r}: expected key=value, e.g. model.n_layers=4")
     k, v = item.split("=", 1)
     return k.strip(), v.strip()
-
-
-def save_json(obj: Any, path: str | Path) -> None:
-    """Write a dataclass (or dict) as pretty JSON, atomically."""
-    from .utils import atomic_write_text
-
-    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
-    atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

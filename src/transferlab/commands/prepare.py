@@ -3,42 +3,63 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
+
+from ..data.corpus import DOC_SEPS, FORMATS
+
+
+@dataclass
+class PrepareSettings:
+    """What ``prepare`` reads: the tokenizer, the corpus, the output and the split."""
+
+    tokenizer: str = field(metadata={"metavar": "DIR"})
+    """tokenizer folder (from `transferlab tokenizer train`), vocab.txt, tokenizer.json, builtin:gpt2 or
+    builtin:minilm"""
+    input: list[str] = field(metadata={"metavar": "PATH"})
+    """a file, a folder or builtin:NAME (builtin:reviews+news, builtin:ptb); repeatable"""
+    out: str = field(metadata={"metavar": "DIR"})
+    """output folder"""
+    workers: int = 2
+    """tokenizer processes, 0 = in process"""
+    val_fraction: float = 0.01
+    """fraction of documents held out for validation"""
+    seed: int = 0
+    """seed of the deterministic split"""
+    format: str | None = field(default=None, metadata={"choices": FORMATS})
+    """input format (default: from the file suffix)"""
+    text_column: str = "text"
+    """JSONL field / CSV column with the text"""
+    doc_sep: str = field(default="blank", metadata={"choices": DOC_SEPS})
+    """text files: documents separated by blank lines, one per line, or one per file"""
+    force: bool = False
+    """rebuild even if the output is up to date, and replace --out even if it is not a prepared dataset (its
+    files are lost)"""
+    no_progress: bool = False
+    """hide the progress bar"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..data.corpus import DOC_SEPS, FORMATS
+    from ..cli import GRAMMAR_EPILOG, add_config_arguments
 
     p = subparsers.add_parser(
         "prepare", help="tokenize a corpus once into memory-mapped shards",
         description="Stream a corpus, tokenize it in worker processes and write train/validation token "
         "arrays (uint16/uint32 memmaps) with document and sentence offsets and a meta.json. "
         "Re-running on unchanged inputs is a no-op; an interrupted run leaves nothing that looks complete.",
-        epilog="example: transferlab prepare --tokenizer runs/tok --input builtin:reviews+news --out runs/data",
+        epilog=GRAMMAR_EPILOG + "\n\nexample: transferlab prepare --tokenizer runs/tok --input builtin:reviews+news "
+        "--out runs/data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--tokenizer", required=True, metavar="DIR",
-                   help="tokenizer folder (from `transferlab tokenizer train`), vocab.txt, tokenizer.json, "
-                   "builtin:gpt2 or builtin:minilm")
-    p.add_argument("--input", action="append", required=True, metavar="PATH",
-                   help="a file, a folder or builtin:NAME (builtin:reviews+news, builtin:ptb); repeatable")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--workers", type=int, default=2, help="tokenizer processes, 0 = in process (default: %(default)s)")
-    p.add_argument("--val-fraction", type=float, default=0.01,
-                   help="fraction of documents held out for validation (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the deterministic split (default: %(default)s)")
-    p.add_argument("--format", choices=FORMATS, default=None, help="input format (default: from the file suffix)")
-    p.add_argument("--text-column", default="text", help="JSONL field / CSV column with the text (default: %(default)s)")
-    p.add_argument("--doc-sep", choices=DOC_SEPS, default="blank",
-                   help="text files: documents separated by blank lines, one per line, or one per file")
-    p.add_argument("--force", action="store_true",
-                   help="rebuild even if the output is up to date, and replace --out even if it is not a "
-                   "prepared dataset (its files are lost)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_arguments(p, PrepareSettings)
     p.set_defaults(func=_prepare)
 
 
-def _prepare(args: argparse.Namespace) -> int:
+def _prepare(ns: argparse.Namespace) -> int:
+    from ..cli import config_from_args
     from ..data.prepare import prepare_corpus
     from ..outputs import Output
+
+    args = config_from_args(ns, PrepareSettings, "prepare")
 
     with Output(args.out, "prepare", force=args.force, inputs=[args.tokenizer, *args.input], inside_ok=False):
         s = prepare_corpus(

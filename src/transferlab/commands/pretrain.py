@@ -31,19 +31,15 @@ stopped by SIGTERM saves a checkpoint, writes no model/ and exits 143; a start t
 bad settings) leaves nothing behind. --out must not hold anything but an earlier run (docs/outputs.md).
 """
 
-# flag -> TrainConfig field
-_TRAIN_FLAGS = {
-    "max_steps": "max_steps", "max_minutes": "max_minutes", "max_tokens": "max_tokens", "save_every": "save_every",
-    "batch_size": "batch_size", "seq_len": "seq_len", "lr": "lr", "grad_accum": "grad_accum", "dtype": "dtype",
-    "seed": "seed", "eval_every": "eval_every", "fsdp": "fsdp", "compile": "compile",
-    "gradient_checkpointing": "gradient_checkpointing",
-}
+# TrainConfig fields that are also flags (--max-steps ...), in --help order; the rest: train.KEY=VALUE
+_TRAIN_FLAGS = ("max_steps", "max_minutes", "max_tokens", "save_every", "eval_every", "batch_size", "seq_len", "lr",
+                "grad_accum", "dtype", "seed", "fsdp", "compile", "gradient_checkpointing")
 
 
 def register(subparsers: Any) -> None:
+    from ..cli import add_config_arguments
     from ..training.config import TrainConfig
 
-    docs = TrainConfig.field_docs()
     p = subparsers.add_parser(
         "pretrain", help="pre-train a model with an objective (mlm, nsp, electra, clm, denoise, span-corruption, plm, mtlm, mass)",
         description="Pre-train a preset, or continue pre-training a saved/converted model, on data prepared "
@@ -62,20 +58,9 @@ def register(subparsers: Any) -> None:
                    help="start over in --out even if it holds an earlier run (deleted) or other files (kept)")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON with optional preset/init/objective and "
                                                    "model/train/objective sections (flags and key=value win)")
-    p.add_argument("--max-steps", type=int, help=docs["max_steps"])
-    p.add_argument("--max-minutes", type=float, help=docs["max_minutes"])
-    p.add_argument("--max-tokens", type=int, help=docs["max_tokens"])
-    p.add_argument("--save-every", type=int, metavar="STEPS", help=docs["save_every"])
-    p.add_argument("--eval-every", type=int, metavar="STEPS", help=docs["eval_every"])
-    p.add_argument("--batch-size", type=int, help=docs["batch_size"])
-    p.add_argument("--seq-len", type=int, help=docs["seq_len"])
-    p.add_argument("--lr", type=float, help=docs["lr"])
-    p.add_argument("--grad-accum", type=int, help=docs["grad_accum"])
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help=docs["dtype"])
-    p.add_argument("--seed", type=int, help=docs["seed"])
-    p.add_argument("--fsdp", action="store_true", default=None, help=docs["fsdp"])
-    p.add_argument("--compile", action="store_true", default=None, help=docs["compile"])
-    p.add_argument("--gradient-checkpointing", action="store_true", default=None, help=docs["gradient_checkpointing"])
+    # the common TrainConfig fields as flags, generated from the config (help = field docstrings)
+    add_config_arguments(p, TrainConfig, only=tuple(_TRAIN_FLAGS), config=False, overrides=False,
+                         metavars={"save_every": "STEPS", "eval_every": "STEPS"})
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides: model.n_layers=2 train.lr=1e-3 objective.mask_prob=0.2")
     from ..cost import add_cost_arguments
@@ -138,10 +123,10 @@ def run(args: argparse.Namespace) -> int:
 
     with in_file(args.config or ""):
         train = TrainConfig.from_dict(file_cfg["train"]) if file_cfg.get("train") else TrainConfig()
-    for flag, field in _TRAIN_FLAGS.items():
-        v = getattr(args, flag, None)
+    for name in _TRAIN_FLAGS:
+        v = getattr(args, name, None)
         if v is not None:
-            setattr(train, field, v)
+            setattr(train, name, v)
     if train_o:
         apply_overrides(train, train_o, prefix="train")
     train.validate()

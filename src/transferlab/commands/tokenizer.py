@@ -5,10 +5,43 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, field
+
+from ..data.corpus import DOC_SEPS, FORMATS
+
+
+@dataclass
+class TrainTokenizerSettings:
+    """What ``tokenizer train`` reads: the kind and size of the vocabulary, the corpus, the output."""
+
+    input: list[str] = field(metadata={"metavar": "PATH"})
+    """a file, a folder or builtin:NAME (builtin:reviews+news, builtin:ptb); repeatable"""
+    out: str = field(metadata={"metavar": "DIR"})
+    """folder to save the tokenizer in (replaced whole; an existing folder must be an earlier tokenizer, see
+    docs/outputs.md)"""
+    kind: str = field(default="wordpiece", metadata={"choices": ("wordpiece", "bpe", "unigram")})
+    """wordpiece: BERT [PAD] [UNK] [CLS] [SEP] [MASK]; bpe: GPT-2 byte level, <|endoftext|>; unigram:
+    T5/SentencePiece with <extra_id_N> sentinels"""
+    vocab_size: int = 8000
+    """vocabulary size incl. special tokens"""
+    force: bool = False
+    """replace --out even if it holds something else (a model folder, other files)"""
+    lowercase: bool | None = None
+    """lower-case text (default: yes for wordpiece, no for bpe/unigram)"""
+    min_frequency: int = 2
+    """minimum merge frequency"""
+    sentinels: int = 100
+    """unigram sentinel tokens"""
+    format: str | None = field(default=None, metadata={"choices": FORMATS})
+    """input format (default: from the file suffix)"""
+    text_column: str = "text"
+    """JSONL field / CSV column with the text"""
+    doc_sep: str = field(default="blank", metadata={"choices": DOC_SEPS})
+    """text files: documents separated by blank lines, one per line, or one per file"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..data.corpus import DOC_SEPS, FORMATS
+    from ..cli import GRAMMAR_EPILOG, add_config_arguments
 
     p = subparsers.add_parser(
         "tokenizer", help="train a tokenizer or encode text with one",
@@ -21,28 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a tokenizer from files or a built-in corpus",
         description="Train a WordPiece (BERT), byte-level BPE (GPT-2) or Unigram (T5) tokenizer and save "
         "it as a folder (tokenizer.json + tokenizer_config.json).",
-        epilog="example: transferlab tokenizer train --kind wordpiece --vocab-size 8000 "
+        epilog=GRAMMAR_EPILOG + "\n\nexample: transferlab tokenizer train --kind wordpiece --vocab-size 8000 "
         "--input builtin:reviews+news --out runs/tok",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("--kind", choices=("wordpiece", "bpe", "unigram"), default="wordpiece",
-                   help="wordpiece: BERT [PAD] [UNK] [CLS] [SEP] [MASK]; bpe: GPT-2 byte level, <|endoftext|>; "
-                   "unigram: T5/SentencePiece with <extra_id_N> sentinels (default: %(default)s)")
-    t.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size incl. special tokens (default: %(default)s)")
-    t.add_argument("--input", action="append", required=True, metavar="PATH",
-                   help="a file, a folder or builtin:NAME (builtin:reviews+news, builtin:ptb); repeatable")
-    t.add_argument("--out", required=True, metavar="DIR",
-                   help="folder to save the tokenizer in (replaced whole; an existing folder must be an earlier "
-                   "tokenizer, see docs/outputs.md)")
-    t.add_argument("--force", action="store_true",
-                   help="replace --out even if it holds something else (a model folder, other files)")
-    t.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
-                   help="lower-case text (default: yes for wordpiece, no for bpe/unigram)")
-    t.add_argument("--min-frequency", type=int, default=2, help="minimum merge frequency (default: %(default)s)")
-    t.add_argument("--sentinels", type=int, default=100, help="unigram sentinel tokens (default: %(default)s)")
-    t.add_argument("--format", choices=FORMATS, default=None, help="input format (default: from the file suffix)")
-    t.add_argument("--text-column", default="text", help="JSONL field / CSV column with the text (default: %(default)s)")
-    t.add_argument("--doc-sep", choices=DOC_SEPS, default="blank",
-                   help="text files: documents separated by blank lines, one per line, or one per file")
+    add_config_arguments(t, TrainTokenizerSettings)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("encode", help="print the tokens and ids of some text",
@@ -54,14 +70,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_encode)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..cli import config_from_args
     from ..data.corpus import BUILTIN_PREFIX, resolve_inputs
     from ..outputs import Output
     from ..tokenizer import Tokenizer
     from ..utils import atomic_dir
 
+    args = config_from_args(ns, TrainTokenizerSettings, "tokenizer train")
     # --input names corpora only: a missing path is an error here, never training text (the
     # Python API also takes literal strings, and took `--input corpus_typo` for one)
     resolve_inputs(args.input, args.format, flag="--input")

@@ -435,7 +435,7 @@ class CostTracker:
         return threads * CPU_PRICE_PER_CORE_HOUR, f"default: {_plural(threads, 'CPU core')} x ${CPU_PRICE_PER_CORE_HOUR:.2f}"
 
     def _build(self, wall: float, compute: float, energy: dict[str, Any], interrupted: bool) -> dict[str, Any]:
-        from .. import __version__
+        from .._version import __version__
         import torch
 
         total, non_emb = count_parameters(self.model)

@@ -248,7 +248,7 @@ def load_model_and_tokenizer(spec: str | Path, device: str | torch.device = "cpu
 
     s = str(spec)
     if s.startswith("builtin:"):
-        from ..hf import resolve_builtin
+        from ..hub import resolve_builtin
 
         path = resolve_builtin(s)
     else:

@@ -141,7 +141,7 @@ def _load_model(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, A
 
     path: Any = name
     if name.startswith("builtin:"):
-        from ..hf import resolve_builtin
+        from ..hub import resolve_builtin
 
         path = resolve_builtin(name)
     elif not Path(name).exists():

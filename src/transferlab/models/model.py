@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import __version__
+from .._version import __version__
 from ..config import Family, ModelConfig, get_preset
 from ..errors import CheckpointError, ConfigError
 from ..objectives.losses import lm_cross_entropy
@@ -311,7 +311,7 @@ class TransferModel(nn.Module):
 
     def export_hf(self, save_directory: str | Path) -> Path:
         """Write a directory that ``transformers`` AutoModel*.from_pretrained loads."""
-        from ..hf import export_hf
+        from ..interop.hf import export_hf
 
         return export_hf(self, save_directory)
 
@@ -363,7 +363,8 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None,
     A ``generation_config.json`` beside the weights becomes ``model.generation_config``: the
     defaults of ``model.generate`` (see :mod:`transferlab.generation`).
     """
-    from ..hf import from_hf, resolve_builtin
+    from ..interop.hf import from_hf
+    from ..hub import resolve_builtin
 
     want = _resolve_dtype(dtype, torch_dtype)
     path = resolve_builtin(path)  # "builtin:minilm" -> the folder its pip package ships

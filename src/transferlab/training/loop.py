@@ -63,14 +63,7 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def resolve_dtype(dtype: str | DType, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on GPUs/CPUs with native bf16, else ``fp32``; others unchanged."""
-    dtype = DType(dtype)
-    if dtype != DType.AUTO:
-        return dtype.value
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+from ..runtime import resolve_dtype  # noqa: E402,F401  (the one dtype choice lives in runtime.py)
 
 
 def tune_cpu_allocator() -> bool:

@@ -1,4 +1,4 @@
-"""LLaMA-family layouts for :mod:`transferlab.hf`: pre-norm RMSNorm / SwiGLU / rotary decoders.
+"""LLaMA-family layouts: pre-norm RMSNorm / SwiGLU / rotary decoders.
 
 ============  ==========================================  ======================================
 model_type    transformers class                          transferlab heads
@@ -16,7 +16,7 @@ qwen2         Qwen2Model / Qwen2ForCausalLM / ...         (import only; exports 
 Rotary convention: transformers' LLaMA rotates the two *halves* of each head
 (``rotate_half``), exactly as our :func:`~transferlab.models.blocks.apply_rotary` does, so q/k
 weights map unchanged (no Meta-style interleave permutation; RoFormer needs one, see
-:mod:`transferlab.hf_encoders`). Our fused ``qkv`` is ``[q_proj; k_proj; v_proj]`` and the gated
+:mod:`transferlab.interop.hf.encoders`). Our fused ``qkv`` is ``[q_proj; k_proj; v_proj]`` and the gated
 ``fc1`` is ``[gate_proj; up_proj]`` (``down_proj(silu(gate) * up)``).
 
 Not representable, refused on import with the field named: grouped-query attention
@@ -39,20 +39,19 @@ from typing import Any
 
 import torch
 
-from .config import Activation, Family, ModelConfig, Norm, Position
-from .errors import CheckpointError, ConfigError
-from .hf import CAT, COPY, Layout, Row, _canonical_heads, _common_out, _tok
+from ...config import Activation, Family, ModelConfig, Norm, Position
+from ...errors import CheckpointError, ConfigError
+from .table import COPY, Layout, Row, _canonical_heads, _common_out, _tok, block_rows
 
-_L = "layers.{i}."
+__all__ = ["LLAMA_ROWS", "LAYOUTS", "last_token_classifier_check"]
+
 _B = "backbone.decoder.blocks.{i}."
 LLAMA_ROWS: list[Row] = [
     ("backbone.embed_tokens.weight", "embed_tokens.weight", COPY),
-    (_B + "attn_norm.weight", _L + "input_layernorm.weight", COPY),
-    (_B + "attn.qkv.{p}", (_L + "self_attn.q_proj.{p}", _L + "self_attn.k_proj.{p}", _L + "self_attn.v_proj.{p}"), CAT),
-    (_B + "attn.out.{p}", _L + "self_attn.o_proj.{p}", COPY),
-    (_B + "mlp_norm.weight", _L + "post_attention_layernorm.weight", COPY),
-    (_B + "mlp.fc1.{p}", (_L + "mlp.gate_proj.{p}", _L + "mlp.up_proj.{p}"), CAT),
-    (_B + "mlp.fc2.{p}", _L + "mlp.down_proj.{p}", COPY),
+    *block_rows(_B, "layers.{i}.", {
+        "attn.qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "attn.out": "self_attn.o_proj",
+        "attn_norm": "input_layernorm", "mlp.fc1": ("mlp.gate_proj", "mlp.up_proj"), "mlp.fc2": "mlp.down_proj",
+        "mlp_norm": "post_attention_layernorm"}),
     ("backbone.decoder.final_norm.weight", "norm.weight", COPY),
     ("heads.lm.weight", "/lm_head.weight", COPY),  # only when untied
     ("heads.classification.classifier.weight", "/score.weight", COPY),

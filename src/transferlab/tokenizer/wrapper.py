@@ -24,27 +24,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
-from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as _Backend
 
-from .errors import ConfigError, DataError
-from .utils import atomic_write_text
+from ..errors import ConfigError, DataError
+from ..utils import atomic_write_text
+from .common import _BERT, _DEFAULT_LOWERCASE, _EOT, FORMAT_VERSION, KINDS, SPECIAL_ROLES, _as_list
+from .metadata import _HF_ROLES, _hf_tokenizer_class, _model_facts
+from .training import (_bpe_pipeline, _canonical_unigram, _canonical_wordpiece, _Counter, _guess_specials,
+                       _iter_texts, _read_json, _unigram_pipeline, _wordpiece_pipeline)
 
 __all__ = ["Tokenizer", "BatchEncoding", "KINDS"]
-
-KINDS = ("wordpiece", "bpe", "unigram")
-SPECIAL_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
-FORMAT_VERSION = 1
-_BERT = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-_EOT = "<|endoftext|>"
-_DEFAULT_LOWERCASE = {"wordpiece": True, "bpe": False, "unigram": False}
-_TEXT_SUFFIXES = (".txt", ".text", ".jsonl", ".ndjson", ".csv", ".tsv", ".gz", ".md", ".raw", ".tokens")
 
 
 class BatchEncoding(dict):
@@ -61,21 +56,6 @@ class BatchEncoding(dict):
         """Move torch tensors to ``device`` (no-op for lists and arrays)."""
         return BatchEncoding({k: v.to(device) if hasattr(v, "to") else v for k, v in self.items()})
 
-
-def _as_list(ids: Any) -> list[int]:
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()
-    if isinstance(ids, int):
-        return [ids]
-    return [int(i) for i in ids]
-
-
-def _token_content(tok: Any) -> str | None:
-    if tok is None:
-        return None
-    if isinstance(tok, dict):
-        return tok.get("content")
-    return str(tok)
 
 
 class Tokenizer:
@@ -494,7 +474,7 @@ class Tokenizer:
         """
         s = str(path)
         if s.startswith("builtin:"):
-            from .data.builtin import gpt2_files, minilm_dir
+            from ..data.builtin import gpt2_files, minilm_dir
 
             if s == "builtin:gpt2":
                 enc, merges = gpt2_files()
@@ -677,328 +657,3 @@ class Tokenizer:
             backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in reversed(sentinels)])
             _unigram_pipeline(backend, lowercase, specials)
         return cls(backend, kind, specials, sentinels, model_max_length=model_max_length, lowercase=lowercase)
-
-
-# ---------------------------------------------------------------------------------- transformers metadata
-# the special-token roles transformers knows by name (all of ours)
-_HF_ROLES = SPECIAL_ROLES
-# texts the post-processor check encodes: single, pair, empty, and a special token inside
-_PROBES = ("Hello, world!", "two words", "", "a b c d e")
-
-
-def _state(obj: Any) -> Any:
-    """A ``tokenizers`` component as JSON data (how it serialises inside tokenizer.json)."""
-    return json.loads(obj.__getstate__())
-
-
-def _same_post(tk: _Backend, post: Any) -> bool:
-    """Whether ``post`` adds the same special tokens and type ids as ``tk``'s own post-processor
-    (on probe singles and pairs): BertProcessing and an equivalent TemplateProcessing differ in
-    JSON but not in what they produce."""
-    other = _Backend.from_str(tk.to_str())
-    other.post_processor = post
-    for a in _PROBES:
-        for b in (None, "second segment"):
-            x = tk.encode(a, b, add_special_tokens=True) if b is not None else tk.encode(a, add_special_tokens=True)
-            y = other.encode(a, b, add_special_tokens=True) if b is not None else other.encode(a, add_special_tokens=True)
-            if (x.ids, x.type_ids, x.offsets) != (y.ids, y.type_ids, y.offsets):
-                return False
-    return True
-
-
-def _model_rest(model: dict[str, Any], drop: tuple[str, ...] = ("vocab", "merges")) -> dict[str, Any]:
-    """A model's settings without its vocabulary; an unset BPE prefix/suffix is the empty one."""
-    rest = {k: v for k, v in model.items() if k not in drop}
-    for k in ("continuing_subword_prefix", "end_of_word_suffix"):
-        if rest.get(k) is None and k in rest:
-            rest[k] = ""
-    return rest
-
-
-def _fit_bert(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
-    """transformers 5's BertTokenizer rebuilds the pipeline from vocab + do_lower_case etc.; it
-    fits when ours is that pipeline (the settings are read off our normaliser)."""
-    n, m = j.get("normalizer") or {}, j.get("model") or {}
-    if tok.kind != "wordpiece" or n.get("type") != "BertNormalizer" or not n.get("clean_text"):
-        return None
-    if not (tok.cls_token and tok.sep_token and tok.unk_token):
-        return None
-    if (j.get("pre_tokenizer") or {}).get("type") != "BertPreTokenizer":
-        return None
-    if j.get("decoder") != _state(decoders.WordPiece(prefix="##")):
-        return None
-    if m.get("type") != "WordPiece" or m.get("unk_token") != tok.unk_token or m.get("continuing_subword_prefix") != "##" \
-            or m.get("max_input_chars_per_word") != 100:
-        return None
-    post = processors.TemplateProcessing(
-        single=f"{tok.cls_token}:0 $A:0 {tok.sep_token}:0", pair=f"{tok.cls_token}:0 $A:0 {tok.sep_token}:0 $B:1 {tok.sep_token}:1",
-        special_tokens=[(tok.cls_token, tok.cls_token_id), (tok.sep_token, tok.sep_token_id)])
-    if not _same_post(tok.backend, post):
-        return None
-    return {"do_lower_case": bool(n.get("lowercase")), "strip_accents": n.get("strip_accents"),
-            "tokenize_chinese_chars": bool(n.get("handle_chinese_chars")), "do_basic_tokenize": True}
-
-
-def _byte_level_prefix(tok: "Tokenizer", j: dict[str, Any]) -> bool | None:
-    """``add_prefix_space`` of a GPT-2 style byte-level BPE pipeline, or None when ours is not one
-    (a normaliser, other splitting, or BPE settings GPT2Tokenizer does not rebuild)."""
-    pre, m = j.get("pre_tokenizer") or {}, j.get("model") or {}
-    if tok.kind != "bpe" or j.get("normalizer") is not None or pre.get("type") != "ByteLevel":
-        return None
-    aps = bool(pre.get("add_prefix_space"))
-    if pre != _state(pre_tokenizers.ByteLevel(add_prefix_space=aps)):
-        return None
-    if (j.get("decoder") or {}).get("type") != "ByteLevel":  # its settings do not change decoding
-        return None
-    want = _model_rest(_state(models.BPE(vocab={}, merges=[], dropout=None, continuing_subword_prefix="",
-                                         end_of_word_suffix="", fuse_unk=False)), ("vocab", "merges", "unk_token"))
-    return aps if _model_rest(m, ("vocab", "merges", "unk_token")) == want else None
-
-
-def _fit_gpt2(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
-    # GPT2Tokenizer keeps tokenizer.json's post-processor (nothing, for ours)
-    aps = _byte_level_prefix(tok, j)
-    return None if aps is None else {"add_prefix_space": aps, "errors": "replace"}
-
-
-def _fit_roberta(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
-    aps = _byte_level_prefix(tok, j)
-    if aps is None or not (tok.cls_token and tok.sep_token):
-        return None
-    post = processors.RobertaProcessing((tok.sep_token, tok.sep_token_id), (tok.cls_token, tok.cls_token_id), True, aps)
-    if not _same_post(tok.backend, post):
-        return None
-    return {"add_prefix_space": aps, "trim_offsets": True, "errors": "replace"}
-
-
-def _fit_t5(tok: "Tokenizer", j: dict[str, Any]) -> dict[str, Any] | None:
-    """T5Tokenizer rebuilds: (precompiled charsmap normaliser), whitespace split + metaspace,
-    unk at id 2, ``</s>`` appended. Our own unigram pipeline (NFKC) is not that one."""
-    n, m = j.get("normalizer"), j.get("model") or {}
-    if tok.kind != "unigram" or not (n is None or n.get("type") == "Precompiled"):
-        return None
-    meta = dict(replacement="\u2581", prepend_scheme="always", split=True)
-    pre = _state(pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(**meta)]))
-    if j.get("pre_tokenizer") != pre or j.get("decoder") != _state(decoders.Metaspace(**meta)):
-        return None
-    if m.get("type") != "Unigram" or m.get("unk_id") != 2 or m.get("byte_fallback"):
-        return None
-    if tok.eos_token is None or tok.unk_token_id != 2:
-        return None
-    post = processors.TemplateProcessing(single=["$A", tok.eos_token], pair=["$A", tok.eos_token, "$B", tok.eos_token],
-                                         special_tokens=[(tok.eos_token, tok.eos_token_id)])
-    if not _same_post(tok.backend, post):
-        return None
-    return {"extra_ids": len(tok.sentinel_tokens)}
-
-
-_HF_CLASSES = {"BertTokenizerFast": _fit_bert, "GPT2TokenizerFast": _fit_gpt2, "RobertaTokenizerFast": _fit_roberta,
-               "BartTokenizerFast": _fit_roberta, "T5TokenizerFast": _fit_t5}
-
-
-def _hf_tokenizer_class(tok: "Tokenizer", model_type: str | None) -> tuple[str, dict[str, Any]]:
-    """``(tokenizer_class, its settings)`` for tokenizer_config.json.
-
-    transformers 5's named classes rebuild the tokenizer from the vocabulary with their own
-    normaliser and splitting, ignoring ours: a class is named only when it rebuilds exactly our
-    pipeline. Otherwise ``TokenizersBackend``, which loads tokenizer.json unchanged.
-    """
-    order = {"wordpiece": ["BertTokenizerFast"], "unigram": ["T5TokenizerFast"],
-             "bpe": ["GPT2TokenizerFast", "RobertaTokenizerFast"]}[tok.kind]
-    if model_type in ("roberta", "bart") and tok.kind == "bpe":
-        order = [f"{model_type.capitalize()}TokenizerFast", "GPT2TokenizerFast"]
-    j = json.loads(tok.backend.to_str())
-    for name in order:
-        init = _HF_CLASSES[name](tok, j)
-        if init is not None:
-            return name, init
-    return "TokenizersBackend", {}
-
-
-def _model_facts(config: Path) -> dict[str, Any]:
-    """What a tokenizer saved beside a model should know of it: ``max_positions``, whether it reads
-    ``token_type_ids``, and the transformers ``model_type`` (from our config.json or theirs)."""
-    try:
-        raw = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    if not isinstance(raw, dict):
-        return {}
-    facts: dict[str, Any] = {}
-    if "transferlab_version" in raw:
-        if isinstance(raw.get("max_positions"), int):
-            facts["max_positions"] = raw["max_positions"]  # usable positions (an offset is not counted)
-        tv = raw.get("type_vocab_size")
-        facts["token_type_ids"] = bool(raw.get("family", "encoder") == "encoder" and isinstance(tv, int) and tv > 0)
-        return facts
-    mt = raw.get("model_type")
-    if isinstance(mt, str):
-        facts["model_type"] = mt
-    n = raw.get("max_position_embeddings", raw.get("n_positions"))
-    if isinstance(n, int):
-        facts["max_positions"] = n - (int(raw.get("pad_token_id") or 1) + 1 if mt == "roberta" else 0)
-    tv = raw.get("type_vocab_size")
-    if mt in ("bert", "roformer", "electra", "distilbert", "roberta"):
-        facts["token_type_ids"] = isinstance(tv, int) and tv > 1
-    return facts
-
-
-# ---------------------------------------------------------------------------------- pipelines
-def _wordpiece_pipeline(backend: _Backend, lowercase: bool, specials: dict[str, str | None] | None) -> None:
-    backend.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
-    )
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    if specials and specials.get("cls") and specials.get("sep"):
-        cls_t, sep_t = specials["cls"], specials["sep"]
-        ids = [(cls_t, backend.token_to_id(cls_t)), (sep_t, backend.token_to_id(sep_t))]
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"{cls_t} $A {sep_t}", pair=f"{cls_t} $A {sep_t} $B:1 {sep_t}:1", special_tokens=ids
-        )
-
-
-def _canonical_wordpiece(backend: _Backend, lowercase: bool, specials: list[str]) -> _Backend:
-    """The WordPiece trainer numbers its vocabulary in hash-map order, which changes from run to
-    run; renumber it (special tokens first, then by length and text) so that training on the same
-    data gives the same tokenizer and the same fingerprint."""
-    vocab = backend.get_vocab(with_added_tokens=False)
-    rest = sorted((t for t in vocab if t not in specials), key=lambda t: (len(t.removeprefix("##")), t))
-    ordered = {t: i for i, t in enumerate(specials + rest)}
-    out = _Backend(models.WordPiece(ordered, unk_token=_BERT["unk"], max_input_chars_per_word=100))
-    out.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    _wordpiece_pipeline(out, lowercase, None)
-    return out
-
-
-def _canonical_unigram(backend: _Backend, lowercase: bool, specials: list[str]) -> _Backend:
-    """The Unigram trainer's scores differ in the last bits between runs (parallel sums), tied
-    pieces come in any order and required characters are appended in hash order: canonicalise
-    (scores to 12 significant digits, ties by text, the appended tail sorted) so that training on
-    the same data gives the same tokenizer and fingerprint."""
-    pieces = json.loads(backend.to_str())["model"]["vocab"]
-    head = [(t, float(sc)) for t, sc in pieces if t in specials]
-    rest = sorted(((t, float(f"{sc:.12g}")) for t, sc in pieces if t not in specials), key=lambda p: (-p[1], p[0]))
-    # characters the trainer must keep are appended last, below every real piece, in hash-set
-    # order: give that tail's scores to its characters in sorted order
-    floor = min((sc for t, sc in rest if len(t) > 1), default=float("-inf"))
-    k = len(rest)
-    while k > 0 and len(rest[k - 1][0]) == 1 and rest[k - 1][1] < floor:
-        k -= 1
-    if len(rest) - k > 1:
-        tail = rest[k:]
-        rest[k:] = list(zip(sorted(t for t, _ in tail), [sc for _, sc in tail]))
-    vocab = head + rest
-    out = _Backend(models.Unigram(vocab, unk_id=[t for t, _ in vocab].index("<unk>"), byte_fallback=False))
-    out.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    _unigram_pipeline(out, lowercase, None)
-    return out
-
-
-def _bpe_pipeline(backend: _Backend, lowercase: bool) -> None:
-    backend.normalizer = normalizers.Lowercase() if lowercase else None
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    # like transformers' GPT-2: nothing added around sequences; pairs are concatenated
-    backend.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B:1", special_tokens=[])
-
-
-def _unigram_pipeline(backend: _Backend, lowercase: bool, specials: dict[str, str | None] | None) -> None:
-    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
-    steps.append(normalizers.Replace(Regex(" {2,}"), " "))
-    backend.normalizer = normalizers.Sequence(steps)
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    if specials and specials.get("eos"):
-        eos = specials["eos"]
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"$A {eos}", pair=f"$A {eos} $B:1 {eos}:1", special_tokens=[(eos, backend.token_to_id(eos))]
-        )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read tokenizer config ({e})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    ours = data.get("transferlab")
-    if isinstance(ours, dict):  # our own section: every field has one shape
-        for key, kinds, want in (("kind", (str,), "a string"), ("special_tokens", (dict,), "an object"),
-                                 ("sentinel_tokens", (list,), "a list"), ("lowercase", (bool, type(None)), "true or false")):
-            if key in ours and not isinstance(ours[key], kinds):
-                raise DataError(f"{path}: transferlab.{key}: expected {want}, got {ours[key]!r}")
-        if isinstance(ours.get("special_tokens"), dict) and not all(
-                v is None or isinstance(v, str) for v in ours["special_tokens"].values()):
-            raise DataError(f"{path}: transferlab.special_tokens: expected role -> token string, got {ours['special_tokens']!r}")
-    elif ours is not None:
-        raise DataError(f"{path}: transferlab: expected an object, got {ours!r}")
-    return data
-
-
-def _guess_specials(
-    backend: _Backend, kind: str, cfg: dict[str, Any], smap: dict[str, Any]
-) -> tuple[dict[str, str | None], list[str]]:
-    """Special tokens of a foreign tokenizer.json: from transformers' config files, else by name."""
-    specials: dict[str, str | None] = {}
-    for role in SPECIAL_ROLES:
-        tok = _token_content(smap.get(f"{role}_token")) or _token_content(cfg.get(f"{role}_token"))
-        if tok is not None and backend.token_to_id(tok) is not None:
-            specials[role] = tok
-    vocab = backend.get_vocab(with_added_tokens=True)
-    if not specials:
-        if kind == "wordpiece":
-            specials = {r: t for r, t in _BERT.items() if t in vocab}
-        elif _EOT in vocab:
-            specials = {"bos": _EOT, "eos": _EOT}
-            specials.update({r: t for r, t in (("pad", "<pad>"), ("mask", "<mask>")) if t in vocab})
-        else:
-            names = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>", "mask": "<mask>"}
-            specials = {r: t for r, t in names.items() if t in vocab}
-            if kind == "bpe" and "<s>" in vocab and "</s>" in vocab:  # RoBERTa / BART
-                specials.update(cls="<s>", sep="</s>")
-    sentinels = sorted((t for t in vocab if t.startswith("<extra_id_") and t.endswith(">") and t[10:-1].isdigit()),
-                       key=lambda t: int(t[10:-1]))
-    return specials, sentinels
-
-
-# ---------------------------------------------------------------------------------- inputs
-class _Counter:
-    """Iterate texts and count them (to detect an empty training corpus)."""
-
-    def __init__(self, texts: Iterator[str]) -> None:
-        self.texts, self.n = texts, 0
-
-    def __iter__(self) -> Iterator[str]:
-        for t in self.texts:
-            self.n += 1
-            yield t
-
-
-def _looks_like_path(s: str) -> bool:
-    if s.startswith("builtin:"):
-        return True
-    if not s or len(s) > 4096 or "\n" in s:
-        return False
-    if os.path.exists(s):
-        return True
-    return not any(c.isspace() for c in s) and (os.sep in s or s.lower().endswith(_TEXT_SUFFIXES))
-
-
-def _iter_texts(inputs: Any, format: str | None, text_column: str, doc_sep: str) -> Iterator[str]:
-    from .data.corpus import read_documents
-
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    for item in inputs:
-        if isinstance(item, Path) or (isinstance(item, str) and _looks_like_path(item)):
-            for doc in read_documents(item, format=format, text_column=text_column, doc_sep=doc_sep):
-                yield doc.text
-        elif isinstance(item, str):
-            if item.strip():
-                yield item
-        else:
-            raise DataError(f"training inputs must be paths, builtin: names or strings, got {type(item).__name__}")

@@ -1,4 +1,4 @@
-"""More encoder layouts for :mod:`transferlab.hf`: RoFormer, ELECTRA, DistilBERT.
+"""More post-norm encoder layouts: RoFormer, ELECTRA, DistilBERT.
 
 ============  ===========================================  =======================================
 model_type    transformers class                           transferlab heads
@@ -45,30 +45,13 @@ from typing import Any
 
 import torch
 
-from .config import Activation, Family, ModelConfig, Norm, Position
-from .errors import CheckpointError, ConfigError
-from .hf import (_ACT_TO_HF, _BERT_REQ, BERT_ROWS, CAT, COPY, Layout, Op, Row, _act_from_hf, _bert_config,
-                 _bert_config_out, _canonical_heads, _common_out, _tok)
+from ...config import Activation, Family, ModelConfig, Norm, Position
+from ...errors import CheckpointError, ConfigError
+from .bert import _bert_config, _bert_config_out, bert_block_rows, bert_embedding_rows, encoder_head_rows
+from .table import (_ACT_TO_HF, _BERT_REQ, COPY, Layout, Op, Row, _act_from_hf, _canonical_heads, _common_out, _tok,
+                    block_rows, mlm_rows)
 
-_BACKBONE = [r for r in BERT_ROWS if r[0].startswith("backbone.") and not r[0].startswith("backbone.pooler.")]
-_L = "encoder.layer.{i}."
-
-
-def _heads_rows(classifier_dense: str, classifier_out: str) -> list[Row]:
-    return [
-        ("heads.classification.dense.{p}", classifier_dense + ".{p}", COPY),
-        ("heads.classification.classifier.{p}", classifier_out + ".{p}", COPY),
-        ("heads.token_classification.classifier.{p}", "/classifier.{p}", COPY),
-        ("heads.span.qa_outputs.{p}", "/qa_outputs.{p}", COPY),
-    ]
-
-
-_BERT_MLM: list[Row] = [
-    ("heads.lm.transform.dense.{p}", "/cls.predictions.transform.dense.{p}", COPY),
-    ("heads.lm.transform.norm.{p}", "/cls.predictions.transform.LayerNorm.{p}", COPY),
-    ("heads.lm.bias", "/cls.predictions.decoder.bias", COPY),
-    ("heads.lm.weight", "/cls.predictions.decoder.weight", COPY),  # only when untied
-]
+__all__ = ["ROFORMER_ROWS", "ELECTRA_ROWS", "DISTILBERT_ROWS", "LAYOUTS", "RotaryInterleave", "roformer_table"]
 
 
 # ---------------------------------------------------------------------------- RoFormer rotary pairs
@@ -98,15 +81,11 @@ class RotaryInterleave(Op):
 
 
 ROFORMER_ROWS: list[Row] = [
-    *[r for r in _BACKBONE if "pos_emb" not in r[0] and "attn.qkv" not in r[0]],
-    ("backbone.encoder.blocks.{i}.attn.qkv.{p}",
-     (_L + "attention.self.query.{p}", _L + "attention.self.key.{p}", _L + "attention.self.value.{p}"),
-     RotaryInterleave()),
-    *_BERT_MLM,
-    *_heads_rows("/classifier.dense", "/classifier.out_proj"),
+    *bert_embedding_rows(positions=False),  # rotary: no position table
+    *bert_block_rows({"attn.qkv": RotaryInterleave()}),
+    *mlm_rows("/cls.predictions.", "transform.dense", "transform.LayerNorm", "decoder"),
+    *encoder_head_rows(("/classifier.dense", "/classifier.out_proj")),
 ]
-
-
 def roformer_table(n_pos: int, dim: int) -> torch.Tensor:
     """RoFormer's frozen (n_pos, dim) table: sines in the first half, cosines in the second, of
     pos / 10000^(2i/dim), computed in float64 as transformers does (numpy)."""
@@ -202,18 +181,14 @@ def _archs(cls: str, dense_act: str | None, extra: dict[str, dict] | None = None
 
 # ---------------------------------------------------------------------------- ELECTRA
 ELECTRA_ROWS: list[Row] = [
-    *_BACKBONE,
+    *bert_embedding_rows(),
+    *bert_block_rows(),
     ("backbone.encoder.emb_proj.{p}", "embeddings_project.{p}", COPY),  # only with embedding_size
     ("heads.rtd.dense.{p}", "/discriminator_predictions.dense.{p}", COPY),
     ("heads.rtd.out.{p}", "/discriminator_predictions.dense_prediction.{p}", COPY),
-    ("heads.lm.transform.dense.{p}", "/generator_predictions.dense.{p}", COPY),
-    ("heads.lm.transform.norm.{p}", "/generator_predictions.LayerNorm.{p}", COPY),
-    ("heads.lm.bias", "/generator_lm_head.bias", COPY),
-    ("heads.lm.weight", "/generator_lm_head.weight", COPY),  # only when untied
-    *_heads_rows("/classifier.dense", "/classifier.out_proj"),
+    *mlm_rows("/", "generator_predictions.dense", "generator_predictions.LayerNorm", "generator_lm_head"),
+    *encoder_head_rows(("/classifier.dense", "/classifier.out_proj")),
 ]
-
-
 def _electra_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
     where = "config.json"
     emb = raw.get("embedding_size") or raw["hidden_size"]
@@ -234,26 +209,14 @@ def _electra_config_out(cfg: ModelConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- DistilBERT
-_D = "transformer.layer.{i}."
-_DB = "backbone.encoder.blocks.{i}."
 DISTILBERT_ROWS: list[Row] = [
-    ("backbone.embed_tokens.weight", "embeddings.word_embeddings.weight", COPY),
-    ("backbone.encoder.pos_emb.weight", "embeddings.position_embeddings.weight", COPY),
-    ("backbone.encoder.emb_norm.{p}", "embeddings.LayerNorm.{p}", COPY),
-    (_DB + "attn.qkv.{p}", (_D + "attention.q_lin.{p}", _D + "attention.k_lin.{p}", _D + "attention.v_lin.{p}"), CAT),
-    (_DB + "attn.out.{p}", _D + "attention.out_lin.{p}", COPY),
-    (_DB + "attn_norm.{p}", _D + "sa_layer_norm.{p}", COPY),
-    (_DB + "mlp.fc1.{p}", _D + "ffn.lin1.{p}", COPY),
-    (_DB + "mlp.fc2.{p}", _D + "ffn.lin2.{p}", COPY),
-    (_DB + "mlp_norm.{p}", _D + "output_layer_norm.{p}", COPY),
-    ("heads.lm.transform.dense.{p}", "/vocab_transform.{p}", COPY),
-    ("heads.lm.transform.norm.{p}", "/vocab_layer_norm.{p}", COPY),
-    ("heads.lm.bias", "/vocab_projector.bias", COPY),
-    ("heads.lm.weight", "/vocab_projector.weight", COPY),  # only when untied
-    *_heads_rows("/pre_classifier", "/classifier"),
+    *bert_embedding_rows(types=False),
+    *block_rows("backbone.encoder.blocks.{i}.", "transformer.layer.{i}.", {
+        "attn.qkv": ("attention.q_lin", "attention.k_lin", "attention.v_lin"), "attn.out": "attention.out_lin",
+        "attn_norm": "sa_layer_norm", "mlp.fc1": "ffn.lin1", "mlp.fc2": "ffn.lin2", "mlp_norm": "output_layer_norm"}),
+    *mlm_rows("/", "vocab_transform", "vocab_layer_norm", "vocab_projector"),
+    *encoder_head_rows(("/pre_classifier", "/classifier")),
 ]
-
-
 def _distilbert_config(raw: dict[str, Any], keys: set[str]) -> ModelConfig:
     where = "config.json"
     d = int(raw["dim"])
