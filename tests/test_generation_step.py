@@ -69,7 +69,7 @@ def step_calls(monkeypatch):
 
 
 def _module_path(monkeypatch) -> None:
-    monkeypatch.setattr(G._DecodeStep, "unsupported", staticmethod(lambda lm: "test: the module path"))
+    monkeypatch.setattr(G._DecodeStep, "unsupported", staticmethod(lambda backbone: "test: the module path"))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -107,7 +107,7 @@ def test_bfloat16_models_attend_in_float32_and_stay_close_to_the_module_path(mod
     torch.testing.assert_close(lean.scores[1], ref.scores[1], atol=0.05, rtol=0.02)
 
     lm = G._LM(m)
-    step = G._DecodeStep(lm, 2)
+    step = G._DecodeStep(m.backbone, lm.head, 2)
     cache = lm.cache(2, 8)
     step.adopt(cache)
     assert step.attn_dtype == torch.float32 and cache.layers[0].k.dtype == torch.float32
@@ -147,7 +147,8 @@ def test_generation_without_packed_weights_gives_the_same_tokens(models, monkeyp
 
 def test_t5_relative_positions_keep_the_module_path(step_calls):
     m = _perturb(build_model("t5-mini", n_layers=2, d_head=8, eos_token_id=1, **SMALL), 7)
-    assert G._DecodeStep.unsupported(G._LM(m)) == "relative position bias (T5)"
+    assert G._DecodeStep.unsupported(m.backbone) == "relative position bias (T5)"
+    assert m.backbone.fast_decode_step(m.heads["lm"], 2) is None
     ids = torch.randint(3, V, (2, 5), generator=torch.Generator().manual_seed(3))
     a = m.generate(ids, max_new_tokens=6, eos_token_id=[])
     b = m.generate(ids, max_new_tokens=6, eos_token_id=[], use_cache=False)
@@ -174,8 +175,8 @@ def static_eager(monkeypatch):
     arithmetic (whole cache + window mask, tensor position, index_copy_) without the compiler."""
     real = G._DecodeStep.__init__
 
-    def init(self, lm, rows, compiled=False, pack=True):
-        real(self, lm, rows, False, pack)
+    def init(self, backbone, head, rows, compiled=False, pack=True):
+        real(self, backbone, head, rows, False, pack)
         if compiled:
             self.fn = self._body
 
@@ -191,7 +192,7 @@ def test_static_shape_step_gives_the_eager_steps_logits(models, name, settings, 
     kw = dict(max_new_tokens=9, eos_token_id=[], return_dict_in_generate=True, output_scores=True, **settings)
     eager = m.generate(ids, mask, **kw)
     static = m.generate(ids, mask, compile=True, **kw)
-    assert isinstance(G._COMPILED[m][1].fn, type(G._DecodeStep(G._LM(m), 1)._body))  # the static body ran
+    assert isinstance(G._COMPILED[m.backbone][1].fn, type(G._DecodeStep(m.backbone, m.heads["lm"], 1)._body))  # the static body ran
     assert torch.equal(eager.sequences, static.sequences)
     for a, b in zip(eager.scores, static.scores):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
@@ -206,12 +207,12 @@ def test_compiled_step_caches_start_zeroed():
 
 def test_compiled_step_is_kept_until_a_weight_changes(models, static_eager):
     m = build_model("gpt-mini", n_layers=1, **SMALL).eval()
-    lm = G._LM(m)
-    first = G._compiled_step(lm)
-    assert G._compiled_step(lm) is first
+    head = m.heads["lm"]
+    first = G._compiled_step(m.backbone, head)
+    assert G._compiled_step(m.backbone, head) is first
     with torch.no_grad():
         m.backbone.decoder.blocks[0].mlp.fc1.weight.add_(1.0)  # e.g. a training step
-    assert G._compiled_step(lm) is not first
+    assert G._compiled_step(m.backbone, head) is not first
 
 
 def test_cli_generate_compile_flag(static_eager, tmp_path, capsys, monkeypatch):
@@ -225,7 +226,7 @@ def test_cli_generate_compile_flag(static_eager, tmp_path, capsys, monkeypatch):
     m.save_pretrained(tmp_path)
     tok.save(tmp_path)
     real, built = G._compiled_step, []
-    monkeypatch.setattr(G, "_compiled_step", lambda lm: built.append(1) or real(lm))
+    monkeypatch.setattr(G, "_compiled_step", lambda backbone, head: built.append(1) or real(backbone, head))
     assert cli(["generate", "--model", str(tmp_path), "--prompt", "the film", "--max-new-tokens", "9", "--compile"]) == 0
     streamed = capsys.readouterr().out
     assert built == [1]  # the flag reached generate

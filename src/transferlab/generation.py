@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from .config import Family, Position
 from .errors import ConfigError
+from .models.backbone import DecodeState, backbone_of
 from .models.blocks import _NEG, apply_rotary, rotary_cos_sin
 
 __all__ = [
@@ -456,52 +457,56 @@ def _repetition_penalty(scores: torch.Tensor, seen_ids: torch.Tensor, penalty: f
 
 # ---------------------------------------------------------------------------------- the model side
 class _LM:
-    """The pieces of a TransferModel that decoding calls, resolved once per ``generate``."""
+    """What decoding asks of a TransferModel, resolved once per ``generate``: its backbone (any
+    family implementing :class:`~transferlab.models.backbone.Backbone`'s decoding members) and its
+    LM head."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        cfg = model.config
-        self.model, self.cfg = model, cfg
-        family = Family(cfg.family)
-        if family == Family.ENCODER:
-            raise ConfigError(
-                "generate needs a decoder or encoder-decoder model; this one is an encoder "
-                "(family=encoder), which predicts masked tokens rather than continuations"
-            )
-        self.is_seq2seq = family == Family.ENCODER_DECODER
+        self.model, self.cfg = model, model.config
+        backbone = backbone_of(model)
+        if not backbone.can_generate:
+            if backbone.family == Family.ENCODER.value:
+                raise ConfigError(
+                    "generate needs a decoder or encoder-decoder model; this one is an encoder "
+                    "(family=encoder), which predicts masked tokens rather than continuations"
+                )
+            raise ConfigError(f"generate needs a decoder or encoder-decoder model; this one is "
+                              f"family={backbone.family!r}, which does not continue text")
+        self.backbone = backbone
+        self.is_seq2seq = bool(backbone.is_encoder_decoder)
         self.head = _lm_head(model)
-        backbone = model.backbone
-        self.stack = backbone.decoder  # the causal Stack: embeddings + blocks + final norm
-        self.encoder = backbone.encoder if self.is_seq2seq else None
-        self.n_layers = cfg.decoder_layers if self.is_seq2seq else cfg.n_layers
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        # learned / sinusoidal tables end at max_positions; rotary, relative and none do not
-        self.table_limit = cfg.max_positions if Position(cfg.position) in (Position.LEARNED, Position.SINUSOIDAL) else None
+        self.table_limit = backbone.position_limit  # None: positions never run out
 
-    def cache(self, batch: int, capacity: int, zeros: bool = False):
-        """An empty KV cache with room for ``capacity`` positions (no regrowth while decoding).
-        ``zeros``: for readers of the whole cache (the compiled step), whose masking of unused
-        columns would not survive uninitialised keys (a garbage key of 1e30 outweighs any bias)."""
-        from .models.blocks import KVCache, LayerCache
+    def cache(self, batch: int, capacity: int, zeros: bool = False) -> DecodeState:
+        """An empty decode state with room for ``capacity`` positions (no regrowth while decoding).
+        ``zeros``: for readers of the whole cache (the compiled step)."""
+        return self.backbone.new_cache(batch, capacity, self.dtype, self.device, zeros=zeros)
 
-        nh, hs = self.cfg.n_heads, self.cfg.head_dim
-        shape = (batch, nh, capacity, hs)
-        new = torch.zeros if zeros else torch.empty
-        return KVCache([
-            LayerCache(k=new(shape, dtype=self.dtype, device=self.device),
-                       v=new(shape, dtype=self.dtype, device=self.device))
-            for _ in range(self.n_layers)
-        ])
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor | None, pos: torch.Tensor | None,
+               cache: DecodeState | None, memory: torch.Tensor | None = None,
+               memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, T, C) of the causal stack for ``ids`` (B, T), extending ``cache``."""
+        return self.backbone.decode(ids, mask, pos, cache, memory, memory_mask)
 
     def logits(self, ids: torch.Tensor, mask: torch.Tensor | None, pos: torch.Tensor | None,
-               cache: Any, memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+               cache: DecodeState | None, memory: torch.Tensor | None = None,
+               memory_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 next-token logits (B, V) for the last position of ``ids`` (B, T)."""
-        h, _ = self.stack(ids, mask, pos, cache=cache, memory=memory, memory_mask=memory_mask)  # (B, T, C)
+        h = self.hidden(ids, mask, pos, cache, memory, memory_mask)  # (B, T, C)
         return self.head(h[:, -1]).float()  # (B, V): the head sees one position, not T
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        h, _ = self.encoder(ids, mask)  # (B, S, C)
-        return h
+        """Encoder memory (B, S, C) of an encoder-decoder."""
+        out = self.backbone.encode(ids, mask)
+        # the transformer families return (states, hidden states); the contract's value is the states
+        return out[0] if isinstance(out, tuple) else out
+
+    def fast_step(self, rows: int, compiled: bool, pack: bool) -> Any:
+        """The backbone's accelerated one-token step for ``rows`` rows, or None (then every token
+        goes through :meth:`logits`)."""
+        return self.backbone.fast_decode_step(self.head, rows, compiled=compiled, pack=pack)
 
 
 # ---------------------------------------------------------------------------------- the decode step
@@ -587,23 +592,29 @@ class _DecodeStep:
     """
 
     @staticmethod
-    def unsupported(lm: "_LM") -> str | None:
-        """Why this model keeps the module path for its decode steps (None: it does not)."""
-        if lm.stack.rel_bias is not None:
+    def unsupported(backbone: Any) -> str | None:
+        """Why this backbone keeps the module path for its decode steps (None: it does not)."""
+        stack = backbone.causal_stack
+        if stack is None:
+            return "no causal stack"
+        if stack.rel_bias is not None:
             return "relative position bias (T5)"
-        if lm.stack.type_emb is not None:
+        if stack.type_emb is not None:
             return "segment embeddings"
-        if getattr(lm.cfg, "pad_aware_positions", False):
+        if getattr(backbone.config, "pad_aware_positions", False):
             return "pad-aware position ids"
         return None
 
-    def __init__(self, lm: "_LM", rows: int, compiled: bool = False, pack: bool = True) -> None:
-        stack, cfg = lm.stack, lm.cfg
-        pack = pack and _packable(lm.device, lm.dtype) and not compiled
+    def __init__(self, backbone: Any, head: torch.nn.Module, rows: int, compiled: bool = False,
+                 pack: bool = True) -> None:
+        stack, cfg = backbone.causal_stack, backbone.config
+        p = next(backbone.parameters())
+        device, dtype = p.device, p.dtype
+        pack = pack and _packable(device, dtype) and not compiled
         lin = lambda m: _Linear(m.weight, m.bias, rows, pack)  # noqa: E731
-        self.dtype = lm.dtype
-        low = lm.dtype in (torch.bfloat16, torch.float16)
-        self.attn_dtype = torch.float32 if (lm.device.type == "cpu" and low) else lm.dtype
+        self.dtype = dtype
+        low = dtype in (torch.bfloat16, torch.float16)
+        self.attn_dtype = torch.float32 if (device.type == "cpu" and low) else dtype
         self.nh, self.hs, self.prenorm = cfg.n_heads, cfg.head_dim, cfg.prenorm
         self.scale = stack.blocks[0].attn.scale
         self.emb, self.emb_scale = stack.embed_tokens[0].weight, stack.emb_scale
@@ -622,7 +633,6 @@ class _DecodeStep:
                 L.cross_norm, L.cq, L.cout = _norm_fn(blk.cross_norm), lin(blk.cross_attn.q), lin(blk.cross_attn.out)
             L.fc1, L.fc2, L.act, L.gated = lin(blk.mlp.fc1), lin(blk.mlp.fc2), blk.mlp.act, blk.mlp.gated
             self.layers.append(L)
-        head = lm.head
         self.head_transform, self.head_scale = head.transform, head.scale
         self.head = _Linear(head.output_weight, head.bias, rows, pack)
         self.fn = None
@@ -776,17 +786,37 @@ def _freezing(on: bool):
         inductor_config.freezing = before
 
 
-def _compiled_step(lm: "_LM") -> _DecodeStep:
-    """The model's compiled decode step, rebuilt (recompiled) when a weight changed: frozen
+def _compiled_step(backbone: Any, head: torch.nn.Module) -> _DecodeStep:
+    """The backbone's compiled decode step, rebuilt (recompiled) when a weight changed: frozen
     weights are constants of the graph, so an updated model must not reuse an old one."""
-    tensors = [*lm.model.parameters(), *lm.model.buffers()]
-    sig = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-    hit = _COMPILED.get(lm.model)
+    tensors = [*backbone.parameters(), *backbone.buffers(), *head.parameters(), *head.buffers()]
+    sig = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors) + (id(head),)
+    hit = _COMPILED.get(backbone)
     if hit is not None and hit[0] == sig:
         return hit[1]
-    step = _DecodeStep(lm, rows=1, compiled=True)
-    _COMPILED[lm.model] = (sig, step)
+    step = _DecodeStep(backbone, head, rows=1, compiled=True)
+    _COMPILED[backbone] = (sig, step)
     return step
+
+
+def fast_decode_step(backbone: Any, head: torch.nn.Module, rows: int, compiled: bool = False,
+                     pack: bool = True) -> _DecodeStep | None:
+    """The decode step of a transformer backbone with an LM head, or None when it keeps the module
+    path (:meth:`_DecodeStep.unsupported`).
+
+    Args:
+        backbone: a transformer backbone (a causal :class:`~transferlab.models.blocks.Stack`).
+        head: its ``lm`` head (:class:`~transferlab.models.heads.LMHead`).
+        rows: batch rows the step will see (a layout hint for packing; 1 when compiled).
+        compiled: the ``torch.compile``d step, kept with the backbone between calls.
+        pack: prepack the linears for oneDNN (where available).
+
+    Returns:
+        A callable step, or None.
+    """
+    if _DecodeStep.unsupported(backbone) is not None:
+        return None
+    return _compiled_step(backbone, head) if compiled else _DecodeStep(backbone, head, rows, pack=pack)
 
 
 def _lm_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -1159,8 +1189,11 @@ def _prefill(lm: _LM, gc: GenerationConfig, ids: torch.Tensor, mask: torch.Tenso
     B = ids.shape[0]
     rows = torch.arange(B, device=lm.device).repeat_interleave(expand) if expand > 1 else None
     st: dict[str, Any] = {"memory": None, "memory_mask": None, "mask": None, "pos": None}
-    use_step = gc.use_cache and gc.max_new_tokens > 1 and _DecodeStep.unsupported(lm) is None
-    compiled = use_step and gc.compile
+    step = None
+    if gc.use_cache and gc.max_new_tokens > 1:
+        # packing costs about as much as a few tokens save: not worth it for a handful of tokens
+        step = lm.fast_step(B * expand, compiled=gc.compile, pack=gc.max_new_tokens >= 8)
+    compiled = step is not None and gc.compile
     if lm.is_seq2seq:
         start = _decoder_start(lm, gc)
         memory = lm.encode(ids, mask)  # (B, S, C)
@@ -1204,10 +1237,8 @@ def _prefill(lm: _LM, gc: GenerationConfig, ids: torch.Tensor, mask: torch.Tenso
     else:
         logits = _full_logits(lm, st, seq, T)
     st["cache"] = cache
-    st["step"] = None
-    if use_step:
-        # packing costs about as much as a few tokens save: not worth it for a handful of tokens
-        step = st["step"] = _compiled_step(lm) if compiled else _DecodeStep(lm, B * expand, pack=gc.max_new_tokens >= 8)
+    st["step"] = step
+    if step is not None:
         step.adopt(cache)
         st["bias"] = step.padding_bias(st["mask"], capacity)
         st["mem_bias"] = step.padding_bias(st["memory_mask"])
@@ -1432,12 +1463,12 @@ def token_logprobs(
                     raise ConfigError("token_logprobs: encoder-decoders need decoder_input_ids (start + targets)")
                 memory = lm.encode(ids, mask)
                 seq = decoder_input_ids.to(lm.device)
-                h, _ = lm.stack(seq, None, None, memory=memory, memory_mask=mask)
+                h = lm.hidden(seq, None, None, None, memory, mask)  # (B, T_dec, C)
                 real = torch.ones_like(seq, dtype=torch.bool)
             else:
                 seq = ids
                 pos = _positions(mask) if mask is not None else None
-                h, _ = lm.stack(seq, mask, pos)
+                h = lm.hidden(seq, mask, pos, None)  # (B, T, C)
                 real = mask.bool() if mask is not None else torch.ones_like(seq, dtype=torch.bool)
             # a token is scored when it and the one before it are real: the first real token of a
             # (left-padded) row has no context to be predicted from
@@ -1481,7 +1512,7 @@ def generation_perplexity(
     """
     cfg = model.config
     eos = torch.tensor(_as_ids(eos_token_id, cfg.eos_token_id) or [-1], device=sequences.device)
-    seq2seq = Family(cfg.family) == Family.ENCODER_DECODER
+    seq2seq = bool(backbone_of(model).is_encoder_decoder)
     start = 1 if seq2seq else input_ids.shape[1]
     if sequences.shape[0] != input_ids.shape[0]:
         raise ConfigError(f"generation_perplexity: {sequences.shape[0]} sequences for {input_ids.shape[0]} prompts "

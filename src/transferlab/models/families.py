@@ -11,6 +11,7 @@ Each returns a :class:`BackboneOutput` of hidden states; heads (``heads.py``) ma
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import math
 
@@ -168,6 +169,13 @@ class TransformerBackbone(Backbone):
     def decode(self, ids, mask, positions, cache, memory=None, memory_mask=None) -> torch.Tensor:
         h, _ = self._causal_or_refuse()(ids, mask, positions, cache=cache, memory=memory, memory_mask=memory_mask)
         return h  # (B, T, C)
+
+    def fast_decode_step(self, head: nn.Module, rows: int, compiled: bool = False, pack: bool = True) -> Any:
+        """The lean one-token step over this backbone's causal stack and ``head`` (an ``LMHead``),
+        or None where it keeps the module path (e.g. T5's relative position bias)."""
+        from ..generation import fast_decode_step
+
+        return fast_decode_step(self, head, rows, compiled=compiled, pack=pack)
 
     def _causal_or_refuse(self) -> Stack:
         s = self.causal_stack
