@@ -11,7 +11,6 @@ Each returns a :class:`BackboneOutput` of hidden states; heads (``heads.py``) ma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import math
 
@@ -22,6 +21,7 @@ from ..config import Family, ModelConfig, Position
 from ..errors import ConfigError
 from .backbone import Backbone, build_backbone, register_family  # noqa: F401 (build_backbone re-exported)
 from .blocks import Attention, Block, KVCache, LayerCache, Stack
+from .decode_step import _DecodeStep, fast_decode_step
 
 
 @dataclass
@@ -170,11 +170,10 @@ class TransformerBackbone(Backbone):
         h, _ = self._causal_or_refuse()(ids, mask, positions, cache=cache, memory=memory, memory_mask=memory_mask)
         return h  # (B, T, C)
 
-    def fast_decode_step(self, head: nn.Module, rows: int, compiled: bool = False, pack: bool = True) -> Any:
+    def fast_decode_step(self, head: nn.Module, rows: int, compiled: bool = False,
+                         pack: bool = True) -> _DecodeStep | None:
         """The lean one-token step over this backbone's causal stack and ``head`` (an ``LMHead``),
         or None where it keeps the module path (e.g. T5's relative position bias)."""
-        from ..generation import fast_decode_step
-
         return fast_decode_step(self, head, rows, compiled=compiled, pack=pack)
 
     def _causal_or_refuse(self) -> Stack:
