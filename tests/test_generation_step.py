@@ -1,7 +1,7 @@
-"""The lean decode step (``generation._DecodeStep``): same logits as the module path for every
-block variant it covers (pre/post-norm, learned/sinusoidal/rotary positions, gated MLPs,
-cross-attention, left padding, beams), bf16 attention in float32, the prepacked oneDNN linears,
-and the module path kept for what it does not cover."""
+"""The lean decode step (``models/decode_step.py``'s ``_DecodeStep``): same logits as the module
+path for every block variant it covers (pre/post-norm, learned/sinusoidal/rotary positions, gated
+MLPs, cross-attention, left padding, beams), bf16 attention in float32, the prepacked oneDNN
+linears, and the module path kept for what it does not cover."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transferlab import generation as G
 from transferlab.models import build_model
+from transferlab.models import decode_step as D
 
 V = 61
 SMALL = dict(vocab_size=V, d_model=32, n_heads=4, d_ff=64, dropout=0.0, attention_dropout=0.0)
@@ -58,18 +58,18 @@ def _prompts(seq2seq: bool, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
 def step_calls(monkeypatch):
     """Count calls of the decode step, so a test knows which path produced its tokens."""
     calls = []
-    real = G._DecodeStep.__call__
+    real = D._DecodeStep.__call__
 
     def counted(self, *a, **k):
         calls.append(1)
         return real(self, *a, **k)
 
-    monkeypatch.setattr(G._DecodeStep, "__call__", counted)
+    monkeypatch.setattr(D._DecodeStep, "__call__", counted)
     return calls
 
 
 def _module_path(monkeypatch) -> None:
-    monkeypatch.setattr(G._DecodeStep, "unsupported", staticmethod(lambda lm: "test: the module path"))
+    monkeypatch.setattr(D._DecodeStep, "unsupported", staticmethod(lambda backbone: "test: the module path"))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -106,9 +106,8 @@ def test_bfloat16_models_attend_in_float32_and_stay_close_to_the_module_path(mod
     assert lean.scores[1].dtype == torch.float32
     torch.testing.assert_close(lean.scores[1], ref.scores[1], atol=0.05, rtol=0.02)
 
-    lm = G._LM(m)
-    step = G._DecodeStep(lm, 2)
-    cache = lm.cache(2, 8)
+    step = D._DecodeStep(m.backbone, m.heads["lm"], 2)
+    cache = m.backbone.new_cache(2, 8, torch.bfloat16, torch.device("cpu"))
     step.adopt(cache)
     assert step.attn_dtype == torch.float32 and cache.layers[0].k.dtype == torch.float32
 
@@ -121,15 +120,15 @@ def test_prepacked_linear_computes_f_linear(dtype, rows, bias):
     w = torch.randn(48, 32, generator=g).to(dtype)
     b = torch.randn(48, generator=g).to(dtype) if bias else None
     x = torch.randn(rows, 32, generator=g).to(dtype)
-    lin = G._Linear(w, b, rows=1, pack=True)  # the row count is only a layout hint
-    assert lin.packed == G._packable(torch.device("cpu"), dtype)
+    lin = D._Linear(w, b, rows=1, pack=True)  # the row count is only a layout hint
+    assert lin.packed == D._packable(torch.device("cpu"), dtype)
     with torch.inference_mode():
         y = lin(x)
     ref = F.linear(x.double(), w.double(), b.double() if bias else None)
     assert y.shape == (rows, 48) and y.dtype == dtype
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.1, rtol=0.02)
     torch.testing.assert_close(y.double(), ref, **tol)
-    unpacked = G._Linear(w, b, rows=1, pack=False)
+    unpacked = D._Linear(w, b, rows=1, pack=False)
     assert not unpacked.packed and torch.equal(unpacked(x), F.linear(x, w, b))
 
 
@@ -138,7 +137,7 @@ def test_generation_without_packed_weights_gives_the_same_tokens(models, monkeyp
     ids, mask = _prompts(False, 0)
     kw = dict(max_new_tokens=9, eos_token_id=[], return_dict_in_generate=True, output_scores=True)
     packed = m.generate(ids, mask, **kw)
-    monkeypatch.setattr(G, "_packable", lambda device, dtype: False)
+    monkeypatch.setattr(D, "_packable", lambda device, dtype: False)
     plain = m.generate(ids, mask, **kw)
     assert torch.equal(packed.sequences, plain.sequences)
     for a, b in zip(packed.scores, plain.scores):
@@ -147,7 +146,8 @@ def test_generation_without_packed_weights_gives_the_same_tokens(models, monkeyp
 
 def test_t5_relative_positions_keep_the_module_path(step_calls):
     m = _perturb(build_model("t5-mini", n_layers=2, d_head=8, eos_token_id=1, **SMALL), 7)
-    assert G._DecodeStep.unsupported(G._LM(m)) == "relative position bias (T5)"
+    assert D._DecodeStep.unsupported(m.backbone) == "relative position bias (T5)"
+    assert m.backbone.fast_decode_step(m.heads["lm"], 2) is None
     ids = torch.randint(3, V, (2, 5), generator=torch.Generator().manual_seed(3))
     a = m.generate(ids, max_new_tokens=6, eos_token_id=[])
     b = m.generate(ids, max_new_tokens=6, eos_token_id=[], use_cache=False)
@@ -156,15 +156,15 @@ def test_t5_relative_positions_keep_the_module_path(step_calls):
 
 def test_short_generations_skip_the_step_or_its_packing(models, step_calls, monkeypatch):
     built = []
-    real = G._DecodeStep.__init__
-    monkeypatch.setattr(G._DecodeStep, "__init__", lambda self, *a, **k: (built.append(self), real(self, *a, **k))[1])
+    real = D._DecodeStep.__init__
+    monkeypatch.setattr(D._DecodeStep, "__init__", lambda self, *a, **k: (built.append(self), real(self, *a, **k))[1])
     ids = torch.randint(3, V, (1, 4), generator=torch.Generator().manual_seed(4))
     assert models["gpt2"].generate(ids, max_new_tokens=1, eos_token_id=[]).shape == (1, 5)
     assert built == [] and step_calls == []
     models["gpt2"].generate(ids, max_new_tokens=2, eos_token_id=[])  # one step: packing would not pay
     assert len(built) == 1 and step_calls == [1] and not built[0].head.packed
     models["gpt2"].generate(ids, max_new_tokens=8, eos_token_id=[])
-    assert built[1].head.packed == G._packable(torch.device("cpu"), torch.float32)
+    assert built[1].head.packed == D._packable(torch.device("cpu"), torch.float32)
 
 
 # ---------------------------------------------------------------------------------- compile=True
@@ -172,15 +172,15 @@ def test_short_generations_skip_the_step_or_its_packing(models, step_calls, monk
 def static_eager(monkeypatch):
     """``generate(compile=True)`` with the static-shape body run eagerly: the compiled path's
     arithmetic (whole cache + window mask, tensor position, index_copy_) without the compiler."""
-    real = G._DecodeStep.__init__
+    real = D._DecodeStep.__init__
 
-    def init(self, lm, rows, compiled=False, pack=True):
-        real(self, lm, rows, False, pack)
+    def init(self, backbone, head, rows, compiled=False, pack=True):
+        real(self, backbone, head, rows, False, pack)
         if compiled:
             self.fn = self._body
 
-    monkeypatch.setattr(G._DecodeStep, "__init__", init)
-    monkeypatch.setattr(G, "_COMPILED", G.weakref.WeakKeyDictionary())
+    monkeypatch.setattr(D._DecodeStep, "__init__", init)
+    monkeypatch.setattr(D, "_COMPILED", D.weakref.WeakKeyDictionary())
 
 
 @pytest.mark.parametrize("name", ["gpt2", "rotary-swiglu-rms", "sinusoidal-math", "bart"])
@@ -191,7 +191,7 @@ def test_static_shape_step_gives_the_eager_steps_logits(models, name, settings, 
     kw = dict(max_new_tokens=9, eos_token_id=[], return_dict_in_generate=True, output_scores=True, **settings)
     eager = m.generate(ids, mask, **kw)
     static = m.generate(ids, mask, compile=True, **kw)
-    assert isinstance(G._COMPILED[m][1].fn, type(G._DecodeStep(G._LM(m), 1)._body))  # the static body ran
+    assert isinstance(D._COMPILED[m.backbone][1].fn, type(D._DecodeStep(m.backbone, m.heads["lm"], 1)._body))  # the static body ran
     assert torch.equal(eager.sequences, static.sequences)
     for a, b in zip(eager.scores, static.scores):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
@@ -200,18 +200,19 @@ def test_static_shape_step_gives_the_eager_steps_logits(models, name, settings, 
 def test_compiled_step_caches_start_zeroed():
     """The compiled step reads whole cache rows (later columns masked by -1e9): an uninitialised
     key of 1e30 would outweigh the mask, so its caches must start at zero."""
-    lm = G._LM(build_model("gpt-mini", n_layers=1, **SMALL))
-    assert all(bool((t == 0).all()) for c in lm.cache(2, 64, zeros=True).layers for t in (c.k, c.v))
+    backbone = build_model("gpt-mini", n_layers=1, **SMALL).backbone
+    cache = backbone.new_cache(2, 64, torch.float32, torch.device("cpu"), zeros=True)
+    assert all(bool((t == 0).all()) for c in cache.layers for t in (c.k, c.v))
 
 
 def test_compiled_step_is_kept_until_a_weight_changes(models, static_eager):
     m = build_model("gpt-mini", n_layers=1, **SMALL).eval()
-    lm = G._LM(m)
-    first = G._compiled_step(lm)
-    assert G._compiled_step(lm) is first
+    head = m.heads["lm"]
+    first = D._compiled_step(m.backbone, head)
+    assert D._compiled_step(m.backbone, head) is first
     with torch.no_grad():
         m.backbone.decoder.blocks[0].mlp.fc1.weight.add_(1.0)  # e.g. a training step
-    assert G._compiled_step(lm) is not first
+    assert D._compiled_step(m.backbone, head) is not first
 
 
 def test_cli_generate_compile_flag(static_eager, tmp_path, capsys, monkeypatch):
@@ -224,8 +225,8 @@ def test_cli_generate_compile_flag(static_eager, tmp_path, capsys, monkeypatch):
                              eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id), 3)
     m.save_pretrained(tmp_path)
     tok.save(tmp_path)
-    real, built = G._compiled_step, []
-    monkeypatch.setattr(G, "_compiled_step", lambda lm: built.append(1) or real(lm))
+    real, built = D._compiled_step, []
+    monkeypatch.setattr(D, "_compiled_step", lambda backbone, head: built.append(1) or real(backbone, head))
     assert cli(["generate", "--model", str(tmp_path), "--prompt", "the film", "--max-new-tokens", "9", "--compile"]) == 0
     streamed = capsys.readouterr().out
     assert built == [1]  # the flag reached generate

@@ -21,6 +21,7 @@ from ..config import Family, ModelConfig, Position
 from ..errors import ConfigError
 from .backbone import Backbone, build_backbone, register_family  # noqa: F401 (build_backbone re-exported)
 from .blocks import Attention, Block, KVCache, LayerCache, Stack
+from .decode_step import _DecodeStep, fast_decode_step
 from .flops import transformer_flops
 
 
@@ -168,6 +169,12 @@ class TransformerBackbone(Backbone):
     def decode(self, ids, mask, positions, cache, memory=None, memory_mask=None) -> torch.Tensor:
         h, _ = self._causal_or_refuse()(ids, mask, positions, cache=cache, memory=memory, memory_mask=memory_mask)
         return h  # (B, T, C)
+
+    def fast_decode_step(self, head: nn.Module, rows: int, compiled: bool = False,
+                         pack: bool = True) -> _DecodeStep | None:
+        """The lean one-token step over this backbone's causal stack and ``head`` (an ``LMHead``),
+        or None where it keeps the module path (e.g. T5's relative position bias)."""
+        return fast_decode_step(self, head, rows, compiled=compiled, pack=pack)
 
     def _causal_or_refuse(self) -> Stack:
         s = self.causal_stack
