@@ -285,7 +285,7 @@ def test_kv_cache_encoder_decoder_equals_full_recomputation(kind, batch):
     dec = torch.randint(3, V, (3, 20))
     with torch.no_grad():
         full = m(input_ids=batch["ids"], attention_mask=batch["mask"], decoder_input_ids=dec).logits
-        enc = m.backbone.encode(batch["ids"], batch["mask"])[0]
+        enc = m.backbone.encode(batch["ids"], batch["mask"])  # (B, S, C)
         cache = KVCache.empty(m.config.decoder_layers)
         steps = [m(encoder_outputs=enc, attention_mask=batch["mask"], decoder_input_ids=dec[:, t:t + 1],
                    past_key_values=cache, use_cache=True).logits for t in range(dec.shape[1])]

@@ -301,7 +301,7 @@ def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[tor
     bb = backbone_of(model)
     ids, mask = batch["input_ids"], batch.get("attention_mask")
     if bb.is_encoder_decoder:  # the encoder's states: what the decoder reads
-        _, hs = bb.encode(ids, mask, output_hidden_states=True)
+        _, hs = bb.encode_states(ids, mask, output_hidden_states=True)
     else:
         tt = batch.get("token_type_ids") if model.config.type_vocab_size else None
         hs = bb(input_ids=ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True).hidden_states

@@ -81,9 +81,7 @@ class _LM:
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Encoder memory (B, S, C) of an encoder-decoder."""
-        out = self.backbone.encode(ids, mask)
-        # the transformer families return (states, hidden states); the contract's value is the states
-        return out[0] if isinstance(out, tuple) else out
+        return self.backbone.encode(ids, mask)
 
     def fast_step(self, rows: int, compiled: bool, pack: bool) -> Any:
         """The backbone's accelerated one-token step for ``rows`` rows, or None (then every token

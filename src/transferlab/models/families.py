@@ -239,9 +239,12 @@ class EncoderDecoder(TransformerBackbone):
         self.encoder = Stack(cfg, cfg.n_layers, causal=False, cross=False, embed_tokens=self.embed_tokens)
         self.decoder = Stack(cfg, cfg.decoder_layers, causal=True, cross=True, embed_tokens=self.embed_tokens)
 
-    def encode(self, input_ids, attention_mask=None, output_hidden_states=False, inputs_embeds=None):
-        """(states (B, S, C), hidden states or None) of the encoder; :meth:`Backbone.encode`'s
-        contract is the states alone: ``encode(ids, mask)[0]``."""
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder memory (B, S, C) the decoder attends to (:meth:`Backbone.encode`)."""
+        return self.encode_states(ids, mask)[0]
+
+    def encode_states(self, input_ids, attention_mask=None, output_hidden_states=False, inputs_embeds=None):
+        """(states (B, S, C), every layer's states or None) of the encoder."""
         return self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states,
                             inputs_embeds=inputs_embeds)
 
@@ -249,7 +252,7 @@ class EncoderDecoder(TransformerBackbone):
                 encoder_outputs=None, past_key_values=None, use_cache=False, output_hidden_states=False,
                 decoder_position_ids=None, inputs_embeds=None, **_unused) -> BackboneOutput:
         if encoder_outputs is None:
-            enc, enc_hs = self.encode(input_ids, attention_mask, output_hidden_states, inputs_embeds)
+            enc, enc_hs = self.encode_states(input_ids, attention_mask, output_hidden_states, inputs_embeds)
         elif isinstance(encoder_outputs, torch.Tensor):
             enc, enc_hs = encoder_outputs, None
         else:  # a BackboneOutput or (last, hidden) tuple from an earlier call
