@@ -123,4 +123,7 @@ def _runner(model, loss_fn, batches, ctx, impl):
 
 
 if __name__ == "__main__":
+    from _machine import machine_line
+
+    print(machine_line(), flush=True)  # BENCHMARKS.md keeps one section per machine type
     main()

@@ -176,4 +176,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from _machine import machine_line
+
+    print(machine_line(), flush=True)  # BENCHMARKS.md keeps one section per machine type
     sys.exit(main())

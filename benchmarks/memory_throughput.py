@@ -177,4 +177,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from _machine import machine_line
+
+    if "--worker" not in sys.argv:  # workers report to the parent on stdout
+        print(machine_line(), flush=True)  # BENCHMARKS.md keeps one section per machine type
     main()

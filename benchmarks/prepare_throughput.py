@@ -120,4 +120,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from _machine import machine_line
+
+    print(machine_line(), flush=True)  # BENCHMARKS.md keeps one section per machine type
     main()
