@@ -298,7 +298,7 @@ def versions() -> dict[str, str]:
     """The versions a report prints (python, transferlab, torch, numpy, platform)."""
     import platform
 
-    from .. import __version__
+    from .._version import __version__  # where it lives (the package root only re-exports it)
 
     out = {"python": platform.python_version(), "transferlab": __version__, "platform": platform.platform()}
     for mod in ("torch", "numpy", "tokenizers", "sklearn", "matplotlib"):
