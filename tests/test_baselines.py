@@ -116,3 +116,28 @@ def test_run_baseline_stops_a_cost_tracker_after_fitting():
     res = run_baseline("tfidf-svm", _task(), train_size=20, seed=0, tracker=tracker)
     assert res.cost is tracker.report and res.cost["energy_kwh"] > 0 and res.cost["params_total"] == 0
     assert res.cost["wall_seconds"] >= res.train_seconds  # fitting is billed, the final scoring is not
+
+
+def test_baselines_follow_the_task_types_declarations():
+    """Which baselines fit a task and how the majority predicts come from its task type."""
+    from transferlab.finetune.task_types import TASK_TYPES, Regression, register_task_type
+
+    class Median(Regression):
+        name = "toy-median"
+        baselines = ("majority",)
+
+        @classmethod
+        def majority(cls, train):
+            ys = sorted(e["label"] for e in train)
+            return lambda examples: [ys[len(ys) // 2]] * len(examples)
+
+    register_task_type(Median)
+    try:
+        exs = [{"text": "x", "label": float(y)} for y in (1, 2, 9)]
+        t = TaskData("m", "toy-median", [], exs, exs, [])
+        res = run_baseline("majority", t, eval_on_test=False)
+        assert res.validation["mse"] == pytest.approx((1 + 0 + 49) / 3)
+        with pytest.raises(ConfigError, match="TF-IDF baselines need a classification or pair-classification task"):
+            run_baseline("tfidf-svm", t)
+    finally:
+        TASK_TYPES.pop("toy-median", None)

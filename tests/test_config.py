@@ -42,6 +42,22 @@ def test_dotted_overrides_coerce_types():
         2, Activation.SWIGLU, Position.ROTARY, False, 0.0)
 
 
+def test_dotted_overrides_of_optional_fields():
+    """``X | None`` fields (``finetune.tokenizer=DIR``, ``finetune.task=NAME``) take a value or none."""
+    from transferlab.finetune.config import FinetuneConfig
+
+    cfg = FinetuneConfig(model="builtin:minilm", task="imdb")
+    apply_overrides(cfg, ["finetune.tokenizer=tok-dir", "finetune.task=rotten-tomatoes"], prefix="finetune")
+    assert (cfg.tokenizer, cfg.task) == ("tok-dir", "rotten-tomatoes")
+    apply_overrides(cfg, ["tokenizer=none"], prefix="finetune")
+    assert cfg.tokenizer is None
+    m = get_preset("bert-mini")
+    apply_overrides(m, ["embedding_size=64"], prefix="model")  # int | None
+    assert m.embedding_size == 64
+    with pytest.raises(ConfigError, match="expected int"):
+        apply_overrides(get_preset("bert-mini"), ["embedding_size=big"])
+
+
 @pytest.mark.parametrize("item, message", [
     ("n_layers=two", "expected int"),
     ("activation=tanh", "gelu | gelu_tanh | relu | swiglu | geglu"),

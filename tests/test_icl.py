@@ -32,7 +32,7 @@ class _Task:
     train: list[dict]
     validation: list[dict]
     test: list[dict]
-    kind: str = "classification"
+    task_type: str = "classification"
     source: dict = field(default_factory=dict)
 
     def __getitem__(self, split: str) -> list[dict]:
@@ -198,7 +198,7 @@ def test_bad_requests_raise(task, tok):
         evaluate_icl(m, tok, task, max_length=10_000)
     with pytest.raises(DataError, match="400 shots need"):
         evaluate_icl(m, tok, task, shots=(400,))
-    seq = _Task("pairs", [], task.train, task.validation, task.test, kind="seq2seq")
+    seq = _Task("pairs", [], task.train, task.validation, task.test, task_type="seq2seq")
     with pytest.raises(ConfigError, match="needs a classification task"):
         evaluate_icl(m, tok, seq)
 

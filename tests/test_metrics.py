@@ -137,3 +137,24 @@ def test_errors():
         compute_metrics("classification", [1, 0], [1])
     with pytest.raises(DataError, match="no examples"):
         compute_metrics("classification", [], [])
+
+
+def test_metrics_come_from_the_task_type_registry():
+    """A task type registered in place is scored and ranked without any edit to evaluation."""
+    from transferlab.finetune.task_types import TASK_TYPES, Classification, register_task_type
+
+    class Hits(Classification):
+        name = "toy-hits"
+        primary_metric = "hits"
+
+        @classmethod
+        def metrics(cls, predictions, references, labels):
+            return {"hits": sum(p == r for p, r in zip(predictions, references)) / len(references)}
+
+    register_task_type(Hits)
+    try:
+        assert compute_metrics("toy-hits", ["a", "b"], ["a", "c"]) == {"hits": 0.5}
+        assert primary_metric("toy-hits") == "hits"
+    finally:
+        TASK_TYPES.pop("toy-hits", None)
+    assert primary_metric("language-modeling") == "perplexity"

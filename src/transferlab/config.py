@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -150,7 +151,7 @@ def _conform(v: Any, tp: Any) -> tuple[bool, Any, str]:
     origin = typing.get_origin(tp)
     if tp is Any or tp is typing.Any:
         return True, v, "anything"
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>" or type(tp).__name__ == "UnionType":
+    if origin is typing.Union or origin is types.UnionType:  # Optional[X] and X | None
         args = typing.get_args(tp)
         if v is None and type(None) in args:
             return True, v, ""
@@ -688,7 +689,7 @@ def from_dict(cls: type, d: dict[str, Any], where: str = "") -> Any:
 
 def _parse_value(raw: str, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:  # Optional[X] and X | None
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if raw.lower() in ("none", "null"):
             return None

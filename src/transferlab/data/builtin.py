@@ -262,12 +262,17 @@ class TaskSplits:
     """A labelled task with fixed splits; each split is a list of example dicts."""
 
     name: str
-    kind: str  #: "classification", "tagging" or "seq2seq"
+    task_type: str  #: a fine-tuning task type (the name ``finetune.tasks.TaskData`` uses too)
     labels: list[str]  #: label names (classification), BIO tags (tagging), [] for seq2seq
     train: list[dict[str, Any]]
     validation: list[dict[str, Any]]
     test: list[dict[str, Any]]
     source: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """The old name of :attr:`task_type` (read-only, kept for older callers)."""
+        return self.task_type
 
     def __getitem__(self, split: str) -> list[dict[str, Any]]:
         if split not in ("train", "validation", "test"):

@@ -234,7 +234,7 @@ def evaluate_icl(
         model: a decoder TransferModel with an ``lm`` head.
         tokenizer: the model's tokenizer (``encode``).
         task: a built-in task name (``imdb``, ``rotten-tomatoes``, ``bbc-topic``) or a
-            :class:`~transferlab.data.builtin.TaskSplits`-like object with ``name``, ``kind``,
+            :class:`~transferlab.data.builtin.TaskSplits`-like object with ``name``, ``task_type``,
             ``labels``, ``train`` and the evaluation split (lists of ``{"text", "label"}``).
         shots: numbers of demonstrations to evaluate.
         n_test: test examples (drawn with ``seed``; all of them if the split is smaller).
@@ -261,8 +261,11 @@ def evaluate_icl(
         from ..data.builtin import load_task
 
         task = load_task(task)
-    if getattr(task, "kind", "classification") != "classification":
-        raise ConfigError(f"in-context evaluation needs a classification task; {task.name} is {task.kind}")
+    from ..finetune.task_types import get_task_type  # late: evaluation sits below finetune
+
+    tt = get_task_type(task.task_type)
+    if not (tt.has_classes and tuple(tt.input_fields) == ("text",)):  # a prompt verbalises one text, one label
+        raise ConfigError(f"in-context evaluation needs a classification task; {task.name} is {task.task_type}")
     shots = sorted({int(k) for k in shots})
     if not shots or shots[0] < 0:
         raise ConfigError(f"shots must be integers >= 0, got {shots}")

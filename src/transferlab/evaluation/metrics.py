@@ -22,39 +22,51 @@ import collections
 import math
 import re
 import string
-from typing import Any, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 
-TASK_TYPES = ("classification", "pair-classification", "regression", "tagging", "qa", "seq2seq")
+if TYPE_CHECKING:  # annotations only (see _task_type)
+    from ..finetune.task_types import TaskType
 
-_PRIMARY = {
-    "classification": "accuracy",
-    "pair-classification": "accuracy",
-    "regression": "pearson",
-    "tagging": "f1",
-    "qa": "f1",
-    "seq2seq": "rougeL",
-    "language-modeling": "perplexity",
-}
+#: the pre-training rows of a results log: not a fine-tuning task type, ranked by perplexity
+LANGUAGE_MODELING = "language-modeling"
 #: metrics where a smaller value is better (everything else: larger is better)
 LOWER_IS_BETTER = frozenset({"mse", "perplexity", "loss"})
 
 
+def __getattr__(name: str) -> Any:
+    if name == "TASK_TYPES":  # kept importable from here: the registered task-type names
+        from ..finetune.task_types import task_type_names
+
+        return task_type_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _task_type(name: str) -> type[TaskType]:
+    # late: evaluation sits below finetune, whose task types call the scorers of this module
+    from ..finetune.task_types import get_task_type
+
+    return get_task_type(name)
+
+
 def primary_metric(task_type: str) -> str:
-    """The metric a task is ranked by: accuracy, pearson, (entity) f1, f1 or rougeL.
+    """The metric a task is ranked by (the task type's ``primary_metric``; perplexity for LM rows).
 
     Args:
-        task_type: one of :data:`TASK_TYPES` or ``"language-modeling"``.
+        task_type: a registered task type or ``"language-modeling"``.
 
     Returns:
         The key of that metric in :func:`compute_metrics`' result.
+
+    Raises:
+        ConfigError: an unknown task type.
     """
-    if task_type not in _PRIMARY:
-        raise ConfigError(f"unknown task type {task_type!r}; expected one of: {', '.join(_PRIMARY)}")
-    return _PRIMARY[task_type]
+    if task_type == LANGUAGE_MODELING:
+        return "perplexity"
+    return _task_type(task_type).primary_metric
 
 
 def higher_is_better(metric: str) -> bool:
@@ -68,13 +80,13 @@ def compute_metrics(
     references: Sequence[Any],
     labels: Sequence[Hashable] | None = None,
 ) -> dict[str, float]:
-    """Score predictions against references for one task type.
+    """Score predictions against references for one task type (its ``metrics``).
 
     Args:
-        task_type: ``classification`` / ``pair-classification`` (label ids or names),
-            ``regression`` (numbers), ``tagging`` (one list of BIO tags per sentence),
-            ``qa`` (answer strings; a reference may be a list of acceptable answers) or
-            ``seq2seq`` (generated and reference texts).
+        task_type: a registered task type, e.g. ``classification`` / ``pair-classification``
+            (label ids or names), ``regression`` (numbers), ``tagging`` (one list of BIO tags per
+            sentence), ``qa`` (answer strings; a reference may be a list of acceptable answers)
+            or ``seq2seq`` (generated and reference texts).
         predictions: one prediction per example.
         references: one reference per example, aligned with ``predictions``.
         labels: classification only: the full label set, so macro-F1 averages over every class
@@ -89,8 +101,7 @@ def compute_metrics(
         ConfigError: an unknown task type.
         DataError: predictions and references of different lengths, or no examples.
     """
-    if task_type not in TASK_TYPES:
-        raise ConfigError(f"unknown task type {task_type!r}; expected one of: {', '.join(TASK_TYPES)}")
+    tt = _task_type(task_type)
     predictions, references = list(predictions), list(references)
     if len(predictions) != len(references):
         raise DataError(
@@ -98,15 +109,7 @@ def compute_metrics(
         )
     if not predictions:
         raise DataError(f"{task_type} metrics: no examples to score")
-    if task_type in ("classification", "pair-classification"):
-        return classification_metrics(predictions, references, labels)
-    if task_type == "regression":
-        return regression_metrics(predictions, references)
-    if task_type == "tagging":
-        return tagging_metrics(predictions, references)
-    if task_type == "qa":
-        return qa_metrics(predictions, references)
-    return rouge_metrics(predictions, references)
+    return tt.metrics(predictions, references, labels)
 
 
 # ------------------------------------------------------------------------------ classification

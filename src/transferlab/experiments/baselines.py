@@ -20,17 +20,19 @@ Every baseline sees exactly the training subset fine-tuning sees for the same se
 
 from __future__ import annotations
 
-import collections
 import copy
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..evaluation.metrics import compute_metrics, higher_is_better, primary_metric
+
+if TYPE_CHECKING:  # annotations only: the task types load torch
+    from ..finetune.task_types import TaskType
 
 BASELINES = ("majority", "lead", "tfidf-logreg", "tfidf-svm")
 #: C grids per classifier (log-spaced; SVMs want smaller C than logistic regression)
@@ -52,11 +54,28 @@ class BaselineResult:
     cost: dict[str, Any] = field(default_factory=dict)  #: the tracker's report, when one was given
 
 
-def subsample(examples: Sequence[dict[str, Any]], n: int | None, seed: int, task_type: str = "classification") -> list[dict[str, Any]]:
+def subsample(examples: Sequence[dict[str, Any]], n: int | None, seed: int, task_type: str) -> list[dict[str, Any]]:
     """The seeded training subset every method of a comparison shares (see finetune.tasks)."""
     from ..finetune.tasks import subsample as _subsample
 
     return _subsample(examples, n, seed, task_type)
+
+
+def _task_type(name: str) -> "type[TaskType]":
+    """The registered task type ``name`` (a one-line ConfigError naming the known ones otherwise)."""
+    from ..finetune.task_types import get_task_type
+
+    return get_task_type(name)
+
+
+def _fitting_types(method: str) -> str:
+    """The registered task types whose ``baselines`` list ``method``, in words ("a, b or c")."""
+    from ..finetune.task_types import TASK_TYPES
+
+    fit = [n for n, t in TASK_TYPES.items() if method in t.baselines]
+    if len(fit) < 2:
+        return fit[0] if fit else "no registered"
+    return ", ".join(fit[:-1]) + " or " + fit[-1]
 
 
 def _texts(exs: Sequence[dict[str, Any]]) -> list[str]:
@@ -65,37 +84,33 @@ def _texts(exs: Sequence[dict[str, Any]]) -> list[str]:
 
 # ------------------------------------------------------------------------------ estimators
 class MajorityBaseline:
-    """Predict the most frequent training label / the mean / each word's most frequent tag."""
+    """The task type's trivial predictor (``TaskType.majority``): the most frequent training
+    label, the training mean, each word's most frequent tag, ...
+
+    Args:
+        task_type: a registered task type whose ``baselines`` list ``majority``.
+    """
 
     def __init__(self, task_type: str) -> None:
-        if task_type not in ("classification", "pair-classification", "regression", "tagging"):
-            raise ConfigError(f"the majority baseline needs a classification, regression or tagging task, not {task_type}"
-                              + ("; use the lead baseline for seq2seq" if task_type == "seq2seq" else ""))
-        self.task_type = task_type
+        tt = _task_type(task_type)
+        if "majority" not in tt.baselines:
+            raise ConfigError(f"the majority baseline needs a {_fitting_types('majority')} task, not {task_type}"
+                              + (f"; use the {' or '.join(tt.baselines)} baseline for {task_type}" if tt.baselines else ""))
+        self.task_type, self._type = task_type, tt
 
     def fit(self, examples: Sequence[dict[str, Any]]) -> "MajorityBaseline":
-        if self.task_type == "regression":
-            self.value: Any = float(np.mean([e["label"] for e in examples]))
-        elif self.task_type == "tagging":
-            per_word: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-            for e in examples:
-                for w, t in zip(e["tokens"], e["tags"]):
-                    per_word[w.lower()][t] += 1
-            # ties broken by tag name so the result never depends on dict order
-            self.value = {w: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for w, c in per_word.items()}
-        else:
-            counts = collections.Counter(e["label"] for e in examples)
-            self.value = min(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[0]
+        """Fit on training examples; returns ``self``."""
+        self._predict = self._type.majority(examples)
         return self
 
     def predict(self, examples: Sequence[dict[str, Any]]) -> list[Any]:
-        if self.task_type == "tagging":
-            return [[self.value.get(w.lower(), "O") for w in e["tokens"]] for e in examples]
-        return [self.value] * len(examples)
+        """One plain prediction per example (the form the task type's metrics take)."""
+        return self._predict(examples)
 
 
 class LeadBaseline:
-    """seq2seq: the first ``n`` words of the source, ``n`` = median training target length."""
+    """Text to text (``source`` -> ``target``): the first ``n`` words of the source, ``n`` = the
+    median training target length."""
 
     def fit(self, examples: Sequence[dict[str, Any]]) -> "LeadBaseline":
         self.n_words = max(1, int(statistics.median(len(e["target"].split()) for e in examples)))
@@ -126,16 +141,21 @@ class TfidfBaseline:
         c_grid: C values tried; the best validation score of the task's primary metric wins
             (ties: the smaller C, i.e. the stronger regularisation). Logistic regression
             uses saga, warm-started along the grid; the SVM liblinear's dual solver.
-        task_type: classification or pair-classification.
+        task_type: a registered task type whose ``baselines`` list ``tfidf-{classifier}``
+            (one class label per text or pair; default: the single-text classification task).
         seed: for the solvers that use randomness.
     """
 
     def __init__(self, classifier: str = "logreg", c_grid: Sequence[float] | None = None,
-                 task_type: str = "classification", seed: int = 0) -> None:
+                 task_type: str | None = None, seed: int = 0) -> None:
         if classifier not in ("logreg", "svm"):
             raise ConfigError(f"classifier {classifier!r}: expected logreg or svm")
-        if task_type not in ("classification", "pair-classification"):
-            raise ConfigError(f"TF-IDF baselines need a classification task, not {task_type}")
+        if task_type is None:
+            from ..finetune.task_types import Classification
+
+            task_type = Classification.name
+        if f"tfidf-{classifier}" not in _task_type(task_type).baselines:
+            raise ConfigError(f"TF-IDF baselines need a {_fitting_types(f'tfidf-{classifier}')} task, not {task_type}")
         self.classifier = classifier
         self.c_grid = tuple(c_grid or DEFAULT_C_GRID[f"tfidf-{classifier}"])
         if not self.c_grid or any(c <= 0 for c in self.c_grid):
@@ -203,16 +223,6 @@ def _task_data(task: Any) -> Any:
     return task
 
 
-def _references(task_type: str, exs: Sequence[dict[str, Any]]) -> list[Any]:
-    if task_type == "tagging":
-        return [e["tags"] for e in exs]
-    if task_type == "seq2seq":
-        return [e["target"] for e in exs]
-    if task_type == "qa":
-        return [e["answers"] for e in exs]
-    return [e["label"] for e in exs]
-
-
 def run_baseline(
     method: str,
     task: Any,
@@ -243,17 +253,18 @@ def run_baseline(
         raise ConfigError(f"unknown baseline {method!r}; expected one of: {', '.join(BASELINES)}")
     data = _task_data(task)
     kind = data.task_type
+    tt = _task_type(kind)
     train = subsample(data.train, train_size, seed, kind)
     if not train:
         raise ConfigError(f"task {data.name!r} has no training examples")
-    labels = list(data.labels) if kind in ("classification", "pair-classification") else None
+    labels = list(data.labels) if tt.has_classes else None
     t0 = time.perf_counter()
     params: dict[str, Any] = {}
     if method == "majority":
         est: Any = MajorityBaseline(kind).fit(train)
     elif method == "lead":
-        if kind != "seq2seq":
-            raise ConfigError(f"the lead baseline is for seq2seq tasks, {data.name!r} is {kind}")
+        if "lead" not in tt.baselines:
+            raise ConfigError(f"the lead baseline is for {_fitting_types('lead')} tasks, {data.name!r} is {kind}")
         est = LeadBaseline().fit(train)
         params["n_words"] = est.n_words
     else:
@@ -262,8 +273,8 @@ def run_baseline(
     train_seconds = time.perf_counter() - t0
     cost = tracker.stop() if tracker is not None else {}
     t0 = time.perf_counter()
-    val = compute_metrics(kind, est.predict(data.validation), _references(kind, data.validation), labels)
+    val = compute_metrics(kind, est.predict(data.validation), [tt.reference(e) for e in data.validation], labels)
     test: dict[str, float] = {}
     if eval_on_test and data.test:
-        test = compute_metrics(kind, est.predict(data.test), _references(kind, data.test), labels)
+        test = compute_metrics(kind, est.predict(data.test), [tt.reference(e) for e in data.test], labels)
     return BaselineResult(method, val, test, train_seconds, len(train), params, time.perf_counter() - t0, cost)

@@ -18,9 +18,11 @@ neither).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,9 +32,60 @@ from ..errors import ConfigError
 STUDY_FILE = "study.json"
 LM_TASK = "lm"  #: the task name of pre-training rows in results.jsonl
 PAIR_TASK = "bbc-pairs"  #: the pair task the study builds from BBC articles (no built-in task has pairs)
+
+
+@functools.lru_cache(maxsize=None)
+def task_type_of(task: str) -> str:
+    """The fine-tuning task type of a study task column.
+
+    Args:
+        task: a built-in task name or :data:`PAIR_TASK`.
+
+    Returns:
+        The built-in task's own ``task_type`` (read from its definition in ``data/builtin.py``),
+        or pair-classification for the study-made pair task.
+
+    Raises:
+        ConfigError: a task that is neither.
+    """
+    if task == PAIR_TASK:
+        from ..finetune.task_types import PairClassification
+
+        return PairClassification.name
+    from ..data.builtin import load_task
+
+    if task not in TASK_TYPES:
+        raise ConfigError(f"unknown study task {task!r}; studies use {', '.join(TASK_TYPES)}")
+    return load_task(task).task_type  # the splits are cached: a study reads them anyway
+
+
+class _StudyTaskTypes(Mapping[str, str]):
+    """task -> fine-tuning task type of every task a study can use (built-in tasks and the
+    study-made pair task), looked up when asked so that no table repeats the task definitions."""
+
+    def __getitem__(self, task: str) -> str:
+        if task not in self:
+            raise KeyError(task)
+        return task_type_of(task)  # loads a built-in task's splits once (cached)
+
+    def __contains__(self, task: object) -> bool:
+        return task in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @staticmethod
+    def _names() -> list[str]:
+        from ..data.builtin import list_tasks
+
+        return [*list_tasks(), PAIR_TASK]
+
+
 #: task -> fine-tuning task type (built-in tasks and the study-made pair task)
-TASK_TYPES = {"imdb": "classification", "rotten-tomatoes": "classification", "bbc-topic": "classification",
-              "bbc-headlines": "seq2seq", "twitter-ner": "tagging", PAIR_TASK: "pair-classification"}
+TASK_TYPES: Mapping[str, str] = _StudyTaskTypes()
 
 
 # ------------------------------------------------------------------------------ definitions
@@ -63,11 +116,20 @@ class Row:
         return "from scratch" if self.scratch else "pre-trained"
 
     def fits(self, task_type: str) -> bool:
-        """Whether this row's model family (or baseline) can be fine-tuned on ``task_type``."""
+        """Whether this row's baseline applies to ``task_type``, or its model family can be
+        fine-tuned on it (the task type's ``baselines`` and ``check_model`` decide)."""
+        from ..config import get_preset
+        from ..finetune.task_types import get_task_type
+
+        tt = get_task_type(task_type)
         if self.baseline:
-            return task_type in ("classification", "pair-classification")
-        if task_type == "seq2seq":
-            return self.family != "encoder"
+            return self.baseline in tt.baselines
+        if self.preset is None:
+            return True
+        try:
+            tt.check_model(get_preset(self.preset))
+        except ConfigError:
+            return False
         return True
 
 
@@ -298,7 +360,7 @@ def versions() -> dict[str, str]:
     """The versions a report prints (python, transferlab, torch, numpy, platform)."""
     import platform
 
-    from .. import __version__
+    from .._version import __version__  # where it lives (the package root only re-exports it)
 
     out = {"python": platform.python_version(), "transferlab": __version__, "platform": platform.platform()}
     for mod in ("torch", "numpy", "tokenizers", "sklearn", "matplotlib"):
@@ -317,7 +379,7 @@ def _slug(name: str) -> str:
 def pair_task_entry(d: Path) -> dict[str, Any]:
     """The comparison task mapping of the study-made pair task whose files are in ``d``."""
     return {"name": PAIR_TASK, "train_file": str(d / "train.jsonl"), "validation_file": str(d / "validation.jsonl"),
-            "test_file": str(d / "test.jsonl"), "task_type": "pair-classification", "text_column": "text",
+            "test_file": str(d / "test.jsonl"), "task_type": task_type_of(PAIR_TASK), "text_column": "text",
             "pair_column": "pair", "label_column": "label"}
 
 

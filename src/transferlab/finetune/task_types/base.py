@@ -102,7 +102,8 @@ class TaskType:
     """One kind of fine-tuning task: data layout, inputs, head, loss, predictions and metrics.
 
     Subclasses set the class attributes and implement :meth:`convert`, :meth:`encode`,
-    :meth:`loss_sum`, :meth:`predict`, :meth:`reference` and :meth:`metrics`.
+    :meth:`loss_sum`, :meth:`predict`, :meth:`reference` and :meth:`metrics` (and :meth:`majority` when
+    :attr:`baselines` lists it).
     """
 
     #: registry name (``task_type`` in configs, files and ``task.json``)
@@ -121,6 +122,9 @@ class TaskType:
     label_fields: ClassVar[tuple[str, ...]] = ("label",)
     #: whether CoNLL-style ``token<TAB>tag`` files hold this task's data
     reads_conll: ClassVar[bool] = False
+    #: the baselines of ``experiments/baselines.py`` that fit this task type (``majority`` calls
+    #: :meth:`majority`; ``tfidf-*`` read ``text``/``pair``/``label``; ``lead`` ``source``/``target``)
+    baselines: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ data (no model needed)
     @classmethod
@@ -188,9 +192,21 @@ class TaskType:
         """Record statistics of the training examples in ``spec`` (regression's target scale)."""
 
     @classmethod
-    def metrics(cls, predictions: list[Any], references: list[Any], labels: Sequence[str]) -> dict[str, float]:
-        """``{metric: value}`` of plain predictions against references."""
+    def metrics(cls, predictions: list[Any], references: list[Any], labels: Sequence[str] | None) -> dict[str, float]:
+        """``{metric: value}`` of plain predictions against references (``labels``: the label set, or None)."""
         raise NotImplementedError
+
+    @classmethod
+    def majority(cls, train: Sequence[dict[str, Any]]) -> Callable[[Sequence[dict[str, Any]]], list[Any]]:
+        """The ``majority`` baseline fitted on training examples (for types that list it in :attr:`baselines`).
+
+        Args:
+            train: normalised training examples.
+
+        Returns:
+            A function of examples to one plain prediction each (the form :meth:`metrics` takes).
+        """
+        raise NotImplementedError(f"task type {cls.name!r} has no majority baseline")
 
     # ------------------------------------------------------------------ the wiring
     def __init__(self, spec: TaskSpec, tok: Any, cfg: ModelConfig):
@@ -218,8 +234,10 @@ class TaskType:
         if fresh or self.head not in model.heads:
             model.add_head(self.head, **self.head_settings())
 
-    def check_model(self, cfg: ModelConfig) -> None:
-        """Raise :class:`ConfigError` when the family cannot do this task."""
+    @classmethod
+    def check_model(cls, cfg: ModelConfig) -> None:
+        """Raise :class:`ConfigError` when the family cannot do this task (a class method: studies
+        ask it of a preset before any model exists)."""
 
     # -- data
     def encode(self, examples: Sequence[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
@@ -282,8 +300,10 @@ class TaskType:
         """Predictions in the form :meth:`metrics` takes (e.g. labels without probabilities)."""
         return preds
 
-    def reference(self, ex: dict[str, Any]) -> Any:
-        """The gold answer of a labelled example, in the form :meth:`metrics` takes."""
+    @classmethod
+    def reference(cls, ex: dict[str, Any]) -> Any:
+        """The gold answer of a labelled example, in the form :meth:`metrics` takes (a class method:
+        baselines score examples without a model)."""
         raise NotImplementedError
 
     def score(self, preds: list[Any], examples: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -7,6 +7,7 @@ are ``(label, probabilities)`` and the metrics accuracy, macro-F1 and Matthews c
 
 from __future__ import annotations
 
+import collections
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
@@ -37,6 +38,7 @@ class Classification(TaskType):
     head = "classification"
     primary_metric = "accuracy"
     has_classes = True
+    baselines = ("majority", "tfidf-logreg", "tfidf-svm")
     #: whether every example holds a second text (``[CLS] A [SEP] B [SEP]``)
     is_pair: ClassVar[bool] = False
 
@@ -61,6 +63,12 @@ class Classification(TaskType):
         from ...evaluation.metrics import classification_metrics
 
         return classification_metrics(predictions, references, labels)
+
+    @classmethod
+    def majority(cls, train):
+        counts = collections.Counter(e["label"] for e in train)
+        top = min(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[0]  # ties by name: never by dict order
+        return lambda examples: [top] * len(examples)
 
     @classmethod
     def line(cls, record):
@@ -124,7 +132,8 @@ class Classification(TaskType):
     def plain(self, preds):
         return [p[0] for p in preds]
 
-    def reference(self, ex):
+    @classmethod
+    def reference(cls, ex):
         return ex["label"]
 
     def describe(self, pred, ex):

@@ -204,7 +204,8 @@ class QA(TaskType):
                 progress.update(len(idx))
         return [b[1] for b in best]
 
-    def reference(self, ex):
+    @classmethod
+    def reference(cls, ex):
         return list(ex["answers"])
 
     def describe(self, pred, ex):

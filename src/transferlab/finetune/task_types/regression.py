@@ -26,6 +26,7 @@ class Regression(Classification):
     name = "regression"
     primary_metric = "pearson"
     has_classes = False
+    baselines = ("majority",)  # the training mean
 
     @classmethod
     def convert(cls, row: dict[str, Any], cols: dict[str, str | None], where: str) -> dict[str, Any]:
@@ -56,6 +57,11 @@ class Regression(Classification):
         from ...evaluation.metrics import regression_metrics
 
         return regression_metrics(predictions, references)
+
+    @classmethod
+    def majority(cls, train):
+        mean = float(np.mean([e["label"] for e in train]))
+        return lambda examples: [mean] * len(examples)
 
     @classmethod
     def line(cls, record):
@@ -91,7 +97,8 @@ class Regression(Classification):
     def plain(self, preds):
         return preds
 
-    def reference(self, ex):
+    @classmethod
+    def reference(cls, ex):
         return float(ex["label"])
 
     def describe(self, pred, ex):

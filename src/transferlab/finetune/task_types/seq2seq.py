@@ -34,6 +34,7 @@ class Seq2Seq(TaskType):
     default_columns = ("source", None, "target")
     input_fields = ("source",)
     label_fields = ("target",)
+    baselines = ("lead",)  # the source's first words
 
     @classmethod
     def matches_fields(cls, fields):
@@ -73,7 +74,8 @@ class Seq2Seq(TaskType):
                 raise ConfigError(f"max_length={self.max_length} leaves no room for the prompt next to "
                                   f"max_target_length={self.max_target}; raise --max-length or lower --max-target-length")
 
-    def check_model(self, cfg):
+    @classmethod
+    def check_model(cls, cfg):
         if not family_info(cfg.family).backbone.can_generate:
             raise ConfigError("seq2seq needs a decoder or encoder-decoder model; this model is an encoder "
                               "(use a gpt-*, bart-* or t5-* model)")
@@ -184,7 +186,8 @@ class Seq2Seq(TaskType):
                 progress.update(len(idx))
         return out
 
-    def reference(self, ex):
+    @classmethod
+    def reference(cls, ex):
         return ex["target"]
 
 

@@ -8,6 +8,7 @@ the entity-level precision / recall / F1 score the decoded tags.
 from __future__ import annotations
 
 import bisect
+import collections
 import re
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -87,6 +88,7 @@ class Tagging(TaskType):
     input_fields = ("tokens",)
     label_fields = ("tags",)
     reads_conll = True
+    baselines = ("majority",)  # a unigram tagger
 
     @classmethod
     def matches_fields(cls, fields):
@@ -157,6 +159,18 @@ class Tagging(TaskType):
         from ...evaluation.metrics import tagging_metrics
 
         return tagging_metrics(predictions, references)
+
+    @classmethod
+    def majority(cls, train):
+        """Each word's most frequent training tag (case-folded), ``O`` for unseen words: a unigram
+        tagger, in the spirit of the CoNLL-2003 baseline that tags entities seen in training."""
+        per_word: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        for e in train:
+            for w, t in zip(e["tokens"], e["tags"]):
+                per_word[w.lower()][t] += 1
+        # ties broken by tag name so the result never depends on dict order
+        best = {w: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for w, c in per_word.items()}
+        return lambda examples: [[best.get(w.lower(), "O") for w in e["tokens"]] for e in examples]
 
     def __init__(self, spec: TaskSpec, tok: Any, cfg: ModelConfig):
         super().__init__(spec, tok, cfg)
@@ -245,7 +259,8 @@ class Tagging(TaskType):
                 out[i] = tags
         return out
 
-    def reference(self, ex):
+    @classmethod
+    def reference(cls, ex):
         return list(ex["tags"])
 
     def describe(self, pred, ex):
