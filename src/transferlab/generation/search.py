@@ -20,7 +20,6 @@ from ..config import Family
 from ..errors import ConfigError
 from ..models.backbone import DecodeState, backbone_of
 # the compiled decode step traces under inductor's freezing flag, set once per call (not per token)
-from ..models.decode_step import _freezing
 from .config import GenerationConfig
 from .processors import _Processor, _StopStrings
 
@@ -172,7 +171,7 @@ def generate(
     was_training = model.training
     model.eval()  # dropout off: generation is inference (restored afterwards)
     try:
-        with torch.inference_mode(), _freezing(gc.compile):
+        with torch.inference_mode(), lm.backbone.decode_context(gc.compile):
             if gc.num_beams > 1:
                 out = _beam_search(lm, gc, input_ids, attention_mask, tokenizer, generator)
             else:

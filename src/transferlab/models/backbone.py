@@ -15,6 +15,7 @@ to copy for a new family.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol
@@ -151,6 +152,11 @@ class Backbone(nn.Module, ABC):
         """An accelerated one-token step (see ``models/decode_step.py``) or None: generation then
         calls :meth:`decode`. Default: None."""
         return None
+
+    def decode_context(self, compiled: bool) -> contextlib.AbstractContextManager:
+        """Held around a whole ``generate`` call (e.g. compiler settings the fast step needs).
+        Default: nothing."""
+        return contextlib.nullcontext()
 
     def _no_generate(self) -> str:
         return (f"generate needs a decoder or encoder-decoder model; this one is family={self.family!r}, "

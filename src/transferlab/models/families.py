@@ -21,7 +21,7 @@ from ..config import Family, ModelConfig, Position
 from ..errors import ConfigError
 from .backbone import Backbone, build_backbone, register_family  # noqa: F401 (build_backbone re-exported)
 from .blocks import Attention, Block, KVCache, LayerCache, Stack
-from .decode_step import _DecodeStep, fast_decode_step
+from .decode_step import _DecodeStep, _freezing, fast_decode_step
 from .flops import transformer_flops
 
 
@@ -175,6 +175,10 @@ class TransformerBackbone(Backbone):
         """The lean one-token step over this backbone's causal stack and ``head`` (an ``LMHead``),
         or None where it keeps the module path (e.g. T5's relative position bias)."""
         return fast_decode_step(self, head, rows, compiled=compiled, pack=pack)
+
+    def decode_context(self, compiled: bool):
+        """Inductor's weight freezing while a compiled step runs (see ``decode_step._freezing``)."""
+        return _freezing(compiled)
 
     def _causal_or_refuse(self) -> Stack:
         s = self.causal_stack
