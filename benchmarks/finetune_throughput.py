@@ -3,7 +3,7 @@
 all-MiniLM-L6-v2 (6 layers, d_model 384, 12 heads, vocab 30,522) with a fresh 2-way classifier,
 batch 16 IMDb reviews tokenised to at most 256 tokens (dynamic padding: the batch is padded to its
 longest review), forward + backward + AdamW step, bf16 autocast (fp32 master weights) and fp32.
-Ours runs through the real fine-tuning wiring (``ClassificationWiring.loss``); transformers runs
+Ours runs through the real fine-tuning wiring (``finetune.task_types.Classification.loss``); transformers runs
 ``BertForSequenceClassification`` (eager and sdpa attention). One process, the variants
 interleaved, ``--repeats`` timed rounds of ``--steps`` steps each after a warm-up; prints median
 tokens/s (non-padding tokens) and the ratio ours / transformers.

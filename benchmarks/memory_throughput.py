@@ -3,7 +3,7 @@
 Two workloads, each variant in a fresh process (so one variant's peak cannot hide another's):
 
 * MiniLM fine-tuning (``builtin:minilm``, all-MiniLM-L6-v2: 6 layers, d_model 384) with a fresh
-  2-way classifier through the real wiring (``ClassificationWiring.loss_sum``): full fine-tuning,
+  2-way classifier through the real wiring (``finetune.task_types.Classification.loss_sum``): full fine-tuning,
   + activation checkpointing, LoRA r=8 on every block projection, LoRA + checkpointing;
 * bert-small MLM pre-training (preset, 4 layers, d_model 512) through the real objective:
   without and with activation checkpointing.
