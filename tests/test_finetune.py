@@ -455,8 +455,12 @@ def test_qa_end_to_end(dirs, data, tmp_path):
 
 @pytest.mark.parametrize("family", ["encoder-decoder", "decoder"])
 def test_seq2seq_end_to_end(dirs, data, tmp_path, family):
-    res = _run(tmp_path, f"s2s-{family}", model=str(dirs[family]), train_file=str(data["copy"]), epochs=20,
-               lr=5e-3, batch_size=8, max_length=32, max_target_length=6)
+    # lr 2e-3 for 30 epochs: exact copies over finetune seeds 0-9, 8 of 8 for both families (rougeL 1.0).
+    # lr 5e-3 for 20 epochs was unstable (its loss jumped back mid-run): the decoder copied 7 or 8 of 8
+    # (7 on 4 of 12 seeds, the default seed 0 among them; 6 on a fresh clone), the encoder-decoder
+    # 1-8 (rougeL 0.2-1.0; 5 at 40 epochs)
+    res = _run(tmp_path, f"s2s-{family}", model=str(dirs[family]), train_file=str(data["copy"]), epochs=30,
+               lr=2e-3, batch_size=8, max_length=32, max_target_length=6)
     assert res.task_type == "seq2seq" and res.metric == "rougeL"
     assert res.validation["rougeL"] >= 0.8 > res.history[0]["validation_rougeL"]
     rows = [json.loads(x) for x in data["copy"].read_text().splitlines()[:8]]
