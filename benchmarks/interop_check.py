@@ -22,7 +22,12 @@ It prints one table row per target. Adding a target (lane hf adds architectures)
 transformers 5 has no ``question-answering`` or ``text2text-generation`` pipeline: QA is
 checked through ``AutoModelForQuestionAnswering`` (answers by the usual start/end argmax) and
 seq2seq through ``AutoModelForSeq2SeqLM.generate``, both with the 2,000-token input truncated by
-the exported tokenizer.
+the exported tokenizer. Where transformers 5.25 spells ``truncation=True`` otherwise it is spelled
+so: ``fill-mask`` takes ``tokenizer_kwargs={"truncation": True}`` (``truncation=True`` is a
+TypeError), ``token-classification`` truncates to ``model_max_length`` by itself (and takes no
+``truncation``). ``text-generation`` runs with default arguments; on a learned-position decoder
+(GPT-2) that is an IndexError, as for transformers' own ``GPT2LMHeadModel``, and the cell says so
+and shows the run with ``handle_long_generation="hole"``; a rotary (Llama) export needs nothing.
 """
 
 from __future__ import annotations
@@ -104,6 +109,11 @@ TARGETS: list[Target] = [
            "AutoModelForTokenClassification", "tag", "token-classification", ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")),
     Target("encoder / QA", "bert-tiny", {"span": {}}, "wordpiece", "AutoModelForQuestionAnswering", "qa"),
     Target("decoder / causal LM", "gpt-mini", {"lm": {}}, "bpe", "AutoModelForCausalLM", "causal", "text-generation"),
+    Target("decoder / causal LM (Llama)", "gpt-mini", {"lm": {}}, "bpe", "AutoModelForCausalLM", "causal",
+           "text-generation", overrides=dict(position="rotary", norm="rmsnorm", norm_eps=1e-6, activation="swiglu",
+                                             bias=False, tie_embeddings=False)),
+    Target("decoder / classification", "gpt-mini", {"classification": {"num_labels": 2}}, "bpe",
+           "AutoModelForSequenceClassification", "cls", "text-classification", ("negative", "positive")),
     Target("decoder / tagging", "gpt-mini", {"token_classification": {"num_labels": 3}}, "bpe",
            "AutoModelForTokenClassification", "tag", "token-classification", ("O", "B-ORG", "I-ORG")),
     Target("enc-dec / seq2seq (BART)", "bart-mini", {"lm": {}}, "bpe", "AutoModelForSeq2SeqLM", "seq2seq"),
@@ -360,10 +370,15 @@ def _long_input(target: Target, hf: Any, hf_tok: Any, long: str) -> str:
             out = np.asarray(pipe(long, truncation=True))
             return f"ok: {tuple(out.shape)}"
         if target.pipeline == "text-generation":
-            # the prompt fills every position; "hole" keeps room for the new tokens (a decoder
-            # cannot continue past its last position, here or anywhere)
-            out = pipe(long, truncation=True, max_new_tokens=4, handle_long_generation="hole")
-            return f"ok: +{len(out[0]['generated_text']) - len(long)} chars"
+            try:  # default arguments: the prompt is cut to model_max_length, then generation continues
+                out = pipe(long, truncation=True, max_new_tokens=4)
+                return f"ok: +{len(out[0]['generated_text']) - len(long)} chars"
+            except IndexError:
+                # a learned position table (GPT-2): the cut prompt fills every position and the next
+                # token has none; transformers' own GPT2LMHeadModel fails the same way. Its
+                # answer is "hole", which cuts the prompt to leave room for the new tokens
+                out = pipe(long, truncation=True, max_new_tokens=4, handle_long_generation="hole")
+                return f"ok with hole: +{len(out[0]['generated_text']) - len(long)} chars (default: IndexError)"
     raise ValueError(f"no long-input check for pipeline {target.pipeline!r}")
 
 

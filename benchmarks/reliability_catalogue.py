@@ -536,6 +536,18 @@ def catalogue(fx: dict[str, Path], root: Path) -> list[tuple[str, str, list[str]
     C.append(("tokenizer", "pretrain --init: model folder with a swapped tokenizer", ["pretrain", "--init", str(swapped),
               "--objective", "mlm", "--data", str(fx["data"]), "--out", fresh("r"), "--max-steps", "1", "--batch-size", "2",
               "--seq-len", "32", "--no-energy", "train.tensorboard=false", "train.progress=false"], "error", None))
+    # the same kind and special ids, no larger, trained on other text: only config.json's record of
+    # the tokenizer (written by finetune / pretrain / convert) tells it from the model's own
+    from transferlab.tokenizer import Tokenizer
+
+    retrained = shp / "retrained"
+    if retrained.exists():
+        shutil.rmtree(retrained)
+    shutil.copytree(fx["ft"], retrained)
+    Tokenizer.train([" ".join(w[::-1] for w in line.split()) for line in _corpus(seed=9)], kind="wordpiece",
+                    vocab_size=200, n_sentinels=0).save(retrained)
+    C.append(("tokenizer", "predict: fine-tuned folder with a retrained WordPiece (same special ids)",
+              ["predict", "--model", str(retrained), "--text", "good", "--device", "cpu"], "error", None))
     return C
 
 

@@ -432,7 +432,10 @@ def test_tagging_end_to_end_with_conll_test(dirs, data, tmp_path):
                test_file=str(data["tag_test"]), epochs=5, lr=3e-3)
     assert res.task_type == "tagging" and res.metric == "f1"
     assert res.test["f1"] > 0.9
-    p = predict(res.out_dir, ["Alice went to Rome City"])[0]
+    # filler words the training data has: "went to" is pieces it never saw (w ##ent t ##o), tagged B-PER on 7
+    # of 20 runs (finetune seeds 0-4, 4 processes: WordPiece training gives each process its own vocabulary);
+    # this sentence was tagged exactly on 30 of 30 such runs
+    p = predict(res.out_dir, ["Alice was the Rome City"])[0]
     assert p["prediction"] == ["B-PER", "O", "O", "B-LOC", "I-LOC"]
     assert [(e["type"], e["text"]) for e in p["entities"]] == [("PER", "Alice"), ("LOC", "Rome City")]
 
@@ -447,8 +450,12 @@ def test_qa_end_to_end(dirs, data, tmp_path):
 
 @pytest.mark.parametrize("family", ["encoder-decoder", "decoder"])
 def test_seq2seq_end_to_end(dirs, data, tmp_path, family):
-    res = _run(tmp_path, f"s2s-{family}", model=str(dirs[family]), train_file=str(data["copy"]), epochs=20,
-               lr=5e-3, batch_size=8, max_length=32, max_target_length=6)
+    # lr 2e-3 for 30 epochs: exact copies over finetune seeds 0-9, 8 of 8 for both families (rougeL 1.0).
+    # lr 5e-3 for 20 epochs was unstable (its loss jumped back mid-run): the decoder copied 7 or 8 of 8
+    # (7 on 4 of 12 seeds, the default seed 0 among them; 6 on a fresh clone), the encoder-decoder
+    # 1-8 (rougeL 0.2-1.0; 5 at 40 epochs)
+    res = _run(tmp_path, f"s2s-{family}", model=str(dirs[family]), train_file=str(data["copy"]), epochs=30,
+               lr=2e-3, batch_size=8, max_length=32, max_target_length=6)
     assert res.task_type == "seq2seq" and res.metric == "rougeL"
     assert res.validation["rougeL"] >= 0.8 > res.history[0]["validation_rougeL"]
     rows = [json.loads(x) for x in data["copy"].read_text().splitlines()[:8]]

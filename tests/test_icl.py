@@ -93,7 +93,9 @@ def trained(task, tok):
         labels[i, : len(d)] = torch.tensor(d)
         mask[i, : len(d)] = 1
     g = torch.Generator().manual_seed(0)
-    for _ in range(160):
+    # 400 steps: over model and batch-order seeds 1-10 both accuracies were 1.0 on all 10; after 160
+    # steps 4 of 10 were still at chance (0.45-0.58 against the test's 0.9)
+    for _ in range(400):
         b = torch.randint(0, len(docs), (32,), generator=g)
         loss = m(input_ids=ids[b], attention_mask=mask[b], labels=labels[b]).loss
         opt.zero_grad()

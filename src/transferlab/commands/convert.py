@@ -46,6 +46,18 @@ def _copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+def _tokenizer_record(d: Path) -> dict:
+    """config.json's record of the tokenizer in ``d`` (none when there is none we can read)."""
+    from ..checks import tokenizer_record
+    from ..errors import ConfigError, DataError
+    from ..tokenizer import Tokenizer
+
+    try:
+        return tokenizer_record(Tokenizer.from_pretrained(d))
+    except (DataError, ConfigError):  # no tokenizer of ours to check against later: record nothing
+        return {}
+
+
 def _convert(args: argparse.Namespace) -> int:
     from ..hub import resolve_builtin
     from ..outputs import Output
@@ -77,8 +89,9 @@ def _convert_locked(args: argparse.Namespace) -> int:
         extra = interop.label_config(labels) if labels and not all(
             lab == f"LABEL_{i}" for i, lab in enumerate(labels)) else {}
         with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp, extra_config=extra)
             copied = _copy_tokenizer_files(src, tmp) + interop.copy_sentence_transformers(src, tmp)
+            extra = {**extra, **_tokenizer_record(tmp)}  # the copied tokenizer, as config.json's record of it
+            model.save_pretrained(tmp, extra_config=extra)
         what = f"{model.hf_source['model_type']} {model.hf_source['architecture']}"
     else:
         src = resolve_builtin(args.to_hf)

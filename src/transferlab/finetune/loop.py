@@ -611,7 +611,9 @@ def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, 
             shutil.copytree(ckpts, tmp / CHECKPOINTS, copy_function=os.link,
                             ignore=shutil.ignore_patterns(".*"))
         # id2label/label2id: transformers clients name the classes (convert --to-hf carries them)
-        model.save_pretrained(tmp, extra_config=label_config(spec.labels))
+        from ..checks import tokenizer_record
+
+        model.save_pretrained(tmp, extra_config={**label_config(spec.labels), **tokenizer_record(tok)})
         tok.save(tmp)
         spec.save(tmp)
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")

@@ -323,7 +323,9 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
                 final.config = dataclasses.replace(final.config, **saved_settings)
             model_dir = out / "model"
             with atomic_dir(model_dir) as tmp:  # weights, config and tokenizer together, or none of them
-                final.save_pretrained(tmp)
+                from ..checks import tokenizer_record
+
+                final.save_pretrained(tmp, extra_config=tokenizer_record(tok))  # the model knows its tokenizer
                 tok.save(tmp)
             png = plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png",
                                   f"{objective_name} · {model_cfg if isinstance(model_cfg, str) else init or 'model'}")
