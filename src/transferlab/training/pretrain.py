@@ -141,7 +141,7 @@ def _load_init(init: str, overrides: list[str] | dict[str, str] | None, objectiv
 def resolved_config(model_cfg: ModelConfig, objective: Objective, objective_name: str, train_cfg: TrainConfig,
                     data_dir: Path, shards: Any, init: str | None, world_size: int) -> dict[str, Any]:
     """Everything that decides the numbers of a run, as written to ``<out>/config.json``."""
-    from .. import __version__
+    from .._version import __version__
 
     ocfg = objective.config
     return {
