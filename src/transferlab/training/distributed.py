@@ -45,12 +45,16 @@ def init_distributed(device: str | None = None) -> DistInfo:
     """Join the torchrun process group if there is one; pick this process's device.
 
     Args:
-        device: force ``"cpu"`` or ``"cuda"``; default CUDA when available.
+        device: ``auto`` (or None: CUDA when available), ``cpu`` or ``cuda``, as
+            :func:`~transferlab.runtime.resolve_device` spells them; a CUDA process uses GPU
+            ``LOCAL_RANK``.
 
     Returns:
         A :class:`DistInfo`; ``world_size == 1`` and no process group without torchrun.
     """
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    from ..runtime import resolve_device
+
+    use_cuda = resolve_device(device).type == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
