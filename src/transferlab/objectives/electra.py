@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from ..config import Family, Position
 from ..errors import ConfigError
-from .base import ObjectiveModule, as_special_ids, make_config, ratio, strip_wrappers
+from .base import ObjectiveModule, as_tokenizer_ids, make_config, ratio, strip_wrappers
 from .losses import lm_cross_entropy
 from .mlm import MLM, MLMConfig
 
@@ -193,10 +193,10 @@ class Electra(MLM):
 
     def __init__(self, tokenizer: Any, config: ElectraConfig | None = None, **settings: Any):
         """Args:
-            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.SpecialIds`.
+            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.TokenizerIds`.
             config: an :class:`ElectraConfig`; keyword ``settings`` override its fields.
         """
-        sp = as_special_ids(tokenizer)
+        sp = as_tokenizer_ids(tokenizer)
         super().__init__(sp, make_config(ElectraConfig, config, settings, self.name))
 
     def wrap_model(self, model: nn.Module) -> ElectraPair:
