@@ -126,7 +126,8 @@ def _check_init_tokenizer(init: str, model: Any, tok: Any, data_dir: Path) -> No
 def _load_init(init: str, overrides: list[str] | dict[str, str] | None, objective: Objective) -> Any:
     """Load a saved/converted model; apply model overrides (dropout, attn_impl, ...) by rebuilding
     it from the overridden config and loading the weights; add heads the objective needs."""
-    from ..models.model import TransferModel, check_state_dict, from_pretrained
+    from ..interop.loading import from_pretrained
+    from ..models.model import TransferModel, check_state_dict
 
     src = from_pretrained(init)
     cfg = dataclasses.replace(src.config)
