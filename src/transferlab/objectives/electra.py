@@ -157,22 +157,8 @@ class ElectraPair(ObjectiveModule):
         """The discriminator's embedding output before dropout (B, T, E; E = C_d unless
         embedding_size is set, and before its emb_proj): token + position +
         segment, times the embedding scale, through the embedding norm, exactly as its Stack
-        computes them (checked by a test)."""
-        stack = self.discriminator.backbone.encoder
-        cfg = stack.cfg
-        x = stack.embed_tokens[0](input_ids)  # (B, T, E)
-        if stack.emb_scale != 1.0:
-            x = x * stack.emb_scale
-        if stack.pos_emb is not None or cfg.position == Position.SINUSOIDAL:
-            pos = stack.positions(input_ids, attention_mask, 0)
-            x = x + (stack.pos_emb(pos + cfg.position_offset) if stack.pos_emb is not None
-                     else stack.sin_table[pos].to(x.dtype))
-        if stack.type_emb is not None:
-            tt = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
-            x = x + stack.type_emb(tt)
-        if stack.emb_norm is not None:
-            x = stack.emb_norm(x)
-        return x
+        computes them (checked by a test): the backbone contract's ``input_embeddings``."""
+        return self.discriminator.backbone.input_embeddings(input_ids, token_type_ids, attention_mask)
 
     def forward(self, **batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.objective.compute(self, batch)

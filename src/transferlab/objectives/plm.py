@@ -195,8 +195,7 @@ class PermutedLM(Objective):
         model = self._model_of(module)
         ids, am, tgt = batch["input_ids"], batch["attention_mask"], batch["target_index"]
         T = ids.shape[1] - tgt.shape[1]
-        stack = model.backbone.encoder
-        content_pos = stack.positions(ids[:, :T], am[:, :T], 0)  # (B, T) the model's own numbering
+        content_pos = model.backbone.position_ids(ids[:, :T], am[:, :T])  # (B, T) the model's own numbering
         query_pos = torch.gather(content_pos, 1, tgt.clamp(min=0))  # (B, W) each target's position
         out = model.backbone(input_ids=ids, attention_mask=am, attn_mask=batch["attn_mask"],
                              position_ids=torch.cat([content_pos, query_pos], dim=1))
