@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..runtime import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -52,9 +54,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     Returns:
         A :class:`DistInfo`; ``world_size == 1`` and no process group without torchrun.
     """
-    from ..runtime import resolve_device
-
-    use_cuda = resolve_device(device).type == "cuda"
+    use_cuda = resolve_device(device).type == "cuda"  # the one device rule; other devices train on the CPU
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
