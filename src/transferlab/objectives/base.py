@@ -51,7 +51,8 @@ Declared with defaults (override where the objective differs):
   returns the model that fine-tuning loads (for ELECTRA: the discriminator);
 * ``loss(model, batch) -> LossOutput`` — ``compute`` with float metrics, through the wrapper's
   forward when ``model`` is wrapped (refusing to bypass DDP);
-* ``model_settings()`` — family, heads, vocabulary size and special ids as ModelConfig fields:
+* ``model_settings()`` — family, heads, vocabulary size and special ids (by
+  :meth:`transferlab.specials.SpecialIds.resolve`, as pre-training sets them) as ModelConfig fields:
   ``get_preset("bert-mini", **objective.model_settings())`` fits ``check_model``.
 
 Loss normalisation: ``loss_sum / n_targets`` over any set of micro-batches is the paper's
@@ -176,7 +177,15 @@ class TokenizerIds:
 
 
 def as_tokenizer_ids(tokenizer: Any) -> TokenizerIds:
-    """A :class:`TokenizerIds` from a TokenizerIds or a tokenizer."""
+    """A :class:`TokenizerIds` from a TokenizerIds or a tokenizer.
+
+    Args:
+        tokenizer: a :class:`~transferlab.tokenizer.Tokenizer` (or anything with its attributes)
+            or a :class:`TokenizerIds` (returned as it is).
+
+    Returns:
+        The collators' view of the vocabulary.
+    """
     return tokenizer if isinstance(tokenizer, TokenizerIds) else TokenizerIds.from_tokenizer(tokenizer)
 
 
