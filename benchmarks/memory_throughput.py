@@ -88,7 +88,7 @@ def _worker(workload: str, opts: dict, args: argparse.Namespace) -> dict:
     else:
         from transferlab.config import get_preset
         from transferlab.models import build_model
-        from transferlab.objectives import SpecialIds, build_objective
+        from transferlab.objectives import TokenizerIds as SpecialIds, build_objective
 
         cfg = get_preset("bert-small")
         sp = SpecialIds(cfg.vocab_size, pad_token_id=0, unk_token_id=1, cls_token_id=2, sep_token_id=3,

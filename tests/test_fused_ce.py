@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from transferlab.config import ModelConfig
 from transferlab.models import build_model
-from transferlab.objectives import SpecialIds, build_objective
+from transferlab.objectives import TokenizerIds, build_objective
 from transferlab.objectives import fused_ce
 from transferlab.objectives.base import sparse_ce
 from transferlab.objectives.fused_ce import default_chunk_rows, linear_cross_entropy
@@ -199,7 +199,7 @@ def test_compile_path_arithmetic_matches_eager(monkeypatch):
     """Under torch.compile the loss takes branch-free paths (every row fed and masked, argmax
     instead of the amax + nonzero shortcut, the attention mask always applied). Run those paths
     eagerly by pretending to compile: losses and gradients must not change."""
-    specials = SpecialIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4)
+    specials = TokenizerIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4)
     ob = build_objective("denoise", specials)
     model = _tiny("encoder-decoder", position_offset=2, lm_head_bias=True, decoder_start_token_id=2)
     r = np.random.default_rng(0)

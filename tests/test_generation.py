@@ -716,7 +716,9 @@ def test_a_saved_generation_config_json_sets_the_defaults(gpt2_pair, tmp_path, c
     got = from_pretrained(tmp_path / "ours").generate(ids, generation_config=GenerationConfig(max_new_tokens=4))
     assert torch.equal(got, want4)
     # and exporting hands it back to transformers
-    from_pretrained(tmp_path / "ours").export_hf(tmp_path / "back")
+    from transferlab.interop.hf import export_hf
+
+    export_hf(from_pretrained(tmp_path / "ours"), tmp_path / "back")
     back = T.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
     assert back.generation_config.num_beams == 2 and torch.equal(back.generate(ids), want)
     # settings we cannot honour in a saved file: dropped with a warning, the model still loads
@@ -766,7 +768,9 @@ def test_converting_a_config_with_special_ids_outside_the_vocabulary_warns(gpt2_
     assert m.config.eos_token_id == 50256  # kept: the round trip to transformers stays exact
     ids = torch.tensor([[7, 8, 9]])
     assert torch.equal(m.generate(ids, max_new_tokens=10), _hf_gen(gpt2_173, ids, max_new_tokens=10))
-    m.export_hf(tmp_path / "back")  # and back to transformers unchanged
+    from transferlab.interop.hf import export_hf
+
+    export_hf(m, tmp_path / "back")  # and back to transformers unchanged
     back = T.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
     assert back.config.eos_token_id == 50256 and torch.equal(_hf_gen(back, ids, max_new_tokens=10),
                                                              _hf_gen(gpt2_173, ids, max_new_tokens=10))

@@ -17,7 +17,7 @@ import torch
 
 from transferlab.config import ModelConfig
 from transferlab.models import build_model
-from transferlab.objectives import SpecialIds, build_objective
+from transferlab.objectives import TokenizerIds, build_objective
 from transferlab.training.config import TrainConfig
 from transferlab.training.loop import Trainer
 
@@ -52,17 +52,17 @@ def shards(seed: int = 0) -> SimpleNamespace:
                            sent_offsets=np.asarray(sents, np.int64))
 
 
-def specials(name: str) -> SpecialIds:
+def specials(name: str) -> TokenizerIds:
     if name in ("mlm", "nsp", "electra", "plm", "mtlm"):  # BERT-style: [PAD] [UNK] [CLS] [SEP] [MASK]
-        return SpecialIds(V, pad_token_id=0, unk_token_id=1, cls_token_id=2, sep_token_id=3, mask_token_id=4)
+        return TokenizerIds(V, pad_token_id=0, unk_token_id=1, cls_token_id=2, sep_token_id=3, mask_token_id=4)
     if name == "clm":
-        return SpecialIds(V, eos_token_id=5, bos_token_id=5)
+        return TokenizerIds(V, eos_token_id=5, bos_token_id=5)
     if name in ("denoise", "mass"):  # BART: <s> <pad> </s> <mask> <unk>
-        return SpecialIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4)
-    return SpecialIds(V, pad_token_id=0, eos_token_id=1, unk_token_id=2, sentinel_token_ids=tuple(range(23, 3, -1)))
+        return TokenizerIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4)
+    return TokenizerIds(V, pad_token_id=0, eos_token_id=1, unk_token_id=2, sentinel_token_ids=tuple(range(23, 3, -1)))
 
 
-def model_config(name: str, sp: SpecialIds) -> ModelConfig:
+def model_config(name: str, sp: TokenizerIds) -> ModelConfig:
     common = dict(vocab_size=V, d_model=32, n_heads=2, d_ff=64, max_positions=64, dropout=0.0,
                   attention_dropout=0.0, pad_token_id=sp.pad_token_id or 0)
     if name in ("mlm", "nsp", "electra", "plm", "mtlm"):

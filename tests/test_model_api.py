@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transferlab.errors import ConfigError
+from transferlab.errors import CheckpointError, ConfigError
 from transferlab.interop.hf import from_hf
 from transferlab.models import ModelOutput, TransferModel, build_model, from_pretrained
 
@@ -145,7 +145,11 @@ def test_from_pretrained_dtype(saved, folder):
         assert from_pretrained(path, dtype=spelling).dtype == torch.bfloat16
     assert from_pretrained(path, torch_dtype=torch.float16).dtype == torch.float16  # the older name
     assert from_pretrained(path, dtype="auto").dtype == torch.bfloat16  # as saved
-    assert TransferModel.from_pretrained(path, dtype=torch.bfloat16).dtype == torch.bfloat16
+    if folder.startswith("ours"):
+        assert TransferModel.from_pretrained(path, dtype=torch.bfloat16).dtype == torch.bfloat16
+    else:  # models.model reads our folders only: transformers folders go through the one loader
+        with pytest.raises(CheckpointError, match="transformers folder .* transferlab.from_pretrained"):
+            TransferModel.from_pretrained(path)
     m32, m16 = from_pretrained(path), from_pretrained(path, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in m16.parameters())
     # bf16 weights read into float32 are exact: the bf16 model holds the same numbers
@@ -162,3 +166,20 @@ def test_from_pretrained_auto_of_a_float32_folder_and_bad_dtypes(saved, tmp_path
         from_pretrained(tmp_path / "f32", dtype=torch.int64)
     with pytest.raises(ConfigError, match="dtype=.*and torch_dtype=.*disagree"):
         from_pretrained(tmp_path / "f32", dtype=torch.bfloat16, torch_dtype=torch.float16)
+
+
+def test_models_from_pretrained_is_the_one_loader(saved):
+    """``transferlab.models.from_pretrained`` is interop's loader (transformers folders, builtin:);
+    ``models.model`` itself reads our folders and points elsewhere for the rest."""
+    import transferlab
+    import transferlab.models as models
+    from transferlab.interop.loading import from_pretrained as one
+    from transferlab.models import model as ours
+
+    assert models.from_pretrained is one and transferlab.from_pretrained is one
+    assert not hasattr(TransferModel, "export_hf")  # transferlab.interop.hf.export_hf(model, dir)
+    assert one(saved / "hf_bf16").dtype == torch.float32
+    with pytest.raises(CheckpointError, match="transformers folder"):
+        ours.from_pretrained(saved / "hf_bf16")
+    with pytest.raises(CheckpointError, match=r"built-in model; load it with transferlab.from_pretrained"):
+        ours.from_pretrained("builtin:minilm")

@@ -15,7 +15,7 @@ import torch
 from transferlab.config import ModelConfig
 from transferlab.errors import ConfigError, DataError
 from transferlab.models import build_model
-from transferlab.objectives import SpecialIds, build_objective, objective_names
+from transferlab.objectives import TokenizerIds, build_objective, objective_names
 from transferlab.objectives import masking
 
 V = 1000
@@ -23,15 +23,15 @@ PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 N_SPECIAL = 5
 
 
-def bert_ids(vocab: int = V, **kw) -> SpecialIds:
+def bert_ids(vocab: int = V, **kw) -> TokenizerIds:
     cont = np.zeros(vocab, dtype=bool)
     cont[600:] = True  # ids >= 600 are "##" continuation pieces
-    return SpecialIds(vocab, pad_token_id=PAD, unk_token_id=UNK, cls_token_id=CLS, sep_token_id=SEP,
+    return TokenizerIds(vocab, pad_token_id=PAD, unk_token_id=UNK, cls_token_id=CLS, sep_token_id=SEP,
                       mask_token_id=MASK, continuation=cont, **kw)
 
 
-def gpt_ids() -> SpecialIds:
-    return SpecialIds(V, eos_token_id=5, bos_token_id=5)
+def gpt_ids() -> TokenizerIds:
+    return TokenizerIds(V, eos_token_id=5, bos_token_id=5)
 
 
 def encoder_cfg(**kw) -> ModelConfig:
@@ -82,12 +82,12 @@ def test_settings_are_validated_and_coerced():
 
 def test_missing_special_tokens_are_config_errors():
     with pytest.raises(ConfigError, match="needs a tokenizer with mask_token"):
-        build_objective("mlm", SpecialIds(V, pad_token_id=0, cls_token_id=2, sep_token_id=3))
-    no_cont = SpecialIds(V, pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4)
+        build_objective("mlm", TokenizerIds(V, pad_token_id=0, cls_token_id=2, sep_token_id=3))
+    no_cont = TokenizerIds(V, pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4)
     with pytest.raises(ConfigError, match="whole_word masking needs the tokenizer's continuation mask"):
         build_objective("mlm", no_cont, whole_word=True)
     with pytest.raises(ConfigError, match="outside the vocabulary"):
-        SpecialIds(10, mask_token_id=12)
+        TokenizerIds(10, mask_token_id=12)
 
 
 def test_ids_from_another_tokenizer_are_data_errors():
@@ -101,7 +101,7 @@ def test_special_ids_from_tokenizer_like_object():
                           mask_token_id=4, bos_token_id=2, eos_token_id=3, sentinel_token_ids=[49, 48],
                           all_special_ids=[0, 1, 2, 3, 4, 48, 49, 7],
                           continuation_mask=lambda: np.arange(50) > 40)
-    sp = SpecialIds.from_tokenizer(tok)
+    sp = TokenizerIds.from_tokenizer(tok)
     assert sp.all_special_ids == (0, 1, 2, 3, 4, 7, 48, 49)
     assert sp.is_special[7] and not sp.is_special[8]
     assert 7 not in sp.normal_ids and len(sp.normal_ids) == 50 - 8
@@ -356,7 +356,7 @@ def test_clm_check_model_and_tokenizer():
     with pytest.raises(ConfigError, match="'clm' needs a decoder"):
         ob.check_model(encoder_cfg())
     with pytest.raises(ConfigError, match="end-of-text token"):
-        build_objective("clm", SpecialIds(V))
-    bare = build_objective("clm", SpecialIds(V), separate_documents=False)
+        build_objective("clm", TokenizerIds(V))
+    bare = build_objective("clm", TokenizerIds(V), separate_documents=False)
     sh = shards([10, 10])
     assert np.array_equal(bare.dataset(sh, 20)[0], sh.tokens.astype(np.int64))

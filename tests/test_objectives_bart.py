@@ -272,9 +272,9 @@ def test_plm_short_rows_keep_context_and_pad():
     assert (tgt[1] >= 0).sum() <= 2 and (tgt[2] >= 0).sum() <= 1
     assert (tgt[tgt >= 0] < T).all() and (am[np.arange(3)[:, None], np.maximum(tgt, 0)][tgt >= 0] == 1).all()
     # no [CLS]/[SEP] at all: one token always stays context, so no query row is empty
-    from transferlab.objectives.base import SpecialIds
+    from transferlab.objectives.base import TokenizerIds
 
-    bare = build_objective("plm", SpecialIds(V, pad_token_id=PAD, mask_token_id=MASK), predict_frac=0.9)
+    bare = build_objective("plm", TokenizerIds(V, pad_token_id=PAD, mask_token_id=MASK), predict_frac=0.9)
     bb = bare.collate([np.arange(10, 13)] * 200, np.random.default_rng(0))
     assert (bb["target_index"].numpy() >= 0).sum(1).max() == 2
     assert (bb["attn_mask"].numpy()[:, 3:, :3].any(-1) | (bb["target_index"].numpy() < 0)).all()
@@ -395,9 +395,9 @@ def test_mtlm_checks_and_flops():
 
 # =============================================================================== mass
 def _bart_like():
-    from transferlab.objectives.base import SpecialIds
+    from transferlab.objectives.base import TokenizerIds
 
-    return SpecialIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4)
+    return TokenizerIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4)
 
 
 def test_mass_masks_one_contiguous_half_and_the_decoder_predicts_it():

@@ -17,7 +17,7 @@ from test_objectives import CLS, MASK, SEP, V, bert_ids, decoder_cfg, encoder_cf
 from transferlab.config import ModelConfig
 from transferlab.errors import ConfigError, DataError
 from transferlab.models import build_model
-from transferlab.objectives import SpecialIds, build_objective
+from transferlab.objectives import TokenizerIds, build_objective
 from transferlab.objectives.datasets import SentenceChunks, SentencePairs
 from transferlab.objectives.nsp import truncate_pair
 from transferlab.objectives.span_corruption import io_lengths, raw_length
@@ -50,15 +50,15 @@ def seq2seq_cfg(**kw) -> ModelConfig:
 BMASK = 3  # bart_ids' <mask>
 
 
-def bart_ids(**kw) -> SpecialIds:
+def bart_ids(**kw) -> TokenizerIds:
     cont = np.zeros(V, dtype=bool)
     cont[600:] = True
-    return SpecialIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4,
+    return TokenizerIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4,
                       continuation=cont, **kw)
 
 
-def t5_ids(n_sentinels: int = 100) -> SpecialIds:
-    return SpecialIds(V, pad_token_id=0, eos_token_id=1, unk_token_id=2,
+def t5_ids(n_sentinels: int = 100) -> TokenizerIds:
+    return TokenizerIds(V, pad_token_id=0, eos_token_id=1, unk_token_id=2,
                       sentinel_token_ids=tuple(range(V - 1, V - 1 - n_sentinels, -1)))
 
 
@@ -408,7 +408,7 @@ def test_denoise_loss_and_checks():
     with pytest.raises(ConfigError, match="unknown noise 'shuffle'"):
         build_objective("denoise", bart_ids(), noise=["shuffle"])
     # a unigram vocabulary has no [BMASK]: its first sentinel stands in
-    assert build_objective("denoise", SpecialIds(V, pad_token_id=0, eos_token_id=1, cls_token_id=5,
+    assert build_objective("denoise", TokenizerIds(V, pad_token_id=0, eos_token_id=1, cls_token_id=5,
                                                  sentinel_token_ids=(999,))).mask_id == 999
 
 
@@ -496,7 +496,7 @@ def test_span_corruption_variable_lengths_loss_and_checks():
                 decoder_input_ids=b["decoder_input_ids"], labels=b["labels"]).loss
     torch.testing.assert_close(out.loss_sum / b["n_targets"], ref)
     with pytest.raises(ConfigError, match="needs sentinel tokens"):
-        build_objective("span-corruption", SpecialIds(V, eos_token_id=1))
+        build_objective("span-corruption", TokenizerIds(V, eos_token_id=1))
     with pytest.raises(ConfigError, match="noise spans but the tokenizer has only 3 sentinels"):
         build_objective("span-corruption", t5_ids(3)).collate([np.arange(10, 110)], np.random.default_rng(0))
     with pytest.raises(ConfigError, match="needs an encoder-decoder"):

@@ -326,6 +326,14 @@ def test_train_config_fields_and_overrides():
                                   "seed", "compile", "num_workers"))
     with pytest.raises(ConfigError, match="train.schedule"):
         apply_overrides(TrainConfig(), ["train.schedule=exp"], prefix="train")
+    # one Schedule/DType for every command (transferlab.config); pre-training refuses the rest by field
+    import transferlab.config as shared
+    import transferlab.training.config as tc
+
+    assert tc.Schedule is shared.Schedule and tc.DType is shared.DType
+    for name, value in (("schedule", "slanted"), ("dtype", "fp16")):
+        with pytest.raises(ConfigError, match=f"train.{name}={value}: pre-training supports"):
+            TrainConfig(**{name: value}).validate()
     with pytest.raises(ConfigError, match="train.warmup"):
         TrainConfig(warmup=1.5).validate()
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg

@@ -73,7 +73,8 @@ def _convert_locked(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..interop.hf import export_hf, from_hf
     from ..hub import resolve_builtin
-    from ..models.model import from_pretrained, read_config
+    from ..interop.loading import from_pretrained
+    from ..models.model import read_config
     from ..utils import atomic_dir
 
     out = Path(args.out)

@@ -159,9 +159,9 @@ def run(args: argparse.Namespace) -> int:
                   f"last checkpoint {ck}; continue with the same command plus --resume", file=sys.stderr)
         return 143  # 128 + SIGTERM, as if the signal had ended the process
     if summary.get("model_dir"):  # main process
-        val = f", validation loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f})" if summary.get("val_loss") is not None else ""
-        print(f"trained {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['train_seconds']:.1f}s "
-              f"({summary['tokens_per_s']:,.0f} tokens/s, {summary['dtype']}), stopped by {summary['stopped_by']}{val}")
+        from ..training.runlog import summary_line
+
+        print(summary_line(summary))
         print(f"model: {summary['model_dir']}")
     return 0
 

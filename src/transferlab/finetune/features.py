@@ -243,7 +243,7 @@ def load_model_and_tokenizer(spec: str | Path, device: str | torch.device = "cpu
     Raises:
         CheckpointError: no model or no tokenizer at ``spec``.
     """
-    from ..models.model import from_pretrained
+    from ..interop.loading import from_pretrained
     from ..tokenizer import Tokenizer
 
     s = str(spec)

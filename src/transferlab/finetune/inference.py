@@ -21,7 +21,7 @@ def load_finetuned(model_dir: str | Path, device: str = "auto") -> tuple[Any, An
     Raises:
         CheckpointError: the folder lacks task.json, the model files or the tokenizer.
     """
-    from ..models.model import from_pretrained
+    from ..interop.loading import from_pretrained
     from ..tokenizer import Tokenizer
 
     d = Path(model_dir)

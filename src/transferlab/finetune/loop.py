@@ -113,7 +113,8 @@ def _tokenizer_kind(mcfg: Any) -> str:
 def _load_model(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, Any]]) -> tuple[Any, Any, str]:
     """``(model, tokenizer, where_the_tokenizer_came_from)``."""
     from ..config import PRESETS, get_preset
-    from ..models.model import TransferModel, from_pretrained
+    from ..interop.loading import from_pretrained
+    from ..models.model import TransferModel
     from ..tokenizer import Tokenizer
 
     name = cfg.model

@@ -76,10 +76,10 @@ def from_pretrained(path: str | Path, device: Any = None, dtype: Any = None, tor
         return ours.from_pretrained(d, device=device, dtype=dtype, torch_dtype=torch_dtype, **overrides)
     from .hf import from_hf
 
-    want = ours._resolve_dtype(dtype, torch_dtype)  # validated before the weights are read
+    want = ours.resolve_load_dtype(dtype, torch_dtype)  # validated before the weights are read
     model = from_hf(d, **overrides).eval()
     if want == "auto":
-        want = ours._checkpoint_dtype(d, raw)
+        want = ours.checkpoint_dtype(d, raw)
     if device is not None or want is not None:
         model = model.to(device=device, dtype=want)
     return model

@@ -81,6 +81,36 @@ class Backbone(nn.Module, ABC):
         backbone's own table (ELECTRA's generator reads the discriminator's embeddings)."""
         raise ConfigError(f"family {self.family!r} cannot share its input embeddings")
 
+    def position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The position ids (B, T) the main stack gives ``input_ids`` (B, T) by default.
+
+        Permuted LM's query stream reuses its targets' positions, so it asks for the model's own
+        numbering (0.., or RoBERTa's pad-aware one). Default: refuse (a family without positions).
+
+        Args:
+            input_ids: token ids (B, T).
+            attention_mask: (B, T) 1 = real token, or None.
+
+        Returns:
+            Position ids (B, T).
+        """
+        raise ConfigError(f"family {self.family!r} has no token positions")
+
+    def input_embeddings(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The main stack's embedding output (B, T, E) before dropout: what ELECTRA's generator
+        reads when it shares the discriminator's embeddings. Default: refuse.
+
+        Args:
+            input_ids: token ids (B, T).
+            token_type_ids: segment ids (B, T), or None (all 0).
+            attention_mask: (B, T) 1 = real token, or None (for pad-aware positions).
+
+        Returns:
+            Embeddings (B, T, E), E = ``config.emb_dim``.
+        """
+        raise ConfigError(f"family {self.family!r} cannot share its embedding output")
+
     # ------------------------------------------------------------------ training
     @abstractmethod
     def layer_groups(self) -> list[list[nn.Parameter]]:

@@ -78,6 +78,29 @@ class TransformerBackbone(Backbone):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
 
+    def position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.main_stack.positions(input_ids, attention_mask, 0)  # (B, T)
+
+    def input_embeddings(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # token + position + segment, times the embedding scale, through the embedding norm:
+        # exactly the first half of Stack.forward (a test checks it), before dropout and emb_proj
+        stack = self.main_stack
+        cfg = stack.cfg
+        x = stack.embed_tokens[0](input_ids)  # (B, T, E)
+        if stack.emb_scale != 1.0:
+            x = x * stack.emb_scale
+        if stack.pos_emb is not None or cfg.position == Position.SINUSOIDAL:
+            pos = stack.positions(input_ids, attention_mask, 0)
+            x = x + (stack.pos_emb(pos + cfg.position_offset) if stack.pos_emb is not None
+                     else stack.sin_table[pos].to(x.dtype))
+        if stack.type_emb is not None:
+            tt = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            x = x + stack.type_emb(tt)
+        if stack.emb_norm is not None:
+            x = stack.emb_norm(x)
+        return x
+
     def share_input_embeddings(self, table: nn.Embedding) -> None:
         if "embed_tokens" in self._modules:
             del self._modules["embed_tokens"]

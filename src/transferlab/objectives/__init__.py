@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from .base import LossOutput, Objective, ObjectiveModule, SpecialIds
+from .base import LossOutput, Objective, ObjectiveModule, TokenizerIds
 from .clm import CLM, CLMConfig
 from .mlm import MLM, MLMConfig
 
@@ -62,7 +62,7 @@ def objective_class(name: str) -> type:
 
 
 def build_objective(name: str, tokenizer: Any, **settings: Any) -> Any:
-    """Build objective ``name`` for ``tokenizer`` (a Tokenizer or :class:`SpecialIds`).
+    """Build objective ``name`` for ``tokenizer`` (a Tokenizer or :class:`TokenizerIds`).
 
     Args:
         name: one of :func:`objective_names` or an alias (``mlm+nsp``).
@@ -78,5 +78,5 @@ def build_objective(name: str, tokenizer: Any, **settings: Any) -> Any:
 
 __all__ = [
     "CLM", "CLMConfig", "LossOutput", "MLM", "MLMConfig", "Objective", "ObjectiveModule",
-    "SpecialIds", "build_objective", "objective_class", "objective_names",
+    "TokenizerIds", "build_objective", "objective_class", "objective_names",
 ]

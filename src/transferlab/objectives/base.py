@@ -51,7 +51,8 @@ Declared with defaults (override where the objective differs):
   returns the model that fine-tuning loads (for ELECTRA: the discriminator);
 * ``loss(model, batch) -> LossOutput`` — ``compute`` with float metrics, through the wrapper's
   forward when ``model`` is wrapped (refusing to bypass DDP);
-* ``model_settings()`` — family, heads, vocabulary size and special ids as ModelConfig fields:
+* ``model_settings()`` — family, heads, vocabulary size and special ids (by
+  :meth:`transferlab.specials.SpecialIds.resolve`, as pre-training sets them) as ModelConfig fields:
   ``get_preset("bert-mini", **objective.model_settings())`` fits ``check_model``.
 
 Loss normalisation: ``loss_sum / n_targets`` over any set of micro-batches is the paper's
@@ -73,6 +74,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, DataError
+from ..specials import SpecialIds
 from .losses import lm_cross_entropy, sparse_ce  # noqa: F401  (re-exported: the one LM loss)
 
 
@@ -87,10 +89,13 @@ _NAMED = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 
 
 @dataclass
-class SpecialIds:
-    """The token ids an objective needs, without a trained tokenizer (tests build one directly).
+class TokenizerIds:
+    """A tokenizer's vocabulary as collators see it: its size, every special id, sentinels and
+    continuation mask (tests build one directly, without a trained tokenizer).
 
-    ``SpecialIds.from_tokenizer(tok)`` reads them from a :class:`~transferlab.tokenizer.Tokenizer`.
+    This is the inventory of what is special (never masked, never a random replacement); which id
+    serves as pad/bos/eos/decoder start is decided by :meth:`transferlab.specials.SpecialIds.resolve`.
+    ``TokenizerIds.from_tokenizer(tok)`` reads them from a :class:`~transferlab.tokenizer.Tokenizer`.
     Every id in ``all_special_ids`` (named ones, sentinels, ``extra_special_ids``) is never picked
     for masking or noise and never drawn as a random replacement token.
     """
@@ -137,7 +142,7 @@ class SpecialIds:
         return tuple(sorted(ids))
 
     @classmethod
-    def from_tokenizer(cls, tok: Any) -> "SpecialIds":
+    def from_tokenizer(cls, tok: Any) -> "TokenizerIds":
         """Read the ids from a tokenizer with ``vocab_size``, ``<name>_token_id`` attributes,
         ``sentinel_token_ids``, ``all_special_ids`` and ``continuation_mask()``."""
         kw = {f"{n}_token_id": getattr(tok, f"{n}_token_id", None) for n in _NAMED}
@@ -171,9 +176,17 @@ class SpecialIds:
             )
 
 
-def as_special_ids(tokenizer: Any) -> SpecialIds:
-    """A :class:`SpecialIds` from a SpecialIds or a tokenizer."""
-    return tokenizer if isinstance(tokenizer, SpecialIds) else SpecialIds.from_tokenizer(tokenizer)
+def as_tokenizer_ids(tokenizer: Any) -> TokenizerIds:
+    """A :class:`TokenizerIds` from a TokenizerIds or a tokenizer.
+
+    Args:
+        tokenizer: a :class:`~transferlab.tokenizer.Tokenizer` (or anything with its attributes)
+            or a :class:`TokenizerIds` (returned as it is).
+
+    Returns:
+        The collators' view of the vocabulary.
+    """
+    return tokenizer if isinstance(tokenizer, TokenizerIds) else TokenizerIds.from_tokenizer(tokenizer)
 
 
 # ---------------------------------------------------------------------------- model wrapping
@@ -323,11 +336,12 @@ class Objective(ABC):
         sp = self.sp
         out: dict[str, Any] = {"family": self.family.value, "vocab_size": sp.vocab_size,
                                "heads": {h: dict(v) for h, v in self.heads.items()}}
-        for name in ("pad", "bos", "eos"):
-            if getattr(sp, f"{name}_token_id") is not None:
-                out[f"{name}_token_id"] = int(getattr(sp, f"{name}_token_id"))
-        if self.start is not None:
-            out["decoder_start_token_id"] = int(self.start)
+        # the ids pre-training gives the model (training.pretrain.fit_config_to_tokenizer): one rule
+        ids = SpecialIds.resolve(tokenizer=sp, decoder_start=self.start)
+        fields = ids.config_fields()
+        if self.start is None:
+            fields.pop("decoder_start_token_id", None)  # decoders/encoders have no decoder start
+        out.update(fields)
         return out
 
     # helpers ----------------------------------------------------------------------------------
@@ -335,7 +349,7 @@ class Objective(ABC):
     def _model_of(module: nn.Module) -> nn.Module:
         return module.model if isinstance(module, ObjectiveModule) else module
 
-    def _check_common(self, cfg: Any, family: Any, specials: SpecialIds) -> Any:
+    def _check_common(self, cfg: Any, family: Any, specials: TokenizerIds) -> Any:
         """Family, vocabulary and heads checks shared by every objective; returns the config."""
         from ..config import Family
 

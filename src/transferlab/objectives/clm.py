@@ -23,7 +23,8 @@ import torch
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import Objective, as_special_ids, make_config, pad_stack, ratio
+from ..specials import SpecialIds
+from .base import Objective, as_tokenizer_ids, make_config, pad_stack, ratio
 from .losses import sparse_ce
 from .datasets import PackedWindows
 
@@ -50,20 +51,21 @@ class CLM(Objective):
 
     def __init__(self, tokenizer: Any, config: CLMConfig | None = None, **settings: Any):
         """Args:
-            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.SpecialIds`.
+            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.TokenizerIds`.
             config: a :class:`CLMConfig`; keyword ``settings`` override its fields.
         """
-        self.sp = as_special_ids(tokenizer)
+        self.sp = as_tokenizer_ids(tokenizer)
         self.config = make_config(CLMConfig, config, settings, self.name)
         sp = self.sp
-        # the document separator: eos (GPT-2's <|endoftext|>), else [SEP], else bos
-        self.separator = next((i for i in (sp.eos_token_id, sp.sep_token_id, sp.bos_token_id) if i is not None), None)
+        ids = SpecialIds.resolve(tokenizer=sp)
+        # the document separator: eos (GPT-2's <|endoftext|>; the rule falls back to [SEP]), else bos
+        self.separator = ids.eos if ids.eos is not None else sp.bos_token_id
         if self.config.separate_documents and self.separator is None:
             raise ConfigError(
                 "clm: separate_documents needs an end-of-text token (eos, sep or bos) in the tokenizer; "
                 "add one or set separate_documents=false"
             )
-        self.pad_id = next((i for i in (sp.pad_token_id, sp.eos_token_id) if i is not None), 0)
+        self.pad_id = ids.pad
 
     def check_model(self, cfg: Any) -> None:
         """ConfigError unless the model is a decoder with an ``lm`` head and a large enough vocabulary."""

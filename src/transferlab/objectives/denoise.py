@@ -40,8 +40,9 @@ import torch
 
 from ..config import Family
 from ..errors import ConfigError
+from ..specials import SpecialIds
 from . import masking
-from .base import Objective, SpecialIds, as_special_ids, make_config, pad_stack, ratio
+from .base import Objective, TokenizerIds, as_tokenizer_ids, make_config, pad_stack, ratio
 from .losses import sparse_ce
 from .datasets import SentenceChunks
 from .example_rng import row_generators
@@ -97,7 +98,7 @@ class Noiser:
     """The noise functions on a right-padded batch ``(ids (B, W), lens (B,))``, vectorised over the
     batch (one numpy call per noise, not per example)."""
 
-    def __init__(self, sp: SpecialIds, cfg: DenoiseConfig, mask_id: int | None):
+    def __init__(self, sp: TokenizerIds, cfg: DenoiseConfig, mask_id: int | None):
         self.sp, self.cfg, self.mask_id = sp, cfg, mask_id
 
     # -- helpers -------------------------------------------------------------------------------
@@ -245,14 +246,14 @@ class Denoise(Objective):
 
     def __init__(self, tokenizer: Any, config: DenoiseConfig | None = None, **settings: Any):
         """Args:
-            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.SpecialIds`.
+            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.TokenizerIds`.
             config: a :class:`DenoiseConfig`; keyword ``settings`` override its fields
                 (``noise=["infill", "permute"]`` or ``noise="mask,delete"``).
         """
-        sp = self.sp = as_special_ids(tokenizer)
+        sp = self.sp = as_tokenizer_ids(tokenizer)
         self.config = cfg = make_config(DenoiseConfig, config, settings, self.name)
-        self.bos = sp.bos_token_id if sp.bos_token_id is not None else sp.cls_token_id
-        self.eos = sp.eos_token_id if sp.eos_token_id is not None else sp.sep_token_id
+        ids = SpecialIds.resolve(tokenizer=sp)
+        self.bos, self.eos = ids.bos, ids.eos  # bos else [CLS], eos else [SEP]
         if self.bos is None or self.eos is None:
             raise ConfigError("denoise needs begin/end tokens (bos/eos or [CLS]/[SEP]) in the tokenizer")
         # [MASK]; a unigram (T5-style) vocabulary has none: use its first sentinel instead
@@ -262,8 +263,9 @@ class Denoise(Objective):
             raise ConfigError("denoise: mask/infill noise needs a mask token (or a sentinel) in the tokenizer")
         if cfg.whole_word and sp.continuation is None:
             raise ConfigError("denoise: whole_word needs the tokenizer's continuation mask")
+        # the collator's start is an objective setting (the rule's explicit id); BART's default is eos
         self.start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else self.eos
-        self.pad_id = sp.pad_token_id if sp.pad_token_id is not None else self.eos
+        self.pad_id = ids.pad
         self.noiser = Noiser(sp, cfg, self.mask_id)
 
     def check_model(self, cfg: Any) -> None:

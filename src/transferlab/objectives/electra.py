@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from ..config import Family, Position
 from ..errors import ConfigError
-from .base import ObjectiveModule, as_special_ids, make_config, ratio, strip_wrappers
+from .base import ObjectiveModule, as_tokenizer_ids, make_config, ratio, strip_wrappers
 from .losses import lm_cross_entropy
 from .mlm import MLM, MLMConfig
 
@@ -157,22 +157,8 @@ class ElectraPair(ObjectiveModule):
         """The discriminator's embedding output before dropout (B, T, E; E = C_d unless
         embedding_size is set, and before its emb_proj): token + position +
         segment, times the embedding scale, through the embedding norm, exactly as its Stack
-        computes them (checked by a test)."""
-        stack = self.discriminator.backbone.encoder
-        cfg = stack.cfg
-        x = stack.embed_tokens[0](input_ids)  # (B, T, E)
-        if stack.emb_scale != 1.0:
-            x = x * stack.emb_scale
-        if stack.pos_emb is not None or cfg.position == Position.SINUSOIDAL:
-            pos = stack.positions(input_ids, attention_mask, 0)
-            x = x + (stack.pos_emb(pos + cfg.position_offset) if stack.pos_emb is not None
-                     else stack.sin_table[pos].to(x.dtype))
-        if stack.type_emb is not None:
-            tt = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
-            x = x + stack.type_emb(tt)
-        if stack.emb_norm is not None:
-            x = stack.emb_norm(x)
-        return x
+        computes them (checked by a test): the backbone contract's ``input_embeddings``."""
+        return self.discriminator.backbone.input_embeddings(input_ids, token_type_ids, attention_mask)
 
     def forward(self, **batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.objective.compute(self, batch)
@@ -193,10 +179,10 @@ class Electra(MLM):
 
     def __init__(self, tokenizer: Any, config: ElectraConfig | None = None, **settings: Any):
         """Args:
-            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.SpecialIds`.
+            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.TokenizerIds`.
             config: an :class:`ElectraConfig`; keyword ``settings`` override its fields.
         """
-        sp = as_special_ids(tokenizer)
+        sp = as_tokenizer_ids(tokenizer)
         super().__init__(sp, make_config(ElectraConfig, config, settings, self.name))
 
     def wrap_model(self, model: nn.Module) -> ElectraPair:

@@ -39,7 +39,8 @@ import torch
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import Objective, as_special_ids, make_config, ratio
+from ..specials import SpecialIds
+from .base import Objective, as_tokenizer_ids, make_config, ratio
 from .losses import sparse_ce
 from .datasets import PackedWindows
 from .mlm import encoder_rows, wrap_ids
@@ -88,10 +89,10 @@ class MaskedSeq2Seq(Objective):
 
     def __init__(self, tokenizer: Any, config: MASSConfig | None = None, **settings: Any):
         """Args:
-            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.SpecialIds`.
+            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.TokenizerIds`.
             config: a :class:`MASSConfig`; keyword ``settings`` override its fields.
         """
-        sp = self.sp = as_special_ids(tokenizer)
+        sp = self.sp = as_tokenizer_ids(tokenizer)
         cfg = self.config = make_config(MASSConfig, config, settings, self.name)
         self.mask_id = sp.mask_token_id if sp.mask_token_id is not None else (
             sp.sentinel_token_ids[0] if sp.sentinel_token_ids else None)
@@ -101,7 +102,8 @@ class MaskedSeq2Seq(Objective):
         if cfg.random_token_frac > 0 and len(sp.normal_ids) == 0:
             raise ConfigError("mass: the vocabulary has no non-special token to draw random replacements from")
         self.first, self.last = wrap_ids(sp)
-        self.pad_id = next((i for i in (sp.pad_token_id, sp.eos_token_id, sp.sep_token_id) if i is not None), 0)
+        self.pad_id = SpecialIds.resolve(tokenizer=sp).pad
+        # the collator's start is an objective setting (the rule's explicit id); MASS's default is [M]
         self.start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else self.mask_id
 
     @property

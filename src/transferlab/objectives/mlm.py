@@ -33,8 +33,9 @@ import torch
 
 from ..config import Family
 from ..errors import ConfigError
+from ..specials import SpecialIds
 from . import masking
-from .base import Objective, SpecialIds, as_special_ids, make_config, pad_stack, ratio
+from .base import Objective, TokenizerIds, as_tokenizer_ids, make_config, pad_stack, ratio
 from .losses import sparse_ce
 from .datasets import PackedWindows
 
@@ -84,7 +85,7 @@ class MLMConfig:
 class Masker:
     """BERT-style masking of a padded batch; shared by mlm, mlm+nsp and electra."""
 
-    def __init__(self, specials: SpecialIds, cfg: MLMConfig, objective: str):
+    def __init__(self, specials: TokenizerIds, cfg: MLMConfig, objective: str):
         self.sp, self.cfg = specials, cfg
         if cfg.mask_token_frac > 0:
             specials.require(objective, "mask")
@@ -133,7 +134,7 @@ class Masker:
         return inputs, labels
 
 
-def wrap_ids(specials: SpecialIds) -> tuple[int | None, int | None]:
+def wrap_ids(specials: TokenizerIds) -> tuple[int | None, int | None]:
     """(first, last) tokens an encoder input is wrapped in: [CLS]/[SEP], else <s>/</s>."""
     first = specials.cls_token_id if specials.cls_token_id is not None else specials.bos_token_id
     last = specials.sep_token_id if specials.sep_token_id is not None else specials.eos_token_id
@@ -168,14 +169,14 @@ class MLM(Objective):
 
     def __init__(self, tokenizer: Any, config: MLMConfig | None = None, **settings: Any):
         """Args:
-            tokenizer: a Tokenizer or :class:`SpecialIds`.
+            tokenizer: a Tokenizer or :class:`TokenizerIds`.
             config: an :class:`MLMConfig`; keyword ``settings`` override its fields.
         """
-        self.sp = as_special_ids(tokenizer)
+        self.sp = as_tokenizer_ids(tokenizer)
         self.config = make_config(MLMConfig, config, settings, self.name)
         self.masker = Masker(self.sp, self.config, self.name)
         self.first, self.last = wrap_ids(self.sp)
-        self.pad_id = self.sp.pad_token_id if self.sp.pad_token_id is not None else 0
+        self.pad_id = SpecialIds.resolve(tokenizer=self.sp).pad
 
     @property
     def n_wrap(self) -> int:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..specials import SpecialIds
 from .base import make_config, ratio
 from .losses import sparse_ce
 from .mlm import MLM, Masker, MLMConfig, encoder_rows
@@ -106,17 +107,17 @@ class MultitaskMLM(MLM):
 
     def __init__(self, tokenizer: Any, config: MTLMConfig | None = None, **settings: Any):
         """Args:
-            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.SpecialIds`.
+            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.TokenizerIds`.
             config: an :class:`MTLMConfig`; keyword ``settings`` override its fields.
         """
-        from .base import as_special_ids
+        from .base import as_tokenizer_ids
         from .mlm import wrap_ids
 
-        self.sp = as_special_ids(tokenizer)
+        self.sp = as_tokenizer_ids(tokenizer)
         self.config = make_config(MTLMConfig, config, settings, self.name)
         self.masker = Masker(self.sp, self.config, self.name)
         self.first, self.last = wrap_ids(self.sp)
-        self.pad_id = self.sp.pad_token_id if self.sp.pad_token_id is not None else 0
+        self.pad_id = SpecialIds.resolve(tokenizer=self.sp).pad
         w = self.config.weights
         self.probs = w / w.sum()
         self.cum = np.cumsum(self.probs)

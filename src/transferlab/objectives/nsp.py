@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import Objective, as_special_ids, make_config, pad_stack, ratio
+from ..specials import SpecialIds
+from .base import Objective, as_tokenizer_ids, make_config, pad_stack, ratio
 from .losses import sparse_ce
 from .datasets import SentencePairs
 from .mlm import Masker, MLMConfig, wrap_ids
@@ -96,16 +97,16 @@ class MLMNSP(Objective):
 
     def __init__(self, tokenizer: Any, config: NSPConfig | None = None, **settings: Any):
         """Args:
-            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.SpecialIds`.
+            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.TokenizerIds`.
             config: an :class:`NSPConfig`; keyword ``settings`` override its fields.
         """
-        self.sp = as_special_ids(tokenizer)
+        self.sp = as_tokenizer_ids(tokenizer)
         self.config = make_config(NSPConfig, config, settings, self.name)
         self.masker = Masker(self.sp, self.config, self.name)
         self.first, self.last = wrap_ids(self.sp)
         if self.first is None or self.last is None:
             raise ConfigError("nsp needs [CLS]/[SEP] (or bos/eos) tokens to build sentence pairs")
-        self.pad_id = self.sp.pad_token_id if self.sp.pad_token_id is not None else 0
+        self.pad_id = SpecialIds.resolve(tokenizer=self.sp).pad
 
     def check_model(self, cfg: Any) -> None:
         """ConfigError unless the model is an encoder with lm+nsp heads, segments and a pooler."""

@@ -51,8 +51,9 @@ import torch
 
 from ..config import Family, Position
 from ..errors import ConfigError
+from ..specials import SpecialIds
 from . import masking
-from .base import Objective, as_special_ids, make_config, ratio
+from .base import Objective, as_tokenizer_ids, make_config, ratio
 from .losses import sparse_ce
 from .datasets import PackedWindows
 from .mlm import encoder_rows, wrap_ids
@@ -128,10 +129,10 @@ class PermutedLM(Objective):
 
     def __init__(self, tokenizer: Any, config: PLMConfig | None = None, **settings: Any):
         """Args:
-            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.SpecialIds`.
+            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.TokenizerIds`.
             config: a :class:`PLMConfig`; keyword ``settings`` override its fields.
         """
-        sp = self.sp = as_special_ids(tokenizer)
+        sp = self.sp = as_tokenizer_ids(tokenizer)
         self.config = make_config(PLMConfig, config, settings, self.name)
         # the query stream's input: [MASK] (a unigram vocabulary has none: its first sentinel)
         self.mask_id = sp.mask_token_id if sp.mask_token_id is not None else (
@@ -140,7 +141,7 @@ class PermutedLM(Objective):
             raise ConfigError("objective 'plm' needs a tokenizer with mask_token (the query stream's input); "
                               "train or load one that defines it")
         self.first, self.last = wrap_ids(sp)
-        self.pad_id = sp.pad_token_id if sp.pad_token_id is not None else 0
+        self.pad_id = SpecialIds.resolve(tokenizer=sp).pad
 
     @property
     def n_wrap(self) -> int:
@@ -194,8 +195,7 @@ class PermutedLM(Objective):
         model = self._model_of(module)
         ids, am, tgt = batch["input_ids"], batch["attention_mask"], batch["target_index"]
         T = ids.shape[1] - tgt.shape[1]
-        stack = model.backbone.encoder
-        content_pos = stack.positions(ids[:, :T], am[:, :T], 0)  # (B, T) the model's own numbering
+        content_pos = model.backbone.position_ids(ids[:, :T], am[:, :T])  # (B, T) the model's own numbering
         query_pos = torch.gather(content_pos, 1, tgt.clamp(min=0))  # (B, W) each target's position
         out = model.backbone(input_ids=ids, attention_mask=am, attn_mask=batch["attn_mask"],
                              position_ids=torch.cat([content_pos, query_pos], dim=1))

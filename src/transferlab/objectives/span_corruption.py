@@ -27,7 +27,8 @@ import torch
 
 from ..config import Family
 from ..errors import ConfigError
-from .base import Objective, as_special_ids, make_config, pad_stack
+from ..specials import SpecialIds
+from .base import Objective, as_tokenizer_ids, make_config, pad_stack
 from .datasets import PackedWindows
 from .denoise import seq2seq_loss
 
@@ -121,10 +122,10 @@ class SpanCorruption(Objective):
 
     def __init__(self, tokenizer: Any, config: SpanCorruptionConfig | None = None, **settings: Any):
         """Args:
-            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.SpecialIds`.
+            tokenizer: a Tokenizer or :class:`~transferlab.objectives.base.TokenizerIds`.
             config: a :class:`SpanCorruptionConfig`; keyword ``settings`` override its fields.
         """
-        sp = self.sp = as_special_ids(tokenizer)
+        sp = self.sp = as_tokenizer_ids(tokenizer)
         self.config = make_config(SpanCorruptionConfig, config, settings, self.name)
         if not sp.sentinel_token_ids:
             raise ConfigError(
@@ -133,9 +134,11 @@ class SpanCorruption(Objective):
             )
         sp.require(self.name, "eos")
         self.sentinels = np.asarray(sp.sentinel_token_ids, dtype=np.int64)
-        self.pad_id = sp.pad_token_id if sp.pad_token_id is not None else sp.eos_token_id
+        ids = SpecialIds.resolve(tokenizer=sp)
+        self.pad_id = ids.pad
         c = self.config.decoder_start_token_id
-        self.start = c if c is not None else self.pad_id
+        # the collator's start is an objective setting (the rule's explicit id); T5's default is pad
+        self.start = c if c is not None else ids.pad
 
     def check_model(self, cfg: Any) -> None:
         """ConfigError unless the model is an encoder-decoder with an ``lm`` head whose

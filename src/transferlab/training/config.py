@@ -11,21 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from ..config import (COUNT, FRACTION, NONNEG, NONNEG_INT, POSITIVE, UNIT, Range, StrEnum, _coerce_enums,
+from ..config import (COUNT, FRACTION, NONNEG, NONNEG_INT, POSITIVE, UNIT, DType, Range, Schedule, _coerce_enums,
                       check_fields, from_dict, to_dict)
 from ..errors import ConfigError
 
+__all__ = ["TrainConfig", "Schedule", "DType", "PRETRAIN_SCHEDULES", "PRETRAIN_DTYPES"]
 
-class Schedule(StrEnum):
-    LINEAR = "linear"  #: linear warmup, then linear decay to min_lr_ratio (BERT, RoBERTa)
-    COSINE = "cosine"  #: linear warmup, then cosine decay to min_lr_ratio (GPT-3, nanoGPT)
-    CONSTANT = "constant"  #: linear warmup, then constant
-
-
-class DType(StrEnum):
-    AUTO = "auto"  #: bf16 where the hardware has native bf16 matmuls (avx512_bf16/AMX, Ampere+), else fp32
-    BF16 = "bf16"  #: bf16 autocast for matmuls, fp32 master weights and optimizer state
-    FP32 = "fp32"  #: full precision everywhere
+#: the shared enums' members pre-training supports (slanted is fine-tuning's ULMFiT schedule;
+#: fp16 needs loss scaling, which the pre-training loop does not do)
+PRETRAIN_SCHEDULES = (Schedule.LINEAR, Schedule.COSINE, Schedule.CONSTANT)
+PRETRAIN_DTYPES = (DType.AUTO, DType.BF16, DType.FP32)
 
 
 @dataclass
@@ -114,6 +109,10 @@ class TrainConfig:
         """Check types, ranges and choices; raise :class:`ConfigError` naming the field."""
         _coerce_enums(self)
         check_fields(self, "train", self.RANGES)
+        for name, allowed in (("schedule", PRETRAIN_SCHEDULES), ("dtype", PRETRAIN_DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"train.{name}={getattr(self, name).value}: pre-training supports "
+                                  f"{', '.join(a.value for a in allowed)}")
         for name in ("batch_size", "seq_len", "grad_accum"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")

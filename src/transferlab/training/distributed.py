@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..runtime import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -45,12 +47,14 @@ def init_distributed(device: str | None = None) -> DistInfo:
     """Join the torchrun process group if there is one; pick this process's device.
 
     Args:
-        device: force ``"cpu"`` or ``"cuda"``; default CUDA when available.
+        device: ``auto`` (or None: CUDA when available), ``cpu`` or ``cuda``, as
+            :func:`~transferlab.runtime.resolve_device` spells them; a CUDA process uses GPU
+            ``LOCAL_RANK``.
 
     Returns:
         A :class:`DistInfo`; ``world_size == 1`` and no process group without torchrun.
     """
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    use_cuda = resolve_device(device).type == "cuda"  # the one device rule; other devices train on the CPU
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -36,9 +36,10 @@ import torch.nn as nn
 from ..errors import TransferlabError
 from ..objectives.base import Objective, metric_floats
 from ..objectives.example_rng import example_rng
+from ..runtime import cpu_has_native_bf16, resolve_dtype  # noqa: F401  (the one dtype choice; re-exported)
 from .checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_checkpoints, load_checkpoint,
                          restore_rng, save_checkpoint)
-from .config import DType, TrainConfig
+from .config import TrainConfig
 from .distributed import DistInfo, GlobalSampler, all_reduce, grad_sync, wrap_model
 from .optim import build_optimizer, lr_multiplier, set_lr
 from .runlog import RunLog
@@ -48,22 +49,6 @@ EVAL_SEED = 1234  # validation masks/noise come from this fixed seed, so every e
 
 class TrainingDiverged(TransferlabError):
     """The loss (or gradient norm) became NaN/inf; the weights were not updated."""
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 matmul instructions (avx512_bf16 or AMX), where bf16 is ~4x fp32."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
-
-
-from ..runtime import resolve_dtype  # noqa: E402,F401  (the one dtype choice lives in runtime.py)
 
 
 def tune_cpu_allocator() -> bool:

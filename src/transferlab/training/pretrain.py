@@ -25,8 +25,10 @@ import torch
 
 from ..config import ModelConfig, apply_overrides, get_preset, to_dict
 from ..errors import CheckpointError, ConfigError, DataError
-from ..utils import atomic_write_text
 from ..objectives.base import Objective
+from ..runtime import resolve_device
+from ..specials import SpecialIds
+from ..utils import atomic_write_text
 from .config import TrainConfig
 
 #: Settings that make pre-training faster on this kind of hardware, applied to presets before
@@ -54,7 +56,7 @@ def pretrain_model_config(preset: str | ModelConfig, overrides: list[str] | dict
         The ModelConfig (vocabulary and special ids are set later from the data's tokenizer).
     """
     cfg = get_preset(preset) if isinstance(preset, str) else dataclasses.replace(preset)
-    cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    cuda = resolve_device(device).type == "cuda"
     for k, v in (PRETRAIN_MODEL_DEFAULTS_GPU if cuda else PRETRAIN_MODEL_DEFAULTS_CPU).items():
         setattr(cfg, k, v)
     if heads:
@@ -76,21 +78,26 @@ def _finetune_settings(preset: str, overrides: list[str] | dict[str, str] | None
 def fit_config_to_tokenizer(cfg: ModelConfig, tok: Any, objective: Objective | None = None) -> ModelConfig:
     """Vocabulary size and special ids from the tokenizer (in place; returns ``cfg``).
 
-    The decoder start token of encoder-decoders is the one the objective's collator starts
-    decoding with (``objective.start``: BART eos, T5 pad); without one: eos, then bos, then pad.
+    Special ids by :meth:`~transferlab.specials.SpecialIds.resolve` from the tokenizer; the
+    decoder start token of encoder-decoders is the one the objective's collator starts decoding
+    with (``objective.start``: BART eos, T5 pad), else the rule's default.
+
+    Args:
+        cfg: the model config to fit.
+        tok: the data's tokenizer.
+        objective: the objective that will train the model (for its decoder start), or None.
+
+    Returns:
+        ``cfg``, validated.
     """
     cfg.vocab_size = int(tok.vocab_size)
-    pad = tok.pad_token_id
-    cfg.pad_token_id = int(pad) if pad is not None else int(tok.eos_token_id if tok.eos_token_id is not None else 0)
-    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
-    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-    cfg.bos_token_id = int(bos) if bos is not None else -1
-    cfg.eos_token_id = int(eos) if eos is not None else -1
-    if cfg.is_encoder_decoder:
-        start = objective.start if objective is not None else None
-        if start is None:
-            start = next(i for i in (cfg.eos_token_id, cfg.bos_token_id, cfg.pad_token_id) if i >= 0)
-        cfg.decoder_start_token_id = int(start)
+    start = objective.start if objective is not None and cfg.is_encoder_decoder else None
+    ids = SpecialIds.resolve(tokenizer=tok, decoder_start=start)
+    fields = ids.config_fields()
+    if not cfg.is_encoder_decoder:
+        fields.pop("decoder_start_token_id", None)  # decoders keep the preset's (unused) value
+    for k, v in fields.items():
+        setattr(cfg, k, v)
     return cfg.validate()
 
 
@@ -119,7 +126,8 @@ def _check_init_tokenizer(init: str, model: Any, tok: Any, data_dir: Path) -> No
 def _load_init(init: str, overrides: list[str] | dict[str, str] | None, objective: Objective) -> Any:
     """Load a saved/converted model; apply model overrides (dropout, attn_impl, ...) by rebuilding
     it from the overridden config and loading the weights; add heads the objective needs."""
-    from ..models.model import TransferModel, check_state_dict, from_pretrained
+    from ..interop.loading import from_pretrained
+    from ..models.model import TransferModel, check_state_dict
 
     src = from_pretrained(init)
     cfg = dataclasses.replace(src.config)
@@ -141,7 +149,7 @@ def _load_init(init: str, overrides: list[str] | dict[str, str] | None, objectiv
 def resolved_config(model_cfg: ModelConfig, objective: Objective, objective_name: str, train_cfg: TrainConfig,
                     data_dir: Path, shards: Any, init: str | None, world_size: int) -> dict[str, Any]:
     """Everything that decides the numbers of a run, as written to ``<out>/config.json``."""
-    from .. import __version__
+    from .._version import __version__
 
     ocfg = objective.config
     return {
