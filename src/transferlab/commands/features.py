@@ -149,7 +149,9 @@ def _common(p: argparse.ArgumentParser, max_length: int = 256, dtype: bool = Tru
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     if dtype:
-        p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+        from ..runtime import DTYPES
+
+        p.add_argument("--dtype", choices=DTYPES, default="fp32",
                        help="bf16 autocast is ~4x faster on CPUs with avx512_bf16 (default: %(default)s)")
 
 

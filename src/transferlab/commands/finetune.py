@@ -96,6 +96,8 @@ def _columns(p: argparse.ArgumentParser, label: bool = True) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..runtime import DTYPES  # the one --dtype spelling (config.DType)
+
     # ---------------------------------------------------------------- finetune
     p = subparsers.add_parser(
         "finetune",
@@ -189,7 +191,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="evaluate every N steps (0 = each epoch)")
     o.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget; the schedule is stretched over it")
     o.add_argument("--seed", type=int, default=0, help="seed for new weights, shuffling, dropout and --train-size")
-    o.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+    o.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="bf16 autocast, fp16 autocast with loss scaling (GPUs without bf16), or fp32; auto: bf16 "
                    "where the hardware has native bf16, else fp32 (default: %(default)s)")
     o.add_argument("--gradient-checkpointing", action="store_true",
@@ -239,7 +241,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--out", metavar="FILE", help="JSON file for the metrics (default: DIR/eval-<task>-<split>.json)")
     e.add_argument("--force", action="store_true", help="overwrite --out even if it is not an earlier metrics file")
     e.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
-    e.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
+    e.add_argument("--dtype", default="auto", choices=DTYPES)
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_evaluate)
@@ -264,7 +266,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", metavar="FILE", help="write predictions as JSONL")
     r.add_argument("--force", action="store_true", help="overwrite --out even if it is not an earlier predictions file")
     r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
+    r.add_argument("--dtype", default="auto", choices=DTYPES)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     r.set_defaults(func=_predict)
 

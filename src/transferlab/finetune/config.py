@@ -15,27 +15,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import (COUNT, FRACTION, NONNEG, NONNEG_INT, POSITIVE, Range, StrEnum, check_fields, from_dict,
-                      read_json, to_dict)
+from ..config import (COUNT, FRACTION, NONNEG, NONNEG_INT, POSITIVE, DType, Range, Schedule, StrEnum,  # noqa: F401
+                      check_fields, from_dict, read_json, to_dict)  # DType/Schedule: the one enums, importable here as before
 from ..errors import CheckpointError, ConfigError
 
 TASK_FILE = "task.json"
 CONFIG_FILE = "finetune_config.json"
 TASK_FORMAT_VERSION = 1
-
-
-class Schedule(StrEnum):
-    LINEAR = "linear"  #: linear warm-up, then linear decay to 0 (BERT)
-    COSINE = "cosine"  #: linear warm-up, then cosine decay to 0
-    SLANTED = "slanted"  #: ULMFiT slanted triangular: short rise, long linear fall to lr/32
-    CONSTANT = "constant"  #: linear warm-up, then constant
-
-
-class DType(StrEnum):
-    AUTO = "auto"  #: bf16 where the hardware has native bf16 matmuls (avx512_bf16/AMX, Ampere+), else fp32
-    BF16 = "bf16"  #: bf16 autocast, fp32 master weights (4.5x the fp32 matmul rate on AVX-512 bf16 CPUs)
-    FP16 = "fp16"  #: fp16 autocast with loss scaling (GradScaler), for GPUs without bf16
-    FP32 = "fp32"  #: plain fp32
 
 
 #: which part of a too-long text a classifier reads

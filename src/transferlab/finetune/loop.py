@@ -113,7 +113,9 @@ def _tokenizer_kind(mcfg: Any) -> str:
 def _load_model(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, Any]]) -> tuple[Any, Any, str]:
     """``(model, tokenizer, where_the_tokenizer_came_from)``."""
     from ..config import PRESETS, get_preset
-    from ..models.model import TransferModel, from_pretrained
+    from ..interop.loading import load_pretrained
+    from ..models.model import TransferModel
+    from ..specials import SpecialIds
     from ..tokenizer import Tokenizer
 
     name = cfg.model
@@ -131,37 +133,26 @@ def _load_model(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, A
             tok = Tokenizer.train(_tokenizer_texts(data, train), kind=kind, vocab_size=cfg.tokenizer_vocab_size,
                                   n_sentinels=0)
             tok_src = f"trained in-process ({kind}, {tok.vocab_size} tokens) on the {len(train)} training examples"
-        ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+        # the one special-id rule (specials.py); the preset's own ids belong to no tokenizer
         over: dict[str, Any] = {"vocab_size": tok.vocab_size, "heads": {}}
-        over.update({k: (v if v is not None else (0 if k == "pad_token_id" else -1)) for k, v in ids.items()})
-        if base.is_encoder_decoder:
-            start = tok.pad_token_id if tok.kind == "unigram" else tok.eos_token_id  # T5: pad, BART: eos
-            over["decoder_start_token_id"] = start if start is not None else over["pad_token_id"]
+        ids = SpecialIds.resolve(tokenizer=tok).config_fields()
+        if not base.is_encoder_decoder:
+            ids.pop("decoder_start_token_id", None)
+        over.update(ids)
         return TransferModel(get_preset(name, **over)), tok, tok_src
 
-    path: Any = name
-    if name.startswith("builtin:"):
-        from ..hub import resolve_builtin
-
-        path = resolve_builtin(name)
-    elif not Path(name).exists():
+    if not name.startswith("builtin:") and not Path(name).exists():
         raise ConfigError(
             f"--model {name!r} is neither a model folder nor a preset; presets: {', '.join(PRESETS)}; "
             "or builtin:minilm"
         )
-    model = from_pretrained(path)
-    tok_src = cfg.tokenizer or name
-    tok = Tokenizer.from_pretrained(tok_src)
+    # the one loader (interop/loading.py) checks the tokenizer against the model it was built with
+    model, tok = load_pretrained(name, tokenizer=cfg.tokenizer or None, device="cpu")
     if cfg.from_scratch:  # same architecture, fresh weights: the honest no-pre-training control
         mcfg = copy.deepcopy(model.config)
         mcfg.heads = {}
         model = TransferModel(mcfg)
-    from ..checks import check_tokenizer, check_same_tokenizer
-
-    check_tokenizer(model.config, tok, f"tokenizer {tok_src}")
-    if cfg.tokenizer and str(cfg.tokenizer) != str(name):
-        check_same_tokenizer(path, tok, f"--tokenizer {cfg.tokenizer}")
-    return model, tok, str(tok_src)
+    return model, tok, str(cfg.tokenizer or name)
 
 
 def _make_spec(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, Any]], mcfg: Any) -> TaskSpec:
