@@ -90,7 +90,8 @@ class FinetuneConfig:
     block below one more factor, the embeddings lr * decay**(L + 1). 1.0 = one learning rate."""
     gradual_unfreeze: float = 0.0
     """ULMFiT gradual unfreezing: over this fraction of the run, unfreeze layer groups from the
-    top (head, last block, ..., embeddings) one at a time; 0 = train everything from the start."""
+    top (head, last block, ..., embeddings) one at a time; 0 = train everything from the start
+    (``--gradual-unfreeze`` alone: 0.5)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0 = off)."""
     max_length: int | None = None
