@@ -271,14 +271,31 @@ def _finetune(args: argparse.Namespace) -> int:
         cleanup_distributed()
     if info is not None and not info.is_main:
         return 0
-    print(f"trained {res.steps} steps on {res.n_train} examples in {res.train_seconds:.1f}s "
-          f"({res.train_tokens / max(res.train_seconds, 1e-9):,.0f} tokens/s); best epoch {res.best_epoch}; "
-          f"stopped: {res.stopped}")
+    print(_summary(res, cfg))
     for split, m in (("validation", res.validation), ("test", res.test)):
         for k, v in m.items():
             print(f"{split} {k}: {v:.4f}")
     print(f"saved to {res.out_dir}")
     return 0
+
+
+def _summary(res: Any, cfg: Any) -> str:
+    """The one end-of-run line, in pre-training's words (:func:`~transferlab.training.runlog.summary_line`).
+
+    Args:
+        res: the run's :class:`~transferlab.finetune.config.FinetuneResult`.
+        cfg: its :class:`~transferlab.finetune.config.FinetuneConfig`.
+
+    Returns:
+        One line: steps, tokens, time, throughput, dtype, why it stopped, then the examples and best epoch.
+    """
+    from ..runtime import resolve_device, resolve_dtype
+    from ..training.runlog import summary_line
+
+    line = summary_line({"steps": res.steps, "tokens": res.train_tokens, "train_seconds": res.train_seconds,
+                         "tokens_per_s": res.train_tokens / max(res.train_seconds, 1e-9),
+                         "dtype": resolve_dtype(cfg.dtype, resolve_device(cfg.device)), "stopped_by": res.stopped})
+    return f"{line}; {res.n_train} training examples, best epoch {res.best_epoch}"
 
 
 def section_overrides(items: list[str], section: str, example: str, list_fields: tuple[str, ...] = ()) -> dict[str, str]:

@@ -57,6 +57,14 @@ CHECKPOINTS = "checkpoints"  #: resumable checkpoints of an unfinished run, unde
 
 
 # ------------------------------------------------------------------------------ helpers
+def _status(message: str) -> None:
+    """A log line above the progress bar (``tqdm.write``, as :class:`~transferlab.training.runlog.RunLog`
+    prints pre-training's), never glued onto it."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message)
+
+
 def _set_dropout(model: torch.nn.Module, dropout: float | None, attention: float | None) -> None:
     """Override the backbone's dropout rates in place (and in its config, so they are saved)."""
     from ..models.backbone import backbone_of
@@ -265,7 +273,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
                           "parameters when they wrap the model); run it in one process")
     out_dir = _check_out_dir(cfg)
     quiet = cfg.quiet or not info.is_main  # one process logs
-    log = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
+    log = (lambda *_: None) if quiet else _status  # above the progress bar, never glued onto it
 
     data = load_task_data(cfg)
     train = subsample(data.train, cfg.train_size, cfg.seed, data.task_type)
@@ -344,7 +352,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
     if last is not None:
         batches = _resume(last, cfg, fingerprint, model, optimizer, info, rng, run, best, history, lengths, G, scaler)
         if info.is_main:  # printed even when quiet, as pre-training does: the run did not start over
-            print(f"resumed from {last} (step {run['step']}, epoch {run['epoch']})", flush=True)
+            _status(f"resumed from {last} (step {run['step']}, epoch {run['epoch']})")
         if total_steps <= run["step"]:
             stopped = run.get("stopped", stopped)
     t0 = time.perf_counter() - run["elapsed"]
@@ -387,6 +395,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
         row.update({f"validation_{k}": v for k, v in metrics.items()})
         history.append(row)
         score = metrics[metric]
+        run["last_val"] = score  # the bar shows it while the run goes on, as pre-training shows its val loss
         improved = best["score"] is None or (score > best["score"] if better else score < best["score"])
         log(f"epoch {epoch} step {run['step']}: train loss {row['train_loss']:.4f} | validation "
             + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + (" (best)" if improved else ""))
@@ -430,7 +439,10 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
             run["loss_sum"] += loss
             run["loss_n"] += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{run['loss_sum'] / run['loss_n']:.4f}", refresh=False)
+            shown = {"loss": f"{run['loss_sum'] / run['loss_n']:.4f}"}
+            if run.get("last_val") is not None:
+                shown[f"val_{metric}"] = f"{run['last_val']:.4f}"
+            bar.set_postfix(shown, refresh=False)
             evaluated = False
             if budget is not None and _agree(elapsed(), info) >= budget:
                 stopped, done = "time", True
