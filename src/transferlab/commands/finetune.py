@@ -6,7 +6,10 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..finetune import FinetuneConfig
 
 _EPILOG = """\
 configuration (the same grammar as `transferlab pretrain`):
@@ -241,7 +244,7 @@ def _finetune(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..cost import cost_config_from_args
-    from ..finetune import FinetuneConfig, finetune
+    from ..finetune import finetune
 
     cost = {k: v for k, v in dataclasses.asdict(cost_config_from_args(args)).items() if v is not None}
     if not getattr(args, "no_energy", False):

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import (COUNT, FRACTION, NONNEG, NONNEG_INT, POSITIVE, DType, Range, Schedule, StrEnum,  # noqa: F401
-                      check_fields, from_dict, read_json, to_dict)  # DType/Schedule: the one enums, importable here as before
+# DType / Schedule: the one enums (config.py), still importable from here
+from ..config import (COUNT, FRACTION, NONNEG, NONNEG_INT, POSITIVE, DType, Range, Schedule, check_fields, from_dict,
+                      read_json, to_dict)
 from ..errors import CheckpointError, ConfigError
 
 TASK_FILE = "task.json"
