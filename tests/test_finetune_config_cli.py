@@ -108,7 +108,8 @@ def test_help_shows_defaults_and_the_grammar(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    assert "--lr LR peak learning rate (default: 5e-05)" in text
+    # the help is the field's docstring (FinetuneConfig.lr) followed by its default
+    assert "--lr LR Peak learning rate (of the top layer when layer_lr_decay < 1). (default: 5e-05)" in text
     assert "(default: head)" in text and "(default: auto)" in text and "default: None" not in text
     assert "finetune.KEY=VALUE" in text and "--config FILE" in text
     assert "built-in defaults < --config file < flags given on the command line < finetune.KEY=VALUE" in text
@@ -118,6 +119,34 @@ def test_help_shows_defaults_and_the_grammar(capsys):
     for dest, shown in ftcmd.FLAG_DEFAULTS.items():
         want = getattr(base, ftcmd._field_of(dest))
         assert (shown.split(",") if dest == "lora_targets" else shown) == want, dest
+
+
+def test_help_lists_every_finetune_config_field(capsys):
+    """The flags are generated from FinetuneConfig: every field has one (``cost``: the cost flags)."""
+    from transferlab.commands.finetune import _flag_options
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = capsys.readouterr().out
+    spelled = {k: o["flag"] for k, o in _flag_options().items() if "flag" in o}
+    for f in fields(FinetuneConfig):
+        if f.name == "cost":
+            assert "--price-per-hour" in text and "`cost` mapping" in text
+            continue
+        flag = spelled.get(f.name, "--" + f.name.replace("_", "-"))
+        assert flag in text, f.name
+    assert set(ftcmd.FIELD_DESTS) == {f.name for f in fields(FinetuneConfig)} - {"cost"}
+
+
+def test_old_flag_spellings_set_their_fields(tmp_path):
+    cfg = _resolve(["--model", "m", "--train", "t.jsonl", "--validation", "v.jsonl", "--test", "x.jsonl",
+                    "--out", str(tmp_path / "o"), "--no-test", "--gradual-unfreeze", "--lora-targets", "qkv,out",
+                    "--schedule", "slanted", "--dtype", "fp16"])
+    assert (cfg.train_file, cfg.validation_file, cfg.test_file) == ("t.jsonl", "v.jsonl", "x.jsonl")
+    assert cfg.eval_on_test is False and cfg.gradual_unfreeze == 0.5 and cfg.lora_targets == ["qkv", "out"]
+    assert cfg.schedule == "slanted" and cfg.dtype == "fp16"
+    with pytest.raises(SystemExit):  # --task and --train still exclude each other
+        build_parser().parse_args(["finetune", "--task", "imdb", "--train", "t.jsonl"])
 
 
 # ------------------------------------------------------------------------------ one real run

@@ -177,15 +177,21 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, only: tuple[str, ...] | None = None,
-                         config: bool = True, overrides: bool = True, metavars: dict[str, str] | None = None) -> None:
+                         config: bool = True, overrides: bool = True, metavars: dict[str, str] | None = None,
+                         options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Add one flag per field of the dataclass ``cls``, ``--config FILE`` and ``key=value`` overrides.
 
     A field ``max_new_tokens: int = 50`` becomes ``--max-new-tokens N`` (help: its docstring and
-    ``(default: 50)``). Field ``metadata`` may set ``flag`` (another spelling), ``metavar``,
-    ``choices`` and ``help`` (instead of the docstring). Enum fields take their values as choices,
-    ``bool`` fields are switches (``--x``; ``--no-x`` too unless the default is false), ``list[...]``
-    fields repeat (``--stop A --stop B``). Every flag defaults to None, so
-    :func:`config_from_args` can tell a flag given from one left out.
+    ``(default: 50)``). Field ``metadata`` (or ``options[field]``, which wins) may set ``flag``
+    (another spelling, or a tuple of spellings: the first is the main one), ``metavar``,
+    ``choices``, ``type`` (a parser for the value), ``help`` (instead of the docstring), ``group``
+    (the title of the argument group the flag is listed under), ``exclusive`` (flags with the same
+    key exclude each other), ``nargs`` + ``const`` (``--x`` alone means ``const``), ``comma``
+    (a ``list[str]`` field taken as one comma-separated value) and ``cli: False`` (no flag).
+    Enum fields take their values as choices, ``bool`` fields are switches (``--x``; ``--no-x``
+    too unless the default is false; with ``const`` a flag that stores that value, e.g.
+    ``--no-test`` for ``eval_on_test``), ``list[...]`` fields repeat (``--stop A --stop B``).
+    Every flag defaults to None, so :func:`config_from_args` can tell a flag given from one left out.
 
     Args:
         parser: the subcommand's parser.
@@ -195,6 +201,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, only: tu
         config: also take ``--config FILE``.
         overrides: also take positional ``key=value`` overrides.
         metavars: field -> metavar, for classes whose fields carry no ``metadata``.
+        options: field -> the ``metadata`` keys above, for classes that keep the command line
+            out of their own definition.
+
+    Returns:
+        Field -> the default its help shows, for every field given a flag (None when it shows none).
     """
     import dataclasses
     import types
@@ -207,8 +218,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, only: tu
         parser.add_argument("--config", metavar="FILE", dest="config_file",
                             help="YAML/JSON mapping of the settings below (flags and key=value win)")
     by_name = {f.name: f for f in dataclasses.fields(cls)}
+    groups: dict[str, Any] = {}
+    exclusive: dict[str, Any] = {}
+    shown_defaults: dict[str, Any] = {}
     for f in [by_name[n] for n in only] if only is not None else list(by_name.values()):
-        meta = {"metavar": (metavars or {}).get(f.name), **dict(f.metadata)}
+        meta = {"metavar": (metavars or {}).get(f.name), **dict(f.metadata), **(options or {}).get(f.name, {})}
         if meta.get("cli") is False:
             continue
         tp = hints[f.name]
@@ -217,28 +231,48 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, only: tu
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         shown = default.value if isinstance(default, Enum) else default
-        text = meta.get("help") or docs.get(f.name, "")
+        if meta.get("comma") and isinstance(shown, list):
+            shown = ",".join(map(str, shown))
+        text = (meta.get("help") or docs.get(f.name, "")).replace("``", "")  # rst literals read as plain text
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             text += " (required)"
-        elif not (shown is None or shown is False or shown == []):  # a switch off / nothing: no default to show
+        elif not (shown is None or shown is False or shown == [] or shown == "" or "const" in meta and tp is bool):
             text += f" (default: {shown})"
-        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        else:  # a switch off, nothing, or a flag that stores one value: no default to show
+            shown = None
+        flags = meta.get("flag") or "--" + f.name.replace("_", "-")
+        flags = (flags,) if isinstance(flags, str) else tuple(flags)
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": text.replace("%", "%%")}
-        if tp is bool:
+        if tp is bool and "const" in meta:
+            kw.update(action="store_const", const=meta["const"])
+        elif tp is bool:
             # a switch that is on (or undecided: None) by default can also be turned off: --no-x
             kw["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
-        elif typing.get_origin(tp) is list:
+        elif typing.get_origin(tp) is list and not meta.get("comma"):
             kw.update(action="append", type=typing.get_args(tp)[0], metavar=meta.get("metavar"))
         else:
             if isinstance(tp, type) and issubclass(tp, Enum):
                 kw["choices"] = tuple(m.value for m in tp)
             elif "choices" in meta:
                 kw["choices"] = tuple(meta["choices"])
-            kw.update(type=tp if tp in (int, float) else str, metavar=meta.get("metavar"))
-        parser.add_argument(flag, **kw)
+            kw.update(type=meta.get("type") or (tp if tp in (int, float) else str), metavar=meta.get("metavar"))
+            if "nargs" in meta:
+                kw.update(nargs=meta["nargs"], const=meta.get("const"))
+        target: Any = parser
+        if meta.get("group"):
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(meta["group"])
+            target = groups[meta["group"]]
+        if meta.get("exclusive"):
+            if meta["exclusive"] not in exclusive:
+                exclusive[meta["exclusive"]] = target.add_mutually_exclusive_group()
+            target = exclusive[meta["exclusive"]]
+        target.add_argument(*flags, **kw)
+        shown_defaults[f.name] = shown
     if overrides:
         parser.add_argument("overrides", nargs="*", metavar="key=value",
                             help="overrides of the settings above after the flags, e.g. max_new_tokens=20")
+    return shown_defaults
 
 
 def config_from_args(args: argparse.Namespace, cls: type, section: str) -> Any:

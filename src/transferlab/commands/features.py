@@ -20,6 +20,9 @@ def _layer(s: str) -> str:
 #: dests of the extraction flags that set a FeaturesConfig field, and their defaults (shown in --help)
 FIELD_DESTS: list[str] = []
 FLAG_DEFAULTS: dict[str, object] = {}
+#: the FeaturesConfig fields the extraction takes as flags, in --help order (the tools have their own)
+_EXTRACT_FIELDS = ("model", "input", "task", "split", "text_column", "layer", "pooling", "mix_weights", "normalize",
+                   "output", "limit", "max_length", "batch_size", "device", "dtype")
 
 
 def _config_class() -> type:
@@ -79,31 +82,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="FILE",
                    help="YAML/JSON with a `features:` section of FeaturesConfig fields (flags and features.KEY=VALUE win)")
-    p.add_argument("--model", metavar="DIR", help="pre-trained model folder (with its tokenizer) or builtin:minilm")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--input", metavar="FILE", help="texts: a .txt file (one per line), .jsonl or .csv (see --text-column)")
-    src.add_argument("--task", metavar="NAME", help="a built-in task whose --split texts to encode (e.g. imdb)")
-    p.add_argument("--split", default="train", choices=("train", "validation", "test"), help="task split (default: %(default)s)")
-    p.add_argument("--text-column", default="text", help="JSONL field / CSV column of the text (default: %(default)s)")
-    p.add_argument("--layer", type=_layer, default="-1",
-                   help="hidden state: 0 = embeddings, 1..L = blocks, negatives from the end; 'mix' = scalar mix "
-                   "of all layers (uniform, or --mix-weights); 'all' = every layer stacked (default: %(default)s)")
-    p.add_argument("--pooling", choices=("cls", "mean", "last", "none"), default="mean",
-                   help="cls: first token; mean: over real tokens; last: last real token; none: per-token vectors, "
-                   "zero-padded, with an attention mask (default: %(default)s)")
-    p.add_argument("--mix-weights", metavar="JSON", help="a scalar mix saved by `features probe --save-mix`")
-    p.add_argument("--normalize", action="store_true",
-                   help="L2-normalise each pooled vector (unit length, as sentence-transformers' Normalize: "
-                   "dot products are then cosine similarities); needs a pooling other than none")
-    p.add_argument("--output", metavar="FILE", help="where to write: NAME.npy or NAME.safetensors")
+    from ..cli import add_config_arguments
+    from ..finetune.features import POOLINGS
+    from ..runtime import DTYPES
+
+    # the extraction's flags are FeaturesConfig fields: help and defaults from the dataclass
+    shown = add_config_arguments(p, _config_class(), only=_EXTRACT_FIELDS, config=False, overrides=False, options={
+        "model": {"metavar": "DIR"}, "input": {"metavar": "FILE", "exclusive": "source"},
+        "task": {"metavar": "NAME", "exclusive": "source"}, "split": {"choices": ("train", "validation", "test")},
+        "layer": {"type": _layer}, "pooling": {"choices": POOLINGS}, "mix_weights": {"metavar": "JSON"},
+        "output": {"metavar": "FILE"}, "limit": {"metavar": "N"}, "max_length": {"metavar": "N"},
+        "batch_size": {"metavar": "N"}, "dtype": {"choices": DTYPES}})
     p.add_argument("--force", action="store_true",
                    help="overwrite --output (and its NAME.json/.mask.npy/.ids.npy sidecars) even if they are not "
                    "earlier features")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="encode only the first N texts")
-    _common(p)
-    from .finetune import defaults_to_help
-
-    defaults_to_help(p, _config_class(), {}, FIELD_DESTS, FLAG_DEFAULTS)
+    FIELD_DESTS[:] = list(shown)  # build_parser may run more than once in a process
+    FLAG_DEFAULTS.clear()
+    FLAG_DEFAULTS.update({k: v for k, v in shown.items() if v is not None})
     p.set_defaults(func=_extract, overrides=[])
 
     sub = p.add_subparsers(dest="features_command", metavar="TOOL", action=_ToolOrOverrides)
@@ -149,7 +144,9 @@ def _common(p: argparse.ArgumentParser, max_length: int = 256, dtype: bool = Tru
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     if dtype:
-        p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+        from ..runtime import DTYPES
+
+        p.add_argument("--dtype", choices=DTYPES, default="fp32",
                        help="bf16 autocast is ~4x faster on CPUs with avx512_bf16 (default: %(default)s)")
 
 

@@ -6,7 +6,10 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..finetune import FinetuneConfig
 
 _EPILOG = """\
 configuration (the same grammar as `transferlab pretrain`):
@@ -15,18 +18,86 @@ configuration (the same grammar as `transferlab pretrain`):
   finetune.KEY=VALUE   dotted overrides of any FinetuneConfig field, after the flags, e.g.
                          finetune.lr=1e-4 finetune.grad_accum=4 finetune.lora_r=8 finetune.lora_targets=qkv,out
   precedence: built-in defaults < --config file < flags given on the command line < finetune.KEY=VALUE
+  the flags above are FinetuneConfig's fields; its `cost` mapping (CostConfig fields) is set by the
+  cost accounting flags or a `cost:` mapping in the file's `finetune:` section
 
 examples:
   transferlab finetune --model builtin:minilm --task rotten-tomatoes --out runs/ft --epochs 2
   transferlab finetune --config ft.yaml --out runs/ft finetune.lr=1e-4 finetune.seed=1
 """
 
-#: flag dest -> FinetuneConfig field, where the names differ (every other field flag has the field's name)
-_FLAG_FIELDS = {"train": "train_file", "validation": "validation_file", "test": "test_file", "out": "out_dir"}
-#: the defaults the finetune flags show in --help (they are FinetuneConfig's; a test checks they agree)
+#: the defaults the finetune flags show in --help (FinetuneConfig's; a test checks they agree)
 FLAG_DEFAULTS: dict[str, object] = {}
-#: dests of the flags that set a FinetuneConfig field
+#: dests of the flags that set a FinetuneConfig field (each flag's dest is its field's name)
 FIELD_DESTS: list[str] = []
+
+_DATA = "model and data"
+_OPT = "optimisation (ULMFiT-style options included)"
+_LORA = "LoRA (low-rank adapters; the output holds the merged model and the adapter)"
+_CKPT = "checkpoints and resume"
+_COLS = "columns of user files (defaults per task type)"
+
+
+def _flag_options() -> dict[str, dict[str, Any]]:
+    """FinetuneConfig field -> how its flag is spelled and grouped (help and defaults: the field's own).
+
+    Returns:
+        The ``options`` of :func:`transferlab.cli.add_config_arguments`.
+    """
+    from ..finetune.config import TRUNCATIONS
+    from ..finetune.task_types import task_type_names
+
+    return {
+        "model": {"metavar": "DIR|builtin:minilm|PRESET"},
+        "task": {"metavar": "NAME", "exclusive": "source"},
+        "train_file": {"flag": "--train", "metavar": "FILE", "exclusive": "source"},
+        "validation_file": {"flag": "--validation", "metavar": "FILE"},
+        "test_file": {"flag": "--test", "metavar": "FILE"},
+        "text_column": {"metavar": "C", "group": _COLS},
+        "pair_column": {"metavar": "C", "group": _COLS},
+        "label_column": {"metavar": "C", "group": _COLS},
+        "task_type": {"choices": task_type_names()},
+        "tokenizer": {"metavar": "DIR", "group": _DATA},
+        "tokenizer_vocab_size": {"metavar": "N", "group": _DATA},
+        "from_scratch": {"group": _DATA},
+        "train_size": {"metavar": "N", "group": _DATA},
+        "validation_size": {"metavar": "N", "group": _DATA},
+        "test_size": {"metavar": "N", "group": _DATA},
+        "max_length": {"metavar": "N", "group": _DATA},
+        "max_target_length": {"metavar": "N", "group": _DATA},
+        "doc_stride": {"metavar": "N", "group": _DATA},
+        "max_answer_length": {"metavar": "N", "group": _DATA},
+        "pooling": {"choices": ("auto", "cls", "mean", "last"), "group": _DATA},
+        "truncation": {"choices": TRUNCATIONS, "group": _DATA},
+        "head_dropout": {"metavar": "P", "group": _DATA},
+        "dropout": {"metavar": "P", "group": _DATA},
+        "attention_dropout": {"metavar": "P", "group": _DATA},
+        "prompt_suffix": {"metavar": "TEXT", "group": _DATA},
+        "num_beams": {"metavar": "B", "group": _DATA},
+        "bio_decoding": {"choices": ("viterbi", "argmax"), "group": _DATA},
+        **{k: {"group": _OPT} for k in ("epochs", "batch_size", "eval_batch_size", "lr", "weight_decay", "warmup",
+                                        "schedule", "max_grad_norm", "seed", "dtype", "gradient_checkpointing",
+                                        "fsdp", "device", "quiet")},
+        "grad_accum": {"metavar": "N", "group": _OPT},
+        "layer_lr_decay": {"metavar": "D", "group": _OPT},
+        "gradual_unfreeze": {"metavar": "FRAC", "nargs": "?", "const": 0.5, "group": _OPT},
+        "patience": {"metavar": "N", "group": _OPT},
+        "eval_every": {"metavar": "STEPS", "group": _OPT},
+        "max_minutes": {"metavar": "M", "group": _OPT},
+        "attn_impl": {"choices": ("sdpa", "math"), "group": _OPT},
+        "eval_on_test": {"flag": "--no-test", "const": False, "group": _OPT,
+                         "help": "Do not score the test split (eval_on_test: false)."},
+        "lora_r": {"metavar": "R", "group": _LORA},
+        "lora_alpha": {"metavar": "A", "group": _LORA},
+        "lora_dropout": {"metavar": "P", "group": _LORA},
+        "lora_targets": {"metavar": "NAMES", "comma": True, "group": _LORA},
+        "save_every": {"metavar": "STEPS", "group": _CKPT},
+        "keep_last": {"metavar": "K", "group": _CKPT},
+        "keep_checkpoints": {"group": _CKPT},
+        "resume": {"group": _CKPT},
+        "out_dir": {"flag": "--out", "metavar": "DIR"},
+        "cost": {"cli": False},  # a mapping: its flags are the cost group's (add_cost_arguments)
+    }
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -44,7 +115,8 @@ class _HelpWithEpilog(_Help, argparse.RawDescriptionHelpFormatter):
 
 
 def _field_of(dest: str) -> str:
-    return _FLAG_FIELDS.get(dest, dest)
+    """The FinetuneConfig field a flag's dest sets (the same name since the flags come from the fields)."""
+    return dest
 
 
 def defaults_to_help(p: argparse.ArgumentParser, config_cls: type, flag_fields: dict[str, str],
@@ -78,12 +150,6 @@ def defaults_to_help(p: argparse.ArgumentParser, config_cls: type, flag_fields: 
         action.default = None
 
 
-def _defaults_to_help(p: argparse.ArgumentParser) -> None:
-    from ..finetune import FinetuneConfig
-
-    defaults_to_help(p, FinetuneConfig, _FLAG_FIELDS, FIELD_DESTS, FLAG_DEFAULTS)
-
-
 def _columns(p: argparse.ArgumentParser, label: bool = True) -> None:
     g = p.add_argument_group("columns of user files (defaults per task type)")
     g.add_argument("--text-column", metavar="C",
@@ -96,6 +162,8 @@ def _columns(p: argparse.ArgumentParser, label: bool = True) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..runtime import DTYPES  # the one --dtype spelling (config.DType)
+
     # ---------------------------------------------------------------- finetune
     p = subparsers.add_parser(
         "finetune",
@@ -110,116 +178,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="FILE",
                    help="YAML/JSON with a `finetune:` section of FinetuneConfig fields (flags and finetune.KEY=VALUE win)")
-    p.add_argument("--model", metavar="DIR|builtin:minilm|PRESET",
-                   help="pre-trained model folder (ours or a converted transformers folder), builtin:minilm, "
-                        "or a preset name (bert-mini, gpt-mini, bart-mini, t5-mini, ...) with --from-scratch")
-    src = p.add_mutually_exclusive_group()  # or task/train_file from --config
-    src.add_argument("--task", metavar="NAME",
-                     help="built-in task: imdb, rotten-tomatoes, bbc-topic, twitter-ner, bbc-headlines, or a "
-                          "derived one: bbc-pairs, bbc-qa")
-    src.add_argument("--train", metavar="FILE", help="training file: .csv/.tsv/.jsonl, or CoNLL token<TAB>tag for tagging")
-    p.add_argument("--validation", metavar="FILE", help="validation file (default: 10%% of --train held out)")
-    p.add_argument("--test", metavar="FILE", help="test file, scored once with the best checkpoint")
-    _columns(p)
-    from ..finetune.task_types import task_type_names
+    from ..cli import add_config_arguments
+    from ..finetune import FinetuneConfig
 
-    p.add_argument("--task-type", choices=task_type_names(),
-                   help="task type (default: inferred: string labels -> classification, floats -> regression, "
-                        "tokens/tags -> tagging, context/question/answer -> qa, source/target -> seq2seq)")
-    p.add_argument("--out", metavar="DIR",
-                   help="output folder for the best checkpoint (replaced whole; an existing one must be an "
-                        "earlier fine-tune with nothing else in it)")
-    p.add_argument("--force", action="store_true",
-                   help="replace --out even if it holds something else (evaluation files, notes, another model)")
-    g = p.add_argument_group("model and data")
-    g.add_argument("--from-scratch", action="store_true",
-                   help="re-initialise all weights (the no-pre-training control, same architecture)")
-    g.add_argument("--tokenizer", metavar="DIR",
-                   help="tokenizer folder; default: the model folder's; with a preset: trained in-process on the "
-                        "task's training text")
-    g.add_argument("--tokenizer-vocab-size", type=int, default=8000, metavar="N",
-                   help="vocabulary of a tokenizer trained in-process")
-    g.add_argument("--train-size", type=int, metavar="N",
-                   help="keep N training examples (stratified by label, deterministic by --seed)")
-    g.add_argument("--validation-size", type=int, metavar="N", help="score early stopping on at most N validation examples")
-    g.add_argument("--test-size", type=int, metavar="N",
-                   help="report test metrics on at most N test examples (a fixed subset, the same for every seed)")
-    g.add_argument("--max-length", type=int, metavar="N",
-                   help="input length limit in tokens (default per task: 256 imdb/bbc, 128 tweets/pairs)")
-    g.add_argument("--max-target-length", type=int, metavar="N", help="seq2seq target/generation limit (default 32 headlines, else 64)")
-    g.add_argument("--doc-stride", type=int, default=128, metavar="N", help="qa: overlap of context windows in tokens")
-    g.add_argument("--max-answer-length", type=int, default=30, metavar="N", help="qa: longest answer in tokens")
-    g.add_argument("--pooling", default="auto", choices=("auto", "cls", "mean", "last"),
-                   help="classification pooling (auto: cls for encoders, last token otherwise)")
-    g.add_argument("--truncation", default="head", choices=("head", "tail", "head+tail"),
-                   help="classification: which tokens of a text longer than --max-length to read: the first, the "
-                        "last, or head+tail (first quarter of the budget + the rest from the end; best on long "
-                        "reviews, Sun et al. 2019) (default: %(default)s)")
-    g.add_argument("--head-dropout", type=float, metavar="P", help="dropout before the classifier (default: the model's)")
-    g.add_argument("--dropout", type=float, metavar="P", help="backbone hidden dropout (default: the model's)")
-    g.add_argument("--attention-dropout", type=float, metavar="P",
-                   help="dropout on attention probabilities (default: the model's); 0 makes CPU steps ~1.85x "
-                        "faster (SDPA's fused kernel instead of a random mask per attention matrix)")
-    g.add_argument("--prompt-suffix", default="\nTL;DR:", metavar="TEXT",
-                   help="seq2seq on a decoder: text between the source and the completion")
-    g.add_argument("--num-beams", type=int, default=1, metavar="B", help="seq2seq: beam width for evaluation")
-    g.add_argument("--bio-decoding", default="viterbi", choices=("viterbi", "argmax"),
-                   help="tagging: best valid BIO path, or the best tag per word")
-    o = p.add_argument_group("optimisation (ULMFiT-style options included)")
-    o.add_argument("--epochs", type=float, default=3.0, help="passes over the training set")
-    o.add_argument("--batch-size", type=int, default=16,
-                   help="examples per micro-batch and process (a step sees batch-size x grad-accum x processes)")
-    o.add_argument("--grad-accum", type=int, default=1, metavar="N",
-                   help="micro-batches per optimiser step; the loss is normalised over the whole accumulated "
-                        "batch, so 4 x 8 is the same step as 32 (exact up to float rounding; dropout masks are "
-                        "drawn per micro-batch)")
-    o.add_argument("--eval-batch-size", type=int, default=32, help="batch size for evaluation")
-    o.add_argument("--lr", type=float, default=5e-5, help="peak learning rate")
-    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices")
-    o.add_argument("--warmup", type=float, default=0.1, help="fraction of the run spent warming up")
-    o.add_argument("--schedule", default="linear", choices=("linear", "cosine", "slanted", "constant"),
-                   help="learning-rate schedule; slanted = ULMFiT slanted triangular")
-    o.add_argument("--layer-lr-decay", type=float, default=1.0, metavar="D",
-                   help="discriminative learning rates: each block below the top gets D times the one above")
-    o.add_argument("--gradual-unfreeze", type=float, nargs="?", const=0.5, default=0.0, metavar="FRAC",
-                   help="unfreeze layer groups from the top, one at a time, over this fraction of the run "
-                        "(flag alone: 0.5)")
-    o.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
-    o.add_argument("--patience", type=int, metavar="N", help="stop after N evaluations without improvement")
-    o.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="evaluate every N steps (0 = each epoch)")
-    o.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget; the schedule is stretched over it")
-    o.add_argument("--seed", type=int, default=0, help="seed for new weights, shuffling, dropout and --train-size")
-    o.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
-                   help="bf16 autocast, fp16 autocast with loss scaling (GPUs without bf16), or fp32; auto: bf16 "
-                   "where the hardware has native bf16, else fp32 (default: %(default)s)")
-    o.add_argument("--gradient-checkpointing", action="store_true",
-                   help="activation checkpointing: recompute each block in backward (less memory, ~1 more "
-                        "forward per step)")
-    lo = p.add_argument_group("LoRA (low-rank adapters; the output holds the merged model and the adapter)")
-    lo.add_argument("--lora-r", type=int, metavar="R", help="train rank-R adapters instead of every weight (e.g. 8)")
-    lo.add_argument("--lora-alpha", type=float, default=16.0, metavar="A", help="adapter scale numerator (x A / R)")
-    lo.add_argument("--lora-dropout", type=float, default=0.0, metavar="P", help="dropout on the adapters' input")
-    lo.add_argument("--lora-targets", default="qkv,q,kv,out,fc1,fc2", metavar="NAMES",
-                    help="comma-separated block linears to adapt")
-    o.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model (FSDP2) instead of DDP")
-    c = p.add_argument_group("checkpoints and resume")
-    c.add_argument("--save-every", type=int, default=0, metavar="STEPS",
-                   help="checkpoint every N steps as well as after each evaluation (0 = only then)")
-    c.add_argument("--keep-last", type=int, default=2, metavar="K", help="checkpoints kept under OUT/checkpoints")
-    c.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep OUT/checkpoints in the finished folder (default: dropped at the end)")
-    c.add_argument("--resume", action="store_true",
-                   help="continue a killed run from the latest checkpoint in OUT/checkpoints (same command)")
-    o.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    o.add_argument("--attn-impl", choices=("sdpa", "math"), help="attention kernel override (math is faster for short bf16 CPU sequences)")
-    o.add_argument("--no-test", action="store_true", help="do not score the test split")
-    o.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    # one flag per FinetuneConfig field: help and defaults come from the dataclass (its field docs)
+    shown = add_config_arguments(p, FinetuneConfig, config=False, overrides=False, options=_flag_options())
+    FIELD_DESTS[:] = list(shown)  # build_parser may run more than once in a process
+    FLAG_DEFAULTS.clear()
+    FLAG_DEFAULTS.update({k: v for k, v in shown.items() if v is not None})
     from ..cost import add_cost_arguments
 
-    add_cost_arguments(p)
+    add_cost_arguments(p)  # the `cost` field's settings (finetune.cost.KEY=VALUE in a file)
     p.add_argument("overrides", nargs="*", metavar="finetune.KEY=VALUE",
                    help="dotted overrides of FinetuneConfig fields: finetune.lr=1e-4 finetune.grad_accum=4")
-    _defaults_to_help(p)
     p.set_defaults(func=_finetune)
 
     # ---------------------------------------------------------------- evaluate
@@ -239,7 +210,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--out", metavar="FILE", help="JSON file for the metrics (default: DIR/eval-<task>-<split>.json)")
     e.add_argument("--force", action="store_true", help="overwrite --out even if it is not an earlier metrics file")
     e.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
-    e.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
+    e.add_argument("--dtype", default="auto", choices=DTYPES)
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_evaluate)
@@ -264,7 +235,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", metavar="FILE", help="write predictions as JSONL")
     r.add_argument("--force", action="store_true", help="overwrite --out even if it is not an earlier predictions file")
     r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
+    r.add_argument("--dtype", default="auto", choices=DTYPES)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     r.set_defaults(func=_predict)
 
@@ -273,7 +244,7 @@ def _finetune(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..cost import cost_config_from_args
-    from ..finetune import FinetuneConfig, finetune
+    from ..finetune import finetune
 
     cost = {k: v for k, v in dataclasses.asdict(cost_config_from_args(args)).items() if v is not None}
     if not getattr(args, "no_energy", False):
@@ -303,14 +274,31 @@ def _finetune(args: argparse.Namespace) -> int:
         cleanup_distributed()
     if info is not None and not info.is_main:
         return 0
-    print(f"trained {res.steps} steps on {res.n_train} examples in {res.train_seconds:.1f}s "
-          f"({res.train_tokens / max(res.train_seconds, 1e-9):,.0f} tokens/s); best epoch {res.best_epoch}; "
-          f"stopped: {res.stopped}")
+    print(_summary(res, cfg))
     for split, m in (("validation", res.validation), ("test", res.test)):
         for k, v in m.items():
             print(f"{split} {k}: {v:.4f}")
     print(f"saved to {res.out_dir}")
     return 0
+
+
+def _summary(res: Any, cfg: Any) -> str:
+    """The one end-of-run line, in pre-training's words (:func:`~transferlab.training.runlog.summary_line`).
+
+    Args:
+        res: the run's :class:`~transferlab.finetune.config.FinetuneResult`.
+        cfg: its :class:`~transferlab.finetune.config.FinetuneConfig`.
+
+    Returns:
+        One line: steps, tokens, time, throughput, dtype, why it stopped, then the examples and best epoch.
+    """
+    from ..runtime import resolve_device, resolve_dtype
+    from ..training.runlog import summary_line
+
+    line = summary_line({"steps": res.steps, "tokens": res.train_tokens, "train_seconds": res.train_seconds,
+                         "tokens_per_s": res.train_tokens / max(res.train_seconds, 1e-9),
+                         "dtype": resolve_dtype(cfg.dtype, resolve_device(cfg.device)), "stopped_by": res.stopped})
+    return f"{line}; {res.n_train} training examples, best epoch {res.best_epoch}"
 
 
 def section_overrides(items: list[str], section: str, example: str, list_fields: tuple[str, ...] = ()) -> dict[str, str]:
@@ -414,9 +402,7 @@ def resolve_config(args: argparse.Namespace, cost: dict | None = None) -> "Finet
     from ..errors import ConfigError
     from ..finetune import FinetuneConfig
 
-    cfg = resolve_section_config(args, FinetuneConfig, "finetune", FIELD_DESTS, _FLAG_FIELDS, ("lora_targets",))
-    if getattr(args, "no_test", None):
-        cfg.eval_on_test = False
+    cfg = resolve_section_config(args, FinetuneConfig, "finetune", FIELD_DESTS, {}, ("lora_targets",))
     if cost:
         cfg.cost = {**(cfg.cost if isinstance(cfg.cost, dict) else {}), **cost}
     finish_section_config(cfg, "finetune", finetune_overrides(getattr(args, "overrides", None) or []))

@@ -15,27 +15,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import (COUNT, FRACTION, NONNEG, NONNEG_INT, POSITIVE, Range, StrEnum, check_fields, from_dict,
+# DType / Schedule: the one enums (config.py), still importable from here
+from ..config import (COUNT, FRACTION, NONNEG, NONNEG_INT, POSITIVE, DType, Range, Schedule, check_fields, from_dict,
                       read_json, to_dict)
 from ..errors import CheckpointError, ConfigError
 
 TASK_FILE = "task.json"
 CONFIG_FILE = "finetune_config.json"
 TASK_FORMAT_VERSION = 1
-
-
-class Schedule(StrEnum):
-    LINEAR = "linear"  #: linear warm-up, then linear decay to 0 (BERT)
-    COSINE = "cosine"  #: linear warm-up, then cosine decay to 0
-    SLANTED = "slanted"  #: ULMFiT slanted triangular: short rise, long linear fall to lr/32
-    CONSTANT = "constant"  #: linear warm-up, then constant
-
-
-class DType(StrEnum):
-    AUTO = "auto"  #: bf16 where the hardware has native bf16 matmuls (avx512_bf16/AMX, Ampere+), else fp32
-    BF16 = "bf16"  #: bf16 autocast, fp32 master weights (4.5x the fp32 matmul rate on AVX-512 bf16 CPUs)
-    FP16 = "fp16"  #: fp16 autocast with loss scaling (GradScaler), for GPUs without bf16
-    FP32 = "fp32"  #: plain fp32
 
 
 #: which part of a too-long text a classifier reads
@@ -104,7 +91,8 @@ class FinetuneConfig:
     block below one more factor, the embeddings lr * decay**(L + 1). 1.0 = one learning rate."""
     gradual_unfreeze: float = 0.0
     """ULMFiT gradual unfreezing: over this fraction of the run, unfreeze layer groups from the
-    top (head, last block, ..., embeddings) one at a time; 0 = train everything from the start."""
+    top (head, last block, ..., embeddings) one at a time; 0 = train everything from the start
+    (``--gradual-unfreeze`` alone: 0.5)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0 = off)."""
     max_length: int | None = None

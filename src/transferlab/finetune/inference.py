@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from ..errors import CheckpointError, ConfigError, DataError
 from .config import TaskSpec
-from .scoring import _autocast, _bar, _device, _inference
+from .scoring import _autocast, _bar, _inference
 from .scoring import score as _score
 from .task_types import TASK_TYPES, TaskType, build_wiring, get_task_type
 from .tasks import Columns, check_labels, load_builtin, read_examples
@@ -21,23 +21,14 @@ def load_finetuned(model_dir: str | Path, device: str = "auto") -> tuple[Any, An
     Raises:
         CheckpointError: the folder lacks task.json, the model files or the tokenizer.
     """
-    from ..interop.loading import from_pretrained
-    from ..tokenizer import Tokenizer
+    from ..interop.loading import load_pretrained
 
     d = Path(model_dir)
     spec = TaskSpec.load(d)
-    model = from_pretrained(d)
-    try:
-        tok = Tokenizer.from_pretrained(d)
-    except DataError as e:
-        raise CheckpointError(f"{d}: no usable tokenizer ({e})") from None
-    from ..checks import check_tokenizer
-
-    check_tokenizer(model.config, tok, str(d))
+    model, tok = load_pretrained(d, device=device)  # the one loader: device first, tokenizer checked
     wiring = build_wiring(spec, tok, model.config)
     if wiring.head not in model.heads:
         raise CheckpointError(f"{d}: the model has no {wiring.head!r} head, which task.json ({spec.task_type}) needs")
-    model.to(_device(device)).eval()
     return model, tok, spec, wiring
 
 

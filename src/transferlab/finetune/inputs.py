@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig, Position
+from ..specials import SpecialIds
 
 #: label id the losses ignore (positions without a target)
 IGNORE = -100
@@ -40,8 +41,7 @@ class InputBuilder:
         else:
             self.prefix, self.mid, self.suffix = [], [], []
         self.use_types = cfg.type_vocab_size > 0
-        pad = tok.pad_token_id if tok.pad_token_id is not None else cfg.pad_token_id
-        self.pad_id = int(pad) if pad is not None and pad >= 0 else 0
+        self.pad_id = SpecialIds.resolve(cfg, tok).pad  # the one rule: tokenizer's, config's, eos, 0
         #: token that ends a generated target (eos, else sep), or None
         end = eos_id if eos_id is not None else sep_id
         self.end_id = None if end is None else int(end)
@@ -97,11 +97,17 @@ def position_limit(cfg: ModelConfig) -> int | None:
 
 
 def decoder_start_id(cfg: ModelConfig, tok: Any) -> int:
-    """First decoder input of an encoder-decoder: the config's, else eos (BART), bos, pad (T5)."""
-    for v in (cfg.decoder_start_token_id, tok.eos_token_id, tok.bos_token_id, tok.pad_token_id, cfg.pad_token_id):
-        if v is not None and v >= 0:
-            return int(v)
-    return 0
+    """First decoder input of an encoder-decoder, by :meth:`~transferlab.specials.SpecialIds.resolve`'s rule.
+
+    Args:
+        cfg: the model's config.
+        tok: its tokenizer.
+
+    Returns:
+        The config's ``decoder_start_token_id``, else pad (T5-style), eos (BART), bos or pad.
+    """
+    ids = SpecialIds.resolve(cfg, tok)
+    return ids.decoder_start if ids.decoder_start is not None else ids.pad  # None only for a decoder-only config
 
 
 # ------------------------------------------------------------------------------ batching

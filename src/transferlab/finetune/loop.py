@@ -57,6 +57,14 @@ CHECKPOINTS = "checkpoints"  #: resumable checkpoints of an unfinished run, unde
 
 
 # ------------------------------------------------------------------------------ helpers
+def _status(message: str) -> None:
+    """A log line above the progress bar (``tqdm.write``, as :class:`~transferlab.training.runlog.RunLog`
+    prints pre-training's), never glued onto it."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message)
+
+
 def _set_dropout(model: torch.nn.Module, dropout: float | None, attention: float | None) -> None:
     """Override the backbone's dropout rates in place (and in its config, so they are saved)."""
     from ..models.backbone import backbone_of
@@ -113,8 +121,9 @@ def _tokenizer_kind(mcfg: Any) -> str:
 def _load_model(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, Any]]) -> tuple[Any, Any, str]:
     """``(model, tokenizer, where_the_tokenizer_came_from)``."""
     from ..config import PRESETS, get_preset
-    from ..interop.loading import from_pretrained
+    from ..interop.loading import load_pretrained
     from ..models.model import TransferModel
+    from ..specials import SpecialIds
     from ..tokenizer import Tokenizer
 
     name = cfg.model
@@ -132,37 +141,26 @@ def _load_model(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, A
             tok = Tokenizer.train(_tokenizer_texts(data, train), kind=kind, vocab_size=cfg.tokenizer_vocab_size,
                                   n_sentinels=0)
             tok_src = f"trained in-process ({kind}, {tok.vocab_size} tokens) on the {len(train)} training examples"
-        ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+        # the one special-id rule (specials.py); the preset's own ids belong to no tokenizer
         over: dict[str, Any] = {"vocab_size": tok.vocab_size, "heads": {}}
-        over.update({k: (v if v is not None else (0 if k == "pad_token_id" else -1)) for k, v in ids.items()})
-        if base.is_encoder_decoder:
-            start = tok.pad_token_id if tok.kind == "unigram" else tok.eos_token_id  # T5: pad, BART: eos
-            over["decoder_start_token_id"] = start if start is not None else over["pad_token_id"]
+        ids = SpecialIds.resolve(tokenizer=tok).config_fields()
+        if not base.is_encoder_decoder:
+            ids.pop("decoder_start_token_id", None)
+        over.update(ids)
         return TransferModel(get_preset(name, **over)), tok, tok_src
 
-    path: Any = name
-    if name.startswith("builtin:"):
-        from ..hub import resolve_builtin
-
-        path = resolve_builtin(name)
-    elif not Path(name).exists():
+    if not name.startswith("builtin:") and not Path(name).exists():
         raise ConfigError(
             f"--model {name!r} is neither a model folder nor a preset; presets: {', '.join(PRESETS)}; "
             "or builtin:minilm"
         )
-    model = from_pretrained(path)
-    tok_src = cfg.tokenizer or name
-    tok = Tokenizer.from_pretrained(tok_src)
+    # the one loader (interop/loading.py) checks the tokenizer against the model it was built with
+    model, tok = load_pretrained(name, tokenizer=cfg.tokenizer or None, device="cpu")
     if cfg.from_scratch:  # same architecture, fresh weights: the honest no-pre-training control
         mcfg = copy.deepcopy(model.config)
         mcfg.heads = {}
         model = TransferModel(mcfg)
-    from ..checks import check_tokenizer, check_same_tokenizer
-
-    check_tokenizer(model.config, tok, f"tokenizer {tok_src}")
-    if cfg.tokenizer and str(cfg.tokenizer) != str(name):
-        check_same_tokenizer(path, tok, f"--tokenizer {cfg.tokenizer}")
-    return model, tok, str(tok_src)
+    return model, tok, str(cfg.tokenizer or name)
 
 
 def _make_spec(cfg: FinetuneConfig, data: TaskData, train: Sequence[dict[str, Any]], mcfg: Any) -> TaskSpec:
@@ -275,7 +273,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
                           "parameters when they wrap the model); run it in one process")
     out_dir = _check_out_dir(cfg)
     quiet = cfg.quiet or not info.is_main  # one process logs
-    log = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
+    log = (lambda *_: None) if quiet else _status  # above the progress bar, never glued onto it
 
     data = load_task_data(cfg)
     train = subsample(data.train, cfg.train_size, cfg.seed, data.task_type)
@@ -354,7 +352,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
     if last is not None:
         batches = _resume(last, cfg, fingerprint, model, optimizer, info, rng, run, best, history, lengths, G, scaler)
         if info.is_main:  # printed even when quiet, as pre-training does: the run did not start over
-            print(f"resumed from {last} (step {run['step']}, epoch {run['epoch']})", flush=True)
+            _status(f"resumed from {last} (step {run['step']}, epoch {run['epoch']})")
         if total_steps <= run["step"]:
             stopped = run.get("stopped", stopped)
     t0 = time.perf_counter() - run["elapsed"]
@@ -397,6 +395,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
         row.update({f"validation_{k}": v for k, v in metrics.items()})
         history.append(row)
         score = metrics[metric]
+        run["last_val"] = score  # the bar shows it while the run goes on, as pre-training shows its val loss
         improved = best["score"] is None or (score > best["score"] if better else score < best["score"])
         log(f"epoch {epoch} step {run['step']}: train loss {row['train_loss']:.4f} | validation "
             + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + (" (best)" if improved else ""))
@@ -440,7 +439,10 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
             run["loss_sum"] += loss
             run["loss_n"] += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{run['loss_sum'] / run['loss_n']:.4f}", refresh=False)
+            shown = {"loss": f"{run['loss_sum'] / run['loss_n']:.4f}"}
+            if run.get("last_val") is not None:
+                shown[f"val_{metric}"] = f"{run['last_val']:.4f}"
+            bar.set_postfix(shown, refresh=False)
             evaluated = False
             if budget is not None and _agree(elapsed(), info) >= budget:
                 stopped, done = "time", True

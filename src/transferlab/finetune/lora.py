@@ -83,16 +83,18 @@ class LoRALinear(nn.Linear):
 
 
 def _block_linears(model: nn.Module, targets: Iterable[str]) -> list[tuple[str, nn.Linear]]:
-    from ..models.blocks import Block
+    """``(qualified name, linear)`` of every linear named in ``targets`` inside the backbone's
+    :meth:`~transferlab.models.backbone.Backbone.adapter_units`, in module order."""
+    from ..models.backbone import backbone_of
 
     targets = set(targets)
+    qualified = {id(m): n for n, m in model.named_modules()}
     out = []
-    for bname, block in model.named_modules():
-        if not isinstance(block, Block):
-            continue
-        for name, m in block.named_modules():
+    for unit in backbone_of(model).adapter_units():
+        uname = qualified[id(unit)]
+        for name, m in unit.named_modules():
             if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-                out.append((f"{bname}.{name}", m))
+                out.append((f"{uname}.{name}" if uname else name, m))
     return out
 
 

@@ -15,7 +15,7 @@ __all__ = ["score"]
 
 
 def _device(name: str) -> torch.device:
-    from ..checks import resolve_device
+    from ..runtime import resolve_device
 
     return resolve_device(name)
 
@@ -30,11 +30,11 @@ def _autocast(device: torch.device, dtype: str) -> Callable[[], Any]:
 
 
 def _resolved(dtype: str, device: torch.device) -> str:
-    """``auto`` as in pre-training (:func:`~transferlab.training.loop.resolve_dtype`: bf16 where it
+    """``auto`` as in pre-training (:func:`~transferlab.runtime.resolve_dtype`: bf16 where it
     is native, else fp32); ``bf16``, ``fp16`` and ``fp32`` as they are."""
-    from ..training.loop import resolve_dtype
+    from ..runtime import resolve_dtype
 
-    return "fp16" if str(dtype) == "fp16" else resolve_dtype(str(dtype), device)
+    return resolve_dtype(str(dtype), device)
 
 
 def _inference(ctx: Callable[[], Any]) -> Callable[[], Any]:

@@ -127,6 +127,12 @@ class Backbone(nn.Module, ABC):
         """Modules FSDP wraps (shards) separately before the root. Default: :meth:`compile_units`."""
         return self.compile_units()
 
+    def adapter_units(self) -> list[nn.Module]:
+        """Modules whose ``nn.Linear`` layers LoRA may wrap (matched by their own last name, e.g.
+        ``q_proj``), so adapters never touch embeddings, heads or poolers. Default:
+        :meth:`compile_units` (a transformer's blocks)."""
+        return self.compile_units()
+
     def init_weights(self) -> None:
         """Family-specific initialisation after the generic per-module one (e.g. GPT-2's scaled
         residual projections). Default: nothing."""

@@ -95,10 +95,6 @@ def depth_fn(model: nn.Module) -> Callable[[str], tuple[int, int]]:
     return depth
 
 
-# finetune/loop.py's gradual unfreezing still imports this name; drop it once it calls depth_fn
-_depth_fn = depth_fn
-
-
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, betas=(0.9, 0.999),
                     eps: float = 1e-8, layer_lr_decay: float = 1.0) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` with the fused (single-kernel) update on CUDA and CPU,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch.nn.functional as F
 
 from ...config import ModelConfig
 from ...errors import ConfigError, DataError
 from ...models.backbone import family_info
+from ...objectives.losses import lm_cross_entropy
 from ..inputs import IGNORE, decoder_start_id, pad_to, sorted_batches
 from .base import TaskType, register_task_type, row_text
 
@@ -160,7 +160,7 @@ class Seq2Seq(TaskType):
         sel = tgt != IGNORE
         # sparse prediction: only scored positions reach the (large) vocabulary projection
         logits = model.heads["lm"](h[sel])  # (N, V)
-        return F.cross_entropy(logits.float(), tgt[sel], reduction="sum")
+        return lm_cross_entropy(logits, tgt[sel], reduction="sum")  # the one LM loss (objectives/losses.py)
 
     def predict(self, model, examples, feats, batch_size, ctx, progress=None):
         device = next(model.parameters()).device

@@ -13,11 +13,11 @@ import re
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch.nn.functional as F
 
 from ...config import ModelConfig
 from ...data.corpus import names, quote
 from ...errors import DataError
+from ...objectives.losses import lm_cross_entropy
 from ..inputs import IGNORE, pad_to
 from .base import TaskType, register_task_type, row_field
 
@@ -233,9 +233,8 @@ class Tagging(TaskType):
         return batch
 
     def loss_sum(self, model, batch):
-        logits = self.logits(model, batch).float()  # (B, T, K)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=IGNORE,
-                               reduction="sum")
+        logits = self.logits(model, batch)  # (B, T, K)
+        return lm_cross_entropy(logits, batch["labels"], reduction="sum")  # fp32, -100 (IGNORE) skipped
 
     def loss_count(self, batch):
         return int((batch["labels"] != IGNORE).sum())  # labelled first sub-words
