@@ -7,14 +7,13 @@ from sklearn.metrics import f1_score, matthews_corrcoef
 from transferlab.errors import ConfigError, DataError
 from transferlab.evaluation.metrics import (
     bio_chunks,
-    compute_metrics,
     entity_scores,
     higher_is_better,
     mean_std,
     normalize_answer,
     perplexity,
-    primary_metric,
 )
+from transferlab.finetune.metrics import compute_metrics, primary_metric
 
 
 def test_classification_hand_computed():

@@ -20,7 +20,7 @@ import pytest
 from transferlab.cli import main
 from transferlab.errors import ConfigError, TransferlabError
 from transferlab.experiments import report as rep
-from transferlab.evaluation.metrics import primary_metric
+from transferlab.finetune.metrics import primary_metric
 from transferlab.experiments.study import STUDIES, TASK_TYPES, get_study, make_setting, run_study
 
 COST = {"flops": 2.0e9, "energy_kwh": 1.0e-6, "co2e_kg": 4.0e-7, "price_usd": 1.0e-5}

@@ -1,6 +1,7 @@
 """Evaluation: task metrics and in-context evaluation.
 
-* :mod:`.metrics` -- :func:`compute_metrics`, :func:`primary_metric`, :func:`perplexity`
+* :mod:`.metrics` -- the scorers (accuracy/F1/MCC, Pearson, BIO entity F1, SQuAD EM/F1, ROUGE),
+  :func:`perplexity`; dispatch by task type is :mod:`transferlab.finetune.metrics`
 * :mod:`.icl` -- in-context (zero-, one-, few-shot) classification with a decoder, no training
 
 Comparisons, baselines, tables, plots, studies and reports live one level up, in
@@ -10,6 +11,6 @@ Heavy dependencies (torch, scikit-learn) are imported inside the functions that 
 importing this package is cheap.
 """
 
-from .metrics import compute_metrics, perplexity, primary_metric
+from .metrics import perplexity
 
-__all__ = ["compute_metrics", "perplexity", "primary_metric"]
+__all__ = ["perplexity"]

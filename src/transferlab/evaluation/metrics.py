@@ -1,4 +1,5 @@
-"""Task metrics, one entry point: :func:`compute_metrics`.
+"""Task metrics: the scorers each task type calls (dispatch by task type:
+:func:`transferlab.finetune.metrics.compute_metrics`).
 
 Every score is a plain ``float`` on a 0-1 scale (not percent), so result rows are JSON and a
 table can average them across seeds. Well-kept implementations are used where they exist:
@@ -22,14 +23,11 @@ import collections
 import math
 import re
 import string
-from typing import TYPE_CHECKING, Any, Hashable, Iterable, Sequence
+from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
 from ..errors import DataError
-
-if TYPE_CHECKING:  # annotations only (see _task_type)
-    from ..finetune.task_types import TaskType
 
 #: the pre-training rows of a results log: not a fine-tuning task type, ranked by perplexity
 LANGUAGE_MODELING = "language-modeling"
@@ -37,79 +35,9 @@ LANGUAGE_MODELING = "language-modeling"
 LOWER_IS_BETTER = frozenset({"mse", "perplexity", "loss"})
 
 
-def __getattr__(name: str) -> Any:
-    if name == "TASK_TYPES":  # kept importable from here: the registered task-type names
-        from ..finetune.task_types import task_type_names
-
-        return task_type_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _task_type(name: str) -> type[TaskType]:
-    # late: evaluation sits below finetune, whose task types call the scorers of this module
-    from ..finetune.task_types import get_task_type
-
-    return get_task_type(name)
-
-
-def primary_metric(task_type: str) -> str:
-    """The metric a task is ranked by (the task type's ``primary_metric``; perplexity for LM rows).
-
-    Args:
-        task_type: a registered task type or ``"language-modeling"``.
-
-    Returns:
-        The key of that metric in :func:`compute_metrics`' result.
-
-    Raises:
-        ConfigError: an unknown task type.
-    """
-    if task_type == LANGUAGE_MODELING:
-        return "perplexity"
-    return _task_type(task_type).primary_metric
-
-
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of ``metric`` is better (False for mse, perplexity, loss)."""
     return metric not in LOWER_IS_BETTER
-
-
-def compute_metrics(
-    task_type: str,
-    predictions: Sequence[Any],
-    references: Sequence[Any],
-    labels: Sequence[Hashable] | None = None,
-) -> dict[str, float]:
-    """Score predictions against references for one task type (its ``metrics``).
-
-    Args:
-        task_type: a registered task type, e.g. ``classification`` / ``pair-classification``
-            (label ids or names), ``regression`` (numbers), ``tagging`` (one list of BIO tags per
-            sentence), ``qa`` (answer strings; a reference may be a list of acceptable answers)
-            or ``seq2seq`` (generated and reference texts).
-        predictions: one prediction per example.
-        references: one reference per example, aligned with ``predictions``.
-        labels: classification only: the full label set, so macro-F1 averages over every class
-            even when some class is never predicted or absent from this split.
-
-    Returns:
-        ``{metric: value}``; classification: accuracy, macro_f1, mcc; regression: pearson,
-        spearman, mse; tagging: precision, recall, f1 (entity level), token_accuracy; qa:
-        exact_match, f1; seq2seq: rouge1, rouge2, rougeL.
-
-    Raises:
-        ConfigError: an unknown task type.
-        DataError: predictions and references of different lengths, or no examples.
-    """
-    tt = _task_type(task_type)
-    predictions, references = list(predictions), list(references)
-    if len(predictions) != len(references):
-        raise DataError(
-            f"{task_type} metrics: {len(predictions)} predictions but {len(references)} references"
-        )
-    if not predictions:
-        raise DataError(f"{task_type} metrics: no examples to score")
-    return tt.metrics(predictions, references, labels)
 
 
 # ------------------------------------------------------------------------------ classification

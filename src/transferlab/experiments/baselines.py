@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..evaluation.metrics import compute_metrics, higher_is_better, primary_metric
+from ..evaluation.metrics import higher_is_better
+from ..finetune.metrics import compute_metrics, primary_metric
 
 if TYPE_CHECKING:  # annotations only: the task types load torch
     from ..finetune.task_types import TaskType

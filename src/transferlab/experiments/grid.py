@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import ConfigError, DataError, TransferlabError
-from ..evaluation.metrics import primary_metric
+from ..finetune.metrics import primary_metric
 from .baselines import BaselineResult, run_baseline
 from .config import Cell, CompareConfig, MethodSpec, TaskEntry, plan_cells
 from .tables import format_table, summarize, write_outputs

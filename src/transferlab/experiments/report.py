@@ -126,7 +126,7 @@ def study_tables(plan: Any, rows: list[dict[str, Any]]) -> tuple[list[Table], di
         return None
 
     def metric(task: str) -> str:
-        from ..evaluation.metrics import primary_metric
+        from ..finetune.metrics import primary_metric
         from .studies import TASK_TYPES
 
         return primary_metric(TASK_TYPES[task])

@@ -83,7 +83,7 @@ def evaluate(
         quiet: no progress bar.
 
     Returns:
-        ``{metric: value}`` as :func:`~transferlab.evaluation.metrics.compute_metrics` gives for
+        ``{metric: value}`` as :func:`~transferlab.finetune.metrics.compute_metrics` gives for
         the task type (e.g. accuracy, macro_f1, mcc).
 
     Raises:
