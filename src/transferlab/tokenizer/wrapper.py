@@ -621,9 +621,10 @@ class Tokenizer:
             specials = dict(_BERT)
             backend = _Backend(models.WordPiece(unk_token=_BERT["unk"], max_input_chars_per_word=100))
             _wordpiece_pipeline(backend, lowercase, None)
+            texts, seeds = _wordpiece_seed_tokens(inputs, texts, backend, lambda: _iter_texts(inputs, format, text_column, doc_sep))
             trainer = trainers.WordPieceTrainer(
                 vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress,
-                special_tokens=list(_BERT.values()), limit_alphabet=1000, continuing_subword_prefix="##",
+                special_tokens=list(_BERT.values()) + seeds, limit_alphabet=1000, continuing_subword_prefix="##",
             )
         elif kind == "bpe":
             specials = {"bos": _EOT, "eos": _EOT, "pad": "<pad>", "mask": "<mask>"}
@@ -657,3 +658,34 @@ class Tokenizer:
             backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in reversed(sentinels)])
             _unigram_pipeline(backend, lowercase, specials)
         return cls(backend, kind, specials, sentinels, model_max_length=model_max_length, lowercase=lowercase)
+
+
+def _wordpiece_seed_tokens(inputs: Any, texts: Iterable[str], backend: Any, again: Any,
+                           limit_alphabet: int = 1000) -> tuple[Iterable[str], list[str]]:
+    """The corpus's characters and ``##`` continuations, sorted, to register before training.
+
+    Why: the WordPiece trainer gives each ``##x`` piece its id in the order it meets words in a
+    hash map (a new order in every process), and merges of equal count are broken by those ids,
+    so the same corpus gave a different vocabulary in each process. Registered up front (as the
+    trainer's leading tokens), every piece has a fixed id and training is deterministic; the
+    canonical renumbering afterwards drops their special status. One extra pass over the corpus
+    (a one-shot iterator is kept in memory for it).
+
+    Returns:
+        The texts to train on (a fresh iterator) and the sorted seed tokens.
+    """
+    if isinstance(inputs, (str, Path, list, tuple)):
+        first, texts = texts, again()
+    else:
+        kept = list(texts)
+        first, texts = iter(kept), iter(kept)
+    import collections
+
+    norm = backend.normalizer
+    counts: collections.Counter[str] = collections.Counter()
+    for t in first:
+        counts.update(norm.normalize_str(t) if norm is not None else t)
+    # the trainer's own limit_alphabet: the 1,000 most frequent characters (ties by character)
+    kept = sorted((c for c in counts if not c.isspace()), key=lambda c: (-counts[c], c))[:limit_alphabet]
+    seeds = sorted(kept)
+    return texts, seeds + ["##" + c for c in seeds]
