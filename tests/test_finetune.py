@@ -380,6 +380,20 @@ def test_classification_learns_saves_and_reloads(dirs, data, tmp_path):
     assert abs(sum(preds[0]["probabilities"].values()) - 1) < 1e-4
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"] == pytest.approx(res.test) and metrics["n_train"] == 160
+    # the one log schema of pre-training and fine-tuning: train + val rows per evaluation, TensorBoard
+    from transferlab.training.runlog import ROW_FIELDS, read_rows
+
+    rows = read_rows(out / "metrics.jsonl")
+    assert [r["split"] for r in rows] == ["train", "val"] * 6
+    assert all(tuple(r)[:5] == ROW_FIELDS for r in rows)
+    assert [r["loss"] for r in rows[::2]] == [h["train_loss"] for h in res.history]
+    assert [r["accuracy"] for r in rows[1::2]] == [h["validation_accuracy"] for h in res.history]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(out / "tensorboard"))
+    ea.Reload()
+    assert {"loss/train", "accuracy/val"} <= set(ea.Tags()["scalars"])
+    assert len(ea.Scalars("loss/train")) == 6
     # the cost of the training loop: tokens as counted by the loop, analytic FLOPs, a price
     cost = json.loads((out / "report.json").read_text())
     assert cost["kind"] == "finetune" and cost["tokens"] == res.train_tokens and cost["steps"] == res.steps

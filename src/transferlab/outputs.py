@@ -234,7 +234,7 @@ KINDS: dict[str, Kind] = {
                      _has_keys("config.json", "model", "objective", "train"), in_place=True),
     "finetune": Kind("a fine-tuned model folder (`transferlab finetune`)",
                      (*_MODEL_FILES, "task.json", "finetune_config.json", "metrics.json", "history.jsonl",
-                      "report.json", "checkpoints"),
+                      "metrics.jsonl", "tensorboard", "report.json", "checkpoints"),
                      # a finished fine-tune, or a killed one that left its checkpoints (--resume)
                      lambda d: (d / "task.json").is_file() or (d / "checkpoints").is_dir()),
     "convert-from-hf": Kind("a model folder written by `transferlab convert --from-hf`", _MODEL_FILES + _CARD,

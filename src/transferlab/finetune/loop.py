@@ -624,5 +624,49 @@ def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, 
         summary.update(task=data.name, derived=data.derived, sizes=data.sizes(), notes=data.notes)
         atomic_write_text(tmp / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
         atomic_write_text(tmp / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in res.history))
+        _write_run_log(tmp, res.history, cfg)
         if res.cost:
             atomic_write_text(tmp / "report.json", json.dumps(res.cost, indent=2) + "\n")
+
+
+def schema_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluation history in the one log schema of pre-training and fine-tuning
+    (:mod:`transferlab.training.runlog`): per evaluation a ``train`` row (the mean training loss
+    since the last one, lr, tokens, epoch) and, with a validation split, a ``val`` row with the
+    metric names unprefixed (``loss`` null: fine-tuning validates by task metrics).
+
+    Args:
+        history: :attr:`FinetuneResult.history` rows (``step``, ``train_loss``, ``seconds``,
+            ``tokens``, ``lr``, ``epoch``, ``validation_<metric>``).
+
+    Returns:
+        Rows ``{step, split, loss, elapsed_s, tokens_per_s, ...}``.
+    """
+    out: list[dict[str, Any]] = []
+    for h in history:
+        secs = float(h.get("seconds", 0.0))
+        tps = float(h.get("tokens", 0)) / secs if secs > 0 else 0.0
+        base = {"step": int(h["step"]), "elapsed_s": secs, "tokens_per_s": tps}
+        out.append({**base, "split": "train", "loss": h.get("train_loss"), "lr": h.get("lr"),
+                    "tokens": h.get("tokens"), "epoch": h.get("epoch")})
+        val = {k.removeprefix("validation_"): v for k, v in h.items() if k.startswith("validation_")}
+        if val:
+            out.append({**base, "split": "val", "loss": val.pop("loss", None), **val})
+    return out
+
+
+def _write_run_log(folder: Path, history: list[dict[str, Any]], cfg: FinetuneConfig) -> None:
+    """``metrics.jsonl`` + ``tensorboard/`` in the one log schema (as ``pretrain`` writes them),
+    with the run's settings as hparams, into the folder being written."""
+    from ..training.runlog import RunLog
+
+    log = RunLog(folder, tensorboard=True, progress=False)
+    log.open()
+    try:
+        for r in schema_rows(history):
+            fields = {k: v for k, v in r.items() if k not in ("step", "split", "loss", "elapsed_s", "tokens_per_s")}
+            log.row(r["split"], r["step"], r["loss"], r["elapsed_s"], r["tokens_per_s"], **fields)
+        log.log_hparams({k: v for k, v in cfg.to_dict().items() if not isinstance(v, dict)},
+                        metrics=("loss/train",))
+    finally:
+        log.close()
