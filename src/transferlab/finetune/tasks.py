@@ -61,6 +61,8 @@ from ..data.corpus import names, parse_json_line, quote
 from ..errors import ConfigError, DataError
 from .task_types import TASK_TYPES as _TYPES
 from .task_types import get_task_type, task_type_names
+from .task_types.classification import Classification, PairClassification
+from .task_types.regression import Regression
 from .task_types.tagging import BIO_TAG
 
 __all__ = [
@@ -189,9 +191,9 @@ def load_builtin(name: str) -> TaskData:
         if "unknown task" in str(e):
             raise DataError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}") from None
         raise
-    kind = str(getattr(t, "task_type", None) or t.kind)  # TaskSplits.kind, to be renamed task_type
+    kind = t.task_type
     if kind not in _TYPES:  # pragma: no cover - guards a future built-in of a new kind
-        raise DataError(f"built-in task {name!r} has kind {t.kind!r}, which fine-tuning does not know")
+        raise DataError(f"built-in task {name!r} has task type {kind!r}, which fine-tuning does not know")
     labels = _TYPES[kind].order_labels(list(t.labels))
     return TaskData(name, kind, labels, t.train, t.validation, t.test,
                     columns=Columns().resolve(kind), description=str(t.source.get("origin", "")))
@@ -420,8 +422,8 @@ def infer_task_type(fields: Sequence[str], columns: Columns, label_values: Seque
     label = columns.label or "label"
     if label in f:
         if label_values and _is_regression(label_values):
-            return "regression"
-        return "pair-classification" if columns.pair else "classification"
+            return Regression.name
+        return PairClassification.name if columns.pair else Classification.name
     if (columns.text or "text") in f:
         raise DataError(f"no label column {quote(label)} (columns: {names(fields)}); pass --label-column")
     raise DataError(
