@@ -88,10 +88,10 @@ def _worker(workload: str, opts: dict, args: argparse.Namespace) -> dict:
     else:
         from transferlab.config import get_preset
         from transferlab.models import build_model
-        from transferlab.objectives import TokenizerIds as SpecialIds, build_objective
+        from transferlab.objectives import TokenizerIds, build_objective
 
         cfg = get_preset("bert-small")
-        sp = SpecialIds(cfg.vocab_size, pad_token_id=0, unk_token_id=1, cls_token_id=2, sep_token_id=3,
+        sp = TokenizerIds(cfg.vocab_size, pad_token_id=0, unk_token_id=1, cls_token_id=2, sep_token_id=3,
                         mask_token_id=4)
         objective = build_objective("mlm", sp)
         model = build_model(cfg)

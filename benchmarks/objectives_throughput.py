@@ -33,9 +33,9 @@ B, T, V = 32, 128, 8192
 
 
 def specials():
-    from transferlab.objectives import TokenizerIds as SpecialIds
+    from transferlab.objectives import TokenizerIds
 
-    return SpecialIds(V, pad_token_id=0, unk_token_id=1, cls_token_id=2, sep_token_id=3, mask_token_id=4,
+    return TokenizerIds(V, pad_token_id=0, unk_token_id=1, cls_token_id=2, sep_token_id=3, mask_token_id=4,
                       bos_token_id=5, eos_token_id=6, sentinel_token_ids=tuple(range(V - 1, V - 101, -1)))
 
 

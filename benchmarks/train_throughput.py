@@ -52,10 +52,10 @@ MODELS = {"mlm": ("bert-mini", "mlm", "BertForMaskedLM"), "clm": ("gpt-mini", "c
 
 
 def specials():
-    from transferlab.objectives import TokenizerIds as SpecialIds
+    from transferlab.objectives import TokenizerIds
 
     # BERT-style and BART-style ids in one vocabulary: [PAD] [UNK] [CLS] [SEP] [MASK] <s> </s>
-    return SpecialIds(V, pad_token_id=0, unk_token_id=1, cls_token_id=2, sep_token_id=3, mask_token_id=4,
+    return TokenizerIds(V, pad_token_id=0, unk_token_id=1, cls_token_id=2, sep_token_id=3, mask_token_id=4,
                       bos_token_id=5, eos_token_id=6)
 
 

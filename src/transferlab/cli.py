@@ -270,9 +270,22 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, only: tu
         target.add_argument(*flags, **kw)
         shown_defaults[f.name] = shown
     if overrides:
+        example = _override_example(cls)
         parser.add_argument("overrides", nargs="*", metavar="key=value",
-                            help="overrides of the settings above after the flags, e.g. max_new_tokens=20")
+                            help="overrides of the settings above after the flags"
+                                 + (f", e.g. {example}" if example else ""))
     return shown_defaults
+
+
+def _override_example(cls: type) -> str:
+    """``field=value`` for the first int or float field of ``cls`` (its default), for --help."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        v = f.default
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return f"{f.name}={v}"
+    return ""
 
 
 def config_from_args(args: argparse.Namespace, cls: type, section: str) -> Any:
