@@ -139,8 +139,11 @@ def _open_binary(path: str) -> io.BufferedIOBase:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def _lines(path: str) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` decoded as strict UTF-8, line endings kept."""
+def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` of a text file (``.gz`` too) decoded as strict UTF-8, line
+    endings kept, a leading BOM dropped; every fault a one-line :class:`DataError` naming the
+    file and line (the one reader of corpus and task files)."""
+    path = str(path)
     with _open_binary(path) as f:
         lineno = 0
         try:
@@ -202,14 +205,14 @@ def parse_json_line(line: str, where: str) -> object:
 
 def _read_text(path: str, doc_sep: str) -> Iterator[Document]:
     if doc_sep == "line":
-        for n, line in _lines(path):
+        for n, line in read_lines(path):
             t = line.strip()
             if t:
                 yield Document(t, path, n)
     elif doc_sep == "blank":
         buf: list[str] = []
         first = 0
-        for n, line in _lines(path):
+        for n, line in read_lines(path):
             t = line.rstrip("\r\n")
             if t.strip():
                 if not buf:
@@ -221,13 +224,13 @@ def _read_text(path: str, doc_sep: str) -> Iterator[Document]:
         if buf:
             yield Document("\n".join(buf).strip(), path, first)
     else:  # one document per file
-        text = "".join(line for _, line in _lines(path)).strip()
+        text = "".join(line for _, line in read_lines(path)).strip()
         if text:
             yield Document(text, path, 1)
 
 
 def _read_jsonl(path: str, field: str) -> Iterator[Document]:
-    for n, line in _lines(path):
+    for n, line in read_lines(path):
         if not line.strip():
             continue
         obj = parse_json_line(line, f"{path}:{n}")
@@ -246,7 +249,7 @@ def _read_jsonl(path: str, field: str) -> Iterator[Document]:
 
 
 def _read_csv(path: str, column: str, delimiter: str) -> Iterator[Document]:
-    lines = _lines(path)
+    lines = read_lines(path)
     reader = csv.reader((line for _, line in lines), delimiter=delimiter, strict=True)
     try:
         header = next(reader, None)

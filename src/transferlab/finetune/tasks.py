@@ -48,16 +48,14 @@ or given explicitly.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 import sys
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..data.corpus import names, parse_json_line, quote
+from ..data.corpus import names, parse_json_line, quote, read_lines
 from ..errors import ConfigError, DataError
 from .task_types import TASK_TYPES as _TYPES
 from .task_types import get_task_type, task_type_names
@@ -311,35 +309,10 @@ def _format_of(path: Path) -> str:
     )
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line_number, line)`` of a UTF-8 (optionally gzipped) file, naming the line on errors."""
-    import gzip
-
-    try:
-        f = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected a file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    with f:
-        n = 0
-        try:
-            for n, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(f"{path}:{n}: invalid UTF-8 at column {e.start + 1}; re-encode the file as UTF-8") from None
-                if n == 1:
-                    line = line.lstrip("\ufeff")
-                yield n, line
-        except (OSError, EOFError, zlib.error) as e:  # a damaged or truncated .gz, a vanished file
-            raise DataError(f"{path}:{n + 1}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-
-
 def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line, row dict)`` of a CSV/TSV (header row) or JSONL file."""
     if fmt == "jsonl":
-        for n, line in _lines(path):
+        for n, line in read_lines(path):
             if not line.strip():
                 continue
             obj = parse_json_line(line, f"{path}:{n}")
@@ -348,7 +321,7 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
             yield n, obj
         return
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents in one cell
-    lines = _lines(path)
+    lines = read_lines(path)
     reader = csv.reader((ln for _, ln in lines), delimiter="\t" if fmt == "tsv" else ",")
     try:
         header = next(reader, None)
@@ -374,7 +347,7 @@ def _read_conll(path: Path, labelled: bool = True) -> list[dict[str, Any]]:
     tokens: list[str] = []
     tags: list[str] = []
     first = 0
-    for n, line in _lines(path):
+    for n, line in read_lines(path):
         s = line.rstrip("\r\n")
         if not s.strip():
             if tokens:
