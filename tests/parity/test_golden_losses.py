@@ -1,7 +1,7 @@
 """Golden loss trajectories: fixed seed, tiny model, 5 optimizer steps per objective, fp32 with
 deterministic algorithms. A change anywhere in the path (init, masking/noise, collation, loss
 normalisation, optimizer, schedule) moves these numbers; if the change is intended, regenerate
-them with ``python tests/test_golden_losses.py`` and paste the printed table below.
+them with ``python tests/parity/test_golden_losses.py`` and paste the printed table below.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def test_golden_loss_trajectory(name, tmp_path):
     np.testing.assert_allclose(losses, GOLDEN[name], rtol=0, atol=2e-4, err_msg=name)
 
 
-if __name__ == "__main__":  # regenerate: python tests/test_golden_losses.py
+if __name__ == "__main__":  # regenerate: python tests/parity/test_golden_losses.py
     import tempfile
 
     torch.set_num_threads(1)

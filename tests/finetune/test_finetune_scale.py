@@ -30,7 +30,7 @@ from transferlab.models.model import TransferModel
 from transferlab.tokenizer import Tokenizer
 from transferlab.training.checkpoint import list_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORDS = "good great fine bad awful poor the a movie film plot was is very quite and but".split()
 NAMES = "alice bob carol dave".split()
 COLORS = "red blue green black white pink".split()

@@ -22,8 +22,8 @@ import pytest
 from test_trainer import TINY_MODEL, ToyLM, prepared_data, tcfg, toy_data, toy_model
 from transferlab.training.loop import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]  # tests/: tiny.py
 
 WORKER = """
 import json, sys, time

@@ -30,7 +30,7 @@ from transferlab.training.distributed import DistInfo
 from transferlab.training.loop import Trainer
 from transferlab.training.optim import build_optimizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _trained(seed: int = 0):
