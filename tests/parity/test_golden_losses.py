@@ -9,19 +9,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from transferlab.config import ModelConfig
 from transferlab.models import build_model
-from transferlab.objectives import SpecialIds, build_objective
+from transferlab.objectives import build_objective
 from transferlab.training.config import TrainConfig
 from transferlab.training.loop import Trainer
 
-V = 96
+# tests/ holds tiny.py; pytest puts it on sys.path, a script run (regenerating GOLDEN) does not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny import golden_model_config as model_config  # noqa: E402
+from tiny import golden_shards as shards  # noqa: E402
+from tiny import golden_specials as specials  # noqa: E402
 
 GOLDEN = {
     "mlm": [4.554279, 4.565574, 4.578924, 4.445603, 4.583709],
@@ -34,52 +36,6 @@ GOLDEN = {
     "mtlm": [4.566614, 4.595801, 4.594427, 4.502287, 4.508681],  # per-example MLM streams (8062112)
     "mass": [4.563219, 4.561638, 4.537928, 4.537873, 4.571555],
 }
-
-
-def shards(seed: int = 0) -> SimpleNamespace:
-    """120 documents of 2-6 sentences of 3-12 ordinary tokens (ids 24..V-1)."""
-    r = np.random.default_rng(seed)
-    toks, docs, sents = [], [0], [0]
-    n = 0
-    for _ in range(120):
-        for _ in range(r.integers(2, 7)):
-            s = r.integers(24, V, r.integers(3, 13))
-            toks.append(s)
-            n += len(s)
-            sents.append(n)
-        docs.append(n)
-    return SimpleNamespace(tokens=np.concatenate(toks).astype(np.int64), doc_offsets=np.asarray(docs, np.int64),
-                           sent_offsets=np.asarray(sents, np.int64))
-
-
-def specials(name: str) -> SpecialIds:
-    if name in ("mlm", "nsp", "electra", "plm", "mtlm"):  # BERT-style: [PAD] [UNK] [CLS] [SEP] [MASK]
-        return SpecialIds(V, pad_token_id=0, unk_token_id=1, cls_token_id=2, sep_token_id=3, mask_token_id=4)
-    if name == "clm":
-        return SpecialIds(V, eos_token_id=5, bos_token_id=5)
-    if name in ("denoise", "mass"):  # BART: <s> <pad> </s> <mask> <unk>
-        return SpecialIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4)
-    return SpecialIds(V, pad_token_id=0, eos_token_id=1, unk_token_id=2, sentinel_token_ids=tuple(range(23, 3, -1)))
-
-
-def model_config(name: str, sp: SpecialIds) -> ModelConfig:
-    common = dict(vocab_size=V, d_model=32, n_heads=2, d_ff=64, max_positions=64, dropout=0.0,
-                  attention_dropout=0.0, pad_token_id=sp.pad_token_id or 0)
-    if name in ("mlm", "nsp", "electra", "plm", "mtlm"):
-        heads = {"nsp": {"lm": {}, "nsp": {}}, "electra": {"rtd": {}}}.get(name, {"lm": {}})
-        return ModelConfig(family="encoder", n_layers=2, type_vocab_size=2, pooler=True, lm_head_transform=True,
-                           lm_head_bias=True, heads=heads, **common)
-    if name == "clm":
-        return ModelConfig(family="decoder", n_layers=2, prenorm=True, final_norm=True, embedding_norm=False,
-                           norm_eps=1e-5, heads={"lm": {}}, **common)
-    if name in ("denoise", "mass"):  # mass starts decoding with [MASK] (MASS's [M])
-        return ModelConfig(family="encoder-decoder", n_layers=1, position_offset=2, norm_eps=1e-5,
-                           lm_head_bias=True, decoder_start_token_id=2 if name == "denoise" else 3,
-                           heads={"lm": {}}, **common)
-    return ModelConfig(family="encoder-decoder", n_layers=1, norm="rmsnorm", norm_eps=1e-6, prenorm=True,
-                       embedding_norm=False, final_norm=True, activation="relu", position="relative", bias=False,
-                       attn_scale=False, scale_logits=True, decoder_start_token_id=0, heads={"lm": {}},
-                       **{**common, "d_ff": 64})
 
 
 def trajectory(name: str, out: Path) -> list[float]:
