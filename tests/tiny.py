@@ -277,6 +277,55 @@ def golden_run_losses(name: str, out: Path, batch_size: int, grad_accum: int, in
     return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
 
 
+# ----------------------------------------------------------------------------- saved model folders
+def family_layout(family: str) -> dict:
+    """The layout fields a tiny model of ``family`` takes: BERT-style post-norm encoders with token
+    types, GPT-style pre-norm decoders and encoder-decoders.
+
+    Args:
+        family: "encoder", "decoder" or "encoder-decoder".
+
+    Returns:
+        ``type_vocab_size``, ``prenorm``, ``final_norm`` and ``embedding_norm`` for ModelConfig.
+    """
+    enc = family == "encoder"
+    return dict(type_vocab_size=2 if enc else 0, prenorm=not enc, final_norm=not enc, embedding_norm=enc)
+
+
+def tokenizer_ids(tok: Tokenizer, bos: bool = False) -> dict:
+    """The special ids a model takes from its tokenizer (pad 0, eos/bos -1 where it has none).
+
+    Args:
+        tok: the tokenizer the model is saved with.
+        bos: also return ``bos_token_id``.
+
+    Returns:
+        ``pad_token_id``, ``eos_token_id`` (and ``bos_token_id``) for ModelConfig.
+    """
+    ids = dict(pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+               eos_token_id=tok.eos_token_id if tok.eos_token_id is not None else -1)
+    if bos:
+        ids["bos_token_id"] = tok.bos_token_id if tok.bos_token_id is not None else -1
+    return ids
+
+
+def save_model_dir(d: Path, cfg: ModelConfig, tok: Tokenizer) -> Path:
+    """Save a model of ``cfg`` initialised from seed 0, with ``tok``, as a model folder.
+
+    Args:
+        d: the folder to write.
+        cfg: the model's config.
+        tok: its tokenizer.
+
+    Returns:
+        ``d``.
+    """
+    torch.manual_seed(0)
+    TransferModel(cfg).save_pretrained(d)
+    tok.save(d)
+    return d
+
+
 # ----------------------------------------------------------------------------- fine-tuning world
 FT_WORDS = "good great fine bad awful poor the a movie film plot was is very quite and but".split()
 FT_NAMES = "alice bob carol dave".split()
@@ -292,17 +341,10 @@ def finetune_model_dir(root: Path, family: str) -> Path:
     tok = Tokenizer.train(corpus, kind=kind, vocab_size=200, n_sentinels=0)
     cfg = ModelConfig(
         family=family, vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_positions=64,
-        type_vocab_size=2 if family == "encoder" else 0, pooler=family == "encoder", prenorm=family != "encoder",
-        final_norm=family != "encoder", embedding_norm=family == "encoder",
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
-        eos_token_id=tok.eos_token_id if tok.eos_token_id is not None else -1,
+        pooler=family == "encoder", **family_layout(family), **tokenizer_ids(tok),
         decoder_start_token_id=tok.eos_token_id if family == "encoder-decoder" else -1,
         dropout=0.0, attention_dropout=0.0, heads={"lm": {}})
-    d = root / family
-    torch.manual_seed(0)
-    TransferModel(cfg).save_pretrained(d)
-    tok.save(d)
-    return d
+    return save_model_dir(root / family, cfg, tok)
 
 
 def finetune_env(root: Path) -> dict[str, Path]:
