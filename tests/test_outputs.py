@@ -25,8 +25,7 @@ from transferlab.outputs import (
 )
 from transferlab.utils import atomic_dir, atomic_write_text
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer import TINY_MODEL, prepared_data, write_corpus  # noqa: E402
+from tiny import TINY_MODEL, prepared_data, write_corpus  # noqa: E402
 
 
 def _one_line_error(capsys, *needles: str) -> str:

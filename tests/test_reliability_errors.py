@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny import family_layout, save_model_dir, tokenizer_ids
 from transferlab.checks import cap_max_length, check_tokenizer, resolve_device
 from transferlab.cli import main, os_error_message
 from transferlab.config import ModelConfig, Range, check_fields, read_json
@@ -45,18 +46,10 @@ def _model_dir(root: Path, name: str, family: str, kind: str, vocab: int | None 
     tok = Tokenizer.train(_corpus(), kind=kind, vocab_size=200 if kind == "wordpiece" else 300, n_sentinels=0)
     cfg = ModelConfig(
         family=family, vocab_size=vocab or tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64,
-        max_positions=32, type_vocab_size=2 if family == "encoder" else 0, prenorm=family != "encoder",
-        final_norm=family != "encoder", embedding_norm=family == "encoder", dropout=0.0, attention_dropout=0.0,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
-        eos_token_id=tok.eos_token_id if tok.eos_token_id is not None else -1,
-        bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else -1,
+        max_positions=32, **family_layout(family), dropout=0.0, attention_dropout=0.0, **tokenizer_ids(tok, bos=True),
         heads={"lm": {}}, lm_head_transform=family == "encoder", lm_head_bias=family == "encoder",
     )
-    d = root / name
-    torch.manual_seed(0)
-    TransferModel(cfg).save_pretrained(d)
-    tok.save(d)
-    return d
+    return save_model_dir(root / name, cfg, tok)
 
 
 @pytest.fixture(scope="module")

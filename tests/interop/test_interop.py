@@ -31,7 +31,7 @@ from transferlab.errors import DataError  # noqa: E402
 from transferlab.interop import copy_sentence_transformers, label_config, labels_of  # noqa: E402
 from transferlab.tokenizer import Tokenizer  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import interop_check  # noqa: E402
 
 HAVE_ST = importlib.util.find_spec("sentence_transformers") is not None

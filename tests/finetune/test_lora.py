@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_finetune_scale import _cfg, env  # noqa: F401  (env is a fixture)
+from tiny import finetune_cfg as _cfg
 from transferlab.cli import main
 from transferlab.errors import CheckpointError
 from transferlab.finetune import evaluate, finetune
@@ -15,8 +15,13 @@ from transferlab.finetune.lora import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoRAConf
 from transferlab.models.model import from_pretrained
 
 
+@pytest.fixture(scope="module")
+def env(finetune_env) -> dict:  # tests/conftest.py: one tiny model per family + task files
+    return finetune_env
+
+
 @pytest.mark.parametrize("family", ["encoder", "decoder", "encoder-decoder"])
-def test_merge_gives_the_same_logits_as_the_unmerged_adapter(env, family):  # noqa: F811
+def test_merge_gives_the_same_logits_as_the_unmerged_adapter(env, family):
     model = from_pretrained(env[family]).eval()
     ids = torch.randint(5, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
     kw = {"decoder_input_ids": ids[:, :5]} if family == "encoder-decoder" else {}
@@ -36,7 +41,7 @@ def test_merge_gives_the_same_logits_as_the_unmerged_adapter(env, family):  # no
     torch.testing.assert_close(model(input_ids=ids, head="lm", **kw).logits, adapted, rtol=1e-5, atol=1e-5)
 
 
-def test_finetune_with_lora_saves_merged_model_and_adapter(env, tmp_path, capsys):  # noqa: F811
+def test_finetune_with_lora_saves_merged_model_and_adapter(env, tmp_path, capsys):
     out = tmp_path / "lora"
     res = finetune(_cfg(env, out_dir=str(out), lora_r=4, lora_alpha=8, epochs=2, batch_size=8, lr=5e-3,
                         eval_on_test=False, quiet=False))
@@ -77,7 +82,7 @@ def test_finetune_with_lora_saves_merged_model_and_adapter(env, tmp_path, capsys
 
 
 @pytest.mark.parametrize("flag,value", [("--lora-r", "0"), ("--lora-r", "-2"), ("--lora-targets", "nope")])
-def test_bad_lora_settings_are_one_line_errors(env, tmp_path, capsys, flag, value):  # noqa: F811
+def test_bad_lora_settings_are_one_line_errors(env, tmp_path, capsys, flag, value):
     rc = main(["finetune", "--model", str(env["encoder"]), "--train", str(env["cls_train"]), "--out",
                str(tmp_path / "o"), "--lora-r", "4", flag, value, "--quiet"])
     err = capsys.readouterr().err

@@ -6,7 +6,7 @@ from transferlab.cli import main
 from transferlab.cost import estimate_flops
 from transferlab.models import from_pretrained
 
-from test_trainer import prepared_data
+from tiny import prepared_data
 
 
 def test_pretrain_writes_a_cost_report(tmp_path, capsys):

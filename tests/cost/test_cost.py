@@ -97,13 +97,9 @@ def test_train_flops_match_flop_counter(name, kw, dec):
 def test_electra_pair_flops_match_flop_counter(embedding_size):
     """What pretrain bills an ELECTRA step (discriminator on every token + the generator's sparse
     MLM through generator_proj and a head back to the embedding width) is what the step runs."""
-    import sys
-    from pathlib import Path
-
     import numpy as np
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_objectives import bert_ids, encoder_cfg, windows
+    from tiny import bert_ids, encoder_cfg, windows
 
     from transferlab.objectives import build_objective
 

@@ -1,9 +1,8 @@
 """The explicit training loop: exact gradient accumulation, budgets and schedules, NaN handling,
 deterministic evaluation, logs, and the config. Tiny models on synthetic data; seconds each.
 
-The helpers at the top (a toy objective with a *variable* number of targets per example, tiny
-models, prepared data) are shared with test_checkpoint.py, test_distributed.py and
-test_golden_losses.py.
+The toy objective (a *variable* number of targets per example), tiny models and prepared data come
+from tests/tiny.py.
 """
 
 from __future__ import annotations
@@ -17,117 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from transferlab.config import ModelConfig, apply_overrides
+from tiny import TINY_MODEL, ToyLM, prepared_data, tcfg, toy_data, toy_model
+from transferlab.config import apply_overrides
 from transferlab.errors import ConfigError
-from transferlab.models import build_model
-from transferlab.objectives.base import Objective
 from transferlab.training.config import TrainConfig
 from transferlab.training.distributed import GlobalSampler
 from transferlab.training.loop import Trainer, TrainingDiverged, cpu_has_native_bf16, resolve_dtype
 from transferlab.training.optim import lr_multiplier, param_groups
-
-V, L = 64, 16
-
-
-# ----------------------------------------------------------------------------- shared helpers
-class ToyLM(Objective):
-    """Next-token prediction where every row keeps a different number of targets.
-
-    Rows are cut at a length that depends on the row's first token (deterministic) or, with
-    ``random_cut``, is drawn from the trainer's rng; so a loss normalised per micro-batch instead
-    of over the whole accumulated batch gives measurably different gradients.
-    """
-
-    name = "toy"
-    metric_names = ("acc",)
-
-    def __init__(self, random_cut: bool = False, nan_at_call: int | None = None):
-        self.random_cut, self.nan_at_call, self.calls = random_cut, nan_at_call, 0
-
-    def check_model(self, cfg) -> None:
-        pass
-
-    def dataset(self, shards, seq_len):
-        return shards
-
-    def collate(self, examples, rng):
-        x = torch.as_tensor(np.stack(examples))  # (B, T)
-        T = x.shape[1]
-        if self.random_cut:
-            cut = rng.integers(2, T + 1, size=len(examples))
-        else:
-            cut = 2 + x[:, 0].numpy() % (T - 1)  # 2..T kept tokens
-        keep = torch.as_tensor(np.arange(T)[None] < cut[:, None])
-        labels = x.masked_fill(~keep, -100)
-        return {"input_ids": x, "attention_mask": keep.long(), "labels": labels,
-                "n_targets": (labels[:, 1:] != -100).sum()}
-
-    def compute(self, module, batch):
-        self.calls += 1
-        model = self._model_of(module)
-        out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logits = model.heads["lm"](out.last_hidden_state[:, :-1])  # (B, T-1, V)
-        tgt = batch["labels"][:, 1:]
-        loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                   ignore_index=-100, reduction="sum")
-        if self.nan_at_call is not None and self.calls >= self.nan_at_call:
-            loss_sum = loss_sum * float("nan")
-        n = (tgt != -100).sum().clamp(min=1)
-        return loss_sum, {"acc": (logits.argmax(-1) == tgt).sum() / n}
-
-
-def toy_data(n: int = 48, seed: int = 0, length: int = L) -> list[np.ndarray]:
-    r = np.random.default_rng(seed)
-    return [r.integers(1, V, length) for _ in range(n)]
-
-
-def toy_model(seed: int = 0, dropout: float = 0.0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(family="decoder", vocab_size=V, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_positions=32,
-                      prenorm=True, final_norm=True, embedding_norm=False, dropout=dropout,
-                      attention_dropout=dropout, heads={"lm": {}})
-    return build_model(cfg)
-
-
-def tcfg(**kw) -> TrainConfig:
-    base = dict(batch_size=4, seq_len=L, max_steps=6, lr=3e-3, warmup=0.2, eval_every=0, save_every=0, log_every=1,
-                dtype="fp32", progress=False, tensorboard=False)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def write_corpus(path: Path, n_docs: int = 80, seed: int = 0) -> Path:
-    """A small synthetic English-like corpus, documents separated by blank lines."""
-    import random
-
-    r = random.Random(seed)
-    words = ("the a cat dog sat on mat ran fast slow house tree green blue red big small happy sad "
-             "runs jumps over under quickly slowly bird fish river stone light dark").split()
-    docs = []
-    for _ in range(n_docs):
-        sents = [" ".join(r.choice(words) for _ in range(r.randint(4, 12))).capitalize() + "."
-                 for _ in range(r.randint(2, 6))]
-        docs.append(" ".join(sents))
-    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    return path
-
-
-def prepared_data(root: Path, kind: str = "wordpiece", n_docs: int = 80) -> Path:
-    """Train a tiny tokenizer in-process and prepare shards with a validation split."""
-    from transferlab.data import prepare_corpus
-    from transferlab.tokenizer import Tokenizer
-
-    corpus = write_corpus(root / f"corpus-{kind}.txt", n_docs)
-    extra = {"n_sentinels": 20} if kind == "unigram" else {}  # T5 sentinels for span corruption
-    tok = Tokenizer.train([str(corpus)], kind=kind, vocab_size=300, min_frequency=1, **extra)
-    out = root / f"data-{kind}"
-    prepare_corpus([str(corpus)], tok, out, val_fraction=0.15, workers=0, progress=False)
-    return out
-
-
-TINY_MODEL = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64"]
 
 
 # ----------------------------------------------------------------------------- accumulation
@@ -340,11 +236,6 @@ def test_train_config_fields_and_overrides():
 
 
 # ----------------------------------------------------------------------------- pretrain end to end
-@pytest.fixture(scope="module")
-def wp_data(tmp_path_factory) -> Path:
-    return prepared_data(tmp_path_factory.mktemp("trainer-data"))
-
-
 def test_pretrain_cli_writes_a_loadable_model(wp_data, tmp_path, capsys):
     from transferlab import from_pretrained
     from transferlab.cli import main

@@ -10,28 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from test_golden_losses import model_config, shards, specials
+from tiny import golden_model_config as model_config
+from tiny import golden_run_losses as _losses
+from tiny import golden_shards as shards
+from tiny import golden_specials as specials
 from transferlab.models import build_model
 from transferlab.objectives import build_objective
 from transferlab.objectives.example_rng import ExampleRNG
 from transferlab.training.config import TrainConfig
 from transferlab.training.distributed import GlobalSampler
 from transferlab.training.loop import Trainer
-
-
-def _losses(name: str, out: Path, batch_size: int, grad_accum: int, info=None) -> list[float]:
-    sp = specials(name)
-    objective = build_objective(name, sp)
-    torch.manual_seed(0)
-    model = build_model(model_config(name, sp))
-    cfg = TrainConfig(batch_size=batch_size, grad_accum=grad_accum, seq_len=32, max_steps=3, lr=1e-2, warmup=0.0,
-                      eval_every=0, save_every=0, log_every=1, dtype="fp32", seed=0, progress=False,
-                      tensorboard=False, num_threads=1)
-    # every rank holds the whole dataset; the trainer's GlobalSampler gives each its slice (as pretrain does)
-    Trainer(model, objective, objective.dataset(shards(), cfg.seq_len), cfg, out, info=info).fit()
-    if info is not None and not info.is_main:
-        return []
-    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
 
 
 @pytest.mark.parametrize("name", ["mlm", "electra", "denoise"])
@@ -98,7 +86,7 @@ def test_pretrain_with_gradient_checkpointing_follows_the_same_losses(tmp_path):
 WORKER = """
 import json, sys
 sys.path.insert(0, {tests!r})
-from test_example_rng import _losses
+from tiny import golden_run_losses as _losses
 from transferlab.training.distributed import barrier, cleanup_distributed, init_distributed
 
 info = init_distributed("cpu")
@@ -120,7 +108,7 @@ def test_two_ranks_equal_one_process_for_random_objectives(tmp_path):
     import sys
 
     ref = {name: _losses(name, tmp_path / f"ref-{name}", 16, 1) for name in ("mlm", "electra", "denoise")}
-    tests = Path(__file__).resolve().parent
+    tests = Path(__file__).resolve().parents[1]  # tests/: tiny.py
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(tests), root=str(tmp_path / "ddp")))
     env = {**os.environ, "PYTHONPATH": str(tests.parent / "src"), "OMP_NUM_THREADS": "1"}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from test_objectives import CLS, MASK, SEP, V, bert_ids, decoder_cfg, encoder_cfg, windows
-from transferlab.config import ModelConfig
+from tiny import BMASK, CLS, MASK, SEP, bart_ids, bert_ids, decoder_cfg, encoder_cfg, seq2seq_cfg, t5_ids, windows
+from tiny import OBJ_V as V
 from transferlab.errors import ConfigError, DataError
 from transferlab.models import build_model
 from transferlab.objectives import TokenizerIds, build_objective
@@ -38,28 +38,6 @@ def sentence_shards(n_docs: int, sents_per_doc: tuple[int, int], sent_len: tuple
     n = int(sent_offs[-1])
     tokens = (np.arange(n) + low) if unique else rng.integers(low, V, n)
     return SimpleNamespace(tokens=tokens.astype(np.int64), doc_offsets=np.asarray(doc_offs, np.int64), sent_offsets=sent_offs)
-
-
-def seq2seq_cfg(**kw) -> ModelConfig:
-    base = dict(family="encoder-decoder", vocab_size=V, d_model=32, n_layers=1, n_decoder_layers=1, n_heads=2,
-                d_ff=64, max_positions=256, dropout=0.0, attention_dropout=0.0, heads={"lm": {}})
-    base.update(kw)
-    return ModelConfig(**base)
-
-
-BMASK = 3  # bart_ids' <mask>
-
-
-def bart_ids(**kw) -> TokenizerIds:
-    cont = np.zeros(V, dtype=bool)
-    cont[600:] = True
-    return TokenizerIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4,
-                      continuation=cont, **kw)
-
-
-def t5_ids(n_sentinels: int = 100) -> TokenizerIds:
-    return TokenizerIds(V, pad_token_id=0, eos_token_id=1, unk_token_id=2,
-                      sentinel_token_ids=tuple(range(V - 1, V - 1 - n_sentinels, -1)))
 
 
 # =============================================================================== NSP

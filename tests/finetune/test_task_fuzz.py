@@ -10,7 +10,7 @@ other exception fails. Deterministic: case ``k`` always builds the same bytes (s
 
 Run outside the suite with many cases (prints a count per failure class)::
 
-    PYTHONPATH=src .venv/bin/python tests/test_task_fuzz.py --cases 20000
+    PYTHONPATH=src .venv/bin/python tests/finetune/test_task_fuzz.py --cases 20000
 """
 
 from __future__ import annotations

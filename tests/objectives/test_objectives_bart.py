@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_objectives import CLS, MASK, PAD, SEP, UNK, V, bert_ids, decoder_cfg, encoder_cfg, windows
-from test_objectives_pretrain import seq2seq_cfg
+from tiny import CLS, MASK, PAD, SEP, UNK, bert_ids, decoder_cfg, encoder_cfg, seq2seq_cfg, windows
+from tiny import OBJ_V as V
 from transferlab.cost import estimate_flops
 from transferlab.errors import ConfigError
 from transferlab.models import build_model
@@ -465,7 +465,7 @@ def test_mass_loss_and_checks():
 # =============================================================================== end to end
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from test_trainer import prepared_data
+    from tiny import prepared_data
 
     root = tmp_path_factory.mktemp("bart-objectives")
     return {k: prepared_data(root, k, n_docs=40) for k in ("wordpiece", "bpe")}
@@ -528,7 +528,7 @@ def test_seq2seq_objectives_do_not_bill_decoder_tokens_as_extra_sequences():
     """A step's tokens count encoder and decoder positions; the default estimate divided them by
     seq_len alone and billed each "sequence" an encoder and a full decoder (about 2x for denoise).
     denoise, span-corruption and mass bill what a row really runs."""
-    from test_objectives_pretrain import bart_ids, t5_ids
+    from tiny import bart_ids, t5_ids
 
     cfg = seq2seq_cfg()
     sc = build_objective("span-corruption", t5_ids())

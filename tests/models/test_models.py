@@ -343,7 +343,7 @@ EXPECTED = {  # name: (layers, d_model, heads)
 
 def test_presets_have_the_documented_sizes():
     assert set(list_presets()) == set(EXPECTED)
-    docs = (Path(__file__).parents[1] / "docs" / "models.md").read_text()
+    docs = (Path(__file__).parents[2] / "docs" / "models.md").read_text()
     for name, (layers, d, h) in EXPECTED.items():
         cfg = get_preset(name)
         assert (cfg.n_layers, cfg.d_model, cfg.n_heads) == (layers, d, h), name

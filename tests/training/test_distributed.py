@@ -19,17 +19,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_trainer import TINY_MODEL, ToyLM, prepared_data, tcfg, toy_data, toy_model
+from tiny import TINY_MODEL, ToyLM, prepared_data, tcfg, toy_data, toy_model
 from transferlab.training.loop import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]  # tests/: tiny.py
 
 WORKER = """
 import json, sys, time
 sys.path.insert(0, {tests!r})
 import torch
-from test_trainer import ToyLM, tcfg, toy_data, toy_model
+from tiny import ToyLM, tcfg, toy_data, toy_model
 from transferlab.cli import main
 from transferlab.training.distributed import barrier, cleanup_distributed, init_distributed
 from transferlab.training.loop import Trainer

@@ -12,47 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab.config import ModelConfig
+from tiny import CLS, MASK, PAD, SEP, UNK, bert_ids, decoder_cfg, encoder_cfg, gpt_ids, windows
+from tiny import OBJ_V as V
 from transferlab.errors import ConfigError, DataError
 from transferlab.models import build_model
 from transferlab.objectives import TokenizerIds, build_objective, objective_names
 from transferlab.objectives import masking
-
-V = 1000
-PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
-N_SPECIAL = 5
-
-
-def bert_ids(vocab: int = V, **kw) -> TokenizerIds:
-    cont = np.zeros(vocab, dtype=bool)
-    cont[600:] = True  # ids >= 600 are "##" continuation pieces
-    return TokenizerIds(vocab, pad_token_id=PAD, unk_token_id=UNK, cls_token_id=CLS, sep_token_id=SEP,
-                      mask_token_id=MASK, continuation=cont, **kw)
-
-
-def gpt_ids() -> TokenizerIds:
-    return TokenizerIds(V, eos_token_id=5, bos_token_id=5)
-
-
-def encoder_cfg(**kw) -> ModelConfig:
-    base = dict(vocab_size=V, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_positions=256,
-                dropout=0.0, attention_dropout=0.0, lm_head_transform=True, lm_head_bias=True, heads={"lm": {}})
-    base.update(kw)
-    return ModelConfig(**base)
-
-
-def decoder_cfg(**kw) -> ModelConfig:
-    base = dict(family="decoder", vocab_size=V, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_positions=256,
-                dropout=0.0, attention_dropout=0.0, prenorm=True, final_norm=True, embedding_norm=False,
-                heads={"lm": {}})
-    base.update(kw)
-    return ModelConfig(**base)
-
-
-def windows(n: int, T: int, seed: int = 0, low: int = N_SPECIAL) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(low, V, T) for _ in range(n)]
-
 
 def shards(doc_lens: list[int], seed: int = 0, low: int = 6) -> SimpleNamespace:
     rng = np.random.default_rng(seed)

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tiny import family_layout, save_model_dir, tokenizer_ids
 from transferlab.cli import main
 from transferlab.config import ModelConfig
 from transferlab.errors import CheckpointError, ConfigError, DataError
@@ -23,7 +24,7 @@ from transferlab.finetune.inputs import IGNORE, InputBuilder
 from transferlab.finetune.task_types import QA, Classification, Seq2Seq, Tagging, build_wiring
 from transferlab.finetune.task_types.tagging import bio_transitions, bio_viterbi
 from transferlab.finetune.loop import _Unfreezer, load_finetuned
-from transferlab.models.model import TransferModel, from_pretrained
+from transferlab.models.model import from_pretrained
 from transferlab.tokenizer import Tokenizer
 
 POS = "good great excellent wonderful superb lovely".split()
@@ -52,18 +53,11 @@ def _make_dir(root: Path, family: str, kind: str) -> Path:
     tok = Tokenizer.train(_corpus(), kind=kind, vocab_size=400, n_sentinels=0)
     cfg = ModelConfig(
         family=family, vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=2, d_ff=128,
-        max_positions=128, type_vocab_size=2 if family == "encoder" else 0, pooler=family == "encoder",
-        prenorm=family != "encoder", final_norm=family != "encoder", embedding_norm=family == "encoder",
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
-        eos_token_id=tok.eos_token_id if tok.eos_token_id is not None else -1,
+        max_positions=128, pooler=family == "encoder", **family_layout(family), **tokenizer_ids(tok),
         decoder_start_token_id=tok.eos_token_id if family == "encoder-decoder" else -1,
         dropout=0.0, attention_dropout=0.0, heads={"lm": {}},
     )
-    d = root / f"{family}-{kind}"
-    torch.manual_seed(0)
-    TransferModel(cfg).save_pretrained(d)
-    tok.save(d)
-    return d
+    return save_model_dir(root / f"{family}-{kind}", cfg, tok)
 
 
 @pytest.fixture(scope="module")

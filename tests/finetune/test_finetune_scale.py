@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -23,82 +22,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiny import finetune_cfg as _cfg
 from transferlab.cli import main
-from transferlab.config import ModelConfig
-from transferlab.finetune import FinetuneConfig, finetune
-from transferlab.models.model import TransferModel
-from transferlab.tokenizer import Tokenizer
+from transferlab.finetune import finetune
 from transferlab.training.checkpoint import list_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
-WORDS = "good great fine bad awful poor the a movie film plot was is very quite and but".split()
-NAMES = "alice bob carol dave".split()
-COLORS = "red blue green black white pink".split()
-
-
-def _model_dir(root: Path, family: str) -> Path:
-    kind = "wordpiece" if family == "encoder" else "bpe"
-    corpus = [" ".join(random.Random(i).choices(WORDS + NAMES + COLORS, k=8)) for i in range(300)]
-    corpus += [n.title() + " " + c.title() for n in NAMES for c in COLORS]
-    tok = Tokenizer.train(corpus, kind=kind, vocab_size=200, n_sentinels=0)
-    cfg = ModelConfig(
-        family=family, vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_positions=64,
-        type_vocab_size=2 if family == "encoder" else 0, pooler=family == "encoder", prenorm=family != "encoder",
-        final_norm=family != "encoder", embedding_norm=family == "encoder",
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
-        eos_token_id=tok.eos_token_id if tok.eos_token_id is not None else -1,
-        decoder_start_token_id=tok.eos_token_id if family == "encoder-decoder" else -1,
-        dropout=0.0, attention_dropout=0.0, heads={"lm": {}})
-    d = root / family
-    torch.manual_seed(0)
-    TransferModel(cfg).save_pretrained(d)
-    tok.save(d)
-    return d
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ftscale")
-    rng = random.Random(3)
-    out = {f: _model_dir(root, f) for f in ("encoder", "decoder", "encoder-decoder")}
-    for split, n in (("train", 72), ("val", 20)):
-        rows = ["text,label"]
-        for _ in range(n):
-            lab = rng.choice(["pos", "neg"])
-            w = rng.choices(WORDS[4:], k=rng.randint(3, 9))
-            w.insert(rng.randrange(len(w)), rng.choice(WORDS[:3] if lab == "pos" else WORDS[3:6]))
-            rows.append(f"{' '.join(w)},{lab}")
-        (root / f"cls_{split}.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-        out[f"cls_{split}"] = root / f"cls_{split}.csv"
-    tags = []
-    for _ in range(64):
-        toks, tg = [], []
-        for _ in range(rng.randint(3, 8)):  # sentences of different lengths: token counts differ per batch
-            if rng.random() < 0.3:
-                toks.append(rng.choice(NAMES).title())
-                tg.append("B-PER")
-            else:
-                toks.append(rng.choice(WORDS))
-                tg.append("O")
-        tags.append({"tokens": toks, "tags": tg})
-    (root / "tag.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tags), encoding="utf-8")
-    out["tag"] = root / "tag.jsonl"
-    s2s = []
-    for _ in range(64):
-        w = rng.sample(COLORS, rng.randint(1, 4))
-        s2s.append({"source": " ".join(w), "target": " ".join(w[: rng.randint(1, len(w))])})
-    (root / "s2s.jsonl").write_text("".join(json.dumps(t) + "\n" for t in s2s), encoding="utf-8")
-    out["s2s"] = root / "s2s.jsonl"
-    return out
-
-
-def _cfg(env, **kw) -> FinetuneConfig:
-    base = dict(model=str(env["encoder"]), train_file=str(env["cls_train"]), validation_file=str(env["cls_val"]),
-                epochs=1, lr=1e-3, dtype="fp32", device="cpu", quiet=True, eval_every=1, eval_on_test=False,
-                warmup=0.0)
-    base.update(kw)
-    return FinetuneConfig(**base)
-
+def env(finetune_env) -> dict[str, Path]:  # tests/conftest.py: one tiny model per family + task files
+    return finetune_env
 
 # ------------------------------------------------------------------------------ gradient accumulation
 def _losses(res) -> list[float]:

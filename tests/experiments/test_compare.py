@@ -21,7 +21,7 @@ from transferlab.models.model import build_model
 from transferlab.tokenizer import Tokenizer
 from transferlab.training.checkpoint import list_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 POS = ["a wonderful film , loved it", "great acting and a great story", "wonderful , moving and funny"]
 NEG = ["a terrible film , hated it", "boring plot and awful acting", "awful , dull and too long"]
@@ -239,7 +239,7 @@ def test_method_train_sizes_limit_its_cells(tmp_path):
                               "models": [{"name": "big", "model": "builtin:minilm", "train_sizes": [0]}]}, base=tmp_path)
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_example_configs_parse(path):
     """Every comparison config in examples/ is valid: known keys, methods, sizes, seeds."""

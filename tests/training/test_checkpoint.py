@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_trainer import TINY_MODEL, ToyLM, prepared_data, tcfg, toy_data, toy_model
+from tiny import TINY_MODEL, ToyLM, prepared_data, tcfg, toy_data, toy_model
 from transferlab.errors import CheckpointError
 from transferlab.training.checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_checkpoints,
                                              load_checkpoint, restore_rng, save_checkpoint)
@@ -30,7 +30,7 @@ from transferlab.training.distributed import DistInfo
 from transferlab.training.loop import Trainer
 from transferlab.training.optim import build_optimizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _trained(seed: int = 0):
@@ -157,11 +157,6 @@ def test_resume_in_process_is_bit_identical(tmp_path, num_workers):
 
 
 # ----------------------------------------------------------------------------- kill -9
-@pytest.fixture(scope="module")
-def wp_data(tmp_path_factory) -> Path:
-    return prepared_data(tmp_path_factory.mktemp("ckpt-data"))
-
-
 def _argv(data: Path, out: Path, *flags: str, steps: int = 48) -> list[str]:
     return ["pretrain", "--preset", "bert-tiny", "--objective", "mlm", "--data", str(data), "--out", str(out), *flags,
             "--max-steps", str(steps), "--save-every", "4", "--eval-every", "10", "--batch-size", "4", "--seq-len", "32",
