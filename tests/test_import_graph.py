@@ -1,4 +1,4 @@
-"""The package's import graph: no cycle among module-level imports, and the interop layer on top.
+"""The package's import graph: the interop layer on top of models (cycles: tests/test_layout.py).
 
 Function-level (lazy) imports are left out of the cycle check: they are how a command keeps torch
 out of ``transferlab --help``. ``models`` must not import ``interop`` at module level (interop
@@ -44,26 +44,6 @@ def _module_level_imports(name: str, path: Path, known: dict[str, Path]) -> set[
 def _graph() -> dict[str, set[str]]:
     known = _modules()
     return {m: _module_level_imports(m, p, known) for m, p in known.items()}
-
-
-def test_no_module_level_import_cycle():
-    graph = _graph()
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    cycles: list[list[str]] = []
-
-    def visit(m: str, path: list[str]) -> None:
-        state[m] = 1
-        for t in sorted(graph[m]):
-            if state.get(t) == 1:
-                cycles.append(path[path.index(t):] + [t] if t in path else [m, t])
-            elif t not in state:
-                visit(t, path + [t])
-        state[m] = 2
-
-    for m in sorted(graph):
-        if m not in state:
-            visit(m, [m])
-    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
 def test_models_do_not_import_interop_at_module_level():

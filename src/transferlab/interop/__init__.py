@@ -8,7 +8,7 @@
   (:mod:`.tokenizer_files`) and sentence-transformers' modules (:mod:`.sentence_transformers`).
 
 The tensors of an exported model are checked against ``transformers`` in
-``tests/test_hf_parity.py``; this package's ``__init__`` stays free of torch so that importing
+``tests/parity/test_hf_parity.py``; this package's ``__init__`` stays free of torch so that importing
 the metadata helpers is cheap.
 """
 

@@ -8,7 +8,7 @@ model, say) subclasses :class:`Backbone`, implements the abstract members and th
 supports, and calls :func:`register_family`; nothing else in the library changes.
 
 The three transformer families (:mod:`~transferlab.models.families`) implement it on one
-:class:`~transferlab.models.blocks.Stack`; ``tests/test_backbone_contract.py`` registers a
+:class:`~transferlab.models.blocks.Stack`; ``tests/models/test_backbone_contract.py`` registers a
 GRU language model with its own settings (``register_family(name, cls, options)``) as the example
 to copy for a new family.
 """

@@ -11,7 +11,7 @@ autotuned GEMMs). Speed-ups are measured in BENCHMARKS.md (generation section).
 
 A change to :class:`~transferlab.models.blocks.Block` or ``Stack`` that the step does not copy
 must either be mirrored in :meth:`_DecodeStep._body` or listed in :meth:`_DecodeStep.unsupported`
-(that model then decodes through the modules); ``tests/test_generation_step.py`` checks the step
+(that model then decodes through the modules); ``tests/parity/test_generation_step.py`` checks the step
 against the module path for every variant it covers. Generation reaches it only through
 :meth:`~transferlab.models.families.TransformerBackbone.fast_decode_step`.
 """

@@ -3,7 +3,7 @@
 Every linear layer (the "6N" of Kaplan et al. 2020, counted layer by layer), attention scores
 and values (PaLM appendix B: 12·L·d_attn·T per trained token), encoder-decoder cross-attention,
 heads, and sparse MLM (the vocabulary projection only on the predicted positions). Checked
-against ``torch.utils.flop_counter.FlopCounterMode`` in ``tests/test_cost.py``. Consumers call
+against ``torch.utils.flop_counter.FlopCounterMode`` in ``tests/cost/test_cost.py``. Consumers call
 :func:`transferlab.cost.estimate_flops`, which dispatches to the family's
 :meth:`~transferlab.models.backbone.Backbone.estimate_flops` (for these families:
 :func:`transformer_flops`).

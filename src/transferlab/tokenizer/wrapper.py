@@ -17,7 +17,7 @@ Existing vocabularies load with :meth:`Tokenizer.from_pretrained`: a folder save
 ``vocab.bpe``, and the real ones shipped in pip packages: ``builtin:gpt2`` and ``builtin:minilm``.
 
 Calling the tokenizer (``tok(texts, padding=True, ...)``) mirrors the ``transformers`` API and is
-checked against it token for token in ``tests/test_tokenizer.py``.
+checked against it token for token in ``tests/tokenizer/test_tokenizer.py``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,7 @@ from transferlab.errors import CheckpointError, ConfigError
 from transferlab.models.model import TransferModel, from_pretrained
 from transferlab.tokenizer import Tokenizer
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer import TINY_MODEL, prepared_data  # noqa: E402
+from tiny import TINY_MODEL, prepared_data
 
 WORDS = "the movie film plot was is very good great bad awful dull alice bob paris red blue".split()
 OTHER = "zebra yak walrus vole urchin tapir seal raven quail puma otter newt mole lynx koala".split()
