@@ -38,7 +38,6 @@ import torch
 from ..errors import ConfigError, DataError
 from ..training.checkpoint import clean_stale, latest_checkpoint, list_checkpoints
 from ..training.distributed import DistInfo, wrap_model
-from ..training.loop import _LossModule
 from ..utils import atomic_dir, atomic_write_text, set_seed
 from .checkpoints import _fingerprint, _full_state, _resume, _save_checkpoint
 from .config import CONFIG_FILE, FinetuneConfig, FinetuneResult, TaskSpec
@@ -327,7 +326,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
 
     # DDP/FSDP wrap the loss module (the wiring's summed loss as its forward), as pre-training does;
     # before the optimizer: FSDP2 replaces the parameters by sharded ones in place
-    engine = wrap_model(_LossModule(model, _TaskTypeObjective(wiring)), info, fsdp=cfg.fsdp)
+    engine = wrap_model(_TaskLoss(model, wiring), info, fsdp=cfg.fsdp)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, layer_lr_decay=cfg.layer_lr_decay)
     unfreeze = _Unfreezer(model, cfg.gradual_unfreeze)
     min_ratio = 1.0 / 32 if str(cfg.schedule) == "slanted" else 0.0  # ULMFiT's ratio
@@ -512,18 +511,19 @@ def _batch_flops(w: TaskType, batch: dict[str, torch.Tensor]) -> float:
 
 
 # ------------------------------------------------------------------------------ the shared trainer core
-class _TaskTypeObjective:
-    """A task wiring seen as a pre-training objective (``loss(model, batch) -> LossOutput``), so
-    fine-tuning runs through the same loss module, DDP/FSDP wrapping and accumulation core as
-    :class:`~transferlab.training.loop.Trainer`."""
+class _TaskLoss(torch.nn.Module):
+    """The model and its task type as one module whose ``forward(**batch)`` returns the summed
+    loss: what DDP/FSDP wrap and the accumulation core of
+    :class:`~transferlab.training.loop.Trainer` calls, as an objective's ``wrap_model`` module does
+    in pre-training (DDP must see the whole loss computation as its forward)."""
 
-    def __init__(self, wiring: TaskType):
-        self.wiring = wiring
+    def __init__(self, model: torch.nn.Module, wiring: TaskType):
+        super().__init__()
+        self.model = model
+        self.wiring = wiring  # not a module: no parameters of its own
 
-    def loss(self, model: Any, batch: dict[str, Any]) -> Any:
-        from ..objectives.base import LossOutput
-
-        return LossOutput(loss_sum=self.wiring.loss_sum(model, batch))
+    def forward(self, **batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.wiring.loss_sum(self.model, batch), {}
 
 
 def _micro_batches(idx: list[int], cfg: FinetuneConfig, info: DistInfo) -> list[tuple[list[int], float]]:

@@ -105,24 +105,6 @@ def compile_model(module: nn.Module, whole: bool = True) -> None:
             unit.compile()
 
 
-class _LossModule(nn.Module):
-    """model + a ``loss(model, batch) -> LossOutput`` object as one module whose
-    ``forward(**batch)`` returns the loss, so DDP sees the whole loss computation as its forward.
-
-    Pre-training does not need it (an objective's ``wrap_model`` module already returns the
-    loss); fine-tuning's task wirings still go through it.
-    """
-
-    def __init__(self, model: nn.Module, objective: Any):
-        super().__init__()
-        self.model = model
-        self.objective = objective
-
-    def forward(self, **batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self.objective.loss(self.model, batch)
-        return out.loss_sum, out.metrics
-
-
 def autocast_dtype(dtype: str) -> torch.dtype | None:
     """The autocast dtype of a resolved training dtype (``bf16``/``fp16``), None for fp32."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(dtype))
