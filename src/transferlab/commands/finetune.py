@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -162,8 +161,6 @@ def _columns(p: argparse.ArgumentParser, label: bool = True) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..runtime import DTYPES  # the one --dtype spelling (config.DType)
-
     # ---------------------------------------------------------------- finetune
     p = subparsers.add_parser(
         "finetune",
@@ -192,52 +189,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="finetune.KEY=VALUE",
                    help="dotted overrides of FinetuneConfig fields: finetune.lr=1e-4 finetune.grad_accum=4")
     p.set_defaults(func=_finetune)
-
-    # ---------------------------------------------------------------- evaluate
-    e = subparsers.add_parser(
-        "evaluate",
-        help="score a fine-tuned folder on a task split or a labelled file",
-        description="Score a folder written by `transferlab finetune`: prints each metric as `name: value` and "
-                    "writes them as JSON. Without --task/--test it uses the task the model was fine-tuned on.",
-        formatter_class=_Help,
-    )
-    e.add_argument("--model", required=True, metavar="DIR", help="fine-tuned model folder (holds task.json)")
-    src = e.add_mutually_exclusive_group()
-    src.add_argument("--task", metavar="NAME", help="built-in task (default: the model's own)")
-    src.add_argument("--test", metavar="FILE", help="labelled file to score")
-    e.add_argument("--split", default="test", choices=("test", "validation", "train"), help="split of the task")
-    _columns(e)
-    e.add_argument("--out", metavar="FILE", help="JSON file for the metrics (default: DIR/eval-<task>-<split>.json)")
-    e.add_argument("--force", action="store_true", help="overwrite --out even if it is not an earlier metrics file")
-    e.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
-    e.add_argument("--dtype", default="auto", choices=DTYPES)
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
-    e.set_defaults(func=_evaluate)
-
-    # ---------------------------------------------------------------- predict
-    r = subparsers.add_parser(
-        "predict",
-        help="predict with a fine-tuned folder on a file or on texts",
-        description="Predict with a folder written by `transferlab finetune`. Prints one line per input "
-                    "(label and probability, tagged words and entities, an answer, or generated text); --out "
-                    "writes JSONL with all fields.",
-        formatter_class=_Help,
-    )
-    r.add_argument("--model", required=True, metavar="DIR", help="fine-tuned model folder")
-    src = r.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", metavar="FILE", help="inputs in the training format (labels not needed)")
-    src.add_argument("--text", action="append", metavar="TEXT",
-                     help="an input text (repeatable); tagging: whitespace-tokenised; qa: the context")
-    r.add_argument("--pair", metavar="TEXT", help="pair-classification: the second text for every --text")
-    r.add_argument("--question", metavar="TEXT", help="qa: the question for every --text context")
-    _columns(r, label=False)
-    r.add_argument("--out", metavar="FILE", help="write predictions as JSONL")
-    r.add_argument("--force", action="store_true", help="overwrite --out even if it is not an earlier predictions file")
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--dtype", default="auto", choices=DTYPES)
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    r.set_defaults(func=_predict)
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -409,52 +360,3 @@ def resolve_config(args: argparse.Namespace, cost: dict | None = None) -> "Finet
     if not cfg.out_dir:
         raise ConfigError("finetune: no output folder: pass --out DIR (or out_dir in the --config file)")
     return cfg
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from ..finetune import evaluate
-    from ..finetune.config import TaskSpec
-    from ..outputs import Output, is_metrics_json
-    from ..utils import atomic_write_text
-
-    if args.out:  # check before the (long) evaluation, not after
-        Output(args.out, file=True, owned=is_metrics_json, force=args.force, inputs=[args.test]).check()
-    metrics = evaluate(args.model, task=args.task, test_file=args.test, split=args.split,
-                       text_column=args.text_column, pair_column=args.pair_column, label_column=args.label_column,
-                       batch_size=args.batch_size, dtype=args.dtype, device=args.device, quiet=args.quiet)
-    for k, v in metrics.items():
-        print(f"{k}: {v:.4f}")
-    if args.out:
-        out = Path(args.out)
-    else:
-        name = Path(args.test).stem if args.test else (args.task or TaskSpec.load(args.model).name or "task")
-        out = Path(args.model) / f"eval-{name}-{args.split}.json"
-    with Output(out, file=True, owned=is_metrics_json, force=args.force, inputs=[args.test]):
-        atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
-    print(f"wrote {out}")
-    return 0
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from ..finetune import predict
-    from ..finetune.config import TaskSpec
-    from ..finetune.task_types import get_task_type
-    from ..outputs import Output, is_predictions_jsonl
-    from ..utils import atomic_write_text
-
-    if args.out:  # refuse before predicting, not after
-        Output(args.out, file=True, owned=is_predictions_jsonl, force=args.force,
-               inputs=[args.input, args.model]).check()
-    spec = TaskSpec.load(args.model)
-    kind = get_task_type(spec.task_type)
-    inputs: object = args.input if args.input else kind.cli_inputs(args.text, args.pair, args.question)
-    preds = predict(args.model, inputs, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                    text_column=args.text_column, pair_column=args.pair_column)
-    for p in preds:
-        print(kind.line(p))
-    if args.out:
-        with Output(args.out, file=True, owned=is_predictions_jsonl, force=args.force,
-                    inputs=[args.input, args.model]):
-            atomic_write_text(Path(args.out), "".join(json.dumps(p) + "\n" for p in preds))
-        print(f"wrote {len(preds)} predictions to {args.out}")
-    return 0
