@@ -86,9 +86,13 @@ def ours(preset: str, objective: str, data, overrides: list[str] | None = None, 
     fit_config_to_tokenizer(cfg, sp, ob)
     torch.manual_seed(0)
     model = TransferModel(cfg)
-    tc = TrainConfig(batch_size=B, seq_len=T, max_steps=10**9, dtype="bf16", compile=compile, progress=False,
+    tc = TrainConfig(batch_size=B, seq_len=T, max_steps=10**9, dtype=DTYPE, compile=compile, progress=False,
                      tensorboard=False, log_every=0, eval_every=0, save_every=0, num_threads=threads)
     return Trainer(model, ob, ob.dataset(data, T), tc, tempfile.mkdtemp(prefix="tl-bench-")), ob
+
+
+#: the autocast dtype of both sides (set from --dtype in main)
+DTYPE = "bf16"
 
 
 def hf_model(kind: str, tuned: bool):
@@ -120,7 +124,7 @@ def hf_step(model, batch):
     model.train()
 
     def step() -> int:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=DTYPE == "bf16"):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -199,13 +203,13 @@ def step_flops(trainer, batch: dict) -> float:
 
 
 def bf16_matmul_peak(threads: int) -> float:
-    """FLOP/s of a 1024^3 bf16 matmul here now, the peak the ceiling lines use: the measurement
+    """FLOP/s of a 1024^3 matmul in the run's dtype here now, the peak the ceiling lines use: the measurement
     behind the trainer's MFU (:func:`transferlab.cost.device_peak_flops`), taken fresh rather than
     from its cache, so it reflects this run's machine state."""
     from transferlab.cost import _benchmark_matmul
 
     torch.set_num_threads(threads)
-    return _benchmark_matmul(torch.device("cpu"), "bf16", 1024, 1.0)[0]
+    return _benchmark_matmul(torch.device("cpu"), DTYPE, 1024, 1.0)[0]
 
 
 def main() -> None:
@@ -218,9 +222,16 @@ def main() -> None:
                    help="drop a round when other processes used more than this many cores during it")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     p.add_argument("--no-ablation", action="store_true", help="skip the 'ours, plain loss' rows")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="autocast dtype of both sides; auto: bf16 where the CPU has it natively "
+                        "(avx512_bf16 / AMX), else fp32 (emulated bf16 runs ~40x slower than fp32)")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's default allocator settings (what the trainer changes on CPUs)")
     args = p.parse_args()
+    global DTYPE
+    from transferlab.runtime import cpu_has_native_bf16
+
+    DTYPE = args.dtype if args.dtype != "auto" else ("bf16" if cpu_has_native_bf16() else "fp32")
     if args.no_malloc_tuning:
         os.environ["TRANSFERLAB_MALLOC_TUNING"] = "0"
     torch.set_num_threads(args.threads)
@@ -232,8 +243,8 @@ def main() -> None:
     tuned = tune_cpu_allocator()
     peak = bf16_matmul_peak(args.threads)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
-          f"batch {B} x {T}, vocab {V}, bf16 autocast; median of {args.repeats} interleaved rounds x "
-          f"{args.steps} steps; allocator tuned: {tuned}; bf16 matmul peak here {peak / 1e9:.0f} GFLOP/s; "
+          f"batch {B} x {T}, vocab {V}, {DTYPE}; median of {args.repeats} interleaved rounds x "
+          f"{args.steps} steps; allocator tuned: {tuned}; {DTYPE} matmul peak here {peak / 1e9:.0f} GFLOP/s; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     data = shards()
     print(f"{'model':<20}{'ours':>8}{'+compile':>10}{'HF default':>12}{'HF tuned':>10}"
