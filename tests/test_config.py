@@ -81,3 +81,25 @@ def test_from_dict_rejects_unknown_fields_and_bad_enums():
 def test_type_embeddings_only_for_encoders():
     with pytest.raises(ConfigError, match="type_vocab_size"):
         dataclasses.replace(get_preset("gpt-mini"), type_vocab_size=2).validate()
+
+
+def test_family_module_is_imported_on_first_use(tmp_path, monkeypatch):
+    """A family named in FAMILY_MODULES registers when its name is first resolved (no import line)."""
+    import sys
+
+    from transferlab import config as C
+
+    (tmp_path / "lazy_family_mod.py").write_text(
+        "from transferlab.config import register_family_spec\nregister_family_spec('lazy-x', causal=True)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(C.FAMILY_MODULES, "lazy-x", "lazy_family_mod")
+    monkeypatch.delitem(C.FAMILY_SPECS, "lazy-x", raising=False)
+    try:
+        assert "lazy_family_mod" not in sys.modules
+        with pytest.raises(ConfigError, match="lazy-x"):  # listed among the known names before import
+            C.resolve_family("nope")
+        assert C.resolve_family("lazy-x") == "lazy-x"
+        assert "lazy_family_mod" in sys.modules and C.FAMILY_SPECS["lazy-x"].causal
+    finally:
+        C.FAMILY_SPECS.pop("lazy-x", None)
+        sys.modules.pop("lazy_family_mod", None)

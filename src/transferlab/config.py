@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import math
 import re
@@ -329,6 +330,12 @@ def register_family_spec(name: str, options: type | None = None, causal: bool = 
     FAMILY_SPECS[name] = FamilySpec(options, bool(causal), bool(encoder_decoder))
 
 
+#: Families that live in modules of their own, imported the first time their name is resolved (a
+#: preset, a config file, a saved model folder), so that nothing imports every family up front and
+#: a new family is its module plus one line here. ``name -> module``.
+FAMILY_MODULES: dict[str, str] = {}
+
+
 def resolve_family(value: Any) -> "Family | str":
     """``value`` as a :class:`Family` (built-in) or a registered family name.
 
@@ -341,9 +348,12 @@ def resolve_family(value: Any) -> "Family | str":
     name = value.value if isinstance(value, Enum) else value
     if isinstance(name, str) and name in Family._value2member_map_:
         return Family(name)
+    if isinstance(name, str) and name not in FAMILY_SPECS and name in FAMILY_MODULES:
+        importlib.import_module(FAMILY_MODULES[name])  # registers the family (models.backbone.register_family)
     if isinstance(name, str) and name in FAMILY_SPECS:
         return name
-    raise ConfigError(f"model.family: {value!r} is not one of: {', '.join(FAMILY_SPECS)} (the registered families)")
+    known = list(FAMILY_SPECS) + [n for n in FAMILY_MODULES if n not in FAMILY_SPECS]
+    raise ConfigError(f"model.family: {value!r} is not one of: {', '.join(known)} (the registered families)")
 
 
 class Norm(StrEnum):
@@ -634,6 +644,8 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     cfg = dataclasses.replace(PRESETS[name])
     cfg.heads = json.loads(json.dumps(cfg.heads))
+    if isinstance(cfg.family_options, dict):  # a family's own settings, as a mapping until validated
+        cfg.family_options = json.loads(json.dumps(cfg.family_options))
     return dataclasses.replace(cfg, **overrides).validate() if overrides else cfg.validate()
 
 

@@ -246,7 +246,9 @@ def family_info(name: str) -> FamilyInfo:
     (The built-in families register when ``transferlab.models`` is imported.)"""
     info = FAMILIES.get(str(name))
     if info is None:
-        resolve_family(name)  # raises the one-line error for names nobody registered
+        resolve_family(name)  # imports a family of config.FAMILY_MODULES; raises for names nobody registered
+        info = FAMILIES.get(str(name))
+    if info is None:
         raise ConfigError(f"model.family: {str(name)!r} has settings but no backbone; register it with "
                           "models.backbone.register_family")
     return info
