@@ -4,13 +4,19 @@ live in tests/conftest.py. Every value here is one a test's numbers depend on (g
 resumes, statistics bounds): change one only together with the tests that use it.
 
 Sections: a toy objective and toy decoder for the training loop; a synthetic vocabulary for the
-objectives; the golden-loss setting; a tiny fine-tuning world (one model per family + task files).
+objectives; the golden-loss setting; a tiny fine-tuning world (one model per family + task files);
+the kill -9 harness (a real ``python -m transferlab`` process, killed after a checkpoint).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -30,6 +36,8 @@ from transferlab.training.loop import Trainer
 
 if TYPE_CHECKING:  # fine-tuning is imported where it is used: the other sections stay light
     from transferlab.finetune import FinetuneConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- training loop
 TOY_V, TOY_L = 64, 16  # toy vocabulary and window length
@@ -398,3 +406,43 @@ def finetune_cfg(env: dict[str, Path], **kw) -> FinetuneConfig:
                 warmup=0.0)
     base.update(kw)
     return FinetuneConfig(**base)
+
+
+# ----------------------------------------------------------------------------- kill -9 harness
+def run_cli(*argv: str) -> subprocess.Popen:
+    """`transferlab ARGV` in a fresh process, as a user would run it: every run of a comparison
+    starts from the same interpreter state, so nothing an earlier test did in this (pytest)
+    process can make one side differ.
+
+    Args:
+        argv: the command line after ``transferlab``.
+
+    Returns:
+        The running process (stdout and stderr piped).
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "transferlab", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    """Wait for ``proc`` (a run_cli process), assert it succeeded and return its stdout."""
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return out.decode()
+
+
+def kill_at_checkpoint(proc: subprocess.Popen, checkpoint: Path, poll: float = 0.002) -> None:
+    """SIGKILL ``proc`` as soon as ``checkpoint`` exists (possibly while it writes the next one).
+
+    Args:
+        proc: a run_cli process.
+        checkpoint: the checkpoint folder to wait for (at most 120 s, or until the process ends).
+        poll: seconds between looks.
+    """
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(poll)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]

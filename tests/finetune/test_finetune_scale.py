@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from tiny import finetune_cfg as _cfg
+from tiny import finish, kill_at_checkpoint, run_cli
 from transferlab.cli import main
 from transferlab.finetune import finetune
 from transferlab.training.checkpoint import list_checkpoints
@@ -80,37 +79,19 @@ def _argv(env, out: Path, *flags: str) -> list[str]:
             "--patience", "3", "--quiet", "--no-test", *flags]
 
 
-def _cli(*argv: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "transferlab", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _finish(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    return out.decode()
-
-
 def test_sigkill_during_finetuning_then_resume_is_bit_identical(env, tmp_path):
     ref = tmp_path / "ref"
-    reference = _cli(*_argv(env, ref))  # the uninterrupted run, alongside the one we kill
+    reference = run_cli(*_argv(env, ref))  # the uninterrupted run, alongside the one we kill
     out = tmp_path / "killed"
-    proc = _cli(*_argv(env, out))
-    second = out / "checkpoints" / "step-00000006"
-    deadline = time.monotonic() + 120
-    while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    proc = run_cli(*_argv(env, out))
+    kill_at_checkpoint(proc, out / "checkpoints" / "step-00000006")
     assert not (out / "task.json").exists()  # it really was cut short
     done = max(s for s, _ in list_checkpoints(out / "checkpoints"))
     assert done >= 6
 
-    resumed = _finish(_cli(*_argv(env, out, "--resume")))  # the same command
+    resumed = finish(run_cli(*_argv(env, out, "--resume")))  # the same command
     assert f"resumed from {out / 'checkpoints'}" in resumed
-    _finish(reference)
+    finish(reference)
     a = load_file(str(ref / "model.safetensors"))
     b = load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys()

@@ -9,12 +9,7 @@ interrupted.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny import TINY_MODEL, ToyLM, prepared_data, tcfg, toy_data, toy_model
+from tiny import TINY_MODEL, ToyLM, finish, kill_at_checkpoint, prepared_data, run_cli, tcfg, toy_data, toy_model
 from transferlab.errors import CheckpointError
 from transferlab.training.checkpoint import (capture_rng, clean_stale, latest_checkpoint, list_checkpoints,
                                              load_checkpoint, restore_rng, save_checkpoint)
 from transferlab.training.distributed import DistInfo
 from transferlab.training.loop import Trainer
 from transferlab.training.optim import build_optimizer
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _trained(seed: int = 0):
@@ -164,41 +157,20 @@ def _argv(data: Path, out: Path, *flags: str, steps: int = 48) -> list[str]:
             "train.progress=false", "train.tensorboard=false", "train.log_every=1"]
 
 
-def _cli(*argv: str) -> subprocess.Popen:
-    """`transferlab ARGV` in a fresh process, as a user would run it: every run of the comparison
-    below starts from the same interpreter state, so nothing an earlier test did in this (pytest)
-    process can make one side differ."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "transferlab", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _finish(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    return out.decode()
-
-
 def test_sigkill_during_training_then_resume_is_bit_identical(wp_data, tmp_path):
     ref = tmp_path / "ref"
-    reference = _cli(*_argv(wp_data, ref))  # the uninterrupted run, alongside the one we kill
+    reference = run_cli(*_argv(wp_data, ref))  # the uninterrupted run, alongside the one we kill
 
     out = tmp_path / "killed"
-    proc = _cli(*_argv(wp_data, out))
-    second = out / "checkpoints" / "step-00000008"
-    deadline = time.monotonic() + 120
-    while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    proc = run_cli(*_argv(wp_data, out))
+    kill_at_checkpoint(proc, out / "checkpoints" / "step-00000008", poll=0.005)
     assert not (out / "model").exists()  # it really was cut short
     done = max(s for s, _ in list_checkpoints(out / "checkpoints"))
     assert 8 <= done < 48
 
-    resumed = _finish(_cli(*_argv(wp_data, out, "--resume")))  # the same command
+    resumed = finish(run_cli(*_argv(wp_data, out, "--resume")))  # the same command
     assert f"resumed from {out / 'checkpoints'}" in resumed
-    _finish(reference)
+    finish(reference)
 
     a = load_file(str(ref / "model" / "model.safetensors"))
     b = load_file(str(out / "model" / "model.safetensors"))
