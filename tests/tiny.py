@@ -340,6 +340,34 @@ FT_NAMES = "alice bob carol dave".split()
 FT_COLORS = "red blue green black white pink".split()
 
 
+def tagged_sentence(rng: random.Random, names: list[str], cities: list[str], fill: list[str]) -> dict:
+    """One BIO-tagged sentence of 4-8 words: a name (B-PER, 25%), "<City> City" (B-LOC I-LOC, 15%)
+    or a filler word (O).
+
+    Args:
+        rng: the stream to draw from (the draws are the tests' data: their order is fixed).
+        names: lower-case person names.
+        cities: lower-case city names.
+        fill: filler words.
+
+    Returns:
+        ``{"tokens": [...], "tags": [...]}``, a row of a tagging task file.
+    """
+    toks, tags = [], []
+    for _ in range(rng.randint(4, 8)):
+        r = rng.random()
+        if r < 0.25:
+            toks.append(rng.choice(names).capitalize())
+            tags.append("B-PER")
+        elif r < 0.4:
+            toks += [rng.choice(cities).capitalize(), "City"]
+            tags += ["B-LOC", "I-LOC"]
+        else:
+            toks.append(rng.choice(fill))
+            tags.append("O")
+    return {"tokens": toks, "tags": tags}
+
+
 def finetune_model_dir(root: Path, family: str) -> Path:
     """A randomly initialised 2-layer model of ``family`` with a tokenizer trained on FT_WORDS, saved
     under ``root / family``."""

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny import family_layout, save_model_dir, tokenizer_ids
+from tiny import family_layout, save_model_dir, tagged_sentence, tokenizer_ids
 from transferlab.cli import main
 from transferlab.config import ModelConfig
 from transferlab.errors import CheckpointError, ConfigError, DataError
@@ -89,19 +89,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
         out[f"sent_{split}"] = p
 
     def tagged() -> dict:
-        toks, tags = [], []
-        for _ in range(rng.randint(4, 8)):
-            r = rng.random()
-            if r < 0.25:
-                toks.append(rng.choice(NAMES).capitalize())
-                tags.append("B-PER")
-            elif r < 0.4:
-                toks += [rng.choice(CITIES).capitalize(), "City"]
-                tags += ["B-LOC", "I-LOC"]
-            else:
-                toks.append(rng.choice(FILL))
-                tags.append("O")
-        return {"tokens": toks, "tags": tags}
+        return tagged_sentence(rng, NAMES, CITIES, FILL)
 
     out["tag_train"] = jsonl("tag_train.jsonl", [tagged() for _ in range(160)])
     conll = root / "tag_test.conll"

@@ -26,6 +26,7 @@ transformers = pytest.importorskip("transformers")
 T = transformers
 
 import transferlab  # noqa: E402
+from tiny import tagged_sentence  # noqa: E402
 from transferlab.cli import main as cli  # noqa: E402
 from transferlab.errors import DataError  # noqa: E402
 from transferlab.interop import copy_sentence_transformers, label_config, labels_of  # noqa: E402
@@ -146,22 +147,7 @@ FILL = "the a went to and then saw we it was very nice today".split()
 
 
 def _tag_rows(rng: random.Random, n: int) -> list[dict]:
-    rows = []
-    for _ in range(n):
-        toks, tags = [], []
-        for _ in range(rng.randint(4, 8)):
-            r = rng.random()
-            if r < 0.25:
-                toks.append(rng.choice(NAMES).capitalize())
-                tags.append("B-PER")
-            elif r < 0.4:
-                toks += [rng.choice(CITIES).capitalize(), "City"]
-                tags += ["B-LOC", "I-LOC"]
-            else:
-                toks.append(rng.choice(FILL))
-                tags.append("O")
-        rows.append({"tokens": toks, "tags": tags})
-    return rows
+    return [tagged_sentence(rng, NAMES, CITIES, FILL) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
