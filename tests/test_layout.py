@@ -1,5 +1,10 @@
 """The package's shape: no import cycles among src/ modules (module-level and function-level
-imports alike), and no file in src/ over 800 lines (issue 14's "files by job")."""
+imports alike), the interop layer on top of models, and no file in src/ over 800 lines (issue 14's
+"files by job").
+
+``models`` must not import ``interop`` at module level (interop builds on models, not the other way
+round); a function-level (lazy) import is how ``models.from_pretrained`` hands HF folders to interop.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +25,20 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
-def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+def _imports(name: str, path: Path, mods: dict[str, Path], module_level: bool = False) -> set[str]:
     """Every transferlab module ``name`` imports, anywhere in the file (lazy imports included:
-    a cycle through a function-level import is still a cycle in the design)."""
+    a cycle through a function-level import is still a cycle in the design), or with
+    ``module_level`` only those that run on import (not inside a function)."""
     is_pkg = path.name == "__init__.py"
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block)
-                   for stmt in block.body for n in ast.walk(stmt)}
+    skip = {id(n) for block in ast.walk(tree) if _is_type_checking(block)  # ``if TYPE_CHECKING:`` never runs
+            for stmt in block.body for n in ast.walk(stmt)}
+    if module_level:
+        skip |= {id(n) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                 for n in ast.walk(fn)}
     out: set[str] = set()
     for node in ast.walk(tree):
-        if id(node) in typing_only:  # ``if TYPE_CHECKING:`` imports never run
+        if id(node) in skip:
             continue
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.split(".")[0] == "transferlab"}
@@ -99,6 +108,13 @@ def test_no_import_cycles():
 
 def test_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_models_do_not_import_interop_at_module_level():
+    mods = _modules()
+    bad = sorted(f"{m} -> {t}" for m, p in mods.items() if m.startswith("transferlab.models")
+                 for t in _imports(m, p, mods, module_level=True) if t.startswith("transferlab.interop"))
+    assert not bad, bad
 
 
 def test_no_file_over_800_lines():
