@@ -1,14 +1,8 @@
 """``transferlab study NAME``: the lecture's tables, one command each, in one shared setting.
 
-A *study* is a declarative entry of :data:`STUDIES`: its rows (what is pre-trained, with which
-objective and which model change), its columns (fine-tuning tasks, LM perplexity) and, for a
-learning curve, its train sizes. Adding a study is adding one entry.
-
-Every row of a study shares one :class:`Setting`: the same corpus sample, the same tokenizer
-(per tokenizer kind: byte-level BPE for every row, a unigram vocabulary of the same size for T5
-span corruption, which needs sentinels), the same pre-training budget (steps with ``--quick``,
-minutes otherwise), the same fine-tuning recipe, train size and seeds. Each row is pre-trained
-once per seed, so the seed spread covers pre-training and fine-tuning.
+What a study is (the declarative :data:`STUDIES` entries, their rows and columns, the one
+:class:`Setting` every row shares) is told in :mod:`transferlab.experiments.studies`; this module
+runs them.
 
 The grid runs on :func:`transferlab.experiments.grid.run_compare` (one comparison per task
 column, all writing the same ``DIR/results.jsonl``), so a study resumes like a comparison: a
