@@ -26,12 +26,10 @@ from ..errors import ConfigError
 #: measured). Patterns are tried in order, so the more specific ones come first.
 GPU_PEAKS_TFLOPS: list[tuple[str, float | None, float | None, float | None, float]] = [
     (r"\bB200\b", 2250.0, 2250.0, 1100.0, 75.0),
-    (r"\bH200 NVL\b", 835.5, 835.5, 417.5, 60.0),
-    (r"\bH200\b", 989.5, 989.5, 494.5, 67.0),
-    (r"\bGH200\b", 989.5, 989.5, 494.5, 67.0),
+    (r"\bH[12]00 NVL\b", 835.5, 835.5, 417.5, 60.0),
     (r"\bH100 PCIe\b", 756.0, 756.0, 378.0, 51.2),
-    (r"\bH100 NVL\b", 835.5, 835.5, 417.5, 60.0),
-    (r"\bH[18]00\b", 989.5, 989.5, 494.5, 67.0),  # SXM (the name torch reports: "H100 80GB HBM3")
+    # H200, GH200 and the SXM H100 / H800 (the name torch reports: "H100 80GB HBM3")
+    (r"\bG?H200\b|\bH[18]00\b", 989.5, 989.5, 494.5, 67.0),
     (r"\bA[18]00\b", 312.0, 312.0, 156.0, 19.5),
     (r"\bL40S\b", 362.05, 362.05, 183.0, 91.6),
     (r"\bL40\b", 181.05, 181.05, 90.5, 90.5),
