@@ -118,6 +118,9 @@ class TaskType:
     default_columns: ClassVar[tuple[str, str | None, str]] = ("text", None, "label")
     #: fields a prediction input must hold
     input_fields: ClassVar[tuple[str, ...]] = ("text",)
+    #: for an input of two texts (``input_fields`` = (first, second)): the ``predict`` flag that
+    #: gives the second (``"pair"`` or ``"question"``) and what to say it is when it is missing
+    second_input: ClassVar[tuple[str, str] | None] = None
     #: fields that hold the answer (dropped from prediction inputs)
     label_fields: ClassVar[tuple[str, ...]] = ("label",)
     #: whether CoNLL-style ``token<TAB>tag`` files hold this task's data
@@ -174,13 +177,25 @@ class TaskType:
 
     @classmethod
     def from_text(cls, text: str, where: str) -> dict[str, Any]:
-        """A prediction input from a bare string."""
+        """A prediction input from a bare string (refused where the input is two texts)."""
+        if cls.second_input is not None:
+            first, second = cls.input_fields
+            raise DataError(f"{where}: a {cls.name} model needs a {first} and a {second} per input (a dict, or "
+                            "--question / --pair on the command line)")
         return {"text": text}
 
     @classmethod
     def cli_inputs(cls, texts: list[str], pair: str | None, question: str | None) -> list[Any]:
-        """Prediction inputs from ``predict --text ... [--pair/--question]``."""
-        return list(texts)
+        """Prediction inputs from ``predict --text ... [--pair/--question]``: the texts, or with
+        :attr:`second_input` one dict per text holding the flag's text as the second field."""
+        if cls.second_input is None:
+            return list(texts)
+        flag, what = cls.second_input
+        other = {"pair": pair, "question": question}[flag]
+        if not other:
+            raise ConfigError(f"predict: a {cls.name} model needs --{flag} ({what})")
+        first, second = cls.input_fields
+        return [{first: t, second: other} for t in texts]
 
     @classmethod
     def line(cls, record: dict[str, Any]) -> str:

@@ -148,23 +148,11 @@ class PairClassification(Classification):
     is_pair = True
     default_columns = ("text", "pair", "label")
     input_fields = ("text", "pair")
+    second_input = ("pair", "the second text")
 
     @classmethod
     def feature_texts(cls, ex):
         return ex["text"], ex["pair"]
-
-    @classmethod
-    def from_text(cls, text, where):
-        raise DataError(f"{where}: a {cls.name} model needs a text and a pair per input (a dict, or --question / "
-                        "--pair on the command line)")
-
-    @classmethod
-    def cli_inputs(cls, texts, pair, question):
-        from ...errors import ConfigError
-
-        if not pair:
-            raise ConfigError(f"predict: a {cls.name} model needs --pair (the second text)")
-        return [{"text": t, "pair": pair} for t in texts]
 
 
 register_task_type(Classification)

@@ -30,6 +30,7 @@ class QA(TaskType):
     primary_metric = "f1"
     default_columns = ("context", "question", "answer")
     input_fields = ("context", "question")
+    second_input = ("question", "and --text as the context")
     label_fields = ("answers",)
 
     @classmethod
@@ -89,17 +90,6 @@ class QA(TaskType):
     @classmethod
     def feature_texts(cls, ex):
         return ex["context"], None
-
-    @classmethod
-    def from_text(cls, text, where):
-        raise DataError(f"{where}: a {cls.name} model needs a context and a question per input (a dict, or "
-                        "--question / --pair on the command line)")
-
-    @classmethod
-    def cli_inputs(cls, texts, pair, question):
-        if not question:
-            raise ConfigError(f"predict: a {cls.name} model needs --question (and --text as the context)")
-        return [{"context": t, "question": question} for t in texts]
 
     @classmethod
     def metrics(cls, predictions, references, labels):
