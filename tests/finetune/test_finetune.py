@@ -347,9 +347,10 @@ def test_classification_learns_saves_and_reloads(dirs, data, tmp_path):
     best = max(range(6), key=lambda i: (res.history[i]["validation_accuracy"], -i))
     assert res.best_epoch == best + 1 and res.validation["accuracy"] == res.history[best]["validation_accuracy"]
     out = res.out_dir
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "task.json", "metrics.json", "history.jsonl",
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "task.json", "metrics.json", "metrics.jsonl",
               "finetune_config.json"):
         assert (out / f).is_file(), f
+    assert not (out / "history.jsonl").exists()  # metrics.jsonl is the one log
     spec = TaskSpec.load(out)
     assert spec.task_type == "classification" and spec.labels == ["neg", "pos"] and spec.head == "classification"
     assert list(from_pretrained(out).heads) == ["classification"]  # pre-training heads dropped
@@ -638,6 +639,29 @@ def test_test_size_scores_a_fixed_subset(dirs, data, tmp_path, monkeypatch):
     _run(tmp_path, "a", seed=0, **kw)
     _run(tmp_path, "b", seed=1, **kw)
     assert len(seen) == 2 and len(seen[0]) == 5 and seen[0] == seen[1]  # the same 5 for every seed
+
+
+def test_the_run_log_is_written_while_the_run_goes_on(dirs, data, tmp_path, monkeypatch):
+    """Each evaluation's rows reach metrics.jsonl and TensorBoard as they are produced (beside the
+    checkpoints until the final write), not only when the folder is saved."""
+    import transferlab.finetune.loop as loop
+    from transferlab.training.runlog import read_rows
+
+    live = tmp_path / "live" / "checkpoints"
+    seen: list[list[str]] = []
+    real = loop._score
+
+    def spy(wiring, model, examples, *a, **kw):  # at each evaluation: the rows of the earlier ones
+        seen.append([r["split"] for r in read_rows(live / "metrics.jsonl")])
+        assert any((live / "tensorboard").iterdir())
+        return real(wiring, model, examples, *a, **kw)
+
+    monkeypatch.setattr(loop, "_score", spy)
+    res = _run(tmp_path, "live", model=str(dirs["encoder"]), train_file=str(data["sent_train"]),
+               validation_file=str(data["sent_val"]), epochs=3, lr=1e-3, eval_on_test=False)
+    assert seen == [[], ["train", "val"], ["train", "val"] * 2]
+    assert [r["split"] for r in read_rows(res.out_dir / "metrics.jsonl")] == ["train", "val"] * 3
+    assert not (res.out_dir / "checkpoints").exists()
 
 
 def test_a_new_task_type_is_one_class_registered_in_place(dirs, data, tmp_path):

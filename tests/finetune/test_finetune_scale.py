@@ -25,6 +25,7 @@ from tiny import finish, kill_at_checkpoint, run_cli
 from transferlab.cli import main
 from transferlab.finetune import finetune
 from transferlab.training.checkpoint import list_checkpoints
+from transferlab.training.runlog import read_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,8 +100,8 @@ def test_sigkill_during_finetuning_then_resume_is_bit_identical(env, tmp_path):
         assert torch.equal(a[k], b[k]), f"{k} differs after resuming from step {done}"
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (ref, out))
     assert ma["validation"] == mb["validation"] and ma["steps"] == mb["steps"] and ma["best_epoch"] == mb["best_epoch"]
-    strip = lambda d: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731
-                       for x in (d / "history.jsonl").read_text().splitlines()]
+    strip = lambda d: [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")}  # noqa: E731
+                       for r in read_rows(d / "metrics.jsonl")]
     assert strip(ref) == strip(out) and len(strip(ref)) >= 2
     assert not (out / "checkpoints").exists()  # dropped with the final write (--keep-checkpoints keeps them)
 
@@ -230,10 +231,10 @@ def test_two_processes_equal_one_process_with_twice_the_batch(env, tmp_path):
         assert got["steps"] == ref["steps"] == 10  # 2 epochs of ceil(72 / 16); ragged last batches
         assert got["validation"] == pytest.approx(ref["validation"], abs=1e-9)
         assert got["test"] == pytest.approx(ref["test"], abs=1e-9)
-        hr, hg = ([json.loads(x) for x in (tmp_path / d / "history.jsonl").read_text().splitlines()]
+        hr, hg = ([r for r in read_rows(tmp_path / d / "metrics.jsonl") if r["split"] == "train"]
                   for d in ("ref", name))
         assert [r["step"] for r in hg] == [r["step"] for r in hr]
-        assert max(abs(a["train_loss"] - b["train_loss"]) for a, b in zip(hg, hr)) < 1e-6, (hg, hr)
+        assert max(abs(a["loss"] - b["loss"]) for a, b in zip(hg, hr)) < 1e-6, (hg, hr)
         a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("ref", name))
         assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
 

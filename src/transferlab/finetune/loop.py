@@ -16,9 +16,14 @@
    evaluations without improvement stop the run;
 5. the best weights are restored, the test split scored once, and ``out_dir`` written atomically:
    ``config.json`` + ``model.safetensors`` + tokenizer + ``task.json`` (so ``evaluate`` and
-   ``predict`` need nothing else), ``finetune_config.json``, ``metrics.json``, ``history.jsonl``
-   and the cost report ``report.json`` (:mod:`transferlab.cost`: FLOPs, MFU, energy, CO2e, price
-   of the training loop).
+   ``predict`` need nothing else), ``finetune_config.json``, ``metrics.json``, the run log
+   ``metrics.jsonl`` + ``tensorboard/`` and the cost report ``report.json`` (:mod:`transferlab.cost`:
+   FLOPs, MFU, energy, CO2e, price of the training loop).
+
+The run log is written live in the one schema of pre-training (:mod:`transferlab.training.runlog`),
+one ``train`` and one ``val`` row per evaluation, under ``out_dir/checkpoints/`` beside the
+resumable state while the run goes on (a previous folder at ``out_dir`` stays untouched until the
+final write), and is linked into the new folder by that write.
 """
 
 from __future__ import annotations
@@ -48,11 +53,12 @@ from .scoring import score as _score  # a module global: tests spy on loop._scor
 from .task_types import TaskType, build_wiring, get_task_type
 from .tasks import Columns, TaskData, load_builtin, load_files, subsample, task_defaults
 
-__all__ = ["finetune", "evaluate", "predict", "load_task_data", "load_finetuned", "METRICS_FILE", "HISTORY_FILE"]
+__all__ = ["finetune", "evaluate", "predict", "load_task_data", "load_finetuned", "METRICS_FILE"]
 
 METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.jsonl"
 CHECKPOINTS = "checkpoints"  #: resumable checkpoints of an unfinished run, under the output folder
+#: the run log's entries (the one schema of training/runlog.py): under CHECKPOINTS while the run goes on
+LOG_FILES = ("metrics.jsonl", "tensorboard")
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -354,6 +360,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
             _status(f"resumed from {last} (step {run['step']}, epoch {run['epoch']})")
         if total_steps <= run["step"]:
             stopped = run.get("stopped", stopped)
+    runlog = _open_run_log(ckpt_root if info.is_main else None, cfg, run["step"])
     t0 = time.perf_counter() - run["elapsed"]
     sharded = cfg.fsdp and info.world_size > 1
     plain: list[Any] = []  # under FSDP: one unsharded copy per rank for evaluation and saving
@@ -386,6 +393,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
         run["loss_sum"], run["loss_n"] = 0.0, 0
         if not val:
             history.append(row)
+            _log_rows(runlog, row)
             best.update(state=full_state(), epoch=epoch, step=run["step"])
             return False
         with tracker.pause():  # evaluation counts for wall time and energy, not throughput / MFU
@@ -393,6 +401,7 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
                                 "validation", info=info)
         row.update({f"validation_{k}": v for k, v in metrics.items()})
         history.append(row)
+        _log_rows(runlog, row)
         score = metrics[metric]
         run["last_val"] = score  # the bar shows it while the run goes on, as pre-training shows its val loss
         improved = best["score"] is None or (score > best["score"] if better else score < best["score"])
@@ -461,6 +470,9 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
     except BaseException:  # an error or Ctrl-C mid-run: stop codecarbon's thread, then re-raise
         tracker.stop(interrupted=True)
         raise
+    finally:
+        if runlog is not None:
+            runlog.close()  # flushed before the final write links the files in
     step, tokens = run["step"], run["tokens"]
     train_seconds = elapsed()
     cost = tracker.stop()
@@ -612,7 +624,8 @@ def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, 
         if cfg.keep_checkpoints and ckpts.is_dir():
             # hard links: the old folder's checkpoints stay intact until the rename below
             shutil.copytree(ckpts, tmp / CHECKPOINTS, copy_function=os.link,
-                            ignore=shutil.ignore_patterns(".*"))
+                            ignore=shutil.ignore_patterns(".*", *LOG_FILES))
+        _link_run_log(ckpts, tmp)
         # id2label/label2id: transformers clients name the classes (convert --to-hf carries them)
         from ..checks import tokenizer_record
 
@@ -623,8 +636,6 @@ def _save(out: Path, model: Any, tok: Any, spec: TaskSpec, cfg: FinetuneConfig, 
         summary = {k: v for k, v in res.to_dict().items() if k not in ("history", "out_dir", "cost")}
         summary.update(task=data.name, derived=data.derived, sizes=data.sizes(), notes=data.notes)
         atomic_write_text(tmp / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
-        atomic_write_text(tmp / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in res.history))
-        _write_run_log(tmp, res.history, cfg)
         if res.cost:
             atomic_write_text(tmp / "report.json", json.dumps(res.cost, indent=2) + "\n")
 
@@ -655,18 +666,52 @@ def schema_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _write_run_log(folder: Path, history: list[dict[str, Any]], cfg: FinetuneConfig) -> None:
-    """``metrics.jsonl`` + ``tensorboard/`` in the one log schema (as ``pretrain`` writes them),
-    with the run's settings as hparams, into the folder being written."""
+def _open_run_log(root: Path | None, cfg: FinetuneConfig, resumed_step: int) -> Any:
+    """The live run log under ``root`` (the checkpoints folder; None: no log, on other ranks or
+    without ``out_dir``), as ``pretrain`` keeps its own.
+
+    Args:
+        root: the folder the log lives in until the final write.
+        cfg: the run's settings (TensorBoard hparams of a fresh run).
+        resumed_step: the step a resumed run continues from (0: fresh); later rows are dropped.
+
+    Returns:
+        The open :class:`~transferlab.training.runlog.RunLog`, or None.
+    """
+    if root is None:
+        return None
     from ..training.runlog import RunLog
 
-    log = RunLog(folder, tensorboard=True, progress=False)
-    log.open()
-    try:
-        for r in schema_rows(history):
-            fields = {k: v for k, v in r.items() if k not in ("step", "split", "loss", "elapsed_s", "tokens_per_s")}
-            log.row(r["split"], r["step"], r["loss"], r["elapsed_s"], r["tokens_per_s"], **fields)
-        log.log_hparams({k: v for k, v in cfg.to_dict().items() if not isinstance(v, dict)},
-                        metrics=("loss/train",))
-    finally:
-        log.close()
+    if not resumed_step:  # no complete checkpoint: events left by a killed earlier attempt go
+        shutil.rmtree(root / "tensorboard", ignore_errors=True)
+    log = RunLog(root, tensorboard=True, progress=False)
+    log.open(keep_upto_step=resumed_step)
+    if not resumed_step:
+        log.log_hparams({k: v for k, v in cfg.to_dict().items() if not isinstance(v, dict)}, metrics=("loss/train",))
+    return log
+
+
+def _log_rows(log: Any, row: dict[str, Any]) -> None:
+    """Append one evaluation's :attr:`FinetuneResult.history` row to the live log (None: no log)."""
+    if log is None:
+        return
+    for r in schema_rows([row]):
+        fields = {k: v for k, v in r.items() if k not in ("step", "split", "loss", "elapsed_s", "tokens_per_s")}
+        log.row(r["split"], r["step"], r["loss"], r["elapsed_s"], r["tokens_per_s"], **fields)
+
+
+def _link_run_log(root: Path, folder: Path) -> None:
+    """Hard-link the live log under ``root`` into ``folder`` (the one being written): the
+    checkpoints keep theirs until the rename, so a kill before it loses nothing."""
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:  # a file system without hard links
+            shutil.copy2(a, b)
+
+    for name in LOG_FILES:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, folder / name, copy_function=link)
+        elif src.is_file():
+            link(str(src), str(folder / name))

@@ -1,6 +1,6 @@
 """The one log schema of a training run: JSONL rows, TensorBoard, the progress bar, status lines
-and the end-of-run summary line. Pre-training writes it; fine-tuning is meant to use the same
-class, so both read alike.
+and the end-of-run summary line. Pre-training and fine-tuning both write it (live, as rows are
+produced), so their run folders read alike.
 
 Rows (one JSON object per line of ``metrics.jsonl``), every one with the same leading fields::
 
