@@ -212,3 +212,30 @@ def test_init_from_a_model_with_another_tokenizer_is_refused(wp_data, tmp_path, 
                "--out", str(tmp_path / "cont2"), "--max-steps", "2", "--batch-size", "2", "--seq-len", "32",
                "train.progress=false", "train.tensorboard=false"])
     assert rc == 0, capsys.readouterr().err
+
+
+def test_init_from_a_folder_without_its_tokenizer_checks_the_record(tmp_path, capsys):
+    """A model folder whose tokenizer files are gone still names its tokenizer in config.json: data
+    prepared with another one is refused even where the vocabulary sizes agree."""
+    import shutil
+
+    from transferlab.cli import main
+    from transferlab.data import TokenShards
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    data = prepared_data(tmp_path / "a", kind="bpe")
+    other = prepared_data(tmp_path / "b", kind="bpe", n_docs=40)  # other text: other merges, as many tokens
+    n = [TokenShards(d, "train").tokenizer.vocab_size for d in (data, other)]
+    assert n[0] == n[1], n  # the vocabulary sizes alone would pass
+    out = tmp_path / "run"
+    assert main(_argv(data, out, steps=2)) == 0
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(out / "model" / f, bare / f)
+    capsys.readouterr()
+    rc = main(["pretrain", "--init", str(bare), "--objective", "mlm", "--data", str(other),
+               "--out", str(tmp_path / "cont"), "--max-steps", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: --init {bare} with the data in {other}: a bpe tokenizer") and \
+        "saved with a bpe one" in err and err.count("\n") == 1, err

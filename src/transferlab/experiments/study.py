@@ -128,6 +128,7 @@ class StudyRun:
 
 def _pretrain_row(row: Row, seed: int, shared: _Shared, run_dir: Path) -> dict[str, Any]:
     """Pre-train ``row`` (or save its untrained architecture for a scratch row) into ``run_dir``."""
+    from ..checks import tokenizer_record
     from ..config import apply_overrides, get_preset
     from ..cost import CostConfig
     from ..models.model import TransferModel
@@ -146,7 +147,7 @@ def _pretrain_row(row: Row, seed: int, shared: _Shared, run_dir: Path) -> dict[s
         cfg = get_preset(row.preset)
         apply_overrides(cfg, overrides, prefix="model")
         fit_config_to_tokenizer(cfg, tok)
-        TransferModel(cfg).save_pretrained(run_dir / "model")
+        TransferModel(cfg).save_pretrained(run_dir / "model", extra_config=tokenizer_record(tok))  # as pretrain saves
         tok.save(run_dir / "model")
         summary = {"scratch": True}
         atomic_write_text(run_dir / "summary.json", json.dumps(summary) + "\n")

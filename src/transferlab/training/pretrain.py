@@ -102,7 +102,9 @@ def fit_config_to_tokenizer(cfg: ModelConfig, tok: Any, objective: Objective | N
 
 
 def _check_init_tokenizer(init: str, model: Any, tok: Any, data_dir: Path) -> None:
-    """The model being continued must use the data's tokenizer (same ids for the same text)."""
+    """The model being continued must use the data's tokenizer (same ids for the same text): the
+    tokenizer saved beside it, else the record its ``config.json`` keeps of it, else the vocabulary size."""
+    from ..checks import check_tokenizer_record
     from ..tokenizer import Tokenizer
 
     init_tok = None
@@ -117,6 +119,8 @@ def _check_init_tokenizer(init: str, model: Any, tok: Any, data_dir: Path) -> No
             f"--init {init}: its tokenizer (fingerprint {init_tok.fingerprint[:12]}, {init_tok.vocab_size} tokens) "
             f"is not the one {data_dir} was prepared with (fingerprint {data_fp[:12]}, {tok.vocab_size} tokens); "
             f"re-run `transferlab prepare --tokenizer {init}`")
+    if not init.startswith("builtin:") and Path(init).is_dir():  # a folder without its tokenizer still has the record
+        check_tokenizer_record(init, tok, f"--init {init} with the data in {data_dir}")
     if model.config.vocab_size < tok.vocab_size or (init_tok is None and model.config.vocab_size != tok.vocab_size):
         raise ConfigError(
             f"--init {init}: model.vocab_size={model.config.vocab_size} does not match the vocabulary of the "
