@@ -3,8 +3,8 @@
 live in tests/conftest.py. Every value here is one a test's numbers depend on (golden losses, bit-exact
 resumes, statistics bounds): change one only together with the tests that use it.
 
-Sections: a toy objective and toy decoder for the training loop; a synthetic vocabulary for the
-objectives; the golden-loss setting; a tiny fine-tuning world (one model per family + task files);
+Sections: tiny models of any family or preset; a toy objective and toy decoder for the training
+loop; corpora and prepared shards; a synthetic vocabulary for the objectives; the golden-loss setting; a tiny fine-tuning world (one model per family + task files);
 the kill -9 harness (a real ``python -m transferlab`` process, killed after a checkpoint).
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transferlab.config import ModelConfig
+from transferlab.config import PRESETS, ModelConfig, get_preset
 from transferlab.models import build_model
 from transferlab.models.model import TransferModel
 from transferlab.objectives import TokenizerIds, build_objective
@@ -38,6 +38,57 @@ if TYPE_CHECKING:  # fine-tuning is imported where it is used: the other section
     from transferlab.finetune import FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
+
+# ----------------------------------------------------------------------------- tiny models
+#: the sizes every tiny model shares unless a test sets its own
+TINY_SIZES = dict(d_model=32, n_heads=2, d_ff=64)
+
+
+def tiny_config(kind: str | None = None, decoder_start: int | None = None, **fields) -> ModelConfig:
+    """A tiny model config: d_model 32, 2 heads, d_ff 64 (:data:`TINY_SIZES`) unless ``fields`` say otherwise.
+
+    Args:
+        kind: a preset name (``bert-tiny``, ``gpt-mini``, ...: its other fields are the preset's),
+            a family name (``encoder``, ...: the other fields are ModelConfig's defaults), or None
+            with ``family`` among ``fields``.
+        decoder_start: ``decoder_start_token_id`` where the config is an encoder-decoder (ignored
+            otherwise: the tests build every family through one call).
+        fields: any ModelConfig field (``vocab_size``, ``n_layers``, ``dropout``, ``heads``, ...).
+
+    Returns:
+        The config (a preset's is validated, as ``get_preset`` does).
+    """
+    fields = {**TINY_SIZES, **fields}
+    if kind in PRESETS:
+        if decoder_start is not None and PRESETS[kind].is_encoder_decoder:
+            fields = {"decoder_start_token_id": decoder_start, **fields}
+        return get_preset(kind, **fields)
+    if kind is not None:
+        fields["family"] = kind
+    cfg = ModelConfig(**fields)
+    if decoder_start is not None and cfg.is_encoder_decoder:
+        cfg.decoder_start_token_id = decoder_start
+    return cfg
+
+
+def tiny_model(kind: str | None = None, seed: int | None = 0, decoder_start: int | None = None,
+               **fields) -> TransferModel:
+    """A freshly initialised model of :func:`tiny_config` ``(kind, decoder_start, **fields)``.
+
+    Args:
+        kind: a preset or family name (see :func:`tiny_config`).
+        seed: ``torch.manual_seed`` right before the weights are drawn (None: the stream as it is).
+        decoder_start: an encoder-decoder's ``decoder_start_token_id``.
+        fields: ModelConfig fields.
+
+    Returns:
+        The model (in train mode, as built).
+    """
+    cfg = tiny_config(kind, decoder_start, **fields)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return build_model(cfg)
+
 
 # ----------------------------------------------------------------------------- training loop
 TOY_V, TOY_L = 64, 16  # toy vocabulary and window length
@@ -124,20 +175,51 @@ def write_corpus(path: Path, n_docs: int = 80, seed: int = 0) -> Path:
         sents = [" ".join(r.choice(words) for _ in range(r.randint(4, 12))).capitalize() + "."
                  for _ in range(r.randint(2, 6))]
         docs.append(" ".join(sents))
-    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return write_docs(path, docs)
+
+
+def write_docs(path: Path, docs: list[str], end: str = "\n") -> Path:
+    """A text corpus as ``prepare`` reads one: documents separated by blank lines.
+
+    Args:
+        path: the file to write.
+        docs: the documents.
+        end: what follows the last one.
+
+    Returns:
+        ``path``.
+    """
+    path.write_text("\n\n".join(docs) + end, encoding="utf-8")
     return path
 
 
-def prepared_data(root: Path, kind: str = "wordpiece", n_docs: int = 80) -> Path:
-    """Train a tiny tokenizer in-process and prepare shards with a validation split."""
-    from transferlab.data import prepare_corpus
-    from transferlab.tokenizer import Tokenizer
+def prepare_shards(corpus: Path, kind: str, out: Path, vocab_size: int = 300, val_fraction: float = 0.15,
+                   min_frequency: int = 1) -> Tokenizer:
+    """Train a tokenizer of ``kind`` on ``corpus`` in-process and prepare the corpus with it.
 
-    corpus = write_corpus(root / f"corpus-{kind}.txt", n_docs)
-    extra = {"n_sentinels": 20} if kind == "unigram" else {}  # T5 sentinels for span corruption
-    tok = Tokenizer.train([str(corpus)], kind=kind, vocab_size=300, min_frequency=1, **extra)
+    Args:
+        corpus: a text file (see :func:`write_docs`).
+        kind: ``wordpiece``, ``bpe`` or ``unigram`` (with 20 T5 sentinels, for span corruption).
+        out: the prepared folder to write (train and validation shards).
+        vocab_size: the tokenizer's vocabulary size.
+        val_fraction: the share of documents held out for validation.
+        min_frequency: the tokenizer trainer's minimum pair / piece frequency.
+
+    Returns:
+        The tokenizer the shards were made with.
+    """
+    from transferlab.data import prepare_corpus
+
+    extra = {"n_sentinels": 20} if kind == "unigram" else {}
+    tok = Tokenizer.train([str(corpus)], kind=kind, vocab_size=vocab_size, min_frequency=min_frequency, **extra)
+    prepare_corpus([str(corpus)], tok, out, val_fraction=val_fraction, workers=0, progress=False)
+    return tok
+
+
+def prepared_data(root: Path, kind: str = "wordpiece", n_docs: int = 80) -> Path:
+    """Train a tiny tokenizer in-process and prepare shards with a validation split (``root/data-<kind>``)."""
     out = root / f"data-{kind}"
-    prepare_corpus([str(corpus)], tok, out, val_fraction=0.15, workers=0, progress=False)
+    prepare_shards(write_corpus(root / f"corpus-{kind}.txt", n_docs), kind, out)
     return out
 
 

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from tiny import write_docs
 from transferlab.cli import main
 from transferlab.data import TokenShards, prepare_corpus, split_sentences
 from transferlab.data import prepare as prep_mod
@@ -39,9 +40,7 @@ def tok():
 
 @pytest.fixture()
 def corpus(tmp_path):
-    f = tmp_path / "corpus.txt"
-    f.write_text("\n\n".join(DOCS) + "\n", encoding="utf-8")
-    return f
+    return write_docs(tmp_path / "corpus.txt", DOCS)
 
 
 def _prep(corpus, tok, out, **kw):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tiny import tiny_model
 from transferlab.cli import main as cli
 from transferlab.errors import ConfigError, DataError
 from transferlab.evaluation.icl import (
@@ -65,10 +66,10 @@ def tok(task):
 
 
 def _tiny(tok, seed=0, **kw):
-    torch.manual_seed(seed)
-    return build_model("gpt-mini", vocab_size=len(tok), d_model=32, n_layers=2, n_heads=4, d_ff=64,
-                       max_positions=kw.pop("max_positions", 256), dropout=0.0, attention_dropout=0.0,
-                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kw).eval()
+    """A 2-layer gpt-mini over ``tok`` (tiny.tiny_model, 4 heads), no dropout, in eval mode."""
+    fields = dict(vocab_size=len(tok), n_layers=2, n_heads=4, max_positions=256, dropout=0.0, attention_dropout=0.0,
+                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return tiny_model("gpt-mini", seed, **{**fields, **kw}).eval()
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from tiny import tiny_config
 from transferlab.cli import main
-from transferlab.config import ModelConfig, get_preset
+from transferlab.config import get_preset
 from transferlab.errors import CheckpointError, ConfigError
 from transferlab.finetune.features import ScalarMix, extract_features, load_model_and_tokenizer, save_features
 from transferlab.finetune.probes import (
@@ -39,12 +40,11 @@ def tok():
 
 
 def _cfg(tok, family="encoder", **kw):
-    base = dict(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=2, d_ff=64, heads={}, dropout=0.0,
-                attention_dropout=0.0, max_positions=64)
+    """A headless 2-layer config of ``family`` over ``tok`` (tiny.tiny_config), token types for an encoder."""
+    base = dict(vocab_size=len(tok), n_layers=2, heads={}, dropout=0.0, attention_dropout=0.0, max_positions=64)
     if family == "encoder":
         base["type_vocab_size"] = 2
-    base.update(kw)
-    return ModelConfig(family=family, **base)
+    return tiny_config(family, **{**base, **kw})
 
 
 @pytest.fixture(scope="module")

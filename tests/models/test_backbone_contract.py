@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from transferlab.config import ModelConfig, get_preset
+from tiny import tiny_model
+from transferlab.config import ModelConfig
 from transferlab.errors import ConfigError
 from transferlab.models.backbone import Backbone, register_family
 from transferlab.models.families import BackboneOutput
@@ -40,11 +41,7 @@ def _old_depth_fn(model: nn.Module):
     return depth
 
 
-def _tiny(preset: str, **kw) -> TransferModel:
-    cfg = get_preset(preset, vocab_size=64, d_model=32, n_heads=2, d_ff=64, max_positions=64, **kw)
-    if cfg.is_encoder_decoder:
-        cfg = cfg.replace(decoder_start_token_id=0)
-    return TransferModel(cfg)
+TINY = dict(seed=None, vocab_size=64, max_positions=64, decoder_start=0)  # tiny.tiny_model: d_model 32, 2 heads
 
 
 @pytest.mark.parametrize("preset,kw", [
@@ -53,7 +50,7 @@ def _tiny(preset: str, **kw) -> TransferModel:
 ])
 def test_param_groups_equal_the_name_based_depths(preset, kw):
     torch.manual_seed(0)
-    model = _tiny(preset, **kw)
+    model = tiny_model(preset, **TINY, **kw)
     decay = 0.8
     old = _old_depth_fn(model)
     groups = param_groups(model, 0.01, 1e-3, layer_lr_decay=decay)
@@ -68,7 +65,7 @@ def test_param_groups_equal_the_name_based_depths(preset, kw):
 def test_depth_fn_by_name_equals_the_name_based_depths():
     from transferlab.training.optim import depth_fn
 
-    model = _tiny("bart-mini", n_decoder_layers=3)
+    model = tiny_model("bart-mini", **TINY, n_decoder_layers=3)
     old, new = _old_depth_fn(model), depth_fn(model)
     for name, _ in model.named_parameters():
         assert new(name) == old(name), name
@@ -80,7 +77,7 @@ def test_compile_model_compiles_each_backbones_units(monkeypatch):
     from transferlab.models.blocks import Block
     from transferlab.training.loop import compile_model
 
-    model = _tiny("bart-mini")
+    model = tiny_model("bart-mini", **TINY)
     seen: list[nn.Module] = []
     monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: seen.append(self))
     compile_model(model, whole=False)
@@ -91,7 +88,7 @@ def test_compile_model_compiles_each_backbones_units(monkeypatch):
 def test_gradient_checkpointing_is_switched_through_the_backbone():
     from transferlab.models.blocks import set_gradient_checkpointing
 
-    model = _tiny("t5-mini", d_head=16)
+    model = tiny_model("t5-mini", **TINY, d_head=16)
     assert set_gradient_checkpointing(model, True) == 1
     assert all(s.gradient_checkpointing for s in model.backbone.stacks())
     set_gradient_checkpointing(model, False)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import transferlab
+from tiny import tiny_model
 from transferlab.cli import main as cli
 from transferlab.config import Activation, Norm as NormKind, Position, get_preset, list_presets
 from transferlab.errors import CheckpointError, ConfigError
@@ -29,9 +30,8 @@ FAMILIES = list(PRESET_OF)
 
 
 def tiny(family: str, **kw) -> transferlab.TransferModel:
-    extra = {"decoder_start_token_id": 2} if family == "encoder-decoder" else {}
-    torch.manual_seed(0)
-    return build_model(PRESET_OF[family], **{**TINY, **extra, **kw})
+    """The preset of ``family`` at TINY's sizes, seed 0 (tiny.tiny_model)."""
+    return tiny_model(PRESET_OF[family], decoder_start=2, **{**TINY, **kw})
 
 
 def _perturb(model, scale=0.05):

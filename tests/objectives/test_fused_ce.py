@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transferlab.config import ModelConfig
-from transferlab.models import build_model
+from tiny import tiny_model
 from transferlab.objectives import TokenizerIds, build_objective
 from transferlab.objectives import fused_ce
 from transferlab.objectives.base import sparse_ce
@@ -162,11 +161,8 @@ def test_rejects_mismatched_shapes():
 
 
 # ----------------------------------------------------------------------------- in the objectives
-def _tiny(family: str, **kw) -> torch.nn.Module:
-    base = dict(vocab_size=V, d_model=C, n_heads=2, d_ff=48, n_layers=1, max_positions=32, dropout=0.0,
-                attention_dropout=0.0, heads={"lm": {}})
-    torch.manual_seed(0)
-    return build_model(ModelConfig(family=family, **{**base, **kw}))
+TINY = dict(vocab_size=V, d_model=C, d_ff=48, n_layers=1, max_positions=32, dropout=0.0, attention_dropout=0.0,
+            heads={"lm": {}})  # tiny.tiny_model (2 heads), seed 0
 
 
 @pytest.mark.parametrize("kw", [
@@ -175,7 +171,7 @@ def _tiny(family: str, **kw) -> torch.nn.Module:
     dict(scale_logits=True, tie_embeddings=True),  # T5: hidden * d_model**-0.5
 ])
 def test_sparse_ce_fused_equals_unfused_on_real_heads(kw):
-    model = _tiny("encoder", **kw)
+    model = tiny_model("encoder", **TINY, **kw)
     g = torch.Generator().manual_seed(1)
     hidden = torch.randn(3, 10, C, generator=g)
     labels = torch.randint(0, V, (3, 10), generator=g)
@@ -201,7 +197,7 @@ def test_compile_path_arithmetic_matches_eager(monkeypatch):
     eagerly by pretending to compile: losses and gradients must not change."""
     specials = TokenizerIds(V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4)
     ob = build_objective("denoise", specials)
-    model = _tiny("encoder-decoder", position_offset=2, lm_head_bias=True, decoder_start_token_id=2)
+    model = tiny_model("encoder-decoder", **TINY, position_offset=2, lm_head_bias=True, decoder_start_token_id=2)
     r = np.random.default_rng(0)
     batch = ob.collate([{"tokens": r.integers(5, V, n), "sentence_starts": np.array([0])} for n in (5, 9, 14)],
                        np.random.default_rng(0))
@@ -227,7 +223,7 @@ def test_fused_switch_is_honoured(monkeypatch):
     calls = []
     real = fused_ce.linear_cross_entropy
     monkeypatch.setattr(fused_ce, "linear_cross_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
-    model = _tiny("decoder", prenorm=True, final_norm=True, embedding_norm=False)
+    model = tiny_model("decoder", **TINY, prenorm=True, final_norm=True, embedding_norm=False)
     hidden, labels = torch.randn(2, 5, C), torch.randint(0, V, (2, 5))
     sparse_ce(model.heads["lm"], hidden, labels)
     assert calls == [1]

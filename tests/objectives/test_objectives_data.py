@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab.config import ModelConfig
-from transferlab.data import TokenShards, prepare_corpus
+from tiny import prepare_shards, tiny_config, write_docs
+from transferlab.data import TokenShards
 from transferlab.models import build_model
 from transferlab.objectives import Objective, build_objective, objective_names
-from transferlab.tokenizer import Tokenizer
 
 WORDS = ("the cat sat on a mat while dogs barked loudly at passing cars and people walked home "
          "slowly under grey skies as rain began to fall over quiet streets").split()
@@ -32,12 +31,10 @@ def corpus(tmp_path_factory):
         sents = [" ".join(rng.choice(vocab, rng.integers(4, 12))).capitalize() + "."
                  for _ in range(rng.integers(2, 7))]
         docs.append(" ".join(sents))
-    (root / "c.txt").write_text("\n\n".join(docs), encoding="utf-8")
+    corpus = write_docs(root / "c.txt", docs, end="")
     out = {}
     for kind in ("wordpiece", "bpe", "unigram"):
-        kw = {"n_sentinels": 20} if kind == "unigram" else {}
-        tok = Tokenizer.train([str(root / "c.txt")], kind=kind, vocab_size=300, **kw)
-        prepare_corpus([str(root / "c.txt")], tok, root / kind, val_fraction=0.1, workers=0, progress=False)
+        tok = prepare_shards(corpus, kind, root / kind, val_fraction=0.1, min_frequency=2)
         out[kind] = (tok, TokenShards(root / kind, "train"))
     return out
 
@@ -61,8 +58,8 @@ def test_objective_on_prepared_shards(corpus, name):
     tok, shards = corpus[kind]
     ob = build_objective(name, tok, **settings)
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_positions=64,
-                      pad_token_id=tok.pad_token_id or 0, **model_kw)
+    cfg = tiny_config(vocab_size=tok.vocab_size, n_layers=1, max_positions=64, pad_token_id=tok.pad_token_id or 0,
+                      **model_kw)
     if cfg.is_encoder_decoder:
         cfg.decoder_start_token_id = ob.start
     ob.check_model(cfg)
