@@ -1,12 +1,40 @@
 """``transferlab objectives list|preview``: the pre-training objectives, their settings, and what
-their batches look like on your prepared data."""
+their batches look like on your prepared data.
+
+``preview``'s own settings are the typed :class:`PreviewSettings` in the grammar of every command
+(generated flags, ``--config FILE.yaml``, ``preview.KEY=VALUE`` overrides); plain ``KEY=VALUE``
+items are the objective's settings.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PreviewSettings:
+    """What ``objectives preview`` reads: the prepared data, the objective and the batch to show."""
+
+    data: str = field(metadata={"metavar": "DIR"})
+    """a folder written by `transferlab prepare`"""
+    objective: str = field(metadata={"metavar": "NAME"})
+    """mlm, nsp (mlm+nsp), electra, clm, denoise, span-corruption, plm, mtlm, mass"""
+    split: str = "train"
+    """split to read"""
+    seq_len: int = field(default=64, metadata={"metavar": "N"})
+    """sequence length"""
+    examples: int = field(default=2, metadata={"metavar": "N"})
+    """examples to show"""
+    seed: int = 0
+    """seed of the masking/noise generator"""
+    settings: list[str] = field(default_factory=list, metadata={"cli": False})
+    """the objective's settings as KEY=VALUE items (positional on the command line)"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..cli import GRAMMAR_EPILOG, add_config_arguments
+
     p = subparsers.add_parser(
         "objectives", help="list pre-training objectives or preview their batches",
         description="The pre-training objectives (mlm, nsp, electra, clm, denoise, span-corruption, plm, mtlm, mass): "
@@ -24,15 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "preview", help="show a collated batch decoded to tokens",
         description="Build the objective on prepared shards (their tokenizer included), collate a few "
         "examples and print inputs and targets as tokens: see your masking / noise before training.",
-        epilog="example: transferlab objectives preview --data runs/data --objective mlm whole_word=true",
+        epilog=GRAMMAR_EPILOG + "\n\nexample:\n  transferlab objectives preview --data runs/data --objective mlm "
+        "whole_word=true",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pv.add_argument("--data", required=True, metavar="DIR", help="a folder written by `transferlab prepare`")
-    pv.add_argument("--split", default="train", help="split to read (default: %(default)s)")
-    pv.add_argument("--objective", required=True, help="mlm, nsp (mlm+nsp), electra, clm, denoise, span-corruption, plm, mtlm, mass")
-    pv.add_argument("--seq-len", type=int, default=64, help="sequence length (default: %(default)s)")
-    pv.add_argument("--examples", type=int, default=2, help="examples to show (default: %(default)s)")
-    pv.add_argument("--seed", type=int, default=0, help="seed of the masking/noise generator (default: %(default)s)")
-    pv.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="objective settings, e.g. mask_prob=0.2")
+    add_config_arguments(pv, PreviewSettings, overrides=False)
+    pv.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                    help="objective settings, e.g. mask_prob=0.2; preview.KEY=VALUE overrides a setting above")
     pv.set_defaults(func=_preview)
 
 
@@ -50,16 +76,22 @@ def _list(args: argparse.Namespace) -> int:
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{cls.name}: {doc}")
         print(f"  model: {cls.family.value} with head(s) {', '.join(cls.heads)}")
-        for field, tp, default, help_ in describe_settings(cfg_cls):
-            print(f"  {field + '=' + repr(default):<30} {help_}")
+        for key, _, default, help_ in describe_settings(cfg_cls):
+            print(f"  {key + '=' + repr(default):<30} {help_}")
         print()
     return 0
 
 
-def _preview(args: argparse.Namespace) -> int:
+def _preview(ns: argparse.Namespace) -> int:
     import numpy as np
 
+    from ..cli import config_from_args
     from ..config import _split
+
+    items = ns.settings or []
+    ns.overrides = [i.removeprefix("preview.") for i in items if i.startswith("preview.")]
+    ns.settings = [i for i in items if not i.startswith("preview.")] or None  # none: the --config file's
+    args = config_from_args(ns, PreviewSettings, "objectives preview")
     from ..data import TokenShards
     from ..objectives import build_objective
 
