@@ -641,6 +641,22 @@ def test_test_size_scores_a_fixed_subset(dirs, data, tmp_path, monkeypatch):
     assert len(seen) == 2 and len(seen[0]) == 5 and seen[0] == seen[1]  # the same 5 for every seed
 
 
+def test_two_text_inputs_come_from_the_pair_or_question_flag():
+    """pair-classification and qa take their second text from --pair / --question (TaskType.second_input)."""
+    from transferlab.finetune.task_types import PairClassification
+
+    assert PairClassification.cli_inputs(["a", "b"], "p", None) == [{"text": "a", "pair": "p"},
+                                                                   {"text": "b", "pair": "p"}]
+    assert QA.cli_inputs(["ctx"], None, "who?") == [{"context": "ctx", "question": "who?"}]
+    assert Classification.cli_inputs(["a"], "p", "q") == ["a"] and Classification.from_text("a", "w") == {"text": "a"}
+    with pytest.raises(ConfigError, match=r"^predict: a pair-classification model needs --pair \(the second text\)$"):
+        PairClassification.cli_inputs(["a"], None, "q")
+    with pytest.raises(ConfigError, match=r"needs --question \(and --text as the context\)$"):
+        QA.cli_inputs(["a"], "p", None)
+    with pytest.raises(DataError, match=r"^w: a qa model needs a context and a question per input"):
+        QA.from_text("a", "w")
+
+
 def test_the_run_log_is_written_while_the_run_goes_on(dirs, data, tmp_path, monkeypatch):
     """Each evaluation's rows reach metrics.jsonl and TensorBoard as they are produced (beside the
     checkpoints until the final write), not only when the folder is saved."""
