@@ -31,6 +31,7 @@ from .documents import Document
 __all__ = [
     "LANGUAGES", "UNDETERMINED", "CHATTERBOT_LANGUAGES", "check_language", "dominant_script",
     "script_mismatch", "chatterbot_files", "chatterbot_documents", "temperature_shares", "LanguageSampler",
+    "LanguagePlan", "item_languages", "language_groups",
 ]
 
 #: the code of a document whose language nobody declared (ISO 639-2 "undetermined")
@@ -262,19 +263,23 @@ class LanguageSampler:
             raise DataError("temperature sampling: no language with both a share > 0 and examples")
         self.q = q / q.sum()
         self.counts = _allocate(self.q, block)  # (L,) positions of each language per block
-        self._block_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._block_cache: tuple[int, np.ndarray, np.ndarray] | None = None  # (block, items, langs)
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Language of each position of block ``b`` and its rank among that language's positions."""
+        """Dataset index and language id of every position of block ``b``, ``(block,)`` each."""
         if self._block_cache is None or self._block_cache[0] != b:
             langs = np.repeat(np.arange(len(self.counts)), self.counts)
             langs = np.random.default_rng([self.seed, 0x1A9, b]).permutation(langs)  # (block,)
-            rank = np.zeros(len(langs), np.int64)
+            items = np.zeros(len(langs), np.int64)
             for lang in np.flatnonzero(self.counts):
-                at = langs == lang
-                rank[at] = b * self.counts[lang] + np.arange(int(at.sum()))
-            self._block_cache = (b, langs, rank)
+                at = np.flatnonzero(langs == lang)
+                k = b * int(self.counts[lang]) + np.arange(len(at))  # ranks among the language's positions
+                n_l = len(self.items[lang])
+                for cycle in np.unique(k // n_l).tolist():
+                    sel = k // n_l == cycle
+                    items[at[sel]] = self._perm(int(lang), int(cycle))[k[sel] % n_l]
+            self._block_cache = (b, items, langs)
         return self._block_cache[1], self._block_cache[2]
 
     def _perm(self, lang: int, cycle: int) -> np.ndarray:
@@ -285,26 +290,27 @@ class LanguageSampler:
             self._perm_cache[key] = np.random.default_rng([self.seed, 0x1A8, lang, cycle]).permutation(self.items[lang])
         return self._perm_cache[key]
 
+    def drawn(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dataset indices and language ids of global stream positions ``[start, stop)``."""
+        items, langs = [], []
+        for b in range(start // self.block, -(-stop // self.block)):
+            it, lg = self._block(b)
+            lo, hi = max(start - b * self.block, 0), min(stop - b * self.block, self.block)
+            items.append(it[lo:hi])
+            langs.append(lg[lo:hi])
+        if not items:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(items), np.concatenate(langs)
+
     def positions(self, micro_batch: int) -> np.ndarray:
         """Global stream positions this rank reads in global micro-batch ``micro_batch``."""
         start = (micro_batch * self.world_size + self.rank) * self.batch_size
         return np.arange(start, start + self.batch_size, dtype=np.int64)
 
-    def item_of(self, position: int) -> tuple[int, int]:
-        """``(dataset index, language id)`` of global stream position ``position``."""
-        b, off = divmod(int(position), self.block)
-        langs, rank = self._block(b)
-        lang, k = int(langs[off]), int(rank[off])
-        cycle, j = divmod(k, len(self.items[lang]))
-        return int(self._perm(lang, cycle)[j]), lang
-
     def indices(self, micro_batch: int) -> list[int]:
         """Dataset indices this rank reads in global micro-batch ``micro_batch``."""
-        return [self.item_of(int(p))[0] for p in self.positions(micro_batch)]
-
-    def languages(self, micro_batch: int) -> list[int]:
-        """Language id of each example this rank reads in global micro-batch ``micro_batch``."""
-        return [self.item_of(int(p))[1] for p in self.positions(micro_batch)]
+        p = self.positions(micro_batch)
+        return self.drawn(int(p[0]), int(p[-1]) + 1)[0].tolist()
 
     def epoch_of(self, micro_batch: int) -> float:
         """Examples read after ``micro_batch`` global micro-batches, in dataset sizes."""
@@ -315,3 +321,76 @@ def language_summary(meta: Mapping[str, Any], split: str = "train") -> dict[str,
     """``{code: {"documents", "tokens"}}`` of one split of a prepared dataset's meta.json ({} when
     it was prepared without languages)."""
     return dict(meta.get("splits", {}).get(split, {}).get("languages", {}) or {})
+
+
+def item_languages(view: Any) -> tuple[np.ndarray, list[str]] | None:
+    """``(language id of each item, codes)`` of an objective's view over prepared shards, or None
+    when its shards have no language index (older folders, synthetic test data)."""
+    shards = getattr(view, "shards", None)
+    if shards is None or not getattr(shards, "has_languages", False):
+        return None
+    from ..objectives.datasets import item_documents  # a view's items -> documents
+
+    docs = item_documents(view)
+    return np.asarray(shards.doc_langs, dtype=np.int64)[docs], list(shards.languages)
+
+
+def language_groups(view: Any) -> dict[str, np.ndarray]:
+    """``{code: item indices in order}`` for per-language validation ({} with fewer than two)."""
+    found = item_languages(view)
+    if found is None:
+        return {}
+    langs, codes = found
+    groups = {codes[i]: np.flatnonzero(langs == i) for i in range(len(codes))}
+    groups = {c: g for c, g in groups.items() if len(g)}
+    return groups if len(groups) > 1 else {}
+
+
+class LanguagePlan:
+    """Temperature sampling of one training run: the sampler, ``p``, ``q`` and the realised shares.
+
+    Args:
+        view: the objective's training view (over shards prepared with languages).
+        alpha: ``train.language_alpha`` (> 0).
+        batch_size, seed, rank, world_size: as for the trainer's ``GlobalSampler``.
+
+    Raises:
+        DataError: shards without a language index, alpha <= 0.
+    """
+
+    def __init__(self, view: Any, alpha: float, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        found = item_languages(view)
+        if found is None:
+            where = getattr(getattr(view, "shards", None), "path", "the data")
+            raise DataError(f"train.language_alpha={alpha}: {where} has no language index; prepare it with "
+                            "--language CODE per input, a 'lang' field, or builtin:multilingual")
+        from ..objectives.datasets import item_lengths
+
+        self.item_langs, self.codes = found
+        self.lengths = item_lengths(view)  # (n_items,)
+        sizes = view.shards.language_tokens()
+        self.p = {c: sizes.get(c, 0) / max(sum(sizes.values()), 1) for c in self.codes}
+        q = temperature_shares({c: sizes.get(c, 0) for c in self.codes}, alpha)
+        self.sampler = LanguageSampler(self.item_langs, [q[c] for c in self.codes], batch_size, seed, rank, world_size)
+        self.q = dict(zip(self.codes, self.sampler.q.tolist()))  # a language without examples gets 0
+        self._done = 0
+        self._tokens = np.zeros(len(self.codes), np.float64)
+
+    def realised(self, positions: int) -> dict[str, float]:
+        """Token share of each language among the first ``positions`` global stream positions
+        (counted incrementally; a smaller ``positions`` than last time, after a resume, recounts)."""
+        if positions < self._done:
+            self._done, self._tokens[:] = 0, 0.0
+        items, langs = self.sampler.drawn(self._done, positions)
+        self._tokens += np.bincount(langs, weights=self.lengths[items], minlength=len(self.codes))
+        self._done = positions
+        total = max(float(self._tokens.sum()), 1.0)
+        return {c: float(t) / total for c, t in zip(self.codes, self._tokens)}
+
+    def table(self, positions: int) -> dict[str, dict[str, float]]:
+        """``{code: {"p", "q", "realised"}}`` for the summary."""
+        r = self.realised(positions)
+        return {c: {"p": round(self.p[c], 6), "q": round(self.q[c], 6), "realised": round(r[c], 6)}
+                for c in self.codes if self.p[c] > 0 or self.q[c] > 0}
+
