@@ -37,10 +37,13 @@ def _sampler(alpha: float, batch: int = 32, rank: int = 0, world: int = 1, seed:
 @pytest.mark.parametrize("alpha", [1.0, 0.5, 0.3])
 def test_realised_shares_match_q_within_one_point(alpha):
     s, q = _sampler(alpha)
-    items, langs = s.drawn(0, 10_000)  # ~10 blocks, the last one partial
-    shares = np.bincount(langs, minlength=len(SIZES)) / len(langs)
-    for i, c in enumerate(SIZES):
-        assert abs(shares[i] - q[c]) < 0.01, (c, shares[i], q[c])
+    items, langs = s.drawn(0, 40_000)  # over two blocks of 16,384
+    for n in (200, 1_000, 10_000, 40_000):  # every prefix: within one example of q (+ q's 1/16384 rounding)
+        shares = np.bincount(langs[:n], minlength=len(SIZES)) / n
+        for i, c in enumerate(SIZES):
+            assert abs(shares[i] - q[c]) < 0.01, (n, c, shares[i], q[c])
+            assert abs(shares[i] - q[c]) * n < 1 + n / 16384
+    assert s.drawn(123, 456)[0].tolist() == items[123:456].tolist()  # a window = the same draws
     # items are of their language, drawn from the right item ranges
     starts = np.cumsum([0, *SIZES.values()])
     assert ((items >= starts[langs]) & (items < starts[langs + 1])).all()

@@ -231,76 +231,85 @@ def _allocate(q: np.ndarray, k: int) -> np.ndarray:
     return counts
 
 
+def _interleave(counts: np.ndarray) -> np.ndarray:
+    """An order of ``counts[l]`` copies of each ``l`` in which every prefix holds each ``l``
+    within one of its exact share (smooth weighted round-robin: each turn every language gains its
+    count, the one furthest ahead is drawn and pays the total)."""
+    total, weights = int(counts.sum()), counts.tolist()
+    credit = [0] * len(weights)
+    out = np.empty(total, np.int64)
+    for p in range(total):
+        for i, w in enumerate(weights):
+            credit[i] += w
+        m = max(range(len(weights)), key=credit.__getitem__)  # ties: the lowest id
+        credit[m] -= total
+        out[p] = m
+    return out
+
+
 class LanguageSampler:
     """Example order under temperature sampling: the :class:`~transferlab.training.distributed.GlobalSampler`
     interface (``positions``, ``indices``, ``epoch_of``), drawing languages with probabilities ``q``.
 
-    The global stream of example positions is cut into blocks of ``block`` positions. Block ``b``
-    holds exactly ``round(q_l * block)`` positions of language ``l`` (largest remainder), in an
-    order shuffled by ``(seed, b)``; the ``k``-th position of language ``l`` in the whole stream
+    The global stream of example positions is cut into blocks of ``block`` positions. Every block
+    holds exactly ``round(q_l * block)`` positions of language ``l`` (largest remainder), in one
+    fixed interleaved order (:func:`_interleave`), so every prefix of the stream holds each language
+    within one example of its share. The ``k``-th position of language ``l`` in the whole stream
     reads item ``perm[k mod n_l]`` of that language, ``perm`` a permutation drawn by
-    ``(seed, l, k // n_l)``, so a small language is cycled through (a fresh order each pass) and a
-    large one is read without repetition. Everything is a function of the position alone: a
-    resumed run or another split into ranks reads the same items, and the realised shares of any
-    ``N`` consecutive positions are within ``block / N`` of ``q``.
+    ``(seed, l, k // n_l)``: a small language is cycled through (a fresh order each pass), a large
+    one read without repetition. Everything is a function of the position alone, so a resumed run
+    or another split into ranks reads the same items, and the realised shares of the first ``N``
+    positions are within ``1 / N`` of ``q`` (rounded to ``1 / block``).
 
     Args:
         item_langs: language id of every item of the dataset, ``(n_items,)``.
         shares: the sampling probability of each language id (``q``; zeros allowed).
         batch_size, seed, rank, world_size: as for ``GlobalSampler``.
-        block: positions per block (the granularity of the exact shares).
+        block: positions per block (the resolution of ``q``).
     """
 
     def __init__(self, item_langs: np.ndarray, shares: Sequence[float], batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1, block: int = 1024) -> None:
+                 rank: int = 0, world_size: int = 1, block: int = 1 << 14) -> None:
         item_langs = np.asarray(item_langs, dtype=np.int64)
         q = np.asarray(shares, dtype=np.float64)
         self.n, self.batch_size, self.seed = len(item_langs), batch_size, seed
         self.rank, self.world_size, self.block = rank, world_size, block
         self.items = [np.flatnonzero(item_langs == i) for i in range(len(q))]  # items of each language
+        self.n_items = np.array([max(len(x), 1) for x in self.items], np.int64)  # (L,)
         q = np.where([len(x) > 0 for x in self.items], q, 0.0)
         if q.sum() <= 0:
             raise DataError("temperature sampling: no language with both a share > 0 and examples")
         self.q = q / q.sum()
         self.counts = _allocate(self.q, block)  # (L,) positions of each language per block
-        self._block_cache: tuple[int, np.ndarray, np.ndarray] | None = None  # (block, items, langs)
+        self._seq = _interleave(self.counts)  # (block,) language of each position of a block
+        self._rank = np.zeros(block, np.int64)  # (block,) its rank among the block's positions of that language
+        for lang in np.flatnonzero(self.counts):
+            at = self._seq == lang
+            self._rank[at] = np.arange(int(at.sum()))
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
-
-    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Dataset index and language id of every position of block ``b``, ``(block,)`` each."""
-        if self._block_cache is None or self._block_cache[0] != b:
-            langs = np.repeat(np.arange(len(self.counts)), self.counts)
-            langs = np.random.default_rng([self.seed, 0x1A9, b]).permutation(langs)  # (block,)
-            items = np.zeros(len(langs), np.int64)
-            for lang in np.flatnonzero(self.counts):
-                at = np.flatnonzero(langs == lang)
-                k = b * int(self.counts[lang]) + np.arange(len(at))  # ranks among the language's positions
-                n_l = len(self.items[lang])
-                for cycle in np.unique(k // n_l).tolist():
-                    sel = k // n_l == cycle
-                    items[at[sel]] = self._perm(int(lang), int(cycle))[k[sel] % n_l]
-            self._block_cache = (b, items, langs)
-        return self._block_cache[1], self._block_cache[2]
 
     def _perm(self, lang: int, cycle: int) -> np.ndarray:
         key = (lang, cycle)
         if key not in self._perm_cache:
-            if len(self._perm_cache) > 64:
+            if len(self._perm_cache) > 256:
                 self._perm_cache.clear()
             self._perm_cache[key] = np.random.default_rng([self.seed, 0x1A8, lang, cycle]).permutation(self.items[lang])
         return self._perm_cache[key]
 
     def drawn(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Dataset indices and language ids of global stream positions ``[start, stop)``."""
-        items, langs = [], []
-        for b in range(start // self.block, -(-stop // self.block)):
-            it, lg = self._block(b)
-            lo, hi = max(start - b * self.block, 0), min(stop - b * self.block, self.block)
-            items.append(it[lo:hi])
-            langs.append(lg[lo:hi])
-        if not items:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return np.concatenate(items), np.concatenate(langs)
+        pos = np.arange(start, max(stop, start), dtype=np.int64)
+        b, off = np.divmod(pos, self.block)
+        langs = self._seq[off]
+        k = b * self.counts[langs] + self._rank[off]  # rank among all positions of the language
+        cycle, j = np.divmod(k, self.n_items[langs])
+        items = np.zeros(len(pos), np.int64)
+        keys = langs * (int(cycle.max(initial=0)) + 1) + cycle
+        for key in np.unique(keys).tolist():
+            sel = keys == key
+            lang = int(langs[sel][0])
+            items[sel] = self._perm(lang, int(cycle[sel][0]))[j[sel]]
+        return items, langs
 
     def positions(self, micro_batch: int) -> np.ndarray:
         """Global stream positions this rank reads in global micro-batch ``micro_batch``."""
