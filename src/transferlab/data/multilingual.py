@@ -21,7 +21,7 @@ import functools
 import importlib.util
 import unicodedata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from .documents import Document
 __all__ = [
     "LANGUAGES", "UNDETERMINED", "CHATTERBOT_LANGUAGES", "check_language", "dominant_script",
     "script_mismatch", "chatterbot_files", "chatterbot_documents", "temperature_shares", "LanguageSampler",
-    "LanguagePlan", "item_languages", "language_groups",
+    "LanguagePlan", "item_languages", "language_groups", "sample_by_language", "fertility",
 ]
 
 #: the code of a document whose language nobody declared (ISO 639-2 "undetermined")
@@ -402,4 +402,84 @@ class LanguagePlan:
         r = self.realised(positions)
         return {c: {"p": round(self.p[c], 6), "q": round(self.q[c], 6), "realised": round(r[c], 6)}
                 for c in self.codes if self.p[c] > 0 or self.q[c] > 0}
+
+
+# ---------------------------------------------------------------------------------- tokenizer text
+def _doc_key(seed: int, text: str) -> bytes:
+    import hashlib
+
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=seed.to_bytes(8, "little", signed=True)).digest()
+
+
+def sample_by_language(docs: Iterable[Document], alpha: float, budget_bytes: int = 0, seed: int = 0,
+                       ) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Text for training a tokenizer, languages drawn as temperature sampling draws them.
+
+    Each language gets ``q_l * budget_bytes`` bytes of text (``q`` from its share ``p_l`` of the
+    documents' UTF-8 bytes), taken from its documents in a keyed-hash order and cycled when the
+    language has less (the trainers count frequencies, so repetition is weighting, as XLM's
+    sampled tokenizer corpus).
+
+    Args:
+        docs: documents with ``lang`` set (others count as ``und``).
+        alpha: the temperature exponent (> 0).
+        budget_bytes: total text to return (0: as much as the documents hold).
+        seed: key of the document order.
+
+    Returns:
+        ``(texts, {code: {"p", "q", "bytes"}})``.
+    """
+    from ..tokenizer.training import RawTexts
+
+    by_lang: dict[str, list[str]] = {}
+    for d in docs:
+        by_lang.setdefault(d.lang or UNDETERMINED, []).append(d.text)
+    if not by_lang:
+        raise DataError("no documents to sample a tokenizer corpus from")
+    sizes = {c: sum(len(t.encode("utf-8")) for t in ts) for c, ts in by_lang.items()}
+    total = sum(sizes.values())
+    q = temperature_shares(sizes, alpha)
+    budget = budget_bytes or total
+    out = RawTexts()
+    stats: dict[str, dict[str, float]] = {}
+    for code in sorted(by_lang):
+        texts = sorted(by_lang[code], key=lambda t: _doc_key(seed, t))
+        want, got, i = q[code] * budget, 0, 0
+        while got < want and texts:
+            t = texts[i % len(texts)]
+            out.append(t)
+            got += len(t.encode("utf-8"))
+            i += 1
+        stats[code] = {"p": sizes[code] / total, "q": q[code], "bytes": got}
+    return out, stats
+
+
+def fertility(tokenizer: Any, docs: Iterable[Document]) -> dict[str, dict[str, float]]:
+    """Tokens per word and per character of each language's documents.
+
+    Words are whitespace-separated (languages written without spaces, Chinese, Japanese, Thai,
+    have few long "words": compare them by tokens per character).
+
+    Args:
+        tokenizer: a :class:`~transferlab.tokenizer.Tokenizer`.
+        docs: documents with ``lang`` set.
+
+    Returns:
+        ``{code: {"docs", "words", "chars", "tokens", "tokens_per_word", "tokens_per_char", "unk"}}``.
+    """
+    acc: dict[str, list[str]] = {}
+    for d in docs:
+        acc.setdefault(d.lang or UNDETERMINED, []).append(d.text)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    out: dict[str, dict[str, float]] = {}
+    for code in sorted(acc):
+        texts = acc[code]
+        ids = tokenizer.encode_batch(texts)
+        words = sum(len(t.split()) for t in texts)
+        chars = sum(len("".join(t.split())) for t in texts)
+        n = sum(len(x) for x in ids)
+        out[code] = {"docs": len(texts), "words": words, "chars": chars, "tokens": n,
+                     "tokens_per_word": n / max(words, 1), "tokens_per_char": n / max(chars, 1),
+                     "unk": sum(int(i == unk) for x in ids for i in x) if unk is not None else 0}
+    return out
 
