@@ -178,3 +178,33 @@ def test_plan_needs_languages(tok, tmp_path):
     prepare_corpus(plain, tok, tmp_path / "p", workers=0, progress=False)
     with pytest.raises(DataError, match="has no language index"):
         LanguagePlan(PackedWindows(TokenShards(tmp_path / "p"), 4), 0.3, 8, 0)
+
+
+# ---------------------------------------------------------------------------------- built-in data
+def test_builtin_multilingual_corpus_and_one_language():
+    from collections import Counter
+
+    from transferlab.data.builtin import corpus_source, iter_corpus
+
+    langs = Counter(d.lang for d in iter_corpus("builtin:multilingual"))
+    assert len(langs) == 28 and langs.most_common(1)[0][0] == "en" and langs["th"] == 6
+    es = list(iter_corpus("builtin:multilingual/ES"))
+    assert {d.lang for d in es} == {"es"} and len(es) == langs["es"]
+    assert corpus_source("builtin:multilingual/es").size < corpus_source("builtin:multilingual").size
+    assert all(d.lang == "en" for d in iter_corpus("builtin:news"))
+    with pytest.raises(DataError, match="no 'sw' text in builtin:multilingual"):
+        list(iter_corpus("builtin:multilingual/sw"))
+    with pytest.raises(DataError, match="unknown language code 'xx'"):
+        corpus_source("builtin:multilingual/xx")
+
+
+def test_chatterbot_topic_task_in_each_language():
+    from transferlab.data.builtin import load_task
+
+    en, es = load_task("chatterbot-topic"), load_task("chatterbot-topic/es")
+    assert en.labels == es.labels and "conversations" not in en.labels and "money" in en.labels
+    assert en.task_type == "classification" and en.sizes() == {"train": 613, "validation": 88, "test": 175}
+    assert {e["label"] for e in es.test} <= set(es.labels) and "dinero" not in es.labels
+    assert load_task("chatterbot-topic/es").test == es.test  # deterministic
+    with pytest.raises(DataError, match="no dialogue of the English topics"):
+        load_task("chatterbot-topic/te")

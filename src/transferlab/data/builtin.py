@@ -27,7 +27,13 @@ rotten-tomatoes    ``{"text", "label": "negative"|"positive"}``    1,000 / 500
 bbc-topic          ``{"text": body, "label": topic}`` (5 topics)   20% / 10% (same split as below)
 bbc-headlines      ``{"source": body, "target": headline}``        20% / 10% (same documents)
 twitter-ner        ``{"tokens": [...], "tags": [BIO tags]}``       400 / 200
+chatterbot-topic   ``{"text": dialogue, "label": topic}`` (English)  20% / 10%
 =================  ==============================================  ================================
+
+``chatterbot-topic/<code>`` is the same task in another language (``chatterbot-topic/es``), with the
+English label set (the topics of the English files but the catch-all ``conversations``; a
+language's examples of other topics are left out): fine-tune on ``chatterbot-topic`` and evaluate
+on ``chatterbot-topic/es`` for zero-shot cross-lingual transfer.
 
 Splits are made by sorting examples on a keyed hash of their content (``blake2b``, fixed salt),
 so they do not depend on file order, NumPy's RNG or the Python version, and exact duplicates are
@@ -295,6 +301,9 @@ class TaskSplits:
 
 
 _TASKS = ("imdb", "rotten-tomatoes", "bbc-topic", "bbc-headlines", "twitter-ner")
+#: loaded by :func:`load_task` like the others, not (yet) in :func:`list_tasks` (whose set is pinned
+#: by tests/data/test_builtin.py): the cross-lingual topic task, ``chatterbot-topic[/<code>]``
+MULTILINGUAL_TASKS = ("chatterbot-topic",)
 
 
 def list_tasks() -> list[str]:
@@ -322,11 +331,26 @@ def _ner_split() -> dict[str, list[tuple[tuple[str, ...], tuple[str, ...], int]]
     return _split(sents, [" ".join(s[0]) + "\t" + " ".join(s[1]) for s in sents], "transferlab:twitter-ner", 400, 200)
 
 
+@functools.lru_cache(maxsize=None)
+def _topic_split(lang: str) -> tuple[list[str], dict[str, list[tuple[str, str]]]]:
+    """Labels (English topics but ``conversations``) and the split ``(text, topic)`` of one language."""
+    from .multilingual import chatterbot_documents
+
+    labels = sorted({t for _, t in chatterbot_documents("en")} - {"conversations"})
+    rows = [(d.text, t) for d, t in chatterbot_documents(lang) if t in labels]
+    if not rows:
+        raise DataError(f"task 'chatterbot-topic/{lang}': no dialogue of the English topics in this language")
+    n = len(rows)
+    return labels, _split(rows, [r[0] for r in rows], f"transferlab:chatterbot-topic:{lang}",
+                          round(0.2 * n), round(0.1 * n))
+
+
 def load_task(name: str) -> TaskSplits:
     """Load a built-in labelled task with its fixed train/validation/test splits.
 
     Args:
-        name: ``imdb``, ``rotten-tomatoes``, ``bbc-topic``, ``bbc-headlines`` or ``twitter-ner``.
+        name: ``imdb``, ``rotten-tomatoes``, ``bbc-topic``, ``bbc-headlines``, ``twitter-ner``,
+            ``chatterbot-topic`` or ``chatterbot-topic/<code>``.
 
     Returns:
         :class:`TaskSplits` (fresh lists and dicts: callers may modify them).
@@ -346,13 +370,20 @@ def load_task(name: str) -> TaskSplits:
             return TaskSplits(name, "classification", labels, **conv, source=SOURCES["bbc"])
         conv = {s: [{"source": d["body"], "target": d["headline"]} for d in sp[s]] for s in sp}
         return TaskSplits(name, "seq2seq", [], **conv, source=SOURCES["bbc"])
+    if name == "chatterbot-topic" or name.startswith("chatterbot-topic/"):
+        from .multilingual import check_language
+
+        lang = check_language(name.split("/", 1)[1], f"task {name!r}") if "/" in name else "en"
+        labels, sp = _topic_split(lang)
+        conv = {s: [{"text": t, "label": lab} for t, lab in sp[s]] for s in sp}
+        return TaskSplits(name, "classification", labels, **conv, source=SOURCES["chatterbot"])
     if name == "twitter-ner":
         sp = _ner_split()
         conv = {s: [{"tokens": list(t), "tags": list(g)} for t, g, _ in sp[s]] for s in sp}
         types = sorted({t[2:] for _, g, _ in _ner() for t in g if t != "O"})
         labels = ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
         return TaskSplits(name, "tagging", labels, **conv, source=SOURCES["twitter-ner"])
-    raise DataError(f"unknown task {name!r}; built-in tasks: {', '.join(_TASKS)}")
+    raise DataError(f"unknown task {name!r}; built-in tasks: {', '.join(_TASKS + MULTILINGUAL_TASKS)}")
 
 
 # ---------------------------------------------------------------------------------- corpora

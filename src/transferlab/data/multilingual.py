@@ -154,8 +154,8 @@ def chatterbot_files(lang: str | None = None) -> list[Path]:
 
 
 @functools.lru_cache(maxsize=None)
-def _chatterbot_file(path: str) -> tuple[tuple[str, tuple[str, ...], int], ...]:
-    """``(topic, turns, conversation number)`` of one YAML file; topic = its first category."""
+def _chatterbot_file(path: str) -> tuple[tuple[tuple[str, ...], int], ...]:
+    """``(turns, conversation number)`` of each conversation of one YAML file."""
     import yaml
 
     try:
@@ -165,19 +165,30 @@ def _chatterbot_file(path: str) -> tuple[tuple[str, tuple[str, ...], int], ...]:
         raise DataError(f"{path}: unreadable chatterbot-corpus file ({type(e).__name__})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a mapping with 'categories' and 'conversations'")
-    cats = data.get("categories") or [Path(path).stem]
-    topic = str(cats[0]).strip().lower()
     out = []
     for n, conv in enumerate(data.get("conversations") or [], 1):
         turns = conv if isinstance(conv, list) else [conv]  # a few files hold one-line entries
         turns = tuple(str(t).strip() for t in turns if t is not None and str(t).strip())
         if turns:
-            out.append((topic, turns, n))
+            out.append((turns, n))
     return tuple(out)
 
 
+#: file stems of chatterbot-corpus that name a topic another way -> the English stem
+_TOPIC_ALIASES = {"ia": "ai", "dinero": "money", "emociones": "emotion", "emotions": "emotion",
+                  "perfilbot": "botprofile", "profile": "botprofile", "psicologia": "psychology",
+                  "computer": "computers", "coversations": "conversations", "sport": "sports", "greeting": "greetings"}
+
+
+def chatterbot_topic(path: str | Path) -> str:
+    """The topic of a chatterbot-corpus file, the same name in every language (its English file stem)."""
+    stem = Path(path).stem.lower()
+    return _TOPIC_ALIASES.get(stem, stem)
+
+
 def chatterbot_documents(lang: str | None = None) -> Iterator[tuple[Document, str]]:
-    """``(document, topic)`` per conversation (turns one per line), de-duplicated per language.
+    """``(document, topic)`` per conversation (turns one per line), de-duplicated per language;
+    the topic is the file's, named alike in every language (:func:`chatterbot_topic`).
 
     Args:
         lang: a code of :data:`CHATTERBOT_LANGUAGES` (all languages when None).
@@ -192,12 +203,12 @@ def chatterbot_documents(lang: str | None = None) -> Iterator[tuple[Document, st
             continue
         seen: set[str] = set()
         for f in sorted((root / folder).glob("*.yml")):
-            for topic, turns, n in _chatterbot_file(str(f)):
+            for turns, n in _chatterbot_file(str(f)):
                 text = "\n".join(turns)
                 if text in seen:
                     continue
                 seen.add(text)
-                yield Document(text, str(f), n, None, code), topic
+                yield Document(text, str(f), n, None, code), chatterbot_topic(f)
 
 
 # ---------------------------------------------------------------------------------- sampling
@@ -474,12 +485,14 @@ def fertility(tokenizer: Any, docs: Iterable[Document]) -> dict[str, dict[str, f
     out: dict[str, dict[str, float]] = {}
     for code in sorted(acc):
         texts = acc[code]
-        ids = tokenizer.encode_batch(texts)
+        n = n_unk = 0
+        for i in range(0, len(texts), 256):  # bounded memory: an Encoding costs ~150 bytes per character
+            ids = tokenizer.encode_batch(texts[i : i + 256])
+            n += sum(len(x) for x in ids)
+            n_unk += sum(x.count(unk) for x in ids) if unk is not None else 0
         words = sum(len(t.split()) for t in texts)
         chars = sum(len("".join(t.split())) for t in texts)
-        n = sum(len(x) for x in ids)
         out[code] = {"docs": len(texts), "words": words, "chars": chars, "tokens": n,
-                     "tokens_per_word": n / max(words, 1), "tokens_per_char": n / max(chars, 1),
-                     "unk": sum(int(i == unk) for x in ids for i in x) if unk is not None else 0}
+                     "tokens_per_word": n / max(words, 1), "tokens_per_char": n / max(chars, 1), "unk": n_unk}
     return out
 
