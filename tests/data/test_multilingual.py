@@ -208,3 +208,11 @@ def test_chatterbot_topic_task_in_each_language():
     assert load_task("chatterbot-topic/es").test == es.test  # deterministic
     with pytest.raises(DataError, match="no dialogue of the English topics"):
         load_task("chatterbot-topic/te")
+
+
+def test_declared_language_with_no_text_left_is_an_error(tok, tmp_path):
+    f = tmp_path / "all_es.jsonl"  # every row says es: nothing is left of the input's declared fr
+    f.write_text('{"text": "hola mundo", "lang": "es"}\n{"text": "adios", "lang": "es"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"--language fr \(.*all_es.jsonl\): no text in this language"):
+        prepare_corpus(f, tok, tmp_path / "x", workers=0, progress=False, languages=["fr"])
+    assert not (tmp_path / "x").exists()

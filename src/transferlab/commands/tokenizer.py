@@ -157,11 +157,11 @@ def _language_documents(inputs: list[str], languages: list[str], format: str | N
                         doc_sep: str = "blank"):
     """The documents of ``inputs`` with their languages (``--language`` per input as in prepare)."""
     from ..data.corpus import iter_documents, resolve_inputs
-    from ..data.prepare import _input_languages
+    from ..data.multilingual import input_languages
 
     sources = resolve_inputs(inputs, format, flag="--input")
     return iter_documents(sources, text_column=text_column, doc_sep=doc_sep,
-                          languages=_input_languages(inputs, languages or None))
+                          languages=input_languages(inputs, languages or None))
 
 
 def _fertility(ns: argparse.Namespace) -> int:

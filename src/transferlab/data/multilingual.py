@@ -31,7 +31,7 @@ from .documents import Document
 __all__ = [
     "LANGUAGES", "UNDETERMINED", "CHATTERBOT_LANGUAGES", "check_language", "dominant_script",
     "script_mismatch", "chatterbot_files", "chatterbot_documents", "temperature_shares", "LanguageSampler",
-    "LanguagePlan", "item_languages", "language_groups", "sample_by_language", "fertility",
+    "LanguagePlan", "item_languages", "language_groups", "sample_by_language", "fertility", "input_languages",
 ]
 
 #: the code of a document whose language nobody declared (ISO 639-2 "undetermined")
@@ -88,6 +88,29 @@ def check_language(code: str, where: str = "language") -> str:
         raise DataError(f"{where}: unknown language code {code!r}; expected an ISO 639-1 code such as "
                         f"en, es, zh (known: {', '.join(sorted(LANGUAGES))})")
     return c
+
+
+def input_languages(inputs: str | Path | Iterable[str | Path], languages: Iterable[str] | None) -> dict[str, str]:
+    """Input as given (``Source.group``) -> its language code.
+
+    Args:
+        inputs: the inputs as the user gave them (one or a list).
+        languages: ``--language`` codes: one per input, in order, or one for all (None: none).
+
+    Returns:
+        ``{input: code}`` ({} without languages).
+    """
+    if languages is None:
+        return {}
+    langs = [check_language(c, "--language") for c in ([languages] if isinstance(languages, str) else languages)]
+    items = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(i) for i in inputs]
+    if not langs:
+        return {}
+    if len(langs) == 1:
+        langs = langs * len(items)
+    if len(langs) != len(items):
+        raise DataError(f"--language: give one code per --input ({len(items)}) or one for all, got {len(langs)}")
+    return {str(Path(i)) if not i.startswith("builtin:") else i: c for i, c in zip(items, langs)}
 
 
 # ---------------------------------------------------------------------------------- scripts

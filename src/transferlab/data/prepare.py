@@ -57,7 +57,7 @@ from ..errors import DataError
 from ..utils import atomic_dir, atomic_write_text
 from .corpus import iter_documents, resolve_inputs
 from .documents import Document, Source
-from .multilingual import UNDETERMINED, check_language
+from .multilingual import UNDETERMINED, input_languages
 from .sentences import sentence_starts_batch
 
 __all__ = ["prepare_corpus", "FORMAT_VERSION", "SPLITS", "token_dtype"]
@@ -651,7 +651,7 @@ def prepare_corpus(
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_pretrained(tokenizer)
     out = Path(out_dir)
     sources = resolve_inputs(inputs, format)
-    by_input = _input_languages(inputs, languages)
+    by_input = input_languages(inputs, languages)
     dtype = token_dtype(tok.vocab_size)
     plan = {
         "format_version": FORMAT_VERSION,
@@ -706,6 +706,10 @@ def prepare_corpus(
             for suffix in ("tokens.bin", "docs.npy", "sents.npy", "langs.npy"):
                 (tmp / f"test.{suffix}").unlink(missing_ok=True)
             del counts["test"]
+        found = {c for v in counts.values() for c, n in v.get("languages", {}).items() if n["tokens"]}
+        for inp, code in by_input.items():  # a declared language whose text all went (other lang fields, no tokens)
+            if code not in found:
+                raise DataError(f"--language {code} ({inp}): no text in this language after reading and tokenizing")
         totals = {k: sum(c[k] for c in counts.values()) for k in ("tokens", "documents", "sentences", "bytes")}
         totals["dropped_documents"] = dropped
         if totals["documents"] == 0:
@@ -730,21 +734,6 @@ def prepare_corpus(
             meta["languages"] = lang_codes
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
     return _summary(meta, out, skipped=False)
-
-
-def _input_languages(inputs: str | Path | Iterable[str | Path], languages: Iterable[str] | None) -> dict[str, str]:
-    """Input as given -> its language code (``--language``: one per input, or one for all)."""
-    if languages is None:
-        return {}
-    langs = [check_language(c, "--language") for c in ([languages] if isinstance(languages, str) else languages)]
-    items = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(i) for i in inputs]
-    if not langs:
-        return {}
-    if len(langs) == 1:
-        langs = langs * len(items)
-    if len(langs) != len(items):
-        raise DataError(f"--language: give one code per --input ({len(items)}) or one for all, got {len(langs)}")
-    return {str(Path(i)) if not i.startswith("builtin:") else i: c for i, c in zip(items, langs)}
 
 
 def _dispatch(
