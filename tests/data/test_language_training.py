@@ -57,3 +57,23 @@ def test_bad_alpha_is_one_line(tmp_path, capsys):
     data = _data(tmp_path)
     assert main(_argv(data, tmp_path / "bad", "train.language_alpha=0")) == 2
     assert "train.language_alpha" in capsys.readouterr().err
+
+
+def test_without_alpha_a_language_index_changes_no_number(tmp_path):
+    """The same documents prepared with and without languages train identically; the val rows of
+    the tagged data only gain the per-language fields."""
+    tagged = _data(tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "multi.jsonl").read_text(encoding="utf-8").splitlines()]
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"text": r["text"]}, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    from transferlab.data import TokenShards
+
+    prepare_corpus(plain, TokenShards(tagged).tokenizer, tmp_path / "plain-data", val_fraction=0.2, workers=0,
+                   progress=False)
+    assert main(_argv(tagged, tmp_path / "a")) == 0 and main(_argv(tmp_path / "plain-data", tmp_path / "b")) == 0
+    ra = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+    val = [r for r in ra if r["split"] == "val"]
+    assert "loss/en" in val[-1] and not any(k.startswith("share/") for k in val[-1])
+    assert not any("/" in k for r in rb for k in r)

@@ -577,7 +577,7 @@ class Trainer:
         if self.languages is not None:
             top = sorted(self.languages.q.items(), key=lambda kv: -kv[1])
             self._status(f"language sampling, alpha={self.cfg.language_alpha}: q = " + ", ".join(
-                f"{c} {100 * v:.1f}% (p {100 * self.languages.p[c]:.1f}%)" for c, v in top if v > 0))
+                f"{c} {100 * v:.3g}% (p {100 * self.languages.p[c]:.2g}%)" for c, v in top if v > 0))
 
     def _hparams(self) -> dict[str, Any]:
         """The settings TensorBoard shows next to the run: the train config and the objective."""
