@@ -124,6 +124,10 @@ def _train(ns: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # a model folder (or anything else) is refused: replacing its tokenizer would silently break it
     sampled = ""
+    if args.sample_mb < 0 or (args.sample_mb and args.language_alpha is None):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--sample-mb: expected a number >= 0 used with --language-alpha, got {args.sample_mb}")
     if args.language_alpha is not None:
         from ..data.multilingual import sample_by_language
 
