@@ -323,12 +323,16 @@ class LanguageSampler:
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def _perm(self, lang: int, cycle: int) -> np.ndarray:
+        """The item order of pass ``cycle`` over language ``lang`` (cached; safe to call from the
+        trainer's prefetch thread and the logging thread at once: a local result, never re-read)."""
         key = (lang, cycle)
-        if key not in self._perm_cache:
+        perm = self._perm_cache.get(key)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, 0x1A8, lang, cycle]).permutation(self.items[lang])
             if len(self._perm_cache) > 256:
-                self._perm_cache.clear()
-            self._perm_cache[key] = np.random.default_rng([self.seed, 0x1A8, lang, cycle]).permutation(self.items[lang])
-        return self._perm_cache[key]
+                self._perm_cache = {}
+            self._perm_cache[key] = perm
+        return perm
 
     def drawn(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Dataset indices and language ids of global stream positions ``[start, stop)``."""
