@@ -77,3 +77,12 @@ def test_without_alpha_a_language_index_changes_no_number(tmp_path):
     val = [r for r in ra if r["split"] == "val"]
     assert "loss/en" in val[-1] and not any(k.startswith("share/") for k in val[-1])
     assert not any("/" in k for r in rb for k in r)
+
+
+def test_language_sampling_with_the_prefetch_thread_draws_the_same(tmp_path):
+    data = _data(tmp_path)
+    assert main(_argv(data, tmp_path / "a", "train.language_alpha=0.5")) == 0
+    assert main(_argv(data, tmp_path / "b", "train.language_alpha=0.5", "train.num_workers=1")) == 0
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+              for r in ("a", "b")]
+    assert losses[0] == losses[1]
