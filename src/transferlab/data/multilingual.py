@@ -384,7 +384,10 @@ def item_languages(view: Any) -> tuple[np.ndarray, list[str]] | None:
 
 def language_groups(view: Any) -> dict[str, np.ndarray]:
     """``{code: item indices in order}`` for per-language validation ({} with fewer than two)."""
-    found = item_languages(view)
+    try:
+        found = item_languages(view)
+    except DataError:  # a view that cannot say where its items come from: no per-language loss
+        return {}
     if found is None:
         return {}
     langs, codes = found

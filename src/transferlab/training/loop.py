@@ -269,6 +269,8 @@ class Trainer:
         self.engine = wrap_model(self.model, self.info, fsdp=cfg.fsdp)
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)
         self.sampler = GlobalSampler(len(train_data), cfg.batch_size, cfg.seed, self.info.rank, self.info.world_size)
+        if len(train_data) == 0:
+            raise TransferlabError("no training examples: the data is shorter than one window of train.seq_len")
         self.languages: Any = None  # temperature sampling (data.multilingual.LanguagePlan)
         if cfg.language_alpha is not None:
             from ..data.multilingual import LanguagePlan
@@ -281,8 +283,6 @@ class Trainer:
             from ..data.multilingual import language_groups
 
             self._val_groups = language_groups(val_data)  # {code: val items}: val_loss/<code>
-        if len(train_data) == 0:
-            raise TransferlabError("no training examples: the data is shorter than one window of train.seq_len")
         # The collator's generator and this rank's torch/python streams (dropout, sampling):
         # distinct per rank, identical for a given (seed, rank), restored exactly on resume.
         seeds = np.random.SeedSequence([cfg.seed, self.info.rank, 1]).generate_state(2)
