@@ -11,7 +11,7 @@ from transferlab.data.documents import Document
 from transferlab.data.multilingual import fertility, sample_by_language
 from transferlab.errors import DataError
 from transferlab.tokenizer import Tokenizer
-from transferlab.tokenizer.training import RawTexts
+from transferlab.data.documents import RawTexts
 
 EN = [f"the quick brown fox number {i} jumps over the lazy dog." for i in range(200)]
 RU = [f"быстрая лиса {i} прыгает через собаку." for i in range(10)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["BUILTIN_PREFIX", "Document", "Source"]
+__all__ = ["BUILTIN_PREFIX", "Document", "RawTexts", "Source"]
 
 #: what names a built-in corpus or task among file inputs (``builtin:reviews``)
 BUILTIN_PREFIX = "builtin:"
@@ -41,3 +41,10 @@ class Source:
     @property
     def is_builtin(self) -> bool:
         return self.path.startswith(BUILTIN_PREFIX)
+
+
+class RawTexts(list):
+    """Tokenizer training inputs that are texts, never paths: a document without spaces that
+    holds a ``/`` (Chinese, Japanese, Thai text) must not be taken for a file name
+    (:func:`~transferlab.data.multilingual.sample_by_language` returns one)."""
+

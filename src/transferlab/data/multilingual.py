@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .documents import Document
+from .documents import Document, RawTexts
 
 __all__ = [
     "LANGUAGES", "UNDETERMINED", "CHATTERBOT_LANGUAGES", "check_language", "dominant_script",
@@ -470,8 +470,6 @@ def sample_by_language(docs: Iterable[Document], alpha: float, budget_bytes: int
     Returns:
         ``(texts, {code: {"p", "q", "bytes"}})``.
     """
-    from ..tokenizer.training import RawTexts
-
     by_lang: dict[str, list[str]] = {}
     for d in docs:
         by_lang.setdefault(d.lang or UNDETERMINED, []).append(d.text)

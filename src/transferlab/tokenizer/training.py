@@ -137,12 +137,6 @@ def _guess_specials(
 
 
 # ---------------------------------------------------------------------------------- inputs
-class RawTexts(list):
-    """Training inputs that are texts, never paths: a document with no space that contains ``/``
-    (Chinese, Japanese, Thai text) must not be mistaken for a file name (``sample_by_language``
-    returns one)."""
-
-
 class _Counter:
     """Iterate texts and count them (to detect an empty training corpus)."""
 
@@ -167,6 +161,8 @@ def _looks_like_path(s: str) -> bool:
 
 def _iter_texts(inputs: Any, format: str | None, text_column: str, doc_sep: str) -> Iterator[str]:
     from ..data.corpus import read_documents
+
+    from ..data.documents import RawTexts
 
     if isinstance(inputs, RawTexts):
         yield from (t for t in inputs if t.strip())
