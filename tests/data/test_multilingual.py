@@ -216,3 +216,20 @@ def test_declared_language_with_no_text_left_is_an_error(tok, tmp_path):
     with pytest.raises(DataError, match=r"--language fr \(.*all_es.jsonl\): no text in this language"):
         prepare_corpus(f, tok, tmp_path / "x", workers=0, progress=False, languages=["fr"])
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_prepare_with_language_prints_the_shares(tok, tmp_path, capsys):
+    from transferlab.cli import main
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("\n\n".join(f"hello world {i}." for i in range(30)), encoding="utf-8")
+    b.write_text("\n\n".join(f"hola mundo {i}." for i in range(10)), encoding="utf-8")
+    tok.save(tmp_path / "tok")
+    assert main(["prepare", "--tokenizer", str(tmp_path / "tok"), "--input", str(a), "--input", str(b),
+                 "--language", "en", "--language", "es", "--out", str(tmp_path / "d"), "--workers", "0",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "languages (2): en 7" in out and ", es 2" in out
+    assert main(["prepare", "--tokenizer", str(tmp_path / "tok"), "--input", str(a), "--language", "xx",
+                 "--out", str(tmp_path / "e"), "--workers", "0", "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith("error: --language: unknown language code 'xx'")
