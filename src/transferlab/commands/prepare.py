@@ -16,7 +16,8 @@ class PrepareSettings:
     """tokenizer folder (from `transferlab tokenizer train`), vocab.txt, tokenizer.json, builtin:gpt2 or
     builtin:minilm"""
     input: list[str] = field(metadata={"metavar": "PATH"})
-    """a file, a folder or builtin:NAME (builtin:reviews+news, builtin:ptb); repeatable"""
+    """a file, a folder or builtin:NAME (builtin:reviews+news, builtin:ptb, builtin:multilingual,
+    builtin:multilingual/es); repeatable"""
     out: str = field(metadata={"metavar": "DIR"})
     """output folder"""
     workers: int = 2
@@ -29,6 +30,11 @@ class PrepareSettings:
     """input format (default: from the file suffix)"""
     text_column: str = "text"
     """JSONL field / CSV column with the text"""
+    language: list[str] = field(default_factory=list, metadata={"metavar": "CODE"})
+    """language (ISO 639-1: en, es, zh ...) of the documents of each --input, in order (or one for all);
+    a row's lang field/column and a built-in corpus's own language win; recorded per document"""
+    lang_column: str = "lang"
+    """JSONL field / CSV column with a row's language code, read when present"""
     doc_sep: str = field(default="blank", metadata={"choices": DOC_SEPS})
     """text files: documents separated by blank lines, one per line, or one per file"""
     force: bool = False
@@ -65,7 +71,8 @@ def _prepare(ns: argparse.Namespace) -> int:
         s = prepare_corpus(
             args.input, args.tokenizer, args.out, val_fraction=args.val_fraction, seed=args.seed,
             workers=args.workers, format=args.format, text_column=args.text_column, doc_sep=args.doc_sep,
-            force=args.force, progress=not args.no_progress,
+            force=args.force, progress=not args.no_progress, languages=args.language or None,
+            lang_column=args.lang_column,
         )
     if s["skipped"]:
         print(f"{args.out} is up to date (same inputs, tokenizer and options): nothing to do; --force rebuilds")
@@ -73,6 +80,11 @@ def _prepare(ns: argparse.Namespace) -> int:
     print(f"tokens {s['tokens']:,}  documents {s['documents']:,}  sentences {s['sentences']:,}  "
           f"text {s['bytes'] / 1e6:.1f} MB  dtype {s['dtype']}")
     print(f"splits: {splits}")
+    langs = s["splits"].get("train", {}).get("languages")
+    if langs:
+        total = max(sum(v["tokens"] for v in langs.values()), 1)
+        top = sorted(langs.items(), key=lambda kv: -kv[1]["tokens"])
+        print(f"languages ({len(langs)}): " + ", ".join(f"{k} {100 * v['tokens'] / total:.2f}%" for k, v in top))
     if not s["skipped"]:
         print(f"{s['seconds']:.1f}s  {s['mb_per_s']:.2f} MB/s  {s['tokens_per_s'] / 1e3:,.0f}k tokens/s -> {s['out_dir']}")
     return 0

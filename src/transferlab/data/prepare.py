@@ -22,6 +22,11 @@ interrupted run never leaves a folder that looks complete)::
     {split}.docs.npy           int64 token offsets of document starts, length n_docs + 1
     {split}.sents.npy          int64 token offsets of sentence starts, length n_sents + 1 (every
                                document start is also a sentence start)
+    {split}.langs.npy          int16 language of each document, an index into meta.json's
+                               ``languages`` (only when some document declared a language:
+                               ``--language``, a ``lang`` field, a built-in corpus); meta.json's
+                               ``splits.{split}.languages`` has documents and tokens per language.
+                               Folders without it (older ones) load as one undetermined language.
 
 Splits are ``train`` and ``validation`` (a ``val_fraction`` of documents chosen by a keyed hash of
 their text, so the split is deterministic, independent of order and worker count, and identical
@@ -52,6 +57,7 @@ from ..errors import DataError
 from ..utils import atomic_dir, atomic_write_text
 from .corpus import iter_documents, resolve_inputs
 from .documents import Document, Source
+from .multilingual import UNDETERMINED, input_languages
 from .sentences import sentence_starts_batch
 
 __all__ = ["prepare_corpus", "FORMAT_VERSION", "SPLITS", "token_dtype"]
@@ -320,12 +326,24 @@ class _SplitWriter:
         self.sent_f = open(folder / f".{name}.sents.raw", "wb")
         self.n_tokens = self.n_docs = self.n_sents = self.n_bytes = 0
         self._last: tuple[np.ndarray, np.ndarray, int] | None = None
+        self.langs: list[int] = []  # language id per document (2 bytes each: kept in memory)
+        self.lang_counts: dict[int, list[int]] = {}  # id -> [documents, tokens]
+        self._last_lang = 0
+
+    def _count(self, lang: int, docs: int, tokens: int) -> None:
+        c = self.lang_counts.setdefault(lang, [0, 0])
+        c[0] += docs
+        c[1] += tokens
 
     def write(
-        self, ids: np.ndarray, lens: np.ndarray, sent_rel: np.ndarray, n_sents: np.ndarray, doc_bytes: np.ndarray
+        self, ids: np.ndarray, lens: np.ndarray, sent_rel: np.ndarray, n_sents: np.ndarray, doc_bytes: np.ndarray,
+        lang: int = 0,
     ) -> None:
         if not len(lens):
             return
+        self.langs.extend([lang] * len(lens))
+        self._count(lang, len(lens), int(lens.sum()))
+        self._last_lang = lang
         starts = self.n_tokens + np.concatenate(([0], np.cumsum(lens[:-1])))  # (n_docs,)
         self.tok_f.write(memoryview(np.ascontiguousarray(ids)))
         self.doc_f.write(starts.astype("<i8").tobytes())
@@ -344,6 +362,8 @@ class _SplitWriter:
         assert self._last is not None
         ids, sents, nb = self._last
         self._last = None
+        self.langs.pop()
+        self._count(self._last_lang, -1, -len(ids))
         self.n_bytes -= nb
         self.n_tokens -= len(ids)
         self.n_docs -= 1
@@ -355,7 +375,9 @@ class _SplitWriter:
             f.seek(size)
         return ids, sents, nb
 
-    def finish(self) -> dict[str, int]:
+    def finish(self, codes: list[str] | None = None) -> dict[str, Any]:
+        """Complete the split's files; with ``codes`` (language id -> code) also its language
+        index. Returns the split's counts for meta.json."""
         self.tok_f.flush()
         os.fsync(self.tok_f.fileno())
         for f in (self.tok_f, self.doc_f, self.sent_f):
@@ -372,7 +394,13 @@ class _SplitWriter:
                 out.flush()
                 os.fsync(out.fileno())
             raw.unlink()
-        return {"tokens": self.n_tokens, "documents": self.n_docs, "sentences": self.n_sents, "bytes": self.n_bytes}
+        out: dict[str, Any] = {"tokens": self.n_tokens, "documents": self.n_docs, "sentences": self.n_sents,
+                               "bytes": self.n_bytes}
+        if codes is not None:
+            np.save(self.folder / f"{self.name}.langs.npy", np.asarray(self.langs, dtype="<i2"))
+            out["languages"] = {codes[i]: {"documents": c[0], "tokens": c[1]}
+                                for i, c in sorted(self.lang_counts.items()) if c[0] > 0}
+        return out
 
     def close(self) -> None:
         for f in (self.tok_f, self.doc_f, self.sent_f):
@@ -382,6 +410,7 @@ class _SplitWriter:
 
 def _batches(
     docs: Iterable[Document], batch_chars: int, total_bytes: int = 0, max_docs: int = 8192, long_chars: int = 0,
+    langs_out: deque | None = None,
 ) -> Iterator[tuple[list[str], list[str | None]]]:
     """Group documents into batches of about ``batch_chars`` characters.
 
@@ -392,27 +421,61 @@ def _batches(
     text files, an overestimate for CSV/JSONL, where this then never triggers) the batches shrink
     8-fold, so the workers finish together instead of one idling while another tokenizes a full
     last batch (half a batch of wall time, ~1.5% of a 30 MB run).
+
+    With ``langs_out``, ``(languages, texts)`` of each batch is appended to it as the batch is
+    yielded: the parent pairs them with the batch's result (workers never see languages).
     """
     texts: list[str] = []
     hints: list[str | None] = []
+    langs: list[str | None] = []
     size = seen = 0
     limit = batch_chars
     for d in docs:
         long = 0 < long_chars < len(d.text)
         if long and texts:
+            if langs_out is not None:
+                langs_out.append((langs, texts))
             yield texts, hints
-            texts, hints, size = [], [], 0
+            texts, hints, langs, size = [], [], [], 0
         texts.append(d.text)
         hints.append(d.split)
+        langs.append(d.lang)
         size += len(d.text)
         seen += len(d.text) if d.text.isascii() else len(d.text.encode("utf-8"))  # isascii() is O(1)
         if long or size >= limit or len(texts) >= max_docs:
+            if langs_out is not None:
+                langs_out.append((langs, texts))
             yield texts, hints
-            texts, hints, size = [], [], 0
+            texts, hints, langs, size = [], [], [], 0
             if total_bytes - seen < 4 * batch_chars:
                 limit = max(batch_chars // 8, 1)
     if texts:
+        if langs_out is not None:
+            langs_out.append((langs, texts))
         yield texts, hints
+
+
+class _Languages:
+    """Language ids in order of first appearance (``und`` for undeclared documents), and the
+    per-batch pairing of the parent's languages with the workers' results."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.pending: deque = deque()  # (languages, texts) per batch in flight, corpus order
+
+    def batch_ids(self, tok: Any, n_dropped: int) -> np.ndarray:
+        """Language id of each kept document of the next batch's result."""
+        langs, texts = self.pending.popleft()
+        codes = [UNDETERMINED if c is None else c for c in langs]
+        ids = np.array([self.ids.setdefault(c, len(self.ids)) for c in codes], np.int64)
+        if n_dropped and len(set(codes)) > 1:  # rare: find which documents had no tokens
+            encs = tok.backend.encode_batch(texts, add_special_tokens=False)
+            ids = ids[np.array([len(e.ids) > 0 for e in encs], bool)]
+        return ids if not n_dropped or len(set(codes)) > 1 else ids[: len(ids) - n_dropped]
+
+    def codes(self) -> list[str] | None:
+        """id -> code, or None when no document declared a language."""
+        return list(self.ids) if set(self.ids) - {UNDETERMINED} else None
 
 
 @contextlib.contextmanager
@@ -473,10 +536,11 @@ def _summary(meta: dict[str, Any], out: Path, skipped: bool) -> dict[str, Any]:
 def _tokenize_into(
     writers: dict[str, _SplitWriter], batches: Iterator[tuple[list[str], list[str | None]]], tok: Any,
     workers: int, dtype: np.dtype, seed: int, val_fraction: float, total_size: int, progress: bool,
-    piece_chars: int = 0,
+    piece_chars: int = 0, languages: _Languages | None = None,
 ) -> int:
     """Tokenize every batch (in ``workers`` processes, or here when 0) and write the results in
-    corpus order. Returns the number of documents dropped for having no tokens."""
+    corpus order (with each document's language id when ``languages`` pairs the batches).
+    Returns the number of documents dropped for having no tokens."""
     from tqdm.auto import tqdm
 
     dropped = n_tokens = 0
@@ -488,7 +552,10 @@ def _tokenize_into(
         ids, lens, sent_rel, n_sents, codes, doc_bytes, n_bytes, n_drop = res
         dropped += n_drop
         n_tokens += len(ids)
-        _dispatch(writers, ids, lens, sent_rel, n_sents, codes, doc_bytes)
+        if languages is None:
+            _dispatch(writers, ids, lens, sent_rel, n_sents, codes, doc_bytes)
+        else:
+            _dispatch(writers, ids, lens, sent_rel, n_sents, codes, doc_bytes, languages.batch_ids(tok, n_drop))
         bar.update(n_bytes)
         bar.set_postfix_str(f"{n_tokens:,} tokens", refresh=False)
 
@@ -536,6 +603,8 @@ def prepare_corpus(
     batch_chars: int = 1 << 20,
     progress: bool = True,
     piece_chars: int = PIECE_CHARS,
+    languages: Iterable[str] | None = None,
+    lang_column: str = "lang",
 ) -> dict[str, Any]:
     """Tokenize a corpus once into memory-mapped shards (see the module docstring).
 
@@ -557,6 +626,9 @@ def prepare_corpus(
             tokenized in pieces of about this many characters, cut where the cut provably
             changes no token (see ``_pieces``), so one huge document needs bounded memory; the
             output is the same as tokenizing it whole.
+        languages: the language code of each input (as many as inputs, or one for all); a
+            row's ``lang_column`` field and a built-in corpus's own language win over it.
+        lang_column: the JSONL field / CSV column that gives a row's language, when present.
 
     Returns:
         A summary: ``tokens``, ``documents``, ``sentences``, ``bytes`` (UTF-8 text), ``splits``
@@ -579,6 +651,7 @@ def prepare_corpus(
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_pretrained(tokenizer)
     out = Path(out_dir)
     sources = resolve_inputs(inputs, format)
+    by_input = input_languages(inputs, languages)
     dtype = token_dtype(tok.vocab_size)
     plan = {
         "format_version": FORMAT_VERSION,
@@ -589,6 +662,8 @@ def prepare_corpus(
             "doc_sep": doc_sep, "builtin_version": BUILTIN_VERSION,
         },
     }
+    if by_input or lang_column != "lang":  # only then: older plans stay up to date
+        plan["options"].update(languages=by_input, lang_column=lang_column)
     if out.exists():
         if not out.is_dir():
             raise DataError(f"{out}: exists and is not a folder")
@@ -609,23 +684,32 @@ def prepare_corpus(
         writers = {s: _SplitWriter(tmp, s, dtype) for s in SPLITS}
         try:
             total = sum(s.size for s in sources)
-            docs = iter_documents(sources, text_column=text_column, doc_sep=doc_sep)
-            batches = _batches(docs, batch_chars, total, long_chars=LONG_DOC_PIECES * piece_chars)
+            docs = iter_documents(sources, text_column=text_column, doc_sep=doc_sep, languages=by_input,
+                                  lang_column=lang_column)
+            langs = _Languages()
+            batches = _batches(docs, batch_chars, total, long_chars=LONG_DOC_PIECES * piece_chars,
+                               langs_out=langs.pending)
             dropped = _tokenize_into(writers, batches, tok, workers, dtype, seed, val_fraction, total, progress,
-                                     piece_chars)
+                                     piece_chars, langs)
             train, val = writers["train"], writers["validation"]
             if val_fraction > 0 and val.n_docs == 0 and train.n_docs >= 2 and train._last is not None:
+                lang = train._last_lang
                 ids, sents, nb = train.pop_last()
                 one = np.ones(1, np.int64)
-                val.write(ids, one * len(ids), sents, one * len(sents), one * nb)
-            counts = {s: w.finish() for s, w in writers.items()}
+                val.write(ids, one * len(ids), sents, one * len(sents), one * nb, lang)
+            lang_codes = langs.codes()
+            counts = {s: w.finish(lang_codes) for s, w in writers.items()}
         finally:
             for w in writers.values():
                 w.close()
         if counts["test"]["documents"] == 0:  # a test split exists only for corpora that have one
-            for suffix in ("tokens.bin", "docs.npy", "sents.npy"):
-                (tmp / f"test.{suffix}").unlink()
+            for suffix in ("tokens.bin", "docs.npy", "sents.npy", "langs.npy"):
+                (tmp / f"test.{suffix}").unlink(missing_ok=True)
             del counts["test"]
+        found = {c for v in counts.values() for c, n in v.get("languages", {}).items() if n["tokens"]}
+        for inp, code in by_input.items():  # a declared language whose text all went (other lang fields, no tokens)
+            if code not in found:
+                raise DataError(f"--language {code} ({inp}): no text in this language after reading and tokenizing")
         totals = {k: sum(c[k] for c in counts.values()) for k in ("tokens", "documents", "sentences", "bytes")}
         totals["dropped_documents"] = dropped
         if totals["documents"] == 0:
@@ -646,26 +730,32 @@ def prepare_corpus(
             "workers": workers,
             "plan": plan,
         }
+        if lang_codes is not None:
+            meta["languages"] = lang_codes
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
     return _summary(meta, out, skipped=False)
 
 
 def _dispatch(
     writers: dict[str, _SplitWriter], ids: np.ndarray, lens: np.ndarray, sent_rel: np.ndarray,
-    n_sents: np.ndarray, codes: np.ndarray, doc_bytes: np.ndarray,
+    n_sents: np.ndarray, codes: np.ndarray, doc_bytes: np.ndarray, lang_ids: np.ndarray | None = None,
 ) -> None:
     """Route a worker result to the split writers: one write per run of consecutive documents of
-    the same split (a batch holds a handful of validation documents among hundreds)."""
+    the same split and language (a batch holds a handful of validation documents among hundreds)."""
     if not len(lens):
         return
-    cuts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+    if lang_ids is None:
+        lang_ids = np.zeros(len(lens), np.int64)
+    key = codes.astype(np.int64) + 4 * np.asarray(lang_ids, np.int64)  # (n_docs,) split and language
+    cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
     if not len(cuts):  # the common case: the whole batch goes to one split
-        writers[SPLITS[codes[0]]].write(ids, lens, sent_rel, n_sents, doc_bytes)
+        writers[SPLITS[codes[0]]].write(ids, lens, sent_rel, n_sents, doc_bytes, int(lang_ids[0]))
         return
     bounds = np.concatenate(([0], cuts, [len(lens)])).tolist()
     tok_at = np.concatenate(([0], np.cumsum(lens))).tolist()  # token offset of each document
     sent_at = np.concatenate(([0], np.cumsum(n_sents))).tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
         writers[SPLITS[codes[a]]].write(
-            ids[tok_at[a]:tok_at[b]], lens[a:b], sent_rel[sent_at[a]:sent_at[b]], n_sents[a:b], doc_bytes[a:b]
+            ids[tok_at[a]:tok_at[b]], lens[a:b], sent_rel[sent_at[a]:sent_at[b]], n_sents[a:b], doc_bytes[a:b],
+            int(lang_ids[a]),
         )

@@ -268,3 +268,45 @@ class SentencePairs(_View):
             "target": int(self.chunk_target[g]),
             "max_tokens": self.max_tokens,
         }
+
+
+# ---------------------------------------------------------------------------------- languages
+def item_documents(view: Any) -> np.ndarray:
+    """The document each item of a view starts in, ``(len(view),)`` int64 (its language is that
+    document's, for temperature sampling and per-language validation).
+
+    Args:
+        view: a :class:`PackedWindows`, :class:`SentenceChunks` or :class:`SentencePairs`, or any
+            view with an ``item_documents()`` method.
+
+    Returns:
+        Document indices into the view's shards.
+    """
+    if hasattr(view, "item_documents"):
+        return np.asarray(view.item_documents(), dtype=np.int64)
+    docs = np.asarray(view.doc_offsets, dtype=np.int64)
+    if isinstance(view, PackedWindows):
+        v0 = np.arange(view.n_items, dtype=np.int64) * view.stride  # (n_items,) virtual starts
+        starts = docs[:-1] + (np.arange(len(docs) - 1) if view.separator is not None else 0)
+        return np.searchsorted(starts, v0, "right") - 1
+    if isinstance(view, SentenceChunks):
+        return np.searchsorted(docs, view.starts, "right") - 1
+    if isinstance(view, SentencePairs):
+        return np.asarray(view.chunk_doc, dtype=np.int64)
+    raise DataError(f"{type(view).__name__}: this objective's examples do not say which document they come from, "
+                    "so they cannot be sampled by language (drop train.language_alpha)")
+
+
+def item_lengths(view: Any) -> np.ndarray:
+    """Tokens of each item of a view (before special tokens), ``(len(view),)`` int64."""
+    if hasattr(view, "item_lengths"):
+        return np.asarray(view.item_lengths(), dtype=np.int64)
+    if isinstance(view, PackedWindows):
+        return np.full(view.n_items, view.length, np.int64)
+    if isinstance(view, SentenceChunks):
+        return view.ends - view.starts
+    if isinstance(view, SentencePairs):
+        so = np.asarray(view.sent_offsets, dtype=np.int64)
+        return so[view.chunk_hi] - so[view.chunk_lo]
+    return np.ones(len(view), np.int64)
+

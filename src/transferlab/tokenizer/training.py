@@ -162,6 +162,11 @@ def _looks_like_path(s: str) -> bool:
 def _iter_texts(inputs: Any, format: str | None, text_column: str, doc_sep: str) -> Iterator[str]:
     from ..data.corpus import read_documents
 
+    from ..data.documents import RawTexts
+
+    if isinstance(inputs, RawTexts):
+        yield from (t for t in inputs if t.strip())
+        return
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     for item in inputs:

@@ -91,6 +91,12 @@ class TrainConfig:
     tensorboard: bool = True
     """Write TensorBoard event files under <out>/tensorboard."""
 
+    # data: how examples are drawn from the prepared shards
+    language_alpha: float | None = None
+    """Temperature sampling of languages (XLM): draw language l with q_l = p_l^alpha / sum_k p_k^alpha, p_l
+    its share of the train tokens (1.0: as the data holds them; 0.3: small languages up-sampled); None:
+    the plain shuffled order. Needs data prepared with languages (prepare --language, builtin:multilingual)."""
+
     # fields that only affect logging/saving, never the numbers: a resumed run may change them
     RESUME_SAFE = ("eval_every", "eval_batches", "save_every", "keep_last", "log_every", "num_workers",
                    "gradient_checkpointing",
@@ -103,6 +109,7 @@ class TrainConfig:
         "max_tokens": NONNEG_INT, "max_minutes": NONNEG, "eval_every": NONNEG_INT, "eval_batches": NONNEG_INT,
         "save_every": NONNEG_INT, "keep_last": COUNT, "log_every": NONNEG_INT, "seed": NONNEG_INT,
         "num_workers": Range(int, ge=0, le=1), "num_threads": NONNEG_INT,
+        "language_alpha": POSITIVE,
     }
 
     def validate(self) -> "TrainConfig":

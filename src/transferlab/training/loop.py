@@ -271,6 +271,18 @@ class Trainer:
         self.sampler = GlobalSampler(len(train_data), cfg.batch_size, cfg.seed, self.info.rank, self.info.world_size)
         if len(train_data) == 0:
             raise TransferlabError("no training examples: the data is shorter than one window of train.seq_len")
+        self.languages: Any = None  # temperature sampling (data.multilingual.LanguagePlan)
+        if cfg.language_alpha is not None:
+            from ..data.multilingual import LanguagePlan
+
+            self.languages = LanguagePlan(train_data, cfg.language_alpha, cfg.batch_size, cfg.seed,
+                                          self.info.rank, self.info.world_size)
+            self.sampler = self.languages.sampler  # same interface: positions, indices, epoch_of
+        self._val_groups: dict[str, np.ndarray] = {}
+        if val_data is not None:
+            from ..data.multilingual import language_groups
+
+            self._val_groups = language_groups(val_data)  # {code: val items}: val_loss/<code>
         # The collator's generator and this rank's torch/python streams (dropout, sampling):
         # distinct per rank, identical for a given (seed, rank), restored exactly on resume.
         seeds = np.random.SeedSequence([cfg.seed, self.info.rank, 1]).generate_state(2)
@@ -447,7 +459,10 @@ class Trainer:
         if res:
             self.last_val = {"step": self.step, **res}
             if self.log is not None:
-                metrics = {k[len("val_"):]: v for k, v in res.items() if k != "val_loss"}  # ppl, <metric>
+                metrics = {k[len("val_"):]: v for k, v in res.items() if k != "val_loss"}  # ppl, <metric>, loss/<lang>
+                if self.languages is not None:  # realised token shares so far, beside q in the summary
+                    shares = self.languages.realised(self.micro * self.info.world_size * self.cfg.batch_size)
+                    metrics.update({f"share/{c}": round(v, 6) for c, v in shares.items() if self.languages.q[c] > 0})
                 self.log.row("val", self.step, res["val_loss"], self.elapsed, self.tokens / max(self.elapsed, 1e-9),
                              tokens=self.tokens, **metrics)
 
@@ -473,8 +488,19 @@ class Trainer:
         torch RNG is forked, so evaluating never changes the training run and numbers from
         different evaluations (and runs) are comparable.
         """
+        out = self._evaluate(np.arange(len(self.val_data)))
+        if out:
+            # per language (data prepared with languages): the same fixed windows and masks, by language
+            for code, items in self._val_groups.items():
+                part = self._evaluate(items)
+                if part:
+                    out[f"val_loss/{code}"], out[f"val_ppl/{code}"] = part["val_loss"], part["val_ppl"]
+        return out
+
+    def _evaluate(self, items: np.ndarray) -> dict[str, float]:
+        """:meth:`evaluate` over the validation items ``items`` (in this order)."""
         info, B = self.info, self.cfg.batch_size
-        n = len(self.val_data)
+        n = len(items)
         per_rank = min(B, n // info.world_size)
         if per_rank == 0:
             return {}
@@ -488,7 +514,7 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(EVAL_SEED)
             for b in range(n_batches):
-                idx = sampler.indices(b)
+                idx = [int(items[i]) for i in sampler.indices(b)]
                 batch = _to_device(self.objective.collate([self.val_data[i] for i in idx],
                                                           example_rng(self.objective, EVAL_SEED, idx, rng)),
                                    info.device)
@@ -548,6 +574,10 @@ class Trainer:
             self._status(f"resumed from {self._resumed_from} (step {self.step}, {self.tokens:,} tokens)")
         if self.step == 0:
             self.log.log_hparams(self._hparams())
+        if self.languages is not None:
+            top = sorted(self.languages.q.items(), key=lambda kv: -kv[1])
+            self._status(f"language sampling, alpha={self.cfg.language_alpha}: q = " + ", ".join(
+                f"{c} {100 * v:.3g}% (p {100 * self.languages.p[c]:.2g}%)" for c, v in top if v > 0))
 
     def _hparams(self) -> dict[str, Any]:
         """The settings TensorBoard shows next to the run: the train config and the objective."""
@@ -594,6 +624,8 @@ class Trainer:
             "stopped_by": self._stopped_by(), "compile_warmup_s": self.compile_seconds,
             "checkpoint": str(latest_checkpoint(self.out / "checkpoints") or ""),
             "checkpoints": [str(p) for _, p in list_checkpoints(self.out / "checkpoints")],
+            **({"languages": self.languages.table(self.micro * self.info.world_size * self.cfg.batch_size)}
+               if self.languages is not None else {}),
         }
 
 
