@@ -114,7 +114,7 @@ FLAG_RANGES: dict[str, Range] = {
     "vocab_size": COUNT, "min_frequency": NONNEG_INT, "sentinels": NONNEG_INT, "workers": NONNEG_INT,
     "val_fraction": FRACTION, "seed": NONNEG_INT, "limit": COUNT, "train_size": COUNT, "k": COUNT, "sample": COUNT,
     "n_test": COUNT, "max_text_words": COUNT, "examples": COUNT, "price_per_hour": NONNEG, "grid_intensity": NONNEG,
-    "pretrain_minutes": POSITIVE,
+    "pretrain_minutes": POSITIVE, "language_alpha": POSITIVE, "sample_mb": NONNEG,
     # generate's sampling settings (temperature, top_p, top_k, num_beams, penalties) are ranged by
     # generation.GenerationConfig, which knows when they matter (temperature only with sampling);
     # here they only have to be finite

@@ -86,3 +86,13 @@ def test_language_sampling_with_the_prefetch_thread_draws_the_same(tmp_path):
     losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
               for r in ("a", "b")]
     assert losses[0] == losses[1]
+
+
+def test_data_language_alpha_is_the_train_setting():
+    """``data.language_alpha=A`` (the issue's spelling) sets train.language_alpha; other data.* keys are refused."""
+    from transferlab.commands.pretrain import _sections
+    from transferlab.errors import ConfigError
+
+    assert _sections(["data.language_alpha=0.3"]) == ([], ["train.language_alpha=0.3"], {})
+    with pytest.raises(ConfigError, match="data.language_alpha"):
+        _sections(["data.alpha=0.3"])

@@ -68,4 +68,4 @@ def test_cli_train_with_alpha_and_fertility_table(tmp_path, capsys):
     assert "| ru (Russian) | 10 |" in table and "0 unknown tokens" in table
     assert main(["tokenizer", "train", "--kind", "bpe", "--input", str(f), "--language-alpha", "-1",
                  "--out", str(tmp_path / "bad")]) == 2
-    assert "language_alpha must be > 0" in capsys.readouterr().err
+    assert "--language-alpha: expected a finite number > 0" in capsys.readouterr().err

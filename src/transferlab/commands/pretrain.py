@@ -81,10 +81,13 @@ def _sections(items: list[str]) -> tuple[list[str], list[str], dict[str, str]]:
             model.append(f"{key}={value}")  # keep the section: error messages name model.X / train.X
         elif section == "train" and rest:
             train.append(f"{key}={value}")
+        elif key == "data.language_alpha":  # the spelling: the sampler is a data setting
+            train.append(f"train.language_alpha={value}")
         elif section == "objective" and rest:
             objective[rest] = value
         else:
-            raise ConfigError(f"override {item!r}: expected model.KEY=VALUE, train.KEY=VALUE or objective.KEY=VALUE")
+            raise ConfigError(f"override {item!r}: expected model.KEY=VALUE, train.KEY=VALUE, "
+                              "objective.KEY=VALUE or data.language_alpha=A")
     return model, train, objective
 
 
