@@ -79,7 +79,7 @@ class BiLM(Objective):
     family = _FamilyName(FAMILY_NAME)
     heads = {"lm": {"type": "bilm_softmax"}}
     metric_names = ("bilm_loss", "fwd_loss", "bwd_loss", "fwd_ppl", "bwd_ppl")
-    lm_loss_metric = "bilm_loss"
+    lm_loss_metric = None  # the whole loss is the LM loss: the run's perplexity is exp(bilm_loss)
     sparse_targets = True
 
     def __init__(self, tokenizer: Any, config: BiLMConfig | None = None, **settings: Any):
