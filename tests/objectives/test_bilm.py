@@ -91,10 +91,15 @@ def test_errors_name_what_fits(tmp_path):
         build_objective("bilm", SP, mask_prob=0.1)
 
 
-def test_pretrain_refuses_objectives_that_do_not_fit_elmo(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Prepared shards of a tiny corpus (a 300-token WordPiece tokenizer trained in-process)."""
+    return prepared_data(tmp_path_factory.mktemp("bilm"))
+
+
+def test_pretrain_refuses_objectives_that_do_not_fit_elmo(tmp_path, capsys, data):
     from transferlab.cli import main
 
-    data = prepared_data(tmp_path)
     base = ["--data", str(data), "--max-steps", "1", "--batch-size", "2", "--seq-len", "16", "--no-energy",
             "train.progress=false", "train.tensorboard=false"]
     rc = main(["pretrain", "--preset", "elmo-tiny", "--objective", "mlm", "--out", str(tmp_path / "a"), *base])
@@ -109,12 +114,11 @@ TINY_ELMO = ["model.d_model=16", "model.family_options.cell_size=24", "model.fam
              "model.family_options.filters=[[1,4],[2,6],[3,6]]", "model.family_options.char_dim=4"]
 
 
-def test_pretrain_end_to_end_cost_and_features(tmp_path, capsys):
+def test_pretrain_end_to_end_cost_and_features(tmp_path, capsys, data):
     from transferlab.cli import main
     from transferlab.cost import estimate_flops
     from transferlab.models.model import from_pretrained
 
-    data = prepared_data(tmp_path)
     out = tmp_path / "run"
     rc = main(["pretrain", "--preset", "elmo-tiny", "--objective", "bilm", "--data", str(data), "--out", str(out),
                "--max-steps", "4", "--batch-size", "4", "--seq-len", "16", "--dtype", "fp32", "--eval-every", "2",
@@ -140,8 +144,7 @@ def test_pretrain_end_to_end_cost_and_features(tmp_path, capsys):
     assert np.load(tmp_path / "f.npy").shape == (2, 3, 16)  # L + 1 layers of [forward; backward]
 
 
-def test_resume_is_bit_identical(tmp_path):
-    data = prepared_data(tmp_path)
+def test_resume_is_bit_identical(tmp_path, data):
     from transferlab.data import TokenShards
 
     shards = TokenShards(data, "train")
