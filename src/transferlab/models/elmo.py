@@ -354,7 +354,13 @@ class ElmoBiLM(Backbone):
 
     # ------------------------------------------------------------------ input
     def token_representation(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The context-independent token vectors x (..., P) both directions read.
+        """The context-independent token vectors both directions read.
+
+        Args:
+            input_ids: token ids of any shape (...).
+
+        Returns:
+            (..., d_model / 2): the token table's rows, or the char CNN of each token's characters.
 
         Raises:
             ConfigError: a char-input model whose character table was never filled.
@@ -451,6 +457,16 @@ class ElmoBiLM(Backbone):
         softmax on ``n_predicted`` rows (default 2 per position: one per direction). Training is
         3 x forward (backward computes gradients of inputs and weights). Exact against
         ``FlopCounterMode`` on a cell-by-cell computation (``tests/models/test_elmo.py``).
+
+        Args:
+            cfg: an elmo ModelConfig.
+            seq_len: tokens in the sequence (``decode``: one step is billed; the family does not decode).
+            mode: ``train``, ``forward`` or ``decode``.
+            decoder_len: must be None (not an encoder-decoder).
+            n_predicted: rows that reach the softmax (``bilm``: 2 (T - 1) per full window).
+
+        Returns:
+            FLOPs as a float.
         """
         from .flops import head_macs
 

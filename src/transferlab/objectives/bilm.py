@@ -157,6 +157,15 @@ class BiLM(Objective):
                 "labels": torch.from_numpy(labels), "n_targets": torch.tensor(n)}
 
     def compute(self, module: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        """Both directions' summed NLL through the one ``lm`` head, and the per-direction metrics.
+
+        Args:
+            module: a bare TransferModel or what :meth:`wrap_model` returned.
+            batch: what :meth:`collate` returned, on the model's device.
+
+        Returns:
+            ``(forward NLL sum + backward NLL sum, metrics)``.
+        """
         model = self._model_of(module)
         h = model.backbone(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).last_hidden_state
         fwd, bwd = h.chunk(2, dim=-1)  # (B, T, P) each: [forward; backward]
