@@ -333,7 +333,9 @@ def register_family_spec(name: str, options: type | None = None, causal: bool = 
 #: Families that live in modules of their own, imported the first time their name is resolved (a
 #: preset, a config file, a saved model folder), so that nothing imports every family up front and
 #: a new family is its module plus one line here. ``name -> module``.
-FAMILY_MODULES: dict[str, str] = {}
+FAMILY_MODULES: dict[str, str] = {
+    "elmo": "transferlab.models.elmo",
+}
 
 
 def resolve_family(value: Any) -> "Family | str":
@@ -631,6 +633,19 @@ PRESETS: dict[str, ModelConfig] = {
     "bart-base": _bart(6, 768, 12, vocab=50265),
     "t5-mini": _t5(4, 256, 4, 1024, d_head=64),
     "t5-small": _t5(6, 512, 8, 2048, vocab=32128),
+    # ELMo biLMs (models/elmo.py): d_model = [forward; backward], char CNN input, untied softmax
+    "elmo-tiny": ModelConfig(family="elmo", vocab_size=8192, d_model=128, n_layers=2, position=Position.NONE,
+                             tie_embeddings=False, lm_head_bias=True, heads={"lm": {"type": "bilm_softmax"}},
+                             family_options={"cell_size": 256, "token_input": "chars", "max_chars": 20,
+                                             "filters": [[1, 32], [2, 32], [3, 64], [4, 128]], "highway_layers": 1}),
+    "elmo-mini": ModelConfig(family="elmo", vocab_size=8192, d_model=256, n_layers=2, position=Position.NONE,
+                             tie_embeddings=False, lm_head_bias=True, heads={"lm": {"type": "bilm_softmax"}},
+                             family_options={"cell_size": 1024, "token_input": "chars", "max_chars": 30,
+                                             "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256]]}),
+    "elmo-small": ModelConfig(family="elmo", vocab_size=8192, d_model=512, n_layers=2, position=Position.NONE,
+                              tie_embeddings=False, lm_head_bias=True, heads={"lm": {"type": "bilm_softmax"}},
+                              family_options={"cell_size": 2048, "token_input": "chars", "max_chars": 50,
+                                              "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512]]}),
 }
 
 

@@ -49,6 +49,9 @@ CASES = {
     "plm": ("wordpiece", dict(family="encoder", heads={"lm": {}}, lm_head_transform=True), {}),
     "mtlm": ("wordpiece", dict(family="encoder", heads={"lm": {}}), {"seq2seq_weight": 1, "bidirectional_weight": 0}),
     "mass": ("bpe", dict(family="encoder-decoder", heads={"lm": {}}), {}),
+    "bilm": ("wordpiece", dict(family="elmo", heads={"lm": {"type": "bilm_softmax"}}, tie_embeddings=False,
+                               position="none", family_options={"cell_size": 32, "token_input": "chars", "max_chars": 10,
+                                                                "filters": [[1, 8], [2, 8], [3, 16]]}), {}),
 }
 
 
@@ -143,7 +146,8 @@ def test_model_settings_build_a_config_that_fits(corpus, name):
 
     tok, _ = corpus[CASES[name][0]]
     ob = build_objective(name, tok, **CASES[name][2])
-    preset = {"encoder": "bert-tiny", "decoder": "gpt-mini", "encoder-decoder": "bart-mini"}[ob.family.value]
+    preset = {"encoder": "bert-tiny", "decoder": "gpt-mini", "encoder-decoder": "bart-mini",
+              "elmo": "elmo-tiny"}[ob.family.value]
     cfg = get_preset(preset, **ob.model_settings())
     ob.check_model(cfg)
     assert cfg.vocab_size == tok.vocab_size and set(cfg.heads) == set(ob.heads)
