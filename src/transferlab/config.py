@@ -333,7 +333,9 @@ def register_family_spec(name: str, options: type | None = None, causal: bool = 
 #: Families that live in modules of their own, imported the first time their name is resolved (a
 #: preset, a config file, a saved model folder), so that nothing imports every family up front and
 #: a new family is its module plus one line here. ``name -> module``.
-FAMILY_MODULES: dict[str, str] = {}
+FAMILY_MODULES: dict[str, str] = {
+    "word2vec": "transferlab.models.word2vec",
+}
 
 
 def resolve_family(value: Any) -> "Family | str":
@@ -631,6 +633,11 @@ PRESETS: dict[str, ModelConfig] = {
     "bart-base": _bart(6, 768, 12, vocab=50265),
     "t5-mini": _t5(4, 256, 4, 1024, d_head=64),
     "t5-small": _t5(6, 512, 8, 2048, vocab=32128),
+    # global word vectors (skip-gram / CBOW): two (V, d) tables, no layers, no heads
+    "word2vec-128": ModelConfig(family="word2vec", d_model=128, n_layers=1, heads={},
+                                family_options={"init_range": 0.5, "features": "input"}),
+    "word2vec-256": ModelConfig(family="word2vec", d_model=256, n_layers=1, heads={},
+                                family_options={"init_range": 0.5, "features": "input"}),
 }
 
 

@@ -14,6 +14,7 @@ name                    what                                                    
 ``plm``                 XLNet permuted LM (two-stream, BART's variant: 1/6 pred.)  encoder, lm
 ``mtlm``                UniLM multitask masked LM (l2r/r2l/bidir./seq2seq masks)   encoder, lm
 ``mass``                MASS masked seq2seq: decoder predicts a 50% fragment       enc-dec, lm
+``skipgram``            word2vec skip-gram (or ``mode=cbow``), negative sampling   word2vec
 ======================  =========================================================  ==============
 """
 
@@ -37,6 +38,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "plm": ("plm", "PermutedLM"),
     "mtlm": ("mtlm", "MultitaskMLM"),
     "mass": ("mass", "MaskedSeq2Seq"),
+    "skipgram": ("skipgram", "SkipGram"),
 }
 _ALIASES = {"mlm+nsp": "nsp", "span_corruption": "span-corruption", "permuted-lm": "plm", "unilm": "mtlm",
             "masked-seq2seq": "mass"}
