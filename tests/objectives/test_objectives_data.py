@@ -52,6 +52,7 @@ CASES = {
     "plm": ("wordpiece", dict(family="encoder", heads={"lm": {}}, lm_head_transform=True), {}),
     "mtlm": ("wordpiece", dict(family="encoder", heads={"lm": {}}), {"seq2seq_weight": 1, "bidirectional_weight": 0}),
     "mass": ("bpe", dict(family="encoder-decoder", heads={"lm": {}}), {}),
+    "skipgram": ("wordpiece", dict(family="word2vec", heads={}), {"window": 3, "negatives": 4}),
 }
 
 
@@ -146,7 +147,8 @@ def test_model_settings_build_a_config_that_fits(corpus, name):
 
     tok, _ = corpus[CASES[name][0]]
     ob = build_objective(name, tok, **CASES[name][2])
-    preset = {"encoder": "bert-tiny", "decoder": "gpt-mini", "encoder-decoder": "bart-mini"}[ob.family.value]
+    preset = {"encoder": "bert-tiny", "decoder": "gpt-mini", "encoder-decoder": "bart-mini",
+              "word2vec": "word2vec-128"}[getattr(ob.family, "value", ob.family)]
     cfg = get_preset(preset, **ob.model_settings())
     ob.check_model(cfg)
     assert cfg.vocab_size == tok.vocab_size and set(cfg.heads) == set(ob.heads)

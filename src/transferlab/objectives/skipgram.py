@@ -157,8 +157,10 @@ class SkipGram(Objective):
             self.set_counts(np.bincount(tokens, minlength=self.sp.vocab_size)[: self.sp.vocab_size])
         return view
 
-    def _contexts(self, ids: np.ndarray, am: np.ndarray, rng: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Subsample and window a batch: compacted ids (B, T), contexts (B, T, 2W), their mask.
+    def _contexts(self, ids: np.ndarray, am: np.ndarray,
+                  rng: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Subsample and window a batch: compacted ids (B, T), contexts (B, T, 2W), their mask
+        (B, T, 2W) and which compacted positions hold a kept token (B, T).
 
         Two draws, each (B, T) and per example: the subsampling uniforms and the window radii.
         """
@@ -179,7 +181,7 @@ class SkipGram(Objective):
         ctx = np.stack([pid[:, W + o: W + o + T] for o in offsets], -1)  # (B, T, 2W)
         ok = np.stack([pval[:, W + o: W + o + T] & (pseg[:, W + o: W + o + T] == cseg) & (abs(o) <= crad)
                        for o in offsets], -1) & cval[..., None]
-        return cid, ctx, ok
+        return cid, ctx, ok, cval
 
     def collate(self, examples: list[Any], rng: Any) -> dict[str, torch.Tensor]:
         """Windows -> scored rows (``centers``, ``positives``, ``negatives``, ``neg_weight``;
@@ -195,7 +197,7 @@ class SkipGram(Objective):
             ids, am = pad_stack(rows, self.pad_id)
         self.sp.check_ids(ids[am > 0])
         B = ids.shape[0]
-        cid, ctx, ok = self._contexts(ids, am, rng)
+        cid, ctx, ok, _ = self._contexts(ids, am, rng)
         k = self.config.negatives
         out: dict[str, torch.Tensor] = {"input_ids": torch.from_numpy(ids)}
         if self.config.mode == "skipgram":
