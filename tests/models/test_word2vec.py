@@ -202,3 +202,23 @@ def test_neighbours_on_word2vec_are_global(trained, data):
     assert rep.static[0][0] in ANIMALS
     text = rep.format()
     assert "global nearest neighbours of 'cat'" in text and "contextual neighbours of" not in text
+
+
+def test_bag_of_vectors_fine_tuning_and_features(trained, data, tmp_path):
+    from transferlab.features import extract_features
+    from transferlab.finetune import FinetuneConfig, finetune, predict
+
+    out, _ = trained
+    _, tok = data
+    rows = ["text,label"] + [f"the {a} runs near the {b},animal" for a in ANIMALS for b in ANIMALS[:3]] + \
+        [f"the {f} tastes good with {g},food" for f in FOODS for g in FOODS[:3]]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    res = finetune(FinetuneConfig(out_dir=str(tmp_path / "ft"), model=str(out / "model"), train_file=str(tmp_path / "t.csv"),
+                                  validation_file=str(tmp_path / "t.csv"), epochs=8, lr=3e-2, batch_size=8,
+                                  pooling="mean", quiet=True, cost={"track_energy": False}))
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    preds = predict(res.out_dir, ["the goat runs near the cow", "the rice tastes good with soup"])  # unseen pairs
+    assert [p["prediction"] for p in preds] == ["animal", "food"]
+    model = from_pretrained(out / "model")
+    f = extract_features(model, tok, ["the cat runs", "the bread tastes good"], layer="all", pooling="mean")
+    assert f.values.shape == (2, 1, 128)

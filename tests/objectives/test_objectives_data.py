@@ -148,7 +148,7 @@ def test_model_settings_build_a_config_that_fits(corpus, name):
     tok, _ = corpus[CASES[name][0]]
     ob = build_objective(name, tok, **CASES[name][2])
     preset = {"encoder": "bert-tiny", "decoder": "gpt-mini", "encoder-decoder": "bart-mini",
-              "word2vec": "word2vec-128"}[getattr(ob.family, "value", ob.family)]
+              "word2vec": "word2vec-128"}[ob.family.value]
     cfg = get_preset(preset, **ob.model_settings())
     ob.check_model(cfg)
     assert cfg.vocab_size == tok.vocab_size and set(cfg.heads) == set(ob.heads)

@@ -45,6 +45,15 @@ from .datasets import PackedWindows
 MODES = ("skipgram", "cbow")
 
 
+class FamilyName(str):
+    """A registered family's name where objectives declare a :class:`~transferlab.config.Family`:
+    a str that also answers ``.value``, as the enum members do (listings print ``family.value``)."""
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
 @dataclass
 class SkipGramConfig:
     """word2vec settings (``objective.KEY=VALUE``); defaults as ``word2vec.c`` / gensim."""
@@ -79,7 +88,7 @@ class SkipGram(Objective):
     """word2vec's skip-gram / CBOW with negative sampling; the model is a ``word2vec`` family."""
 
     name = "skipgram"
-    family = "word2vec"
+    family = FamilyName("word2vec")
     heads: dict[str, dict] = {}
     metric_names = ("w2v_loss", "w2v_acc")
     lm_loss_metric = None
