@@ -335,6 +335,7 @@ def register_family_spec(name: str, options: type | None = None, causal: bool = 
 #: a new family is its module plus one line here. ``name -> module``.
 FAMILY_MODULES: dict[str, str] = {
     "elmo": "transferlab.models.elmo",
+    "word2vec": "transferlab.models.word2vec",
 }
 
 
@@ -646,6 +647,11 @@ PRESETS: dict[str, ModelConfig] = {
                               tie_embeddings=False, lm_head_bias=True, heads={"lm": {"type": "bilm_softmax"}},
                               family_options={"cell_size": 2048, "token_input": "chars", "max_chars": 50,
                                               "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512]]}),
+    # global word vectors (skip-gram / CBOW): two (V, d) tables, no layers, no heads
+    "word2vec-128": ModelConfig(family="word2vec", d_model=128, n_layers=1, heads={},
+                                family_options={"init_range": 0.5, "features": "input"}),
+    "word2vec-256": ModelConfig(family="word2vec", d_model=256, n_layers=1, heads={},
+                                family_options={"init_range": 0.5, "features": "input"}),
 }
 
 

@@ -339,6 +339,7 @@ EXPECTED = {  # name: (layers, d_model, heads)
     "gpt-medium": (24, 1024, 16), "bart-mini": (2, 256, 4), "bart-base": (6, 768, 12), "t5-mini": (4, 256, 4),
     "t5-small": (6, 512, 8),
     "elmo-tiny": (2, 128, 4), "elmo-mini": (2, 256, 4), "elmo-small": (2, 512, 4),  # heads unused by elmo
+    "word2vec-128": (1, 128, 4), "word2vec-256": (1, 256, 4),  # no layers: n_layers is a placeholder
 }
 
 

@@ -28,7 +28,8 @@ def shards(doc_lens: list[int], seed: int = 0, low: int = 6) -> SimpleNamespace:
 
 # ------------------------------------------------------------------------------- registry, errors
 def test_registry_names_and_unknown():
-    assert objective_names() == ["mlm", "nsp", "electra", "clm", "denoise", "span-corruption", "plm", "mtlm", "mass", "bilm"]
+    assert objective_names() == ["mlm", "nsp", "electra", "clm", "denoise", "span-corruption", "plm", "mtlm", "mass",
+                                "bilm", "skipgram"]
     assert "mlm+nsp" in objective_names(aliases=True)
     with pytest.raises(ConfigError, match="unknown objective 'mlmm'.*known objectives: mlm"):
         build_objective("mlmm", bert_ids())

@@ -52,6 +52,7 @@ CASES = {
     "bilm": ("wordpiece", dict(family="elmo", heads={"lm": {"type": "bilm_softmax"}}, tie_embeddings=False,
                                position="none", family_options={"cell_size": 32, "token_input": "chars", "max_chars": 10,
                                                                 "filters": [[1, 8], [2, 8], [3, 16]]}), {}),
+    "skipgram": ("wordpiece", dict(family="word2vec", heads={}), {"window": 3, "negatives": 4}),
 }
 
 
@@ -147,7 +148,8 @@ def test_model_settings_build_a_config_that_fits(corpus, name):
     tok, _ = corpus[CASES[name][0]]
     ob = build_objective(name, tok, **CASES[name][2])
     preset = {"encoder": "bert-tiny", "decoder": "gpt-mini", "encoder-decoder": "bart-mini",
-              "elmo": "elmo-tiny"}[ob.family.value]
+              "elmo": "elmo-tiny",
+              "word2vec": "word2vec-128"}[ob.family.value]
     cfg = get_preset(preset, **ob.model_settings())
     ob.check_model(cfg)
     assert cfg.vocab_size == tok.vocab_size and set(cfg.heads) == set(ob.heads)

@@ -5,6 +5,9 @@
   a unigram tagger, in the spirit of the CoNLL-2003 baseline that tags entities seen in training);
 * ``lead`` — seq2seq only: the first words of the source, as many as the median training target
   (the "lead" baseline of summarisation and headline generation);
+* ``vectors-logreg`` — the bag-of-vectors classifier: the mean of a text's word vectors (a
+  ``word2vec`` model folder, or a word2vec text file, named by the method's ``vectors``),
+  standardised, then logistic regression with C picked on validation as for TF-IDF;
 * ``tfidf-logreg`` / ``tfidf-svm`` — TF-IDF of word 1-2 grams and character 2-5 grams (within
   word boundaries), joined by a scikit-learn ``FeatureUnion``, then logistic regression or a
   linear SVM, with the inverse regularisation strength C picked on the validation split from a
@@ -35,9 +38,12 @@ from ..finetune.metrics import compute_metrics, primary_metric
 if TYPE_CHECKING:  # annotations only: the task types load torch
     from ..finetune.task_types import TaskType
 
-BASELINES = ("majority", "lead", "tfidf-logreg", "tfidf-svm")
+BASELINES = ("majority", "lead", "tfidf-logreg", "tfidf-svm", "vectors-logreg")
+#: baselines that read a word-vector model (the method's ``vectors``)
+VECTOR_BASELINES = ("vectors-logreg",)
 #: C grids per classifier (log-spaced; SVMs want smaller C than logistic regression)
-DEFAULT_C_GRID = {"tfidf-logreg": (0.1, 1.0, 10.0, 100.0), "tfidf-svm": (0.01, 0.1, 1.0, 10.0)}
+DEFAULT_C_GRID = {"tfidf-logreg": (0.1, 1.0, 10.0, 100.0), "tfidf-svm": (0.01, 0.1, 1.0, 10.0),
+                  "vectors-logreg": (0.01, 0.1, 1.0, 10.0)}
 PAIR_SEP = " [SEP] "
 
 
@@ -215,6 +221,93 @@ class TfidfBaseline:
         return list(self.model.predict(self.features.transform(_texts(examples))))
 
 
+class VectorsBaseline:
+    """Mean of the text's word vectors -> standardised -> logistic regression (C on validation).
+
+    Args:
+        vectors: a ``word2vec`` model folder (its tokenizer splits the texts) or a word2vec text
+            file (texts split into lower-cased words and punctuation).
+        c_grid: C values tried (default ``DEFAULT_C_GRID["vectors-logreg"]``).
+        task_type: a task type with one class label per text or pair (those TF-IDF serves).
+        seed: the solver's seed.
+    """
+
+    def __init__(self, vectors: str, c_grid: Sequence[float] | None = None, task_type: str | None = None,
+                 seed: int = 0) -> None:
+        from pathlib import Path
+
+        if task_type is None:
+            from ..finetune.task_types import Classification
+
+            task_type = Classification.name
+        if "tfidf-logreg" not in _task_type(task_type).baselines:
+            raise ConfigError(f"vectors-logreg needs a {_fitting_types('tfidf-logreg')} task, not {task_type}")
+        if not vectors:
+            raise ConfigError("vectors-logreg: give the method's vectors (a word2vec model folder or text file)")
+        from ..models.init_embeddings import load_vectors
+
+        self.index, vecs, special = load_vectors(vectors)
+        self.vectors = vecs.numpy()  # (N, d)
+        self.tokenizer = None
+        if Path(vectors).is_dir():
+            from ..tokenizer import Tokenizer
+
+            self.tokenizer = Tokenizer.from_pretrained(vectors)
+        self.special = special
+        self.c_grid = tuple(c_grid or DEFAULT_C_GRID["vectors-logreg"])
+        if not self.c_grid or any(c <= 0 for c in self.c_grid):
+            raise ConfigError(f"c_grid must be positive numbers, got {list(self.c_grid)}")
+        self.task_type, self.seed = task_type, seed
+        self.search: list[dict[str, float]] = []
+
+    def features(self, examples: Sequence[dict[str, Any]]) -> np.ndarray:
+        """(N, d) mean word vector per text (zeros for a text with no known token)."""
+        import re
+
+        texts = _texts(examples)
+        out = np.zeros((len(texts), self.vectors.shape[1]), dtype=np.float32)
+        if self.tokenizer is not None:
+            rows = [[i for i in ids if self.tokenizer.convert_ids_to_tokens(i) not in self.special]
+                    for ids in self.tokenizer.encode_batch(texts)]
+            rows = [[i for i in r if i < len(self.vectors)] for r in rows]
+        else:
+            rows = [[self.index[w] for w in re.findall(r"\w+|[^\w\s]", t.lower()) if w in self.index] for t in texts]
+        for n, r in enumerate(rows):
+            if r:
+                out[n] = self.vectors[r].mean(0)
+        return out
+
+    def fit(self, train: Sequence[dict[str, Any]], validation: Sequence[dict[str, Any]],
+            labels: Sequence[str] | None = None) -> "VectorsBaseline":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        y_tr = [e["label"] for e in train]
+        y_va = [e["label"] for e in validation]
+        if len(set(y_tr)) < 2:
+            raise ConfigError(f"vectors-logreg: the {len(y_tr)} training examples have one class only; use more examples")
+        if not validation:
+            raise DataError("vectors-logreg: the validation split is empty (it picks C)")
+        self.scaler = StandardScaler()
+        x_tr = self.scaler.fit_transform(self.features(train))  # (N, d)
+        x_va = self.scaler.transform(self.features(validation))
+        metric = primary_metric(self.task_type)
+        sign = 1.0 if higher_is_better(metric) else -1.0
+        best: tuple[float, float, Any] | None = None
+        for c in sorted(self.c_grid):
+            clf = LogisticRegression(C=c, max_iter=2000, random_state=self.seed).fit(x_tr, y_tr)
+            score = compute_metrics(self.task_type, clf.predict(x_va), y_va, labels)[metric]
+            self.search.append({"C": c, metric: score})
+            if best is None or sign * score > sign * best[0]:
+                best = (score, c, clf)
+        assert best is not None
+        self.best_c, self.model = best[1], best[2]
+        return self
+
+    def predict(self, examples: Sequence[dict[str, Any]]) -> list[Any]:
+        return list(self.model.predict(self.scaler.transform(self.features(examples))))
+
+
 # ------------------------------------------------------------------------------ one run
 def _task_data(task: Any) -> Any:
     if isinstance(task, str):
@@ -232,11 +325,12 @@ def run_baseline(
     eval_on_test: bool = True,
     c_grid: Sequence[float] | None = None,
     tracker: Any = None,
+    vectors: str | None = None,
 ) -> BaselineResult:
     """Fit one baseline on a seeded training subset and score it on validation (and test).
 
     Args:
-        method: ``majority``, ``lead``, ``tfidf-logreg`` or ``tfidf-svm``.
+        method: ``majority``, ``lead``, ``tfidf-logreg``, ``tfidf-svm`` or ``vectors-logreg``.
         task: a built-in task name or a :class:`~transferlab.finetune.tasks.TaskData`.
         train_size: labelled examples to train on (``None`` = all), subsampled by ``seed``
             exactly as fine-tuning subsamples.
@@ -246,6 +340,7 @@ def run_baseline(
         tracker: a started :class:`~transferlab.cost.CostTracker`; it is stopped when fitting
             (feature extraction and the C search on validation) ends, so the final scoring is
             not billed, as fine-tuning does not bill its test evaluation.
+        vectors: ``vectors-logreg``: a word2vec model folder or word2vec text file.
 
     Returns:
         :class:`BaselineResult` with metric dicts from :func:`compute_metrics`.
@@ -268,6 +363,9 @@ def run_baseline(
             raise ConfigError(f"the lead baseline is for {_fitting_types('lead')} tasks, {data.name!r} is {kind}")
         est = LeadBaseline().fit(train)
         params["n_words"] = est.n_words
+    elif method == "vectors-logreg":
+        est = VectorsBaseline(vectors or "", c_grid, kind, seed).fit(train, data.validation, labels)
+        params.update(C=est.best_c, width=int(est.vectors.shape[1]), search=est.search)
     else:
         est = TfidfBaseline(method.split("-")[1], c_grid, kind, seed).fit(train, data.validation, labels)
         params.update(C=est.best_c, n_features=est.n_features, search=est.search)

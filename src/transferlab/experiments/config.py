@@ -10,6 +10,7 @@ A comparison is one YAML (or JSON) file::
     models:
       - majority                        # baselines by name
       - tfidf-logreg
+      - {baseline: vectors-logreg, vectors: runs/w2v/model}   # mean word2vec vectors + logistic regression
       - {name: bert-mini, model: runs/bert-mini}
       - {name: bert-mini-scratch, model: runs/bert-mini, from_scratch: true}
       - {name: minilm, model: "builtin:minilm", finetune: {lr: 1.0e-4}}
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
-from .baselines import BASELINES
+from .baselines import BASELINES, VECTOR_BASELINES
 
 #: finetune settings a comparison fixes per cell (they may not appear in ``finetune:``)
 CELL_FIELDS = ("model", "task", "train_file", "validation_file", "test_file", "text_column", "pair_column",
@@ -48,7 +49,8 @@ class MethodSpec:
     model: str | None = None  #: model folder, builtin:minilm, or a preset (with from_scratch)
     from_scratch: bool = False
     finetune: dict[str, Any] = field(default_factory=dict)  #: FinetuneConfig overrides
-    c_grid: list[float] | None = None  #: TF-IDF baselines
+    c_grid: list[float] | None = None  #: TF-IDF and vectors-logreg baselines
+    vectors: str | None = None  #: vectors-logreg: a word2vec model folder or word2vec text file
     min_steps: int = 0  #: fine-tuning: at least this many optimiser steps per cell (more epochs for small sizes)
     #: this method only at these train sizes (a subset of the grid's; None = all of them): an
     #: expensive model can sit out the largest sizes of a learning curve
@@ -193,15 +195,18 @@ def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: 
             if m not in BASELINES:
                 raise ConfigError(f"{where}: {ctx}: {m!r} is not a baseline ({', '.join(BASELINES)}); "
                                   "a transformer entry is a mapping {name, model, from_scratch, finetune}")
+            if m in VECTOR_BASELINES:
+                raise ConfigError(f"{where}: {ctx}: {m} needs its word vectors: write it as a mapping "
+                                  f"{{baseline: {m}, vectors: DIR}} (a word2vec model folder)")
             models.append(MethodSpec(m, baseline=m))
             continue
         if not isinstance(m, dict):
             raise ConfigError(f"{where}: {ctx}: expected a baseline name or a mapping, got {m!r}")
         bad = sorted(set(m) - {"name", "model", "baseline", "from_scratch", "finetune", "c_grid", "min_steps",
-                               "train_sizes"})
+                               "train_sizes", "vectors"})
         if bad:
             raise ConfigError(f"{where}: {ctx}: unknown key(s) {', '.join(bad)}; known: name, model, baseline, "
-                              "from_scratch, finetune, c_grid, min_steps, train_sizes")
+                              "from_scratch, finetune, c_grid, min_steps, train_sizes, vectors")
         own_sizes = _sizes(m["train_sizes"], where, f"{ctx}.train_sizes") if "train_sizes" in m else None
         if ("model" in m) == ("baseline" in m):
             raise ConfigError(f"{where}: {ctx}: give exactly one of model (a transformer) or baseline")
@@ -211,8 +216,15 @@ def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: 
             grid = m.get("c_grid")
             if grid is not None and (not isinstance(grid, list) or not all(isinstance(c, (int, float)) and c > 0 for c in grid)):
                 raise ConfigError(f"{where}: {ctx}: c_grid must be a list of positive numbers")
+            vectors = m.get("vectors")
+            if (m["baseline"] in VECTOR_BASELINES) != (vectors is not None):
+                raise ConfigError(f"{where}: {ctx}: vectors (a word2vec model folder) goes with baseline "
+                                  f"{' or '.join(VECTOR_BASELINES)}, and that baseline needs it")
+            if vectors is not None and not isinstance(vectors, str):
+                raise ConfigError(f"{where}: {ctx}: vectors must be a path, got {vectors!r}")
             models.append(MethodSpec(str(m.get("name") or m["baseline"]), baseline=m["baseline"],
-                                     c_grid=[float(c) for c in grid] if grid else None, train_sizes=own_sizes))
+                                     c_grid=[float(c) for c in grid] if grid else None, train_sizes=own_sizes,
+                                     vectors=resolve(vectors) if vectors else None))
             continue
         model = str(m["model"])
         # a preset name (bert-mini) stays a name unless a folder of that name exists
@@ -318,6 +330,8 @@ class Cell:
         spec = {"baseline": m.baseline, "c_grid": m.c_grid, "model": m.model, "from_scratch": m.from_scratch,
                 "finetune": ft, "task": self.task.name, "task_files": self.task.files,
                 "eval_on_test": self.eval_on_test}
+        if m.vectors:  # only when set, so rows written before vectors-logreg keep their hash
+            spec["vectors"] = m.vectors
         if m.min_steps and not m.baseline:  # only when it matters, so rows written without it keep their hash
             spec["min_steps"] = m.min_steps
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]

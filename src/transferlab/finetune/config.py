@@ -61,6 +61,10 @@ class FinetuneConfig:
     """Vocabulary size of a tokenizer trained in-process (from-scratch runs on a preset)."""
     from_scratch: bool = False
     """Re-initialise all weights: the no-pre-training control with the same architecture."""
+    init_embeddings: str | None = field(default=None, metadata={"metavar": "PATH"})
+    """Start the token embeddings from word2vec vectors (a word2vec model folder or a word2vec
+    text file), matched by token string; the matched count is printed. Applied after loading
+    (and after ``from_scratch``'s re-initialisation)."""
     train_size: int | None = None
     """Keep only N training examples (stratified by label, deterministic by ``seed``)."""
     validation_size: int | None = None

@@ -290,6 +290,10 @@ def finetune(cfg: FinetuneConfig, info: DistInfo | None = None) -> FinetuneResul
 
     set_seed(cfg.seed)
     model, tok, tok_src = _load_model(cfg, data, train)
+    if cfg.init_embeddings:  # word2vec vectors into the token table, matched by token
+        from ..models.init_embeddings import init_embeddings
+
+        init_embeddings(model, tok, cfg.init_embeddings, quiet=quiet)
     _set_dropout(model, cfg.dropout, cfg.attention_dropout)  # before the head: it reads config.dropout
     spec = _make_spec(cfg, data, train, model.config)
     wiring = build_wiring(spec, tok, model.config)

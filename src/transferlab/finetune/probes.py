@@ -366,6 +366,7 @@ class NeighbourReport:
     queries: list[dict[str, Any]]  #: {sentence, neighbours: [(similarity, sentence), ...]}
     static: list[tuple[str, float]]  #: nearest vocabulary tokens by input embedding
     n_occurrences: int
+    global_vectors: bool = False  #: a context-free model (word2vec): only the global neighbours
 
     def format(self, width: int = 110) -> str:
         def mark(s: str) -> str:
@@ -379,12 +380,15 @@ class NeighbourReport:
             a = max(0, min(i - width // 3, len(s) - width))
             return ("..." if a else "") + s[a : a + width - 6] + "..."
 
+        toks = ", ".join(f"{t} ({s:.2f})" for t, s in self.static)
+        if self.global_vectors:
+            return (f"global nearest neighbours of {self.word!r} (cosine in the input vectors; a word vector does "
+                    f"not depend on its context, so there are no contextual ones): {toks}")
         lines = [f"contextual neighbours of {self.word!r} (layer {self.layer}, {self.n_occurrences} corpus occurrences)"]
         for q in self.queries:
             lines.append(f"\n> {mark(q['sentence'])}")
             for sim, s in q["neighbours"]:
                 lines.append(f"  {sim:.3f}  {clip(s)}")
-        toks = ", ".join(f"{t} ({s:.2f})" for t, s in self.static)
         lines.append(f"\nstatic input-embedding neighbours of {self.word!r}: {toks}")
         return "\n".join(lines)
 
@@ -418,6 +422,10 @@ def neighbours(
     if not re.fullmatch(r"-?\d+", cfg.layer):
         raise ConfigError(f"neighbours: layer {cfg.layer!r}: expected a hidden-state number")
     layer, k, max_length = int(cfg.layer), cfg.k, cfg.max_length
+    from ..models.backbone import backbone_of
+
+    if not getattr(backbone_of(model), "contextual", True):  # word2vec: every occurrence has the same vector
+        return NeighbourReport(word, 0, [], static_neighbours(model, tokenizer, word, k), 0, global_vectors=True)
     pool = sample_sentences(corpus, word, cfg.n_sentences, cfg.seed)
     if sentences is None:
         if word.lower() == "play":

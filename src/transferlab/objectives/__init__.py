@@ -15,6 +15,7 @@ name                    what                                                    
 ``mtlm``                UniLM multitask masked LM (l2r/r2l/bidir./seq2seq masks)   encoder, lm
 ``mass``                MASS masked seq2seq: decoder predicts a 50% fragment       enc-dec, lm
 ``bilm``                ELMo biLM: forward + backward LSTM LMs, one shared softmax elmo, lm
+``skipgram``            word2vec skip-gram (or ``mode=cbow``), negative sampling   word2vec
 ======================  =========================================================  ==============
 """
 
@@ -39,6 +40,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "mtlm": ("mtlm", "MultitaskMLM"),
     "mass": ("mass", "MaskedSeq2Seq"),
     "bilm": ("bilm", "BiLM"),
+    "skipgram": ("skipgram", "SkipGram"),
 }
 _ALIASES = {"mlm+nsp": "nsp", "span_corruption": "span-corruption", "permuted-lm": "plm", "unilm": "mtlm",
             "masked-seq2seq": "mass"}

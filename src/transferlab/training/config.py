@@ -73,6 +73,9 @@ class TrainConfig:
     """Compute precision: auto, bf16 (autocast; fp32 weights and optimizer) or fp32."""
     seed: int = 0
     """Seeds model initialisation, data order, masking and dropout."""
+    init_embeddings: str | None = None
+    """Start the token embeddings from word2vec vectors (a word2vec model folder or a word2vec
+    text file), matched by token string; the matched count is printed (docs/models.md)."""
     compile: bool = False
     """torch.compile the model's backbone (first step slower; faster steps afterwards)."""
     num_workers: int = 0

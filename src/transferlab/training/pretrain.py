@@ -261,6 +261,10 @@ def pretrain(model_cfg: ModelConfig | str | None, objective_name: str, objective
             objective.check_model(cfg)
             model = TransferModel(cfg)
         objective.check_model(model.config)
+        if train_cfg.init_embeddings:  # word2vec vectors into the token table (a resume loads its checkpoint over them)
+            from ..models.init_embeddings import init_embeddings
+
+            init_embeddings(model, tok, train_cfg.init_embeddings, quiet=not info.is_main)
         if train_cfg.seq_len > model.config.max_positions and model.config.position in ("learned", "sinusoidal"):
             raise ConfigError(f"train.seq_len={train_cfg.seq_len} is longer than model.max_positions="
                               f"{model.config.max_positions}")
