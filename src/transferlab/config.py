@@ -333,7 +333,9 @@ def register_family_spec(name: str, options: type | None = None, causal: bool = 
 #: Families that live in modules of their own, imported the first time their name is resolved (a
 #: preset, a config file, a saved model folder), so that nothing imports every family up front and
 #: a new family is its module plus one line here. ``name -> module``.
-FAMILY_MODULES: dict[str, str] = {}
+FAMILY_MODULES: dict[str, str] = {
+    "awd-lstm": "transferlab.models.awd_lstm",
+}
 
 
 def resolve_family(value: Any) -> "Family | str":
@@ -631,6 +633,8 @@ PRESETS: dict[str, ModelConfig] = {
     "bart-base": _bart(6, 768, 12, vocab=50265),
     "t5-mini": _t5(4, 256, 4, 1024, d_head=64),
     "t5-small": _t5(6, 512, 8, 2048, vocab=32128),
+    "awd-lstm-tiny": ModelConfig(family="awd-lstm", vocab_size=8192, d_model=128, n_layers=3, max_positions=4096, dropout=0.1, attention_dropout=0.0, lm_head_bias=True, heads={"lm": {}}, family_options={"hidden_size": 384}),
+    "awd-lstm-mini": ModelConfig(family="awd-lstm", vocab_size=8192, d_model=256, n_layers=3, max_positions=4096, dropout=0.1, attention_dropout=0.0, lm_head_bias=True, heads={"lm": {}}, family_options={"hidden_size": 768}),
 }
 
 
