@@ -26,7 +26,7 @@ from ..config import COUNT, FRACTION, Range
 from ..errors import ConfigError
 from .backbone import Backbone, register_family
 from .families import BackboneOutput
-from .lstm import LockedDropout, LSTMState, WeightDropLSTM, embedding_dropout
+from .lstm import LockedDropout, LSTMState, WeightDropLSTM, embedding_dropout, flip_rows
 
 
 @dataclass
@@ -45,6 +45,10 @@ class AWDLSTMOptions:
     """Locked dropout between LSTM layers."""
     output_p: float = 0.1
     """Locked dropout on the last layer's output (what the heads read)."""
+    backwards: bool = False
+    """Read each sequence right to left (ULMFiT's backward model): the real tokens of every
+    (right-padded) row are reversed before the first layer and the states come out in reading
+    order, so pooling's last state has read the whole text. ``clm`` trains it as a backward LM."""
 
     RANGES: typing.ClassVar[dict[str, Range]] = {
         "hidden_size": COUNT, "embed_p": FRACTION, "input_p": FRACTION, "weight_p": FRACTION,
@@ -139,6 +143,8 @@ class AWDLSTM(Backbone):
         Right padding only (the classifier's batches): a causal LSTM's states at real positions
         never see the padding after them, and pooling masks it.
         """
+        if self.config.family_options.backwards:
+            input_ids = flip_rows(input_ids, attention_mask)  # states in reading order (right to left)
         outs, _ = self._run(input_ids, None)
         return BackboneOutput(self.output_drop(outs[-1]), self._hidden_states(outs) if output_hidden_states else None)
 
@@ -198,6 +204,9 @@ class AWDLSTM(Backbone):
     def new_cache(self, batch: int, capacity: int, dtype: torch.dtype, device: torch.device,
                   zeros: bool = False) -> AWDState:
         """Zero ``(h, c)`` for every layer; ``capacity`` does not matter to a recurrent state."""
+        if self.config.family_options.backwards:
+            raise ConfigError("generate: this awd-lstm reads backwards (family_options.backwards=true), "
+                              "so it predicts the previous token and does not continue text")
         return AWDState([(torch.zeros(1, batch, h, dtype=dtype, device=device),
                           torch.zeros(1, batch, h, dtype=dtype, device=device)) for _, h in layer_sizes(self.config)])
 

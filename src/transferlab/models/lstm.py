@@ -125,3 +125,23 @@ def embedding_dropout(embed: nn.Embedding, ids: torch.Tensor, p: float, training
     w = embed.weight
     keep = w.new_empty(w.shape[0]).bernoulli_(1.0 - p) / (1.0 - p)  # (V,): one draw per word
     return x * keep[ids].unsqueeze(-1).to(x.dtype)
+
+
+def flip_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Reverse each row's real (leading, right-padded) positions; padding stays on the right.
+
+    Args:
+        x: (B, T, ...) values.
+        mask: (B, T) 1 = real position (right padding), or None (every position real).
+
+    Returns:
+        (B, T, ...) with ``out[b, t] = x[b, n_b - 1 - t]`` for ``t < n_b`` (``n_b`` real
+        positions of row ``b``) and ``x[b, t]`` after them. Its own inverse.
+    """
+    if mask is None or bool(mask.all()):
+        return x.flip(1)
+    B, T = mask.shape
+    n = mask.long().sum(1, keepdim=True)  # (B, 1)
+    t = torch.arange(T, device=x.device).expand(B, T)
+    idx = torch.where(t < n, n - 1 - t, t)  # (B, T)
+    return x.gather(1, idx.view(B, T, *([1] * (x.dim() - 2))).expand_as(x))
