@@ -14,6 +14,7 @@ Models"), used by ULMFiT (Howard & Ruder, 2018):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -72,6 +73,12 @@ class WeightDropLSTM(nn.Module):
             z = x.new_zeros(1, x.shape[0], self.hidden_size)
             state = (z, z)
         weights = [self.weight_ih_l0, self.dropped_weight_hh(), self.bias_ih_l0, self.bias_hh_l0]
+        if _cpu_low_precision(x) and not cpu_lowp_lstm_supported():
+            # oneDNN has no bf16/fp16 LSTM on this CPU (AVX2 only): the recurrence runs in fp32
+            with torch.autocast("cpu", enabled=False):
+                y, h, c = torch._VF.lstm(x.float(), tuple(t.float() for t in state), [w.float() for w in weights],
+                                         True, 1, 0.0, self.training, False, True)
+            return y.to(x.dtype), (h.to(x.dtype), c.to(x.dtype))
         if x.dtype != weights[0].dtype and not torch.is_autocast_enabled(x.device.type):
             weights = [w.to(x.dtype) for w in weights]
         # the fused kernel nn.LSTM calls, on the (dropped) weights: one native call per sequence
@@ -80,6 +87,29 @@ class WeightDropLSTM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, weight_p={self.weight_p}"
+
+
+def _cpu_low_precision(x: torch.Tensor) -> bool:
+    """Whether the LSTM kernel would run in bf16/fp16 on a CPU (autocast or low-precision inputs)."""
+    if x.device.type != "cpu":
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu") in (torch.bfloat16, torch.float16)
+    return x.dtype in (torch.bfloat16, torch.float16)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_lowp_lstm_supported() -> bool:
+    """Whether torch's CPU LSTM kernel runs in bf16 here (oneDNN needs native bf16; on AVX2-only
+    CPUs ``nn.LSTM`` under bf16 autocast fails to create its primitive). Probed once."""
+    z = torch.zeros(1, 1, 4)
+    w = [torch.zeros(16, 4), torch.zeros(16, 4), torch.zeros(16), torch.zeros(16)]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch._VF.lstm(z, (z, z), w, True, 1, 0.0, False, False, True)
+    except RuntimeError:
+        return False
+    return True
 
 
 class LockedDropout(nn.Module):
