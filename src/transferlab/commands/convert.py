@@ -100,10 +100,9 @@ def _convert_locked(args: argparse.Namespace) -> int:
         if "transferlab_version" not in raw:
             raise ConfigError(f"{src}: not a transferlab model directory (no transferlab_version in "
                               "config.json); use --from-hf for transformers directories")
-        family = str(raw.get("family", "encoder"))
-        if family not in ("encoder", "decoder", "encoder-decoder"):  # a registered family: an LSTM, word vectors
-            raise ConfigError(f"{src}: family {family!r} has no transformers class (--to-hf exports the transformer "
-                              "families encoder, decoder and encoder-decoder); use the folder with transferlab")
+        from ..interop.hf.convert import check_transformer_family
+
+        check_transformer_family(raw.get("family", "encoder"), str(src))  # before loading any weights
         model = from_pretrained(src)
         export_hf(model, out, tokenizer_from=src)
         copied = [n for n in (*_tokenizer_names(), *interop.ST_FILES) if (out / n).is_file()]

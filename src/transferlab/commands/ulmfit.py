@@ -30,8 +30,8 @@ from ..config import COUNT, NONNEG_INT, POSITIVE, Range
 
 _EPILOG = """\
 examples:
-  transferlab prepare builtin:wikitext --tokenizer runs/tok --out runs/wiki-data
-  transferlab ulmfit --data runs/wiki-data --task rotten-tomatoes --preset awd-lstm-mini --out runs/ulmfit \\
+  transferlab prepare --tokenizer runs/tok --input builtin:ptb --out runs/ptb-data
+  transferlab ulmfit --data runs/ptb-data --task rotten-tomatoes --preset awd-lstm-mini --out runs/ulmfit \\
       --lm-steps 2000 --task-lm-steps 300 --epochs 5 --bidirectional
   transferlab ulmfit --lm runs/ulmfit/lm-fwd/model --task imdb --out runs/ulmfit-imdb   # stage 1 given
 
