@@ -343,3 +343,21 @@ def test_resume_is_bit_identical(tmp_path):
     assert resumed.fit(resume=True)["steps"] == 8
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_bf16_autocast_trains_on_any_cpu():
+    # nn.LSTM under CPU bf16 autocast fails without native bf16 (oneDNN); ours falls back to fp32
+    from transferlab.models.lstm import cpu_lowp_lstm_supported
+
+    model = _model().train()
+    ids = torch.randint(5, OBJ_V, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.backbone.layers[0].weight_hh_l0.grad is not None
+    layer = model.backbone.layers[0].eval()
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = layer(x)
+    if not cpu_lowp_lstm_supported():
+        torch.testing.assert_close(y, layer(x)[0])  # the fp32 kernel: the same numbers

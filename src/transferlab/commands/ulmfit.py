@@ -107,8 +107,10 @@ class ULMFiTConfig:
 
     def validate(self) -> "ULMFiTConfig":
         """One-line errors for settings that cannot run."""
+        from ..config import check_fields
         from ..errors import ConfigError
 
+        check_fields(self, "ulmfit", self.RANGES)
         if not self.out:
             raise ConfigError("ulmfit: --out DIR is required")
         if not self.task and not self.train_file:
@@ -165,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, ULMFiTConfig, "ulmfit")
     _register_kind()
     inputs = [cfg.data, cfg.lm, cfg.lm_backward, cfg.train_file, cfg.validation_file, cfg.test_file]
-    with Output(cfg.out, "ulmfit", force=cfg.force, inputs=inputs):
+    out = Path(cfg.out)
+    # a failed start leaves nothing; once a stage has finished, its results stay for the rerun
+    with Output(cfg.out, "ulmfit", force=cfg.force, inputs=inputs, cleanup=True,
+                keep_if=lambda: (out / "ulmfit.json").is_file()):
         result = ulmfit(cfg)
     print(json.dumps(result.get("summary", {}), sort_keys=True))
     return 0
@@ -183,6 +188,7 @@ def ulmfit(cfg: ULMFiTConfig) -> dict[str, Any]:
         classifiers' (and the ensemble's) test metrics.
     """
     cfg.validate()
+    _preflight(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     record = _read_record(out)
@@ -199,6 +205,24 @@ def ulmfit(cfg: ULMFiTConfig) -> dict[str, Any]:
     record["summary"] = summary
     _write_record(out, record)
     return record
+
+
+def _preflight(cfg: ULMFiTConfig) -> None:
+    """The inputs every stage will need, checked before any long work (one-line errors)."""
+    from ..errors import ConfigError, DataError
+    from ..models.model import read_config
+
+    if cfg.data is not None and not (Path(cfg.data) / "meta.json").is_file():
+        raise DataError(f"{cfg.data}: not a prepared dataset (no meta.json); run `transferlab prepare` first")
+    for lm in (cfg.lm, cfg.lm_backward):
+        if lm is not None:
+            family = read_config(Path(lm)).get("family")
+            if family != "awd-lstm":
+                raise ConfigError(f"{lm}: ulmfit needs an awd-lstm language model, got family {family!r}")
+    data = _task_data(cfg)
+    if data.task_type not in ("classification", "pair-classification"):
+        raise ConfigError(f"ulmfit: task {data.name!r} is {data.task_type}; ULMFiT's classifier needs a "
+                          "classification task")
 
 
 def _say(cfg: ULMFiTConfig, msg: str) -> None:
