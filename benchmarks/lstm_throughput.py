@@ -17,8 +17,8 @@ and the rest, the vocabulary projection above all, in bf16). fastai's AWD-LSTM
 is compared only where it is importable: ``pip install fastai`` currently resolves to another torch
 (2.14.1 with CUDA wheels, through torchvision), so it is not installed here and the script says so.
 
-Timing: interleaved rounds (every variant runs ``--steps`` steps in turn), median tokens/s over
-``--repeats`` rounds; the machine header gives the load average (a shared machine: compare the
+Timing: interleaved rounds (every variant runs ``--steps`` steps in turn, the order rotated from
+round to round), median tokens/s over ``--repeats`` rounds; the machine header gives the load average (a shared machine: compare the
 ratios, which both sides share, more than the absolute numbers).
 
     .venv/bin/python benchmarks/lstm_throughput.py [--preset awd-lstm-mini] [--batch 32] [--seq-len 70]
@@ -139,8 +139,10 @@ def measure(fns: dict[str, Callable[[], int]], steps: int, repeats: int, device:
     for fn in fns.values():  # warm-up: first-call allocations, kernel selection
         fn(), fn()
     rates: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotated: no variant always first
+            fn = fns[name]
             sync()
             t0 = time.perf_counter()
             n = sum(fn() for _ in range(steps))

@@ -169,3 +169,16 @@ def test_settings_errors_are_one_line(tmp_path, capsys):
     rc = main(["ulmfit", "--task", "rotten-tomatoes", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "--data DIR" in err
+
+
+def test_features_and_predict_read_the_ulmfit_folders(run):
+    from transferlab.features import extract_features
+    from transferlab.finetune import predict
+    from transferlab.interop.loading import load_pretrained
+
+    model, tok = load_pretrained(run["out"] / "task-lm-fwd" / "model")
+    f = extract_features(model, tok, _texts(3, 9), layer="all", pooling="mean")
+    assert f.values.shape == (3, model.backbone.num_hidden_states, model.config.d_model)
+    for d in ("fwd", "bwd"):
+        preds = predict(run["out"] / f"cls-{d}", ["the cat sat on the mat cat cat", "a dog ran dog dog"])
+        assert [p["prediction"] in ("cat", "dog") for p in preds] == [True, True]
