@@ -313,6 +313,8 @@ def test_concat_pooling_masks_padding_and_ulmfit_head():
     head = model.heads["classification"]
     assert isinstance(head.bn1, nn.BatchNorm1d) and head.dense.in_features == 48 and head.classifier.in_features == 50
     assert model(input_ids=torch.randint(5, OBJ_V, (4, 6))).logits.shape == (4, 3)
+    model.train()
+    assert model(input_ids=torch.randint(5, OBJ_V, (1, 6))).logits.shape == (1, 3)  # an epoch's last, 1-row batch
     plain = TransferModel(cfg.replace(heads={"classification": {"num_labels": 3, "pooling": "concat"}}))
     assert plain.heads["classification"].classifier.in_features == 48
 

@@ -172,11 +172,19 @@ class ClassificationHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, C) or (B, 3C) -> (B, num_labels)
         if self.ulmfit:  # BN -> dropout -> linear -> ReLU -> BN -> dropout -> linear
-            h = torch.relu(self.dense(self.dropout(self.bn1(pooled))))  # (B, 50)
-            return self.classifier(self.dropout(self.bn2(h)))
+            h = torch.relu(self.dense(self.dropout(_batch_norm(self.bn1, pooled))))  # (B, 50)
+            return self.classifier(self.dropout(_batch_norm(self.bn2, h)))
         if self.dense_act is not None:
             pooled = self.act(self.dense(self.dropout(pooled)))  # (B, C)
         return self.classifier(self.dropout(pooled))
+
+
+def _batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, C)
+    """``bn(x)``, except that a training batch of one row (the last, short batch of an epoch) is
+    normalised with the running statistics: one row has no variance to normalise by."""
+    if bn.training and x.shape[0] == 1:
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return bn(x)
 
 
 class TokenClassificationHead(nn.Module):
