@@ -4,6 +4,8 @@ dropouts, tying, decoding, FLOPs, clm (forward and backward), resume, and the cl
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tiny import OBJ_V, bert_ids, gpt_ids, tcfg, windows
-from transferlab.config import get_preset
-from transferlab.errors import ConfigError
-from transferlab.models.lstm import LockedDropout, WeightDropLSTM, embedding_dropout, flip_rows
-from transferlab.models.model import TransferModel
+# tests/ holds tiny.py; pytest puts it on sys.path, a script run (regenerating GOLDEN_AWD) does not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny import OBJ_V, bert_ids, gpt_ids, tcfg, windows  # noqa: E402
+from transferlab.config import get_preset  # noqa: E402
+from transferlab.errors import ConfigError  # noqa: E402
+from transferlab.models.lstm import LockedDropout, WeightDropLSTM, embedding_dropout, flip_rows  # noqa: E402
+from transferlab.models.model import TransferModel  # noqa: E402
 
 
 def _cfg(**opts):
@@ -363,3 +367,45 @@ def test_bf16_autocast_trains_on_any_cpu():
         y, _ = layer(x)
     if not cpu_lowp_lstm_supported():
         torch.testing.assert_close(y, layer(x)[0])  # the fp32 kernel: the same numbers
+
+
+#: clm on the golden shards (tests/parity/test_golden_losses.py's setting) with every AWD dropout
+#: on: init, embedding/locked dropout, DropConnect, the fused kernel, the loss and the optimizer;
+#: regenerate with ``python tests/models/test_awd_lstm.py`` if a change is intended
+GOLDEN_AWD = [4.562629, 4.563958, 4.551727, 4.544164, 4.535068]
+
+
+def _golden_trajectory(out) -> list[float]:
+    from tiny import golden_shards, golden_specials
+    from transferlab.objectives import build_objective
+    from transferlab.training.config import TrainConfig
+    from transferlab.training.loop import Trainer
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        sp = golden_specials("clm")
+        objective = build_objective("clm", sp)
+        torch.manual_seed(0)
+        cfg = get_preset("awd-lstm-tiny", vocab_size=sp.vocab_size, d_model=32, eos_token_id=sp.eos_token_id,
+                         family_options={"hidden_size": 48})
+        model = TransferModel(cfg)
+        train = TrainConfig(batch_size=4, seq_len=32, max_steps=5, lr=1e-2, warmup=0.2, eval_every=0, save_every=0,
+                            log_every=1, dtype="fp32", seed=0, progress=False, tensorboard=False, num_threads=1)
+        Trainer(model, objective, objective.dataset(golden_shards(), train.seq_len), train, out).fit()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+
+
+def test_golden_loss_trajectory(tmp_path):
+    losses = _golden_trajectory(tmp_path)
+    assert len(losses) == 5
+    np.testing.assert_allclose(losses, GOLDEN_AWD, rtol=0, atol=2e-4)
+
+
+if __name__ == "__main__":  # regenerate GOLDEN_AWD: python tests/models/test_awd_lstm.py
+    import tempfile
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as d:
+        print(f"GOLDEN_AWD = [{', '.join(f'{x:.6f}' for x in _golden_trajectory(Path(d)))}]")
