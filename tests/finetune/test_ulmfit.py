@@ -182,3 +182,19 @@ def test_features_and_predict_read_the_ulmfit_folders(run):
     for d in ("fwd", "bwd"):
         preds = predict(run["out"] / f"cls-{d}", ["the cat sat on the mat cat cat", "a dog ran dog dog"])
         assert [p["prediction"] in ("cat", "dog") for p in preds] == [True, True]
+
+
+def test_the_output_rule_foreign_folders_and_inputs_are_refused(run, tmp_path, capsys):
+    from transferlab.cli import main
+
+    root = run["root"]
+    common = ["--train-file", str(root / "train.csv"), "--lm", str(run["out"] / "lm-fwd" / "model")]
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine\n")
+    assert main(["ulmfit", "--out", str(foreign), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "notes" in err and (foreign / "notes.txt").read_text() == "mine\n"
+    assert main(["ulmfit", "--out", str(root / "data"), "--data", str(root / "data"), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data" in err
