@@ -340,6 +340,7 @@ EXPECTED = {  # name: (layers, d_model, heads)
     "t5-small": (6, 512, 8),
     "elmo-tiny": (2, 128, 4), "elmo-mini": (2, 256, 4), "elmo-small": (2, 512, 4),  # heads unused by elmo
     "word2vec-128": (1, 128, 4), "word2vec-256": (1, 256, 4),  # no layers: n_layers is a placeholder
+    "awd-lstm-tiny": (3, 128, 4), "awd-lstm-mini": (3, 256, 4),  # heads unused by the LSTM
 }
 
 

@@ -100,6 +100,9 @@ def _convert_locked(args: argparse.Namespace) -> int:
         if "transferlab_version" not in raw:
             raise ConfigError(f"{src}: not a transferlab model directory (no transferlab_version in "
                               "config.json); use --from-hf for transformers directories")
+        from ..interop.hf.convert import check_transformer_family
+
+        check_transformer_family(raw.get("family", "encoder"), str(src))  # before loading any weights
         model = from_pretrained(src)
         export_hf(model, out, tokenizer_from=src)
         copied = [n for n in (*_tokenizer_names(), *interop.ST_FILES) if (out / n).is_file()]

@@ -109,8 +109,9 @@ class FinetuneConfig:
     max_answer_length: int = 30
     """qa: longest predicted answer in tokens."""
     pooling: str = "auto"
-    """Sequence vector for classification: cls (pooler/first token), mean, last, or auto (cls
-    for encoders, last token for decoders and encoder-decoders)."""
+    """Sequence vector for classification: cls (pooler/first token), mean, last, auto (cls
+    for encoders, last token for decoders and encoder-decoders), concat ([last, max, mean], ULMFiT)
+    or ulmfit (concat pooling and ULMFiT's batch-norm/dropout/linear x2 head)."""
     truncation: str = "head"
     """Which tokens of a text longer than max_length a classifier reads: head (the first ones),
     tail (the last ones) or head+tail (the first quarter of the budget and the rest from the
@@ -234,8 +235,8 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
         if not 0.0 <= self.gradual_unfreeze < 1.0:
             raise ConfigError(f"finetune.gradual_unfreeze must be in [0, 1), got {self.gradual_unfreeze}")
-        if self.pooling not in ("auto", "cls", "mean", "last"):
-            raise ConfigError(f"finetune.pooling must be auto, cls, mean or last, got {self.pooling!r}")
+        if self.pooling not in ("auto", "cls", "mean", "last", "concat", "ulmfit"):
+            raise ConfigError(f"finetune.pooling must be auto, cls, mean, last, concat or ulmfit, got {self.pooling!r}")
         if self.truncation not in TRUNCATIONS:
             raise ConfigError(f"finetune.truncation must be {', '.join(TRUNCATIONS)}, got {self.truncation!r}")
         if self.bio_decoding not in ("viterbi", "argmax"):

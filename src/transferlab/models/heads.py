@@ -81,7 +81,9 @@ def pool(cfg: ModelConfig, h: torch.Tensor, attention_mask: torch.Tensor | None,
 
     how: ``cls`` (the pooler output when the encoder has one, else h[:, 0]), ``mean`` (masked mean),
     ``last`` (last non-pad token; right or left padding), ``auto`` (cls for encoders, last for
-    decoders and encoder-decoders).
+    decoders and encoder-decoders), ``concat`` (ULMFiT's concat pooling
+    ``[h_T, maxpool(H), meanpool(H)]`` over the real tokens: (B, 3C)); ``ulmfit`` pools as
+    ``concat`` (its head differs, see :class:`ClassificationHead`).
     """
     if how == "auto":
         how = "cls" if cfg.family == Family.ENCODER else "last"
@@ -97,7 +99,17 @@ def pool(cfg: ModelConfig, h: torch.Tensor, attention_mask: torch.Tensor | None,
         # index of the last attended position, whether padding is on the left or the right
         idx = (torch.arange(T, device=h.device)[None] * attention_mask.long()).argmax(1)
         return h[torch.arange(h.shape[0], device=h.device), idx]
-    raise ValueError(f"unknown pooling {how!r}; expected cls, mean, last or auto")
+    if how in CONCAT_POOLINGS:
+        last = pool(cfg, h, attention_mask, "last")  # (B, C)
+        mx = h.masked_fill(m[..., None] == 0, float("-inf")).amax(1)  # (B, C): padding never wins
+        return torch.cat([last, mx, pool(cfg, h, attention_mask, "mean")], -1)  # (B, 3C)
+    raise ValueError(f"unknown pooling {how!r}; expected cls, mean, last, concat, ulmfit or auto")
+
+
+#: poolings that concatenate [last, max, mean]: the classifier reads 3 x d_model
+CONCAT_POOLINGS = ("concat", "ulmfit")
+#: hidden width of ULMFiT's classifier head (the paper's 50)
+ULMFIT_HIDDEN = 50
 
 
 class NSPHead(nn.Module):
@@ -127,6 +139,11 @@ class RTDHead(nn.Module):
 class ClassificationHead(nn.Module):
     """Sequence classification / regression (num_labels=1) on a pooled vector.
 
+    With ``pooling="concat"`` the classifier reads ``[h_T, max, mean]`` (3 x d_model); with
+    ``pooling="ulmfit"`` the same pooled vector goes through ULMFiT's head (Howard & Ruder,
+    2018, section 3.3): two blocks of batch norm, dropout and a linear layer, ReLU between
+    (3d -> 50 -> num_labels).
+
     ``dense_act`` (``gelu``, ``gelu_tanh`` or ``relu``) puts a dense layer and that activation
     before the classifier, on the first token rather than a tanh pooler: the heads of ELECTRA
     (gelu), RoFormer (its hidden_act) and DistilBERT (relu) in transformers, so their checkpoints
@@ -144,12 +161,30 @@ class ClassificationHead(nn.Module):
                 raise ConfigError(f"classification dense_act must be gelu, gelu_tanh or relu, got {dense_act!r}")
             self.dense = nn.Linear(cfg.d_model, cfg.d_model)
             self.act = _Act(activation_fn(dense_act))
-        self.classifier = nn.Linear(cfg.d_model, num_labels)
+        width = cfg.d_model * (3 if pooling in CONCAT_POOLINGS else 1)
+        self.ulmfit = pooling == "ulmfit"
+        if self.ulmfit:
+            if dense_act is not None:
+                raise ConfigError("classification pooling='ulmfit' has its own hidden layer; drop dense_act")
+            self.bn1, self.dense = nn.BatchNorm1d(width), nn.Linear(width, ULMFIT_HIDDEN)
+            self.bn2, width = nn.BatchNorm1d(ULMFIT_HIDDEN), ULMFIT_HIDDEN
+        self.classifier = nn.Linear(width, num_labels)
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, num_labels)
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, C) or (B, 3C) -> (B, num_labels)
+        if self.ulmfit:  # BN -> dropout -> linear -> ReLU -> BN -> dropout -> linear
+            h = torch.relu(self.dense(self.dropout(_batch_norm(self.bn1, pooled))))  # (B, 50)
+            return self.classifier(self.dropout(_batch_norm(self.bn2, h)))
         if self.dense_act is not None:
             pooled = self.act(self.dense(self.dropout(pooled)))  # (B, C)
         return self.classifier(self.dropout(pooled))
+
+
+def _batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, C)
+    """``bn(x)``, except that a training batch of one row (the last, short batch of an epoch) is
+    normalised with the running statistics: one row has no variance to normalise by."""
+    if bn.training and x.shape[0] == 1:
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return bn(x)
 
 
 class TokenClassificationHead(nn.Module):
@@ -174,6 +209,34 @@ class SpanHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, 2): start, end
         return self.qa_outputs(h)
+
+
+def head_macs_of(cfg: ModelConfig, positions: float, predicted: float) -> float:
+    """Multiply-accumulates of ``cfg.heads`` for one sequence, concat pooling and ULMFiT's head
+    counted at their widths (the other heads as :func:`~transferlab.models.flops.head_macs`).
+
+    Args:
+        cfg: the model config.
+        positions: per-token outputs (T).
+        predicted: rows that reach the vocabulary projection.
+
+    Returns:
+        Multiply-accumulates (FLOPs / 2).
+    """
+    import dataclasses
+
+    from .flops import head_macs
+
+    macs, others, d = 0.0, {}, cfg.d_model
+    for name, settings in (cfg.heads or {}).items():
+        settings = settings or {}
+        kind, how = settings.get("type", name), settings.get("pooling", "auto")
+        if kind == "classification" and how in CONCAT_POOLINGS:
+            labels = settings.get("num_labels", 2)
+            macs += 3 * d * ULMFIT_HIDDEN + ULMFIT_HIDDEN * labels if how == "ulmfit" else 3 * d * labels
+        else:
+            others[name] = settings
+    return macs + head_macs(dataclasses.replace(cfg, heads=others), positions, predicted)
 
 
 HEADS: dict[str, type[nn.Module]] = {

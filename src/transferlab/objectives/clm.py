@@ -11,6 +11,11 @@ Collator: ``labels`` are the inputs with -100 at padding, in the ``transformers`
 for padding (windows of one length never pad; short user-provided examples do).
 
 Loss: the hidden state at ``t`` predicts ``labels[t + 1]``; fp32 cross-entropy summed.
+
+Backward LM (ULMFiT's second direction): ``objective.reverse=true`` reverses each window's real
+tokens in the collator, so any causal model learns to predict the previous token. A model that
+reads right to left itself (``awd-lstm`` with ``family_options.backwards=true``, which a
+backward classifier then reads its text with) gets its labels in its reading order instead.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ class CLMConfig:
 
     separate_documents: bool = True
     """Insert the end-of-text token between packed documents (GPT-2); False packs them bare."""
+    reverse: bool = False
+    """Train a backward LM: each window's tokens are reversed (ULMFiT's backward model); not
+    with a model that reads backwards itself (awd-lstm family_options.backwards)."""
 
     def validate(self) -> "CLMConfig":
         return self
@@ -69,7 +77,10 @@ class CLM(Objective):
 
     def check_model(self, cfg: Any) -> None:
         """ConfigError unless the model is a decoder with an ``lm`` head and a large enough vocabulary."""
-        self._check_common(cfg, Family.DECODER, self.sp)
+        cfg = self._check_common(cfg, Family.DECODER, self.sp)
+        if self.config.reverse and _reads_backwards(cfg):
+            raise ConfigError("clm: objective.reverse=true on a model that reads backwards already "
+                              "(model.family_options.backwards=true) would read forwards; drop one of the two")
 
     def dataset(self, shards: Any, seq_len: int) -> PackedWindows:
         """Windows of ``seq_len`` tokens overlapping by one, documents separated by eos."""
@@ -90,6 +101,8 @@ class CLM(Objective):
         else:
             ids, am = pad_stack(rows, self.pad_id)
         self.sp.check_ids(ids[am > 0])
+        if self.config.reverse:  # right padding: only the real tokens turn round
+            ids = _flip_real(ids, am)
         labels = np.where(am > 0, ids, -100)
         return {
             "input_ids": torch.from_numpy(ids),
@@ -102,5 +115,23 @@ class CLM(Objective):
         model = self._model_of(module)
         out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
         h = out.last_hidden_state[:, :-1]  # (B, T-1, C): position t predicts token t+1
-        loss_sum, correct, n = sparse_ce(model.heads["lm"], h, batch["labels"][:, 1:], dense=True)
+        labels = batch["labels"]
+        if _reads_backwards(model.config):  # its states come in reading order: so must the labels
+            from ..models.lstm import flip_rows
+
+            labels = flip_rows(labels, batch.get("attention_mask"))
+        loss_sum, correct, n = sparse_ce(model.heads["lm"], h, labels[:, 1:], dense=True)
         return loss_sum, {"clm_loss": ratio(loss_sum, n), "clm_acc": ratio(correct, n)}
+
+
+def _reads_backwards(cfg: Any) -> bool:
+    """Whether the model reads each sequence right to left (awd-lstm ``backwards``)."""
+    return bool(getattr(getattr(cfg, "family_options", None), "backwards", False))
+
+
+def _flip_real(ids: np.ndarray, am: np.ndarray) -> np.ndarray:
+    """(B, T) ids with each row's real (leading) tokens reversed; padding stays on the right."""
+    out = ids.copy()
+    for b, n in enumerate(am.sum(1)):
+        out[b, :n] = ids[b, :n][::-1]
+    return out

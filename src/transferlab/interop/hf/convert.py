@@ -139,6 +139,21 @@ def from_hf(src: Any, config: Any = None, meta: bool = False, **overrides: Any):
     return model.eval()
 
 
+def check_transformer_family(family: Any, where: str = "") -> None:
+    """ConfigError unless ``family`` is a transformer family (encoder, decoder, encoder-decoder):
+    a registered family (an LSTM, word vectors) has no ``transformers`` class to export to.
+
+    Args:
+        family: ``ModelConfig.family`` (a Family or a registered name).
+        where: the model folder, named first in the message (or empty).
+    """
+    name = str(family)
+    if name not in Family._value2member_map_:
+        raise ConfigError(f"{where + ': ' if where else ''}family {name!r} has no transformers class (--to-hf "
+                          "exports the transformer families encoder, decoder and encoder-decoder); use the folder "
+                          "with transferlab")
+
+
 def export_target(model) -> tuple[Layout, str]:
     """The (layout, transformers class) that represents ``model`` exactly.
 
@@ -148,6 +163,7 @@ def export_target(model) -> tuple[Layout, str]:
     raised: it names the closest class and what rules it out.
     """
     cfg: ModelConfig = model.config
+    check_transformer_family(cfg.family)
     fits = [lay for lay in LAYOUTS.values() if lay.exportable and not _mismatches(cfg, lay.requires)]
     if not fits:
         layout_for(cfg)  # raises, naming the closest layout and its mismatching fields
