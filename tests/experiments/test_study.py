@@ -235,8 +235,25 @@ def test_report_rebuilds_a_study_and_a_compare_folder(tmp_path, capsys):
     assert main(["report", str(cmp_dir)]) == 0
     page = (cmp_dir / "report.html").read_text()
     assert "tfidf-logreg" in page and "0.7050 ± 0.0071" in page and "data:image/png;base64," in page
+    assert "<b>0.7050 ± 0.0071</b>" in page  # ahead of majority by 0.2, far beyond the 0.014 spread
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "not a study or comparison folder" in capsys.readouterr().err
+
+
+def test_compare_report_marks_the_best_only_beyond_the_seed_spread(tmp_path):
+    cmp_dir = tmp_path / "cmp"
+    cmp_dir.mkdir()
+    # imdb: a leads b by 0.01 with 0.014 spread (not bold); rotten-tomatoes: one seed each (never bold)
+    scores = {("imdb", "a"): (0.71, 0.73), ("imdb", "b"): (0.70, 0.72), ("rotten-tomatoes", "a"): (0.9,),
+              ("rotten-tomatoes", "b"): (0.5,)}
+    rows = [{"method": m, "group": "tf-idf", "task": t, "task_type": "classification", "train_size": "100",
+             "seed": s, "metric": "accuracy", "spec": "x", "validation": {"accuracy": v}, "test": {"accuracy": v},
+             "train_seconds": 1.0, "n_train": 100, "cost": {}}
+            for (t, m), vs in scores.items() for s, v in enumerate(vs)]
+    (cmp_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rep.write_report(cmp_dir)
+    md = (cmp_dir / "report.md").read_text()
+    assert "0.7200 ± 0.0141" in md and "**" not in md.split("## Plots")[0]
 
 
 def test_html_report_is_self_contained(tmp_path):

@@ -388,13 +388,34 @@ def write_compare_report(out: Path) -> list[Path]:
             images.append(learning_curve(sub, out / "plots" / f"learning_curve_{task}.png", title=task))
         axis = "price_usd" if all("price_usd" in g for g in sub) else "train_seconds"
         images.append(cost_plot(sub, out / "plots" / f"cost_{task}.png", cost_key=axis, title=task))
-    table = format_table(summary)
+    table = markdown_table(format_table(summary), "Results")
+    mark_beyond_spread(table, summary)
     from .studies import versions
 
-    intro = (f"Comparison in {out}: {len(rows)} finished cells; mean ± sample std over seeds, bold = best mean "
-             "of a (task, train size).")
-    return render(out, "Comparison report", intro, [markdown_table(table, "Results")], images,
+    intro = (f"Comparison in {out}: {len(rows)} finished cells; mean ± sample std over seeds, bold = best of a "
+             "(task, train size) ahead of the runner-up beyond the seed spread (never with one seed).")
+    return render(out, "Comparison report", intro, [table], images,
                   [f"transferlab report {out}"], versions()) + images
+
+
+def mark_beyond_spread(table: Table, summary: list[dict[str, Any]]) -> None:
+    """Re-mark the bold cells of a comparison table (one row per summary entry, in order) by the
+    study rule: the best score of a (task, train size) only when it leads beyond the seed spread.
+
+    Args:
+        table: :func:`markdown_table` of :func:`~transferlab.experiments.tables.format_table`.
+        summary: the entries the table was made from.
+    """
+    col = table.header.index("score (mean ± std)")
+    table.bold.clear()
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, g in enumerate(summary):
+        groups.setdefault((g["task"], g["train_size"]), []).append(i)
+    for idx in groups.values():
+        higher = higher_is_better(summary[idx[0]]["metric"])
+        b = best_beyond_spread([(summary[i]["mean"], summary[i]["std"], summary[i]["n"]) for i in idx], higher)
+        if b is not None:
+            table.bold.add((idx[b], col))
 
 
 def markdown_table(text: str, title: str) -> Table:

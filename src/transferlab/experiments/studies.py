@@ -359,14 +359,17 @@ def check_folder(out: Path, study: Study) -> dict[str, Any] | None:
 def versions() -> dict[str, str]:
     """The versions a report prints (python, transferlab, torch, numpy, platform)."""
     import platform
+    from importlib import metadata
 
     from .._version import __version__  # where it lives (the package root only re-exports it)
 
     out = {"python": platform.python_version(), "transferlab": __version__, "platform": platform.platform()}
-    for mod in ("torch", "numpy", "tokenizers", "sklearn", "matplotlib"):
+    # the installed distributions' metadata: no package is imported just to print its version
+    for key, dist in (("torch", "torch"), ("numpy", "numpy"), ("tokenizers", "tokenizers"),
+                      ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib")):
         try:
-            out[mod] = str(__import__(mod).__version__)
-        except Exception:  # noqa: BLE001 - a missing optional module is simply not listed
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # a missing optional package is simply not listed
             pass
     return out
 

@@ -56,11 +56,14 @@ Declared with defaults (override where the objective differs):
   ``get_preset("bert-mini", **objective.model_settings())`` fits ``check_model``.
 
 Loss normalisation: ``loss_sum / n_targets`` over any set of micro-batches is the paper's
-mean-based loss. For two-part losses the second part is rescaled per micro-batch so this holds:
-``mlm+nsp`` returns ``mlm_sum + nsp_weight * nsp_mean * n_mlm`` and ELECTRA returns
-``gen_sum + disc_weight * disc_mean * n_mlm`` with ``n_targets = n_mlm`` (the masked tokens), so
-``loss_sum / n_targets`` equals ``mlm_mean + weight * other_mean`` exactly for one micro-batch and
-a target-weighted average of the per-micro-batch means over several.
+mean-based loss. Two-part losses rescale their second part by the whole step's counts (the
+trainer's ``global_counts``): ``mlm+nsp`` returns ``mlm_sum + nsp_weight * nsp_sum * N_mlm /
+N_pairs`` and ELECTRA ``gen_sum + disc_weight * disc_sum * N_mlm / N_tok`` with ``n_targets =
+n_mlm`` (the masked tokens), so the step's ``loss_sum / N_mlm`` is exactly ``mlm_mean + weight *
+other_mean`` of the large batch, however it is split (one batch's own counts outside the trainer).
+
+Randomness: every objective draws per example (``per_example_rng``) or has none (clm); what
+must be one draw per step (mtlm's attention mode) comes from ``ExampleRNG.per_step``.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ of at most ``seq_len - 2`` tokens. Batch (the ``transformers`` BART convention):
 * ``decoder_input_ids`` = labels shifted right, starting with ``decoder_start_token_id``
   (BART: ``</s>``), padding where labels are -100.
 
+Randomness is drawn per example (:mod:`.example_rng`): every noise's draws for a row come from
+its own stream, keyed by the seed and its global position; nothing per batch, so accumulation
+and ranks noise each example as one large batch does.
+
 Loss: fp32 cross-entropy summed over the non-pad label positions.
 """
 

@@ -20,6 +20,11 @@ sparse MLM on them; at the masked positions tokens are *sampled* from the genera
 original/replaced (a sampled token equal to the original counts as original) with a binary
 cross-entropy via the ``rtd`` head.
 
+Randomness is drawn per example (:mod:`.example_rng`): the masks as mlm's and one sampling
+uniform per position (``sample_u``), keyed by the seed and the example's global position; nothing
+per batch. Both normalisations use the whole step's counts (``global_counts``), so accumulation
+and ranks give the large batch's loss exactly.
+
 Loss: ``gen_mlm_sum + disc_weight * disc_mean * n_mlm`` with ``n_targets = n_mlm``, so
 ``loss_sum / n_targets = gen_mlm_mean + 50 * disc_mean`` (ELECTRA's loss, lambda = 50), where
 ``disc_mean`` averages over the micro-batch's non-pad tokens.

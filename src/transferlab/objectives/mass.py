@@ -27,6 +27,10 @@ row's fragment); ``n_targets`` = fragment tokens. Windows are packed (documents 
 ``</s>``, as mlm), so every row has ``seq_len`` tokens and a ``round(mask_ratio * (seq_len - 2))``
 fragment: the decoder runs on about half the tokens of the encoder, which
 :meth:`MaskedSeq2Seq.step_flops` bills.
+
+Randomness is drawn per example (:mod:`.example_rng`): each row's fragment start and its
+80/10/10 choices come from its own stream (keyed by the seed and its global position), nothing
+per batch, so accumulation and ranks see exactly one large batch's fragments.
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ class MaskedSeq2Seq(Objective):
     """MASS masked seq2seq; the model needs an encoder-decoder with an ``lm`` head."""
 
     name = "mass"
+    #: fragments drawn per example (objectives.example_rng): the same whatever the batch split
+    per_example_rng = True
     metric_names = ("mass_loss", "mass_acc")
     family = Family.ENCODER_DECODER
     heads = {"lm": {}}
@@ -157,7 +163,8 @@ class MaskedSeq2Seq(Objective):
         inputs[rows[to_mask], pos[to_mask]] = self.mask_id
         n_rand = int(to_rand.sum())
         if n_rand:
-            inputs[rows[to_rand], pos[to_rand]] = sp.normal_ids[rng.integers(0, len(sp.normal_ids), n_rand)]
+            # drawn per position (B, K), not as a flat run of n_rand: each row's draws are its own (ExampleRNG)
+            inputs[rows[to_rand], pos[to_rand]] = sp.normal_ids[rng.integers(0, len(sp.normal_ids), (B, K))[to_rand]]
         return {
             "input_ids": torch.from_numpy(inputs),
             "attention_mask": torch.from_numpy(am),

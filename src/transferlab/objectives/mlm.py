@@ -18,6 +18,10 @@ Collator (vectorised numpy, no per-token Python loop):
 Labels hold the original id at picked positions and -100 elsewhere, as ``transformers`` does,
 so ``model(input_ids, attention_mask, labels=labels).loss`` is the same mean loss.
 
+Randomness is drawn per example (:mod:`.example_rng`): a row's picks, 80/10/10 choices and
+random tokens come from its own stream, keyed by the seed and its global position; nothing is
+drawn per batch, so accumulation and ranks see exactly one large batch's masks.
+
 Loss: sparse prediction. The hidden states of the picked positions (~15%) are gathered
 *before* the LM head, so only they go through the vocabulary projection (1.6-1.8x faster
 training for a 4-layer/256 BERT on CPU, see docs/perf).

@@ -18,6 +18,13 @@ The masking is BERT's (:class:`~transferlab.objectives.mlm.Masker`: 15% of the m
   mask (key ``j`` visible iff ``j < s`` or ``j <= i``, ``s`` the row's source length, rounded
   half up).
 
+Randomness: the token masks are drawn per example (the example's own stream, keyed by seed and
+its global position, :mod:`.example_rng`); the attention mode is drawn per *step* (keyed by seed
+and the step, :meth:`~transferlab.objectives.example_rng.ExampleRNG.per_step`), so every
+micro-batch and rank of one optimiser step uses the same mode, as one process with the whole
+batch would. (That needs the trainer to pass the step's first stream position; without it a
+mode is drawn per micro-batch.)
+
 Batch: mlm's (``input_ids``, ``attention_mask``, ``labels``, ``n_targets``) plus ``attn_mask``
 (B, T, T) bool (True = may attend; all True for ``bidirectional``, which the model then skips
 like an all-ones padding mask) and ``mtlm_mode`` (0-d long, an index into :data:`MODES`). The
@@ -35,6 +42,7 @@ import torch
 from ..errors import ConfigError
 from ..specials import SpecialIds
 from .base import make_config, ratio
+from .example_rng import ExampleRNG
 from .losses import sparse_ce
 from .mlm import MLM, Masker, MLMConfig, encoder_rows
 
@@ -95,7 +103,7 @@ def mode_mask(mode: str, lengths: np.ndarray, T: int, source_frac: float = 0.5) 
         m = (j[None] < src[:, None, None]) | (j <= i)[None]
     else:
         raise ConfigError(f"mtlm: unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    return np.ascontiguousarray(m)
+    return np.array(m, dtype=bool)  # a writable copy (a broadcast view is read-only)
 
 
 class MultitaskMLM(MLM):
@@ -104,6 +112,8 @@ class MultitaskMLM(MLM):
     name = "mtlm"
     metric_names = ("mtlm_loss", "mtlm_acc")
     lm_loss_metric = None  # its whole loss is the LM loss
+    #: token masks per example, the attention mode per step (see the module docstring)
+    per_example_rng = True
 
     def __init__(self, tokenizer: Any, config: MTLMConfig | None = None, **settings: Any):
         """Args:
@@ -122,11 +132,17 @@ class MultitaskMLM(MLM):
         self.probs = w / w.sum()
         self.cum = np.cumsum(self.probs)
 
-    def draw_mode(self, rng: np.random.Generator) -> int:
-        """One mode (an index into :data:`MODES`) with the configured weights: one uniform draw."""
-        # a per-example stream (ExampleRNG, exact accumulation) draws (B,) uniforms: the batch's
-        # mode comes from its first example's stream
-        u = float(rng.random(len(rng))[0]) if hasattr(rng, "rows") else rng.random()
+    def draw_mode(self, rng: np.random.Generator | ExampleRNG) -> int:
+        """One mode (an index into :data:`MODES`) with the configured weights: one uniform draw.
+
+        Args:
+            rng: the trainer's per-example streams (the draw comes from their per-step generator,
+                the same for every micro-batch and rank of the step) or a plain generator.
+
+        Returns:
+            The mode's index.
+        """
+        u = float(rng.per_step().random()) if isinstance(rng, ExampleRNG) else rng.random()
         return int(min(np.searchsorted(self.cum, u, side="right"), len(MODES) - 1))
 
     def collate(self, examples: list[Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:

@@ -18,9 +18,16 @@ vectorised over the batch):
   time from the front or the back at random (BERT's ``truncate_seq_pair``, in closed form);
 * ``[CLS] A [SEP] B [SEP]`` with ``token_type_ids`` 0 then 1, then BERT masking (:mod:`.mlm`).
 
-Loss: sparse MLM sum + ``nsp_weight * nsp_mean * n_mlm`` with ``n_targets = n_mlm``, so
-``loss_sum / n_targets = mlm_mean + nsp_weight * nsp_mean`` (BERT's loss for one micro-batch).
-NSP logits come from the ``nsp`` head on the pooled [CLS] (``model.run_head``).
+Randomness is drawn per example (:mod:`.example_rng`): each pair's choices (random or next, the
+split point, the truncation) come from the example's own generator and its masks from its own
+stream, keyed by the seed and the example's global position; nothing is drawn per batch. So
+accumulated micro-batches and ranks see exactly the pairs and masks of one large batch.
+
+Loss: sparse MLM sum + ``nsp_weight * nsp_sum * N_mlm / N_pairs`` with ``n_targets = n_mlm``,
+where ``N_mlm`` and ``N_pairs`` count the whole step (all micro-batches and ranks, the trainer's
+``global_counts``), so ``loss_sum / N_mlm = mlm_mean + nsp_weight * nsp_mean`` over the step:
+BERT's loss of the large batch (outside the trainer, one batch's own counts). NSP logits come
+from the ``nsp`` head on the pooled [CLS] (``model.run_head``).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from ..specials import SpecialIds
 from .base import Objective, as_tokenizer_ids, make_config, pad_stack, ratio
 from .losses import sparse_ce
 from .datasets import SentencePairs
+from .example_rng import row_generators
 from .mlm import Masker, MLMConfig, wrap_ids
 
 
@@ -94,6 +102,8 @@ class MLMNSP(Objective):
     metric_names = ("mlm_loss", "mlm_acc", "nsp_loss", "nsp_acc")
     lm_loss_metric = "mlm_loss"
     sparse_targets = True
+    #: pairs and masks drawn per example (objectives.example_rng): the same whatever the batch split
+    per_example_rng = True
 
     def __init__(self, tokenizer: Any, config: NSPConfig | None = None, **settings: Any):
         """Args:
@@ -161,8 +171,8 @@ class MLMNSP(Objective):
         """Pair material -> ``input_ids``, ``token_type_ids``, ``attention_mask``, ``labels``
         (B, T), ``next_sentence_label`` (B,) and ``n_targets``."""
         rows, types, nsp = [], [], []
-        for ex in examples:
-            a, b, lab = self.make_pair(ex, rng)
+        for ex, g in zip(examples, row_generators(rng, len(examples))):  # each pair from its own stream
+            a, b, lab = self.make_pair(ex, g)
             rows.append(np.concatenate([[self.first], a, [self.last], b, [self.last]]).astype(np.int64))
             types.append(np.concatenate([np.zeros(len(a) + 2, np.int64), np.ones(len(b) + 1, np.int64)]))
             nsp.append(lab)
@@ -178,6 +188,11 @@ class MLMNSP(Objective):
             "n_targets": torch.tensor(int((labels != -100).sum())),
         }
 
+    @staticmethod
+    def global_counts(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Masked tokens and pairs of a micro-batch; the trainer sums them over the whole step."""
+        return {"n_mlm": float((batch["labels"] != -100).sum()), "n_pairs": float(batch["next_sentence_label"].numel())}
+
     def compute(self, module: torch.nn.Module, batch: dict[str, torch.Tensor]):
         model = self._model_of(module)
         am = batch.get("attention_mask")
@@ -187,8 +202,10 @@ class MLMNSP(Objective):
         nsp_labels = batch["next_sentence_label"]
         nsp_sum = F.cross_entropy(nsp_logits.float(), nsp_labels, reduction="sum")
         n_pairs = torch.tensor(nsp_labels.numel(), device=nsp_sum.device)
-        # scale the NSP part so that loss_sum / n_mlm = mlm_mean + w * nsp_mean (see base.py)
-        loss_sum = mlm_sum + self.config.nsp_weight * nsp_sum * (n.to(nsp_sum.dtype) / n_pairs)
+        # scale the NSP part so that loss_sum / N_mlm = mlm_mean + w * nsp_mean over the whole step
+        g = batch.get("global_counts")
+        share = g["n_mlm"] / max(g["n_pairs"], 1.0) if g is not None else n.to(nsp_sum.dtype) / n_pairs
+        loss_sum = mlm_sum + self.config.nsp_weight * nsp_sum * share
         nsp_correct = (nsp_logits.detach().argmax(-1) == nsp_labels).sum()
         return loss_sum, {
             "mlm_loss": ratio(mlm_sum, n), "mlm_acc": ratio(correct, n),

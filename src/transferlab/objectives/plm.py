@@ -36,6 +36,10 @@ padding slot), ``labels`` (B, T + W) the target ids at the query slots, -100 els
 ``n_targets``. Position ids are built in the loss from ``target_index`` with the model's own
 numbering (RoBERTa's pad-aware positions included).
 
+Randomness is drawn per example (:mod:`.example_rng`): each row's target count and factorisation
+order come from its own stream (keyed by the seed and its global position), nothing per batch,
+so accumulation and ranks see exactly one large batch's orders.
+
 Cost: the stack runs on ``T + W`` tokens (7/6 of the sequence), and only the ``K`` query slots
 reach the vocabulary projection; :meth:`PermutedLM.step_flops` bills exactly that.
 """
@@ -123,6 +127,8 @@ class PermutedLM(Objective):
     """
 
     name = "plm"
+    #: factorisation orders drawn per example (objectives.example_rng): the same whatever the batch split
+    per_example_rng = True
     metric_names = ("plm_loss", "plm_acc")
     family = Family.ENCODER
     heads = {"lm": {}}

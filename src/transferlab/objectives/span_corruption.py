@@ -15,6 +15,10 @@ Windows are ``raw_length(seq_len)`` tokens of the packed stream (T5's
 ``compute_input_and_target_lengths``), so every encoder input is exactly ``seq_len`` long (512
 -> 568 raw tokens and 114 targets) and nothing is padded. ``decoder_input_ids`` are the targets
 shifted right after ``decoder_start_token_id`` (T5: pad).
+
+Randomness is drawn per example (:mod:`.example_rng`): each row's two random segmentations come
+from its own stream (keyed by the seed and its global position), nothing per batch, so
+accumulation and ranks corrupt every example exactly as one large batch would.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..specials import SpecialIds
 from .base import Objective, as_tokenizer_ids, make_config, pad_stack
 from .datasets import PackedWindows
 from .denoise import seq2seq_loss
+from .example_rng import ExampleRNG, row_streams
 
 
 @dataclass
@@ -76,10 +81,11 @@ def raw_length(inputs_length: int, density: float, mean_span: float) -> int:
     return n
 
 
-def random_segmentation(n_items: int, n_segments: int, batch: int, rng: np.random.Generator) -> np.ndarray:
+def random_segmentation(n_items: int, n_segments: int, batch: int,
+                        rng: np.random.Generator | ExampleRNG) -> np.ndarray:
     """(batch, n_segments) random partitions of ``n_items`` into positive lengths (T5)."""
     marks = np.broadcast_to(np.arange(n_items - 1) < n_segments - 1, (batch, n_items - 1))
-    marks = rng.permuted(marks, axis=1)  # which gaps between items start a new segment
+    marks = rng.permuted(marks, axis=1)  # which gaps between items start a new segment (per row under ExampleRNG)
     seg = np.concatenate([np.zeros((batch, 1), np.int64), np.cumsum(marks, axis=1)], axis=1)  # (B, n)
     flat = (seg + np.arange(batch)[:, None] * n_segments).ravel()
     return np.bincount(flat, minlength=batch * n_segments).reshape(batch, n_segments)
@@ -115,6 +121,8 @@ class SpanCorruption(Objective):
     tokenizer needs sentinel tokens (a unigram tokenizer trained with ``n_sentinels``)."""
 
     name = "span-corruption"
+    #: noise masks drawn per example (objectives.example_rng): the same whatever the batch split
+    per_example_rng = True
     metric_names = ("span_loss", "span_acc")
     lm_loss_metric = "span_loss"
     family = Family.ENCODER_DECODER
@@ -194,7 +202,8 @@ class SpanCorruption(Objective):
             inputs, targets = self.corrupt(np.stack(rows), rng)
             am, tm = np.ones_like(inputs), np.ones_like(targets)
         else:
-            pairs = [self.corrupt(r[None], rng) for r in rows]
+            # ragged rows one at a time, each with its own stream (the draws of an equal-rows batch)
+            pairs = [self.corrupt(r[None], g) for r, g in zip(rows, row_streams(rng, len(rows)))]
             inputs, am = pad_stack([p[0][0] for p in pairs], self.pad_id)
             targets, tm = pad_stack([p[1][0] for p in pairs], self.pad_id)
         labels = np.where(tm > 0, targets, -100)
