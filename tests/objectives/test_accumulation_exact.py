@@ -29,16 +29,12 @@ ALL = ["mlm", "nsp", "electra", "clm", "denoise", "span-corruption", "plm", "mtl
 # mtlm's mode is drawn per step: exact only once the trainer passes the step's first stream
 # position to example_rng (training/loop.py, Trainer._collate: step_start=...); until then a mode is
 # drawn per micro-batch and the trajectories differ
-NEEDS_STEP_START = pytest.mark.xfail(strict=True, reason="Trainer._collate does not pass step_start yet")
-
-
 def _worst(got: list[float], ref: list[float]) -> float:
     # relative beyond 1: ELECTRA's loss is ~39, where one fp32 ulp is already 3.8e-6
     return max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(got, ref))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=NEEDS_STEP_START) if n == "mtlm" else n
-                                  for n in ALL if n not in ("mlm", "electra", "denoise")])
+@pytest.mark.parametrize("name", [n for n in ALL if n not in ("mlm", "electra", "denoise")])
 def test_accumulation_4x8_equals_32(name, tmp_path):
     big = _losses(name, tmp_path / "big", 32, 1)
     acc = _losses(name, tmp_path / "acc", 8, 4)
@@ -135,7 +131,7 @@ cleanup_distributed()
 """
 
 # mlm, electra, denoise: test_example_rng.py; mtlm: after the trainer passes step_start (above)
-DDP = ["nsp", "clm", "span-corruption", "plm", "mass"]
+DDP = ["nsp", "clm", "span-corruption", "plm", "mass", "mtlm"]
 
 
 @pytest.mark.slow

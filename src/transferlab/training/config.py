@@ -33,10 +33,10 @@ class TrainConfig:
     """Tokens per example window (including special tokens the objective adds)."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step. The loss is normalised over the whole
-    accumulated batch and mlm/electra/denoise draw masks and noise per example (keyed by seed and
-    position in the data stream), so 4 x 8 is the same step as 32, as are 2 processes x 16, up to
-    float rounding; other objectives draw per micro-batch (same distribution, other samples), and
-    dropout masks are always drawn per micro-batch."""
+    accumulated (and distributed) batch and every objective draws its masks and noise per example
+    (keyed by seed and position in the data stream; mtlm's attention mode per step), so 4 x 8 is
+    the same step as 32, as are 2 processes x 16, up to float rounding; dropout masks are drawn
+    per micro-batch."""
     lr: float = 5e-4
     """Peak learning rate (reached at the end of warmup)."""
     weight_decay: float = 0.01

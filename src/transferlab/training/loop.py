@@ -542,7 +542,11 @@ class Trainer:
     def _collate(self, micro_batch: int) -> dict[str, torch.Tensor]:
         # per-example streams keyed by the global stream position (fixes step and example), for
         # objectives that support them: accumulation and ranks then see the large batch's masks
-        rng = example_rng(self.objective, self.cfg.seed, self.sampler.positions(micro_batch), self.rng)
+        c = self.cfg
+        # the stream position of this step's first example (over micro-batches and ranks): per-step
+        # draws (mtlm's attention mode) are keyed by it, so every micro-batch of a step shares them
+        step_start = (micro_batch // c.grad_accum) * c.grad_accum * self.info.world_size * c.batch_size
+        rng = example_rng(self.objective, c.seed, self.sampler.positions(micro_batch), self.rng, step_start=step_start)
         return self.objective.collate([self.train_data[i] for i in self.sampler.indices(micro_batch)], rng)
 
     def _clip(self) -> float:
