@@ -141,3 +141,21 @@ def test_baselines_follow_the_task_types_declarations():
             run_baseline("tfidf-svm", t)
     finally:
         TASK_TYPES.pop("toy-median", None)
+
+
+def test_baselines_are_scored_on_fine_tunings_evaluation_subsets(monkeypatch):
+    """validation_size / test_size pick the same fixed subsets fine-tuning scores on (seed 0)."""
+    from transferlab.experiments import baselines as B
+
+    seen = []
+    real = B.compute_metrics
+    monkeypatch.setattr(B, "compute_metrics", lambda kind, p, refs, labels: seen.append(list(refs)) or real(kind, p, refs, labels))
+    t = _task()
+    run_baseline("majority", t, seed=5, validation_size=6, test_size=8)
+    val, test = seen
+    want_val = [e["label"] for e in subsample(t.validation, 6, 0, "classification")]
+    want_test = [e["label"] for e in subsample(t.test, 8, 0, "classification")]
+    assert (val, test) == (want_val, want_test) and len(val) == 6 and len(test) == 8
+    seen.clear()
+    run_baseline("majority", t, seed=5)  # no sizes: the whole splits
+    assert [len(s) for s in seen] == [20, 20]

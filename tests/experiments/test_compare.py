@@ -384,3 +384,15 @@ def test_cell_folders_are_one_safe_path_component_per_name(tmp_path):
     assert b == tmp_path / "x" / "cells" / "bert-mini" / "imdb" / "n100" / "seed0"
     assert a.relative_to(tmp_path / "x" / "cells").parts[0].startswith("BART-w-Token-Masking-")
     assert len(a.relative_to(tmp_path / "x" / "cells").parts) == 4
+
+
+def test_baselines_share_the_grids_evaluation_subsets():
+    """A baseline row is scored on the validation/test subsets the fine-tuned rows use."""
+    cfg = parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "train_sizes": [100],
+                                "finetune": {"validation_size": 50, "test_size": 80, "epochs": 2},
+                                "models": ["tfidf-logreg", {"name": "s", "model": "bert-mini", "from_scratch": True}]})
+    base, ft = cfg.models
+    assert base.finetune == {"validation_size": 50, "test_size": 80}  # not the fine-tuning recipe
+    assert ft.finetune["validation_size"] == 50 and ft.finetune["epochs"] == 2
+    plain = parse_compare_config({"out_dir": "x", "tasks": ["imdb"], "models": ["tfidf-logreg"]})
+    assert plain.models[0].finetune == {}  # no sizes: the whole splits, and the old spec hash

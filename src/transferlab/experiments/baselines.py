@@ -24,6 +24,7 @@ Every baseline sees exactly the training subset fine-tuning sees for the same se
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -326,6 +327,8 @@ def run_baseline(
     c_grid: Sequence[float] | None = None,
     tracker: Any = None,
     vectors: str | None = None,
+    validation_size: int | None = None,
+    test_size: int | None = None,
 ) -> BaselineResult:
     """Fit one baseline on a seeded training subset and score it on validation (and test).
 
@@ -341,6 +344,9 @@ def run_baseline(
             (feature extraction and the C search on validation) ends, so the final scoring is
             not billed, as fine-tuning does not bill its test evaluation.
         vectors: ``vectors-logreg``: a word2vec model folder or word2vec text file.
+        validation_size, test_size: score on these fixed subsets of validation / test (``None`` =
+            all), the ones fine-tuning draws with the same sizes, so every row of a comparison is
+            scored on the same examples.
 
     Returns:
         :class:`BaselineResult` with metric dicts from :func:`compute_metrics`.
@@ -353,6 +359,9 @@ def run_baseline(
     train = subsample(data.train, train_size, seed, kind)
     if not train:
         raise ConfigError(f"task {data.name!r} has no training examples")
+    # fine-tuning's subsets (finetune/loop.py: seed 0, whatever the cell's seed)
+    data = dataclasses.replace(data, validation=subsample(data.validation, validation_size, 0, kind),
+                               test=subsample(data.test, test_size, 0, kind) if data.test else data.test)
     labels = list(data.labels) if tt.has_classes else None
     t0 = time.perf_counter()
     params: dict[str, Any] = {}

@@ -48,7 +48,8 @@ class MethodSpec:
     baseline: str | None = None  #: majority, lead, tfidf-logreg, tfidf-svm
     model: str | None = None  #: model folder, builtin:minilm, or a preset (with from_scratch)
     from_scratch: bool = False
-    finetune: dict[str, Any] = field(default_factory=dict)  #: FinetuneConfig overrides
+    #: FinetuneConfig overrides (a baseline: only the validation/test subset sizes, EVAL_SIZES)
+    finetune: dict[str, Any] = field(default_factory=dict)
     c_grid: list[float] | None = None  #: TF-IDF and vectors-logreg baselines
     vectors: str | None = None  #: vectors-logreg: a word2vec model folder or word2vec text file
     min_steps: int = 0  #: fine-tuning: at least this many optimiser steps per cell (more epochs for small sizes)
@@ -62,6 +63,15 @@ class MethodSpec:
         if self.baseline:
             return "tf-idf" if self.baseline.startswith("tfidf") else self.baseline
         return "from scratch" if self.from_scratch else "pre-trained"
+
+
+#: fine-tuning settings a baseline shares with the transformer rows: the validation and test
+#: subsets every row is scored on (fixed subsets, the same for every method and seed)
+EVAL_SIZES = ("validation_size", "test_size")
+
+
+def _eval_sizes(finetune: dict[str, Any]) -> dict[str, Any]:
+    return {k: finetune[k] for k in EVAL_SIZES if finetune.get(k) is not None}
 
 
 @dataclass
@@ -198,7 +208,7 @@ def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: 
             if m in VECTOR_BASELINES:
                 raise ConfigError(f"{where}: {ctx}: {m} needs its word vectors: write it as a mapping "
                                   f"{{baseline: {m}, vectors: DIR}} (a word2vec model folder)")
-            models.append(MethodSpec(m, baseline=m))
+            models.append(MethodSpec(m, baseline=m, finetune=_eval_sizes(defaults)))
             continue
         if not isinstance(m, dict):
             raise ConfigError(f"{where}: {ctx}: expected a baseline name or a mapping, got {m!r}")
@@ -224,7 +234,7 @@ def parse_compare_config(raw: dict[str, Any], base: Path | None = None, source: 
                 raise ConfigError(f"{where}: {ctx}: vectors must be a path, got {vectors!r}")
             models.append(MethodSpec(str(m.get("name") or m["baseline"]), baseline=m["baseline"],
                                      c_grid=[float(c) for c in grid] if grid else None, train_sizes=own_sizes,
-                                     vectors=resolve(vectors) if vectors else None))
+                                     vectors=resolve(vectors) if vectors else None, finetune=_eval_sizes(defaults)))
             continue
         model = str(m["model"])
         # a preset name (bert-mini) stays a name unless a folder of that name exists

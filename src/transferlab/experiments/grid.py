@@ -241,7 +241,8 @@ def _run_baseline_cell(cell: Cell, tasks: _TaskCache, cost: dict[str, Any]) -> d
     tracker = CostTracker(None, kind="baseline", config=cc, dtype="fp32", device="cpu").start()
     try:
         res: BaselineResult = run_baseline(cell.method.baseline, data, cell.train_size, cell.seed, cell.eval_on_test,
-                                           cell.method.c_grid, tracker=tracker, vectors=cell.method.vectors)
+                                           cell.method.c_grid, tracker=tracker, vectors=cell.method.vectors,
+                                           **cell.method.finetune)  # the rows' validation/test subsets
     finally:
         tracker.stop()  # no-op when run_baseline stopped it after fitting
     report = {k: v for k, v in res.cost.items() if k not in ("flops", "flops_per_token", "flops_source", "peak_flops",
