@@ -147,13 +147,14 @@ def test_slanted_triangular_schedule():
     f = lambda p: lr_multiplier(p, 0.1, "slanted", 1 / 32)  # noqa: E731
     assert f(0.1) == 1.0  # the peak at cut_frac
     assert f(1.0) == pytest.approx(1 / 32)  # the end: lr / ratio
-    assert f(0.05) == pytest.approx(0.5) and f(0.0) == 0.0  # the short rise (from 0, not the paper's lr / 32)
+    assert f(0.0) == pytest.approx(1 / 32)  # the short rise starts at lr / ratio (ULMFiT eq. 3)
+    assert f(0.05) == pytest.approx(1 / 32 + (1 - 1 / 32) * 0.5)
     assert f(0.55) == pytest.approx(1 / 32 + (1 - 1 / 32) * 0.5)  # the long linear fall
 
 
 def test_the_classifier_run_used_the_slanted_schedule(run):
     factors = run["seen"]["lr"][:20]  # the forward classifier's 20 steps
-    assert factors[0] == 0.0 and max(factors) == pytest.approx(1.0, abs=0.05)
+    assert factors[0] == pytest.approx(1 / 32) and max(factors) == pytest.approx(1.0, abs=0.05)
     assert factors.index(max(factors)) == 2  # step 2 of 20 = cut_frac 0.1
     assert factors[-1] == pytest.approx(1 / 32 + (1 - 1 / 32) * (1 - (19 / 20 - 0.1) / 0.9))
 

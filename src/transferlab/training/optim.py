@@ -131,10 +131,13 @@ def lr_multiplier(progress: float, warmup: float, schedule: str = "linear", min_
         progress: fraction of the budget used (steps, tokens or wall time).
         warmup: fraction of the budget spent warming up linearly from 0.
         schedule: ``linear`` decay to ``min_ratio``, ``cosine`` decay, ``constant``, or
-            ``slanted`` (ULMFiT slanted triangular: short linear rise, long linear fall).
+            ``slanted`` (ULMFiT slanted triangular, Howard & Ruder 2018 eq. 3: a short linear rise
+            from ``min_ratio`` (1 / ratio) over ``warmup`` (cut_frac), a long linear fall back to it).
     """
     progress = min(max(progress, 0.0), 1.0)
     if warmup > 0 and progress < warmup:
+        if schedule == "slanted":  # ULMFiT eq. 3: the rise starts at lr / ratio, as the fall ends
+            return min_ratio + (1.0 - min_ratio) * progress / warmup
         return progress / warmup
     if schedule == "constant":
         return 1.0
