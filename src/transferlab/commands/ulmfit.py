@@ -142,30 +142,11 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _register_kind() -> None:
-    """The run folder as an output kind (docs/outputs.md): its own entries and ``ulmfit.json``."""
-    from .. import outputs
-
-    def signature(d: Path) -> bool:
-        try:
-            obj = json.loads((d / "ulmfit.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(obj, dict) and "stages" in obj and "settings" in obj
-
-    outputs.KINDS.setdefault("ulmfit", outputs.Kind(
-        "a ULMFiT run (`transferlab ulmfit`)",
-        ("ulmfit.json", "lm-fwd", "lm-bwd", "task-corpus-*.txt", "task-data-*", "task-lm-*", "cls-*", "ensemble.json",
-         ".task-*", ".cls-*", ".lm-*", ".ulmfit.json*", ".ensemble.json*"),
-        signature, in_place=True))
-
-
 def run(args: argparse.Namespace) -> int:
     from ..cli import config_from_args
     from ..outputs import Output
 
     cfg = config_from_args(args, ULMFiTConfig, "ulmfit")
-    _register_kind()
     inputs = [cfg.data, cfg.lm, cfg.lm_backward, cfg.train_file, cfg.validation_file, cfg.test_file]
     out = Path(cfg.out)
     # a failed start leaves nothing; once a stage has finished, its results stay for the rerun
