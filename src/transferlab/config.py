@@ -78,19 +78,21 @@ class FamilySpec:
     """Decoder-only: a causal language model (``ModelConfig.is_causal``)."""
     encoder_decoder: bool = False
     """An encoder and a decoder attending to it (``ModelConfig.is_encoder_decoder``)."""
+    pooling: str = "last"
+    """What classification's ``pooling=auto`` means for it (``cls``, ``mean``, ``last``)."""
 
 
 #: Every registered family by name (``models.backbone.register_family`` adds to it). Kept here,
 #: not beside the backbones, so that validating a config does not import the models.
 FAMILY_SPECS: dict[str, FamilySpec] = {
-    Family.ENCODER.value: FamilySpec(),
+    Family.ENCODER.value: FamilySpec(pooling="cls"),
     Family.DECODER.value: FamilySpec(causal=True),
     Family.ENCODER_DECODER.value: FamilySpec(encoder_decoder=True),
 }
 
 
 def register_family_spec(name: str, options: type | None = None, causal: bool = False,
-                         encoder_decoder: bool = False) -> None:
+                         encoder_decoder: bool = False, pooling: str = "last") -> None:
     """Make ``name`` a valid ``ModelConfig.family`` (see ``models.backbone.register_family``).
 
     Args:
@@ -99,10 +101,15 @@ def register_family_spec(name: str, options: type | None = None, causal: bool = 
             section; an optional ``validate()`` method runs after), or None.
         causal: decoder-only (a causal LM).
         encoder_decoder: an encoder-decoder.
+        pooling: classification's ``auto`` pooling for the family (``last`` suits a causal
+            model, whose last token has read the whole text; ``mean`` a bag of vectors or a
+            bidirectional model without a summary token).
     """
     if options is not None and not (isinstance(options, type) and dataclasses.is_dataclass(options)):
         raise TypeError(f"register_family({name!r}): options must be a dataclass, got {options!r}")
-    FAMILY_SPECS[name] = FamilySpec(options, bool(causal), bool(encoder_decoder))
+    if pooling not in ("cls", "mean", "last"):
+        raise ValueError(f"register_family({name!r}): pooling must be cls, mean or last, got {pooling!r}")
+    FAMILY_SPECS[name] = FamilySpec(options, bool(causal), bool(encoder_decoder), pooling)
 
 
 #: Families that live in modules of their own, imported the first time their name is resolved (a

@@ -423,3 +423,16 @@ def test_from_pretrained_returns_eval_mode_like_transformers(tmp_path, batch):
     assert not again.training  # dropout off: two calls agree
     with torch.no_grad():
         assert torch.equal(again(input_ids=batch["ids"]).logits, again(input_ids=batch["ids"]).logits)
+
+
+def test_auto_pooling_is_the_familys_choice():
+    """pooling=auto: cls for encoders, last for causal stacks, the family's own for registered ones (elmo: mean)."""
+    import torch
+
+    from transferlab.models.heads import pool
+
+    h = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)  # (B, T, C)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    for preset, want in (("bert-tiny", "cls"), ("gpt-mini", "last"), ("bart-mini", "last"), ("elmo-tiny", "mean")):
+        cfg = get_preset(preset)
+        assert torch.equal(pool(cfg, h, mask, "auto"), pool(cfg, h, mask, want)), preset

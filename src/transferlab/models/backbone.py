@@ -53,6 +53,8 @@ class Backbone(nn.Module, ABC):
     can_generate: ClassVar[bool] = False
     #: whether :meth:`encode` gives a memory the decoder attends to
     is_encoder_decoder: ClassVar[bool] = False
+    #: classification's ``pooling=auto`` for this family: ``last`` (causal), ``mean``, ``cls``
+    default_pooling: ClassVar[str] = "last"
 
     # ------------------------------------------------------------------ forward and shape facts
     @abstractmethod
@@ -235,7 +237,7 @@ def register_family(name: str, backbone: type[Backbone], options: type | None = 
     if name in Family._value2member_map_ and options is not None:
         raise ConfigError(f"family {name!r} is built in: its settings are ModelConfig fields, not options")
     register_family_spec(name, options, causal=backbone.can_generate and not backbone.is_encoder_decoder,
-                         encoder_decoder=backbone.is_encoder_decoder)
+                         encoder_decoder=backbone.is_encoder_decoder, pooling=backbone.default_pooling)
     backbone.family = name
     FAMILIES[name] = FamilyInfo(name, backbone, options)
     return backbone

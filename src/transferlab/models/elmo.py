@@ -319,6 +319,7 @@ class ElmoBiLM(Backbone):
     """
 
     can_generate = False
+    default_pooling = "mean"  # no summary token, and both directions read every position
 
     def __init__(self, cfg: Any):
         super().__init__()

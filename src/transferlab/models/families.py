@@ -211,6 +211,8 @@ class TransformerBackbone(Backbone):
 
 
 class Encoder(TransformerBackbone):
+    default_pooling = "cls"  # the pooler / [CLS] summary token
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Family, ModelConfig
+from ..config import FAMILY_SPECS, ModelConfig
 from ..errors import ConfigError
 from .blocks import Norm, activation_fn
 
@@ -80,13 +80,14 @@ def pool(cfg: ModelConfig, h: torch.Tensor, attention_mask: torch.Tensor | None,
     """Sequence vector (B, C) from hidden states (B, T, C).
 
     how: ``cls`` (the pooler output when the encoder has one, else h[:, 0]), ``mean`` (masked mean),
-    ``last`` (last non-pad token; right or left padding), ``auto`` (cls for encoders, last for
-    decoders and encoder-decoders), ``concat`` (ULMFiT's concat pooling
+    ``last`` (last non-pad token; right or left padding), ``auto`` (the family's choice,
+    ``FamilySpec.pooling``: cls for encoders, last for decoders and encoder-decoders, mean for
+    elmo and word2vec), ``concat`` (ULMFiT's concat pooling
     ``[h_T, maxpool(H), meanpool(H)]`` over the real tokens: (B, 3C)); ``ulmfit`` pools as
     ``concat`` (its head differs, see :class:`ClassificationHead`).
     """
-    if how == "auto":
-        how = "cls" if cfg.family == Family.ENCODER else "last"
+    if how == "auto":  # the family's choice: cls for encoders, last for causal models, ...
+        how = FAMILY_SPECS[str(cfg.family)].pooling
     if how == "cls":
         return pooler_output if pooler_output is not None else h[:, 0]
     if attention_mask is None:
