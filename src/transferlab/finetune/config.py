@@ -109,8 +109,9 @@ class FinetuneConfig:
     max_answer_length: int = 30
     """qa: longest predicted answer in tokens."""
     pooling: str = "auto"
-    """Sequence vector for classification: cls (pooler/first token), mean, last, auto (cls
-    for encoders, last token for decoders and encoder-decoders), concat ([last, max, mean], ULMFiT)
+    """Sequence vector for classification: cls (pooler/first token), mean, last, auto (the
+    family's choice: cls for encoders, last token for decoders and encoder-decoders, mean for
+    elmo and word2vec), concat ([last, max, mean], ULMFiT)
     or ulmfit (concat pooling and ULMFiT's batch-norm/dropout/linear x2 head)."""
     truncation: str = "head"
     """Which tokens of a text longer than max_length a classifier reads: head (the first ones),
