@@ -316,6 +316,8 @@ def golden_specials(name: str) -> TokenizerIds:
         return TokenizerIds(GOLDEN_V, eos_token_id=5, bos_token_id=5)
     if name in ("denoise", "mass"):  # BART: <s> <pad> </s> <mask> <unk>
         return TokenizerIds(GOLDEN_V, bos_token_id=0, pad_token_id=1, eos_token_id=2, mask_token_id=3, unk_token_id=4)
+    if name == "bilm":
+        return TokenizerIds(GOLDEN_V, pad_token_id=0, eos_token_id=1)
     return TokenizerIds(GOLDEN_V, pad_token_id=0, eos_token_id=1, unk_token_id=2, sentinel_token_ids=tuple(range(23, 3, -1)))
 
 
@@ -330,6 +332,11 @@ def golden_model_config(name: str, sp: TokenizerIds) -> ModelConfig:
     if name == "clm":
         return ModelConfig(family="decoder", n_layers=2, prenorm=True, final_norm=True, embedding_norm=False,
                            norm_eps=1e-5, heads={"lm": {}}, **common)
+    if name == "bilm":  # ELMo's biLM on token embeddings (the char CNN has its own tests)
+        return ModelConfig(family="elmo", vocab_size=GOLDEN_V, d_model=16, n_layers=2, dropout=0.0, position="none",
+                           tie_embeddings=True, lm_head_bias=True, pad_token_id=0, eos_token_id=1,
+                           heads={"lm": {"type": "bilm_softmax"}},
+                           family_options={"cell_size": 24, "token_input": "embedding"})
     if name in ("denoise", "mass"):  # mass starts decoding with [MASK] (MASS's [M])
         return ModelConfig(family="encoder-decoder", n_layers=1, position_offset=2, norm_eps=1e-5,
                            lm_head_bias=True, decoder_start_token_id=2 if name == "denoise" else 3,
